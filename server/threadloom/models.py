@@ -1,0 +1,439 @@
+"""Data types shared by every layer: ids, status machine, events, the thread manifest.
+
+Events are validated here into typed pydantic models (a union keyed on ``type``);
+the error messages name the rule that failed and the offending value, because an
+LLM reads them and must be able to correct its call in one step.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import InvalidInputError, InvalidStateError
+
+# --------------------------------------------------------------------------- ids
+
+THREAD_ID_RE = re.compile(r"^[a-f0-9]{12}$")
+AGENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
+CUSTOM_TYPE_RE = re.compile(r"^x-[a-z0-9][a-z0-9_.-]{0,63}$")
+IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
+DEFAULT_AGENT_ID = "default"
+
+
+def new_thread_id() -> str:
+    """A random 12-hex-digit thread id (48 bits)."""
+    return secrets.token_hex(6)
+
+
+def check_thread_id(value: object, *, field: str = "thread_id") -> str:
+    """Return ``value`` if it is a valid thread id; refuse anything else before it nears a path."""
+    if not isinstance(value, str) or not THREAD_ID_RE.fullmatch(value):
+        raise InvalidInputError(
+            f"{field} must be 12 lowercase hex digits (rule ^[a-f0-9]{{12}}$); got {value!r}",
+            rule="thread_id_format",
+        )
+    return value
+
+
+def check_agent_id(value: object) -> str:
+    """Return ``value`` if it is a valid agent id (letters, digits, _ . : @ / -; max 128)."""
+    if not isinstance(value, str) or not AGENT_ID_RE.fullmatch(value):
+        raise InvalidInputError(
+            "agent_id must be 1-128 characters of letters, digits and _ . : @ / - "
+            f"starting with a letter or digit; got {value!r}",
+            rule="agent_id_format",
+        )
+    return value
+
+
+def check_idempotency_key(value: object) -> str:
+    """Return ``value`` if it is 1-200 printable ASCII characters without spaces."""
+    if not isinstance(value, str) or not IDEMPOTENCY_KEY_RE.fullmatch(value):
+        raise InvalidInputError(
+            f"idempotency_key must be 1-200 printable ASCII characters without spaces; got {value!r}",
+            rule="idempotency_key_format",
+        )
+    return value
+
+
+# ------------------------------------------------------------------------- time
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(dt: datetime) -> str:
+    """UTC ISO 8601 with microseconds and a ``Z`` suffix (sorts as text)."""
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+# ----------------------------------------------------------------------- json
+
+
+def canonical_json(obj: Any) -> str:
+    """Canonical JSON: sorted keys, no insignificant whitespace, UTF-8 text kept as is."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+# ----------------------------------------------------------------------- status
+
+
+class Status(StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+    CONTINUED = "continued"
+
+
+TERMINAL = frozenset({Status.COMPLETED, Status.ERROR, Status.CANCELLED})
+"""Statuses a thread never leaves; the one definition used everywhere (waits, resume, sweeper)."""
+
+ENDED = TERMINAL | {Status.CONTINUED}
+"""Statuses after which nothing more is appended to the thread itself."""
+
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.CREATED: frozenset({Status.RUNNING, *TERMINAL}),
+    Status.RUNNING: frozenset({Status.PAUSED, Status.CONTINUED, *TERMINAL}),
+    Status.PAUSED: frozenset({Status.RUNNING, *TERMINAL}),
+    Status.COMPLETED: frozenset(),
+    Status.ERROR: frozenset(),
+    Status.CANCELLED: frozenset(),
+    Status.CONTINUED: frozenset(),
+}
+
+
+def check_transition(thread_id: str, old: Status, new: Status) -> None:
+    """Raise InvalidStateError naming the transition unless DESIGN §3 allows it."""
+    if new not in TRANSITIONS[old]:
+        allowed = ", ".join(sorted(TRANSITIONS[old])) or "none (it is final)"
+        raise InvalidStateError(
+            f"status transition {old.value} -> {new.value} is not allowed for thread {thread_id} "
+            f"(allowed from {old.value}: {allowed})",
+            rule="status_transition",
+        )
+
+
+# ----------------------------------------------------------------------- events
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class MessageEvent(_Event):
+    """A conversational message (the unit that handoff carries and search indexes)."""
+
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system"]
+    text: str
+
+
+class ToolUseEvent(_Event):
+    """The assistant asked for a tool call."""
+
+    type: Literal["tool_use"] = "tool_use"
+    id: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200)
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolResultEvent(_Event):
+    """The output of a tool call, linked by ``tool_use_id``."""
+
+    type: Literal["tool_result"] = "tool_result"
+    tool_use_id: str = Field(min_length=1, max_length=200)
+    output: Any = ""
+    is_error: bool = False
+
+
+class AssistantTextEvent(_Event):
+    """Assistant text outside a message (e.g. streamed thinking-out-loud)."""
+
+    type: Literal["assistant_text"] = "assistant_text"
+    text: str
+
+
+class ResultEvent(_Event):
+    """End-of-turn accounting reported by the client (cost, tokens, turns)."""
+
+    type: Literal["result"] = "result"
+    cost: float | None = Field(default=None, ge=0)
+    duration_ms: int | None = Field(default=None, ge=0)
+    turns: int | None = Field(default=None, ge=0)
+    input_tokens: int | None = Field(default=None, ge=0)
+    output_tokens: int | None = Field(default=None, ge=0)
+    cache_read_tokens: int | None = Field(default=None, ge=0)
+
+
+class StatusEvent(_Event):
+    """Written by the server on every status change."""
+
+    type: Literal["status"] = "status"
+    from_: Status = Field(alias="from")
+    to: Status
+    reason: str | None = None
+
+
+class HandoffEvent(_Event):
+    """Written by the server in the old thread of a handoff."""
+
+    type: Literal["handoff"] = "handoff"
+    to_thread_id: str
+    trailing_count: int
+    reason: str
+    summary: str | None = None
+
+
+class ContinuedFromEvent(_Event):
+    """Written by the server first in a continuation thread."""
+
+    type: Literal["continued_from"] = "continued_from"
+    from_thread_id: str
+    reason: str
+    carried_count: int = 0
+
+
+class ThreadResumedEvent(_Event):
+    """Written by the server in a finished thread that was resumed."""
+
+    type: Literal["thread_resumed"] = "thread_resumed"
+    to_thread_id: str
+    message: str
+
+
+class CheckpointEvent(_Event):
+    """Written by the server at turn boundaries: hash of the preceding transcript bytes."""
+
+    type: Literal["checkpoint"] = "checkpoint"
+    sha256: str
+    signature: str
+
+
+class CustomEvent(BaseModel):
+    """A client-defined event; its ``type`` must start with ``x-``; other fields are free."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+
+
+Event = (
+    MessageEvent
+    | ToolUseEvent
+    | ToolResultEvent
+    | AssistantTextEvent
+    | ResultEvent
+    | StatusEvent
+    | HandoffEvent
+    | ContinuedFromEvent
+    | ThreadResumedEvent
+    | CheckpointEvent
+    | CustomEvent
+)
+
+CLIENT_EVENT_TYPES: dict[str, type[_Event]] = {
+    "message": MessageEvent,
+    "tool_use": ToolUseEvent,
+    "tool_result": ToolResultEvent,
+    "assistant_text": AssistantTextEvent,
+    "result": ResultEvent,
+}
+SERVER_EVENT_TYPES: dict[str, type[_Event]] = {
+    "status": StatusEvent,
+    "handoff": HandoffEvent,
+    "continued_from": ContinuedFromEvent,
+    "thread_resumed": ThreadResumedEvent,
+    "checkpoint": CheckpointEvent,
+}
+ALL_EVENT_TYPES = {**CLIENT_EVENT_TYPES, **SERVER_EVENT_TYPES}
+_KNOWN = ", ".join(ALL_EVENT_TYPES)
+
+
+def _describe_validation(prefix: str, exc: ValidationError, data: dict[str, Any]) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(event)"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{prefix}.{loc}: unknown field for type {data.get('type')!r}")
+        elif err["type"] == "missing":
+            parts.append(f"{prefix}.{loc}: required field is missing")
+        else:
+            parts.append(f"{prefix}.{loc}: {err['msg']} (got {err.get('input')!r:.200})")
+    return "; ".join(parts)
+
+
+def parse_event(data: object, *, where: str = "event", allow_server_types: bool = False) -> Event:
+    """Validate one event dict into its typed model.
+
+    A dict without ``type`` is a legacy line and is read as ``message``. Server-written
+    types are refused unless ``allow_server_types`` (imports, the server itself).
+
+    Raises:
+        InvalidInputError: naming the field, the rule and the value.
+    """
+    if isinstance(data, BaseModel):
+        data = data.model_dump(by_alias=True, exclude_none=True)
+    if not isinstance(data, dict):
+        raise InvalidInputError(
+            f"{where} must be a JSON object; got {type(data).__name__} {data!r:.200}", rule="event_shape"
+        )
+    etype = data.get("type", "message")
+    if "type" not in data:
+        data = {"type": "message", **data}
+    if not isinstance(etype, str):
+        raise InvalidInputError(f"{where}.type must be a string; got {etype!r:.100}", rule="event_type")
+    if etype.startswith("x-"):
+        if not CUSTOM_TYPE_RE.fullmatch(etype):
+            raise InvalidInputError(
+                f"{where}.type {etype!r} is not a valid custom type (rule ^x-[a-z0-9][a-z0-9_.-]{{0,63}}$)",
+                rule="event_type",
+            )
+        reserved = {"seq", "ts"} & data.keys()
+        if reserved:
+            raise InvalidInputError(
+                f"{where} may not set {sorted(reserved)}: seq and ts are assigned by the server",
+                rule="event_reserved_field",
+            )
+        return CustomEvent.model_validate(data)
+    model = ALL_EVENT_TYPES.get(etype)
+    if model is None:
+        raise InvalidInputError(
+            f"{where}.type {etype!r} is not a known event type (known: {_KNOWN}; "
+            "custom types need an 'x-' prefix)",
+            rule="event_type",
+        )
+    if etype in SERVER_EVENT_TYPES and not allow_server_types:
+        raise InvalidInputError(
+            f"{where}.type {etype!r} is written by the server only; clients append "
+            f"{', '.join(CLIENT_EVENT_TYPES)} or x-* events (use update_thread to change status)",
+            rule="event_type_reserved",
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInputError(_describe_validation(where, exc, data), rule="event_field") from None
+
+
+def event_payload(event: Event) -> dict[str, Any]:
+    """The event's fields as they are stored (aliases applied, unset optionals dropped)."""
+    return event.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def event_text_chars(event: Event) -> int:
+    """Characters the event adds to a model's context (DESIGN §7 estimate, before // 4)."""
+    if isinstance(event, (MessageEvent, AssistantTextEvent)):
+        return len(event.text)
+    if isinstance(event, ToolUseEvent):
+        return len(event.name) + len(canonical_json(event.input))
+    if isinstance(event, ToolResultEvent):
+        out = event.output
+        return len(out) if isinstance(out, str) else len(canonical_json(out))
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as committed: its number, time and canonical JSON line (the transcript bytes)."""
+
+    thread_id: str
+    seq: int
+    ts: str
+    type: str
+    line: str
+
+    def data(self) -> dict[str, Any]:
+        """The event as a dict (``seq``, ``ts``, ``type`` and its fields)."""
+        return json.loads(self.line)
+
+
+def render_line(seq: int, ts: str, payload: dict[str, Any]) -> str:
+    """The canonical transcript line for an event: identical bytes on every backend."""
+    return canonical_json({**payload, "seq": seq, "ts": ts})
+
+
+# ----------------------------------------------------------------------- thread
+
+
+class Limits(BaseModel):
+    """Per-thread limits (enforcement arrives with budgets; see docs/decisions.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    turns: int | None = Field(default=None, ge=0)
+    tokens: int | None = Field(default=None, ge=0)
+    spend: float | None = Field(default=None, ge=0)
+
+
+class Budget(BaseModel):
+    """A spend budget (reservation and cascade arrive with the integrity/budget work)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_spend: float = Field(ge=0)
+
+
+class ContextUsage(BaseModel):
+    """Estimated context use of a thread: tokens used, window, and their ratio."""
+
+    used: int
+    window: int
+    ratio: float
+
+
+class Thread(BaseModel):
+    """The manifest of one thread plus its counters, as every layer sees it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    thread_id: str
+    agent_id: str = DEFAULT_AGENT_ID
+    title: str | None = None
+    directive: str | None = None
+    parent_id: str | None = None
+    status: Status = Status.CREATED
+    status_reason: str | None = None
+    model: str | None = None
+    context_window: int
+    trigger_threshold: float | None = None
+    stale_after: float
+    limits: Limits | None = None
+    capabilities: dict[str, Any] | None = None
+    budget: Budget | None = None
+    result: Any = None
+    outputs: Any = None
+    cost: float | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    continuation_of: str | None = None
+    continuation_thread_id: str | None = None
+    chain_root_id: str
+    link_reason: Literal["handoff", "resume"] | None = None
+    created_at: str
+    updated_at: str
+    heartbeat_at: str
+    # counters kept by the store in the append transaction
+    event_count: int = 0
+    text_chars: int = 0
+    input_tokens: int | None = None
+    version: int = 0
+
+    def context(self) -> ContextUsage:
+        """DESIGN §7: max(text chars // 4, latest reported input_tokens) over the window."""
+        used = max(self.text_chars // 4, self.input_tokens or 0)
+        return ContextUsage(used=used, window=self.context_window, ratio=round(used / self.context_window, 6))
+
+
+MANIFEST_FIELDS = frozenset(Thread.model_fields) - {"event_count", "text_chars", "input_tokens", "version"}
+"""Fields of the stored manifest document; the rest are counters the store maintains."""

@@ -1,0 +1,22 @@
+"""Store backends behind one interface; :func:`open_store` picks one from settings."""
+
+from __future__ import annotations
+
+from ..config import Settings
+from ..errors import InvalidInputError
+from .base import Store
+from .memory import MemoryStore
+from .sqlite import SQLiteStore
+
+__all__ = ["Store", "MemoryStore", "SQLiteStore", "make_store"]
+
+
+def make_store(settings: Settings) -> Store:
+    """The store named by ``settings.store`` (``sqlite`` under ``settings.root``, or ``memory``)."""
+    if settings.store == "sqlite":
+        return SQLiteStore(settings.root, durability=settings.durability)
+    if settings.store == "memory":
+        return MemoryStore()
+    raise InvalidInputError(
+        f"store must be 'sqlite' or 'memory'; got {settings.store!r}", rule="store_kind"
+    )

@@ -1,0 +1,231 @@
+"""The store interface: the whole persistence contract, documented once.
+
+A store persists thread manifests and their events. Every write goes through
+:meth:`Store.commit`, which applies a list of operations in one transaction: all of
+them or none. The service plans operations (it owns the rules); the store assigns
+``seq`` and ``ts``, enforces the guards carried by each operation inside the
+transaction (so a race can never slip past a rule), maintains the counters, and
+tells listeners what committed.
+
+Backends: ``memory`` (tests), ``sqlite`` (default, one file per root), and later
+``postgres``. Each translates its driver's errors into :mod:`threadloom.errors`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ThreadloomError
+from ..models import Status, StoredEvent, Thread
+
+__all__ = [
+    "NewEvent",
+    "CreateThread",
+    "AppendEvents",
+    "PutThread",
+    "Op",
+    "AppendResult",
+    "CommitResult",
+    "IdempotencyRecord",
+    "IdempotentReplay",
+    "Store",
+    "CommitListener",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append: its stored fields plus what it adds to the context counters."""
+
+    type: str
+    payload: dict[str, Any]
+    text_chars: int = 0
+    input_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreateThread:
+    """Insert a new thread (its id must be unused). Counters start at zero."""
+
+    thread: Thread
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEvents:
+    """Append events to one thread with consecutive seqs.
+
+    ``allowed_statuses``: refuse (ConflictError with ``rule='status_guard'``) unless the
+    thread's status at commit time is one of these. ``idempotency_key``: if the key was
+    already used on this thread the whole commit is abandoned with :class:`IdempotentReplay`
+    (same ``request_hash``) or ConflictError (different content).
+    """
+
+    thread_id: str
+    events: tuple[NewEvent, ...]
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    allowed_statuses: frozenset[Status] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PutThread:
+    """Replace a thread's manifest fields if its ``version`` is still ``expect_version``.
+
+    Counters in ``thread`` are ignored. ``expect_heartbeat_before`` (epoch seconds) also
+    requires that no heartbeat happened since (used by the stale-thread sweeper).
+    A failed guard raises ConflictError with ``rule='version_guard'``.
+    """
+
+    thread: Thread
+    expect_version: int
+    expect_heartbeat_before: float | None = None
+
+
+Op = CreateThread | AppendEvents | PutThread
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What one AppendEvents committed."""
+
+    thread_id: str
+    seqs: list[int]
+    events: list[StoredEvent]
+
+
+@dataclass(slots=True)
+class CommitResult:
+    """Results of a commit: one AppendResult per AppendEvents op (in op order) and the
+    post-commit state of every thread the commit touched."""
+
+    appends: list[AppendResult] = field(default_factory=list)
+    threads: dict[str, Thread] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """The seqs an earlier append with this key produced, and the hash of its request."""
+
+    thread_id: str
+    key: str
+    request_hash: str
+    seqs: list[int]
+
+
+class IdempotentReplay(ThreadloomError):
+    """Raised by commit when an append's key was used before with the same content."""
+
+    rule = "idempotent_replay"
+
+    def __init__(self, record: IdempotencyRecord) -> None:
+        super().__init__(f"idempotency_key {record.key!r} already applied")
+        self.record = record
+
+
+CommitListener = Callable[[frozenset[str]], None]
+"""Called on the event loop after a commit, with the ids of the threads it touched."""
+
+
+class Store(abc.ABC):
+    """Async persistence of threads and events; one instance per process and root."""
+
+    name: str = "abstract"
+
+    def __init__(self) -> None:
+        self._listeners: list[CommitListener] = []
+
+    # ---------------------------------------------------------------- life cycle
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Create or migrate the schema and reconcile mirrors. Idempotent."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish pending writes and release resources."""
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -------------------------------------------------------------------- writes
+
+    @abc.abstractmethod
+    async def commit(self, ops: Sequence[Op]) -> CommitResult:
+        """Apply ``ops`` in one transaction, all or nothing.
+
+        Seqs are gapless per thread from 1, in op order. Each event's ``ts`` is the
+        commit time (UTC ISO 8601). Appends and PutThread move ``updated_at`` and the
+        heartbeat. The commit is durable (per the durability setting) before this
+        returns; then commit listeners run.
+
+        Raises:
+            NotFoundError: an op names a thread that does not exist.
+            ConflictError: a guard failed (``rule`` says which), the thread id exists
+                already, or an idempotency key was reused with other content.
+            IdempotentReplay: an append's key was already applied with the same content.
+            StoreUnavailableError: the backend kept failing after bounded retries.
+        """
+
+    # --------------------------------------------------------------------- reads
+
+    @abc.abstractmethod
+    async def get_thread(self, thread_id: str) -> Thread:
+        """The thread's manifest and counters. Raises NotFoundError."""
+
+    @abc.abstractmethod
+    async def get_threads(self, thread_ids: Sequence[str]) -> dict[str, Thread]:
+        """The threads that exist among ``thread_ids`` (missing ids are left out)."""
+
+    @abc.abstractmethod
+    async def list_threads(
+        self,
+        *,
+        agent_id: str | None = None,
+        parent_id: str | None = None,
+        status: Status | None = None,
+        limit: int = 50,
+        before: tuple[str, str] | None = None,
+    ) -> list[Thread]:
+        """Threads matching every given filter, newest first by (created_at, thread_id).
+
+        ``before`` is the (created_at, thread_id) of the last thread of the previous page.
+        """
+
+    @abc.abstractmethod
+    async def read_events(
+        self, thread_id: str, *, after_seq: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        """Events with ``seq > after_seq`` in seq order, at most ``limit``. Raises NotFoundError."""
+
+    @abc.abstractmethod
+    async def find_idempotency(self, thread_id: str, key: str) -> IdempotencyRecord | None:
+        """The record of an earlier append with this key on this thread, if any."""
+
+    @abc.abstractmethod
+    async def list_stale(self, now: float, *, limit: int = 100) -> list[Thread]:
+        """Running threads whose heartbeat is older than their ``stale_after`` at ``now``."""
+
+    async def reconcile_mirrors(self) -> int:
+        """Repair file mirrors from the database; returns how many threads were fixed."""
+        return 0
+
+    # ----------------------------------------------------------------- listeners
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Register ``listener`` to run after every commit made through this store."""
+        self._listeners.append(listener)
+
+    def remove_commit_listener(self, listener: CommitListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _notify(self, thread_ids: frozenset[str]) -> None:
+        for listener in list(self._listeners):
+            listener(thread_ids)

@@ -1,0 +1,91 @@
+"""Schema versions: named migrations applied in order, recorded in ``schema_migrations``.
+
+A database whose recorded version is newer than the code knows is refused with a
+clear message instead of being written by code that does not understand it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from ..errors import StoreUnavailableError
+
+SQLITE_MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001_threads_events",
+        """
+        CREATE TABLE threads (
+            thread_id        TEXT PRIMARY KEY,
+            agent_id         TEXT NOT NULL,
+            parent_id        TEXT,
+            status           TEXT NOT NULL,
+            created_at       TEXT NOT NULL,
+            updated_at       TEXT NOT NULL,
+            heartbeat_at     TEXT NOT NULL,
+            heartbeat_epoch  REAL NOT NULL,
+            stale_after      REAL NOT NULL,
+            chain_root_id    TEXT NOT NULL,
+            event_count      INTEGER NOT NULL DEFAULT 0,
+            text_chars       INTEGER NOT NULL DEFAULT 0,
+            input_tokens     INTEGER,
+            transcript_bytes INTEGER NOT NULL DEFAULT 0,
+            version          INTEGER NOT NULL DEFAULT 1,
+            doc              TEXT NOT NULL
+        );
+        CREATE INDEX threads_created ON threads (created_at, thread_id);
+        CREATE INDEX threads_agent ON threads (agent_id, created_at);
+        CREATE INDEX threads_parent ON threads (parent_id, created_at);
+        CREATE INDEX threads_running ON threads (status, heartbeat_epoch);
+        CREATE INDEX threads_chain ON threads (chain_root_id);
+        CREATE TABLE events (
+            id        INTEGER PRIMARY KEY,
+            thread_id TEXT NOT NULL,
+            seq       INTEGER NOT NULL,
+            ts        TEXT NOT NULL,
+            type      TEXT NOT NULL,
+            line      TEXT NOT NULL,
+            UNIQUE (thread_id, seq)
+        );
+        CREATE TABLE idempotency (
+            thread_id    TEXT NOT NULL,
+            key          TEXT NOT NULL,
+            request_hash TEXT NOT NULL,
+            seqs         TEXT NOT NULL,
+            created_at   TEXT NOT NULL,
+            PRIMARY KEY (thread_id, key)
+        ) WITHOUT ROWID;
+        """,
+    ),
+]
+
+
+def apply_sqlite_migrations(conn: sqlite3.Connection, migrations: list[tuple[str, str]]) -> int:
+    """Apply the pending migrations under the write lock; return the schema version."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
+        if current > len(migrations):
+            raise StoreUnavailableError(
+                f"the database schema is version {current} but this threadloom knows only up to "
+                f"{len(migrations)}: upgrade threadloom (refusing to touch a newer database)",
+                rule="schema_too_new",
+            )
+        for version, (name, sql) in enumerate(migrations, start=1):
+            if version <= current:
+                continue
+            for statement in sql.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, datetime('now'))",
+                (version, name),
+            )
+        conn.execute("COMMIT")
+        return len(migrations)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

@@ -1,0 +1,437 @@
+"""SQLite backend: one ``threads.db`` in WAL mode under the root, shared by any number of processes.
+
+One writer thread per process drains every pending commit into one transaction
+(group commit, each commit in its own savepoint so one failure spares the others);
+reader threads hold their own connections. ``BEGIN IMMEDIATE`` plus a busy timeout
+plus bounded retries keep "database is locked" from ever reaching a caller.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import ConflictError, StoreUnavailableError, ThreadloomError
+from ..mirror import Mirror
+from ..models import Status, StoredEvent, Thread, render_line
+from .apply import (
+    check_idempotency,
+    check_status_guard,
+    check_version_guard,
+    counters_after,
+    manifest_doc,
+    not_found,
+    now_pair,
+)
+from .base import (
+    AppendEvents,
+    AppendResult,
+    CommitResult,
+    CreateThread,
+    IdempotencyRecord,
+    Op,
+    PutThread,
+    Store,
+)
+from .schema import SQLITE_MIGRATIONS, apply_sqlite_migrations
+from .workers import Job, WorkerPool, resolve
+
+log = logging.getLogger("threadloom.store")
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 5000
+MAX_BUSY_RETRIES = 12
+MAX_GROUP = 256
+READERS = 2
+DURABILITY = {"full": "FULL", "normal": "NORMAL"}
+
+_THREAD_COLS = (
+    "thread_id, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version"
+)
+
+
+def _row_to_thread(row: sqlite3.Row | tuple[Any, ...]) -> Thread:
+    _tid, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version = row
+    data = json.loads(doc)
+    data.update(
+        status=status,
+        updated_at=updated_at,
+        heartbeat_at=heartbeat_at,
+        event_count=event_count,
+        text_chars=text_chars,
+        input_tokens=input_tokens,
+        version=version,
+    )
+    return Thread.model_validate(data)
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+class SQLiteStore(Store):
+    """The default store: ``<root>/threads.db`` plus file mirrors under ``<root>/threads``."""
+
+    name = "sqlite"
+
+    def __init__(self, root: Path, *, durability: str = "full", mirrors: bool = True) -> None:
+        super().__init__()
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be 'full' or 'normal'; got {durability!r}")
+        self.root = Path(root)
+        self.path = self.root / "threads.db"
+        self.durability = durability
+        self.mirror = Mirror(self.root) if mirrors else None
+        self._writer: WorkerPool | None = None
+        self._readers: WorkerPool | None = None
+        self._wconn: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._rconns: list[sqlite3.Connection] = []
+        self._rlock = threading.Lock()
+
+    # ----------------------------------------------------------- connections
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA synchronous={DURABILITY[self.durability]}")
+        return conn
+
+    def _reader_conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+            with self._rlock:
+                self._rconns.append(conn)
+        return conn
+
+    async def open(self) -> None:
+        if self._writer is not None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = self._connect()
+            conn.execute("PRAGMA journal_mode=WAL")
+            _retry_busy(lambda: apply_sqlite_migrations(conn, SQLITE_MIGRATIONS))
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"cannot open {self.path}: {exc}") from exc
+        self._wconn = conn
+        self._writer = WorkerPool("threadloom-writer", 1, self._handle_writes, max_batch=MAX_GROUP)
+        self._readers = WorkerPool("threadloom-reader", READERS, self._handle_reads)
+        await self.reconcile_mirrors()
+
+    async def close(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.stop()
+        assert self._readers is not None
+        self._readers.stop()
+        self._writer = self._readers = None
+        if self._wconn is not None:
+            self._wconn.close()
+            self._wconn = None
+        with self._rlock:
+            for c in self._rconns:
+                c.close()
+            self._rconns.clear()
+
+    # ----------------------------------------------------------------- reads
+
+    def _handle_reads(self, batch: list[Job]) -> None:
+        for job in batch:
+            try:
+                resolve(job, _retry_busy(lambda: job.payload(self._reader_conn())))
+            except sqlite3.Error as exc:
+                resolve(job, error=StoreUnavailableError(f"read failed on {self.path}: {exc}"))
+            except BaseException as exc:
+                resolve(job, error=exc)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._readers is None:
+            raise StoreUnavailableError("the store is not open")
+        return await self._readers.submit(fn)
+
+    async def get_thread(self, thread_id: str) -> Thread:
+        return await self._read(lambda c: _get_thread(c, thread_id))
+
+    async def get_threads(self, thread_ids: Sequence[str]) -> dict[str, Thread]:
+        ids = list(dict.fromkeys(thread_ids))
+
+        def fn(c: sqlite3.Connection) -> dict[str, Thread]:
+            out: dict[str, Thread] = {}
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                q = f"SELECT {_THREAD_COLS} FROM threads WHERE thread_id IN ({','.join('?' * len(part))})"
+                for row in c.execute(q, part):
+                    out[row[0]] = _row_to_thread(row)
+            return out
+
+        return await self._read(fn)
+
+    async def list_threads(
+        self,
+        *,
+        agent_id: str | None = None,
+        parent_id: str | None = None,
+        status: Status | None = None,
+        limit: int = 50,
+        before: tuple[str, str] | None = None,
+    ) -> list[Thread]:
+        where, args = [], []
+        for col, val in (("agent_id", agent_id), ("parent_id", parent_id), ("status", status)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(str(val))
+        if before is not None:
+            where.append("(created_at, thread_id) < (?, ?)")
+            args.extend(before)
+        q = f"SELECT {_THREAD_COLS} FROM threads"
+        if where:
+            q += " WHERE " + " AND ".join(where)
+        q += " ORDER BY created_at DESC, thread_id DESC LIMIT ?"
+        args.append(limit)
+        return await self._read(lambda c: [_row_to_thread(r) for r in c.execute(q, args)])
+
+    async def read_events(
+        self, thread_id: str, *, after_seq: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        def fn(c: sqlite3.Connection) -> list[StoredEvent]:
+            events = _read_events(c, thread_id, after_seq, limit)
+            if not events and c.execute(
+                "SELECT 1 FROM threads WHERE thread_id = ?", (thread_id,)
+            ).fetchone() is None:
+                raise not_found(thread_id)
+            return events
+
+        return await self._read(fn)
+
+    async def find_idempotency(self, thread_id: str, key: str) -> IdempotencyRecord | None:
+        return await self._read(lambda c: _find_idem(c, thread_id, key))
+
+    async def list_stale(self, now: float, *, limit: int = 100) -> list[Thread]:
+        q = (
+            f"SELECT {_THREAD_COLS} FROM threads WHERE status = 'running' "
+            "AND heartbeat_epoch + stale_after < ? LIMIT ?"
+        )
+        return await self._read(lambda c: [_row_to_thread(r) for r in c.execute(q, (now, limit))])
+
+    # ---------------------------------------------------------------- writes
+
+    async def commit(self, ops: Sequence[Op]) -> CommitResult:
+        if self._writer is None:
+            raise StoreUnavailableError("the store is not open")
+        result: CommitResult = await self._writer.submit(list(ops))
+        self._notify(frozenset(result.threads))
+        return result
+
+    def _handle_writes(self, batch: list[Job]) -> None:
+        conn = self._wconn
+        assert conn is not None
+        outcomes: list[tuple[Job, CommitResult | None, BaseException | None]] = []
+        for job in [j for j in batch if callable(j.payload)]:  # maintenance that needs the writer
+            try:
+                resolve(job, job.payload(conn))
+            except BaseException as exc:
+                resolve(job, error=exc)
+        batch = [j for j in batch if not callable(j.payload)]
+        if not batch:
+            return
+        for attempt in range(MAX_BUSY_RETRIES + 1):
+            outcomes = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                ts, epoch = now_pair()
+                for job in batch:
+                    conn.execute("SAVEPOINT job")
+                    try:
+                        res = self._apply(conn, job.payload, ts, epoch)
+                        conn.execute("RELEASE job")
+                        outcomes.append((job, res, None))
+                    except (ThreadloomError, sqlite3.IntegrityError) as exc:
+                        conn.execute("ROLLBACK TO job")
+                        conn.execute("RELEASE job")
+                        outcomes.append((job, None, _translate(exc)))
+                conn.execute("COMMIT")
+                break
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if _is_busy(exc) and attempt < MAX_BUSY_RETRIES:
+                    time.sleep(min(0.002 * 2**attempt, 0.5))
+                    continue
+                err = StoreUnavailableError(f"commit failed on {self.path} after {attempt + 1} tries: {exc}")
+                for job in batch:
+                    resolve(job, error=err)
+                return
+        touched: set[str] = set()
+        for job, res, err in outcomes:
+            if res is not None:
+                for tid in res.threads:
+                    res.threads[tid] = _get_thread(conn, tid)
+                touched.update(res.threads)
+        if self.mirror is not None:
+            for tid in sorted(touched):
+                self._sync_mirror(conn, tid)
+        for job, res, err in outcomes:
+            resolve(job, res, err)
+
+    def _sync_mirror(self, conn: sqlite3.Connection, tid: str) -> None:
+        assert self.mirror is not None
+        try:
+            self.mirror.sync(
+                tid,
+                lambda after: _read_events(conn, tid, after, None),
+                lambda: _get_thread(conn, tid),
+            )
+        except OSError as exc:  # the commit stands; start-up reconcile repairs the files
+            log.error("mirror write failed for thread %s: %s", tid, exc)
+
+    def _apply(self, conn: sqlite3.Connection, ops: list[Op], ts: str, epoch: float) -> CommitResult:
+        result = CommitResult()
+        for op in ops:
+            if isinstance(op, CreateThread):
+                t = op.thread
+                conn.execute(
+                    "INSERT INTO threads (thread_id, agent_id, parent_id, status, created_at, updated_at,"
+                    " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, doc)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        t.thread_id, t.agent_id, t.parent_id, t.status.value, t.created_at, t.updated_at,
+                        t.heartbeat_at, epoch, t.stale_after, t.chain_root_id, manifest_doc(t),
+                    ),
+                )
+                result.threads[t.thread_id] = t
+            elif isinstance(op, AppendEvents):
+                row = conn.execute(
+                    "SELECT status, event_count, text_chars, input_tokens FROM threads WHERE thread_id = ?",
+                    (op.thread_id,),
+                ).fetchone()
+                if row is None:
+                    raise not_found(op.thread_id)
+                status, count, text_chars, input_tokens = row
+                check_status_guard(op, Status(status))
+                if op.idempotency_key is not None:
+                    check_idempotency(op, _find_idem(conn, op.thread_id, op.idempotency_key))
+                stored = []
+                nbytes = 0
+                for i, ev in enumerate(op.events):
+                    seq = count + 1 + i
+                    line = render_line(seq, ts, ev.payload)
+                    stored.append(StoredEvent(op.thread_id, seq, ts, ev.type, line))
+                    nbytes += len(line.encode()) + 1
+                conn.executemany(
+                    "INSERT INTO events (thread_id, seq, ts, type, line) VALUES (?,?,?,?,?)",
+                    [(e.thread_id, e.seq, e.ts, e.type, e.line) for e in stored],
+                )
+                text_chars, input_tokens = counters_after(op.events, text_chars, input_tokens)
+                conn.execute(
+                    "UPDATE threads SET event_count = ?, text_chars = ?, input_tokens = ?, updated_at = ?,"
+                    " heartbeat_at = ?, heartbeat_epoch = ?, transcript_bytes = transcript_bytes + ?"
+                    " WHERE thread_id = ?",
+                    (count + len(stored), text_chars, input_tokens, ts, ts, epoch, nbytes, op.thread_id),
+                )
+                seqs = [e.seq for e in stored]
+                if op.idempotency_key is not None:
+                    conn.execute(
+                        "INSERT INTO idempotency (thread_id, key, request_hash, seqs, created_at)"
+                        " VALUES (?,?,?,?,?)",
+                        (op.thread_id, op.idempotency_key, op.request_hash or "", json.dumps(seqs), ts),
+                    )
+                result.appends.append(AppendResult(op.thread_id, seqs, stored))
+                result.threads[op.thread_id] = None  # type: ignore[assignment]  # filled after commit
+            elif isinstance(op, PutThread):
+                t = op.thread
+                row = conn.execute(
+                    "SELECT version, heartbeat_epoch FROM threads WHERE thread_id = ?", (t.thread_id,)
+                ).fetchone()
+                if row is None:
+                    raise not_found(t.thread_id)
+                check_version_guard(op, row[0], row[1])
+                conn.execute(
+                    "UPDATE threads SET agent_id = ?, parent_id = ?, status = ?, updated_at = ?,"
+                    " heartbeat_at = ?, heartbeat_epoch = ?, stale_after = ?, chain_root_id = ?, doc = ?,"
+                    " version = version + 1 WHERE thread_id = ?",
+                    (
+                        t.agent_id, t.parent_id, t.status.value, ts, ts, epoch, t.stale_after,
+                        t.chain_root_id, manifest_doc(t), t.thread_id,
+                    ),
+                )
+                result.threads[t.thread_id] = None  # type: ignore[assignment]
+        return result
+
+    # ------------------------------------------------------------ maintenance
+
+    async def reconcile_mirrors(self) -> int:
+        if self.mirror is None or self._writer is None:
+            return 0
+        mirror = self.mirror
+
+        def work(conn: sqlite3.Connection) -> int:
+            fixed = 0
+            rows = conn.execute(f"SELECT {_THREAD_COLS}, transcript_bytes FROM threads").fetchall()
+            for row in rows:
+                thread = _row_to_thread(row[:-1])
+                tid = thread.thread_id
+                try:
+                    if mirror.reconcile(thread, row[-1], lambda after, tid=tid: _read_events(conn, tid, after, None)):
+                        fixed += 1
+                except OSError as exc:
+                    log.error("cannot reconcile mirror of thread %s: %s", tid, exc)
+            if fixed:
+                log.info("reconciled the mirrors of %d thread(s)", fixed)
+            return fixed
+
+        return await self._writer.submit(work)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _get_thread(conn: sqlite3.Connection, thread_id: str) -> Thread:
+    row = conn.execute(f"SELECT {_THREAD_COLS} FROM threads WHERE thread_id = ?", (thread_id,)).fetchone()
+    if row is None:
+        raise not_found(thread_id)
+    return _row_to_thread(row)
+
+
+def _read_events(conn: sqlite3.Connection, thread_id: str, after_seq: int, limit: int | None) -> list[StoredEvent]:
+    rows = conn.execute(
+        "SELECT seq, ts, type, line FROM events WHERE thread_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (thread_id, after_seq, -1 if limit is None else limit),
+    )
+    return [StoredEvent(thread_id, seq, ts, typ, line) for seq, ts, typ, line in rows]
+
+
+def _find_idem(conn: sqlite3.Connection, thread_id: str, key: str) -> IdempotencyRecord | None:
+    row = conn.execute(
+        "SELECT request_hash, seqs FROM idempotency WHERE thread_id = ? AND key = ?", (thread_id, key)
+    ).fetchone()
+    return None if row is None else IdempotencyRecord(thread_id, key, row[0], json.loads(row[1]))
+
+
+def _translate(exc: BaseException) -> BaseException:
+    if isinstance(exc, sqlite3.IntegrityError):
+        return ConflictError(f"the write conflicts with existing data: {exc}", rule="constraint")
+    return exc
+
+
+def _retry_busy(fn: Callable[[], T]) -> T:
+    for attempt in range(MAX_BUSY_RETRIES + 1):
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or attempt == MAX_BUSY_RETRIES:
+                raise
+            time.sleep(min(0.002 * 2**attempt, 0.5))
+    raise AssertionError("unreachable")
