@@ -117,6 +117,13 @@ class Mirror:
             f.write(data)
         os.replace(tmp, d / MANIFEST)
 
+    def remove(self, thread_id: str) -> None:
+        """Delete a thread's mirror folder (no error if it is already gone)."""
+        import shutil
+
+        self._cache.pop(thread_id, None)
+        shutil.rmtree(self.thread_dir(thread_id), ignore_errors=True)
+
     # ---------------------------------------------------------------- repairing
 
     def reconcile(self, thread: Thread, expected_bytes: int, fetch_events: FetchEvents) -> bool:

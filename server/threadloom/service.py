@@ -27,7 +27,6 @@ from .errors import (
 )
 from .models import (
     DEFAULT_AGENT_ID,
-    ENDED,
     TERMINAL,
     Budget,
     Event,
@@ -517,7 +516,3 @@ class ThreadService:
                 log.exception("sweeper pass failed")
             await anyio.sleep(interval)
 
-
-def ended(status: Status) -> bool:
-    """True when a thread in ``status`` takes no more events."""
-    return status in ENDED

@@ -212,6 +212,18 @@ class Store(abc.ABC):
     async def list_stale(self, now: float, *, limit: int = 100) -> list[Thread]:
         """Running threads whose heartbeat is older than their ``stale_after`` at ``now``."""
 
+    @abc.abstractmethod
+    async def list_chain(self, chain_root_id: str) -> list[Thread]:
+        """Every thread whose ``chain_root_id`` is the given id, oldest first."""
+
+    @abc.abstractmethod
+    async def delete_threads(self, thread_ids: Sequence[str]) -> int:
+        """Delete threads with their events, idempotency records and mirrors.
+
+        Idempotent: unknown ids are skipped. Returns how many threads were deleted.
+        Callers (the service) decide which threads may go (whole chains only).
+        """
+
     async def reconcile_mirrors(self) -> int:
         """Repair file mirrors from the database; returns how many threads were fixed."""
         return 0

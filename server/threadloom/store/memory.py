@@ -157,6 +157,21 @@ class MemoryStore(Store):
     async def find_idempotency(self, thread_id: str, key: str) -> IdempotencyRecord | None:
         return self._idem.get((thread_id, key))
 
+    async def list_chain(self, chain_root_id: str) -> list[Thread]:
+        rows = [t for t in self._threads.values() if t.chain_root_id == chain_root_id]
+        return sorted(rows, key=lambda t: (t.created_at, t.thread_id))
+
+    async def delete_threads(self, thread_ids: Sequence[str]) -> int:
+        gone = [t for t in dict.fromkeys(thread_ids) if t in self._threads]
+        for tid in gone:
+            del self._threads[tid]
+            self._events.pop(tid, None)
+        for key in [k for k in self._idem if k[0] in gone]:
+            del self._idem[key]
+        if gone:
+            self._notify(frozenset(gone))
+        return len(gone)
+
     async def list_stale(self, now: float, *, limit: int = 100) -> list[Thread]:
         stale = [
             t

@@ -226,6 +226,43 @@ class SQLiteStore(Store):
         )
         return await self._read(lambda c: [_row_to_thread(r) for r in c.execute(q, (now, limit))])
 
+    async def list_chain(self, chain_root_id: str) -> list[Thread]:
+        q = f"SELECT {_THREAD_COLS} FROM threads WHERE chain_root_id = ? ORDER BY created_at, thread_id"
+        return await self._read(lambda c: [_row_to_thread(r) for r in c.execute(q, (chain_root_id,))])
+
+    async def delete_threads(self, thread_ids: Sequence[str]) -> int:
+        if self._writer is None:
+            raise StoreUnavailableError("the store is not open")
+        ids = list(dict.fromkeys(thread_ids))
+        mirror = self.mirror
+
+        def work(conn: sqlite3.Connection) -> list[str]:
+            def txn() -> list[str]:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    gone = []
+                    for tid in ids:
+                        if conn.execute("DELETE FROM threads WHERE thread_id = ?", (tid,)).rowcount:
+                            gone.append(tid)
+                        conn.execute("DELETE FROM events WHERE thread_id = ?", (tid,))
+                        conn.execute("DELETE FROM idempotency WHERE thread_id = ?", (tid,))
+                    conn.execute("COMMIT")
+                    return gone
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+
+            gone = _retry_busy(txn)
+            if mirror is not None:
+                for tid in ids:
+                    mirror.remove(tid)
+            return gone
+
+        gone: list[str] = await self._writer.submit(work)
+        if gone:
+            self._notify(frozenset(gone))
+        return len(gone)
+
     # ---------------------------------------------------------------- writes
 
     async def commit(self, ops: Sequence[Op]) -> CommitResult:
