@@ -21,6 +21,7 @@ from .errors import InvalidInputError, NotFoundError, ThreadloomError
 from .mirror import manifest_bytes
 from .models import Budget, Limits, Thread, check_thread_id
 from .results import AppendOutcome, EventPage, ThreadPage
+from .schema_flat import flatten_tool_schemas
 from .service import ThreadService
 
 P = ParamSpec("P")
@@ -247,4 +248,5 @@ def build_server(service: ThreadService) -> MCPServer:
         """The thread's conversation rebuilt from its events: [{role, content: [blocks]}]."""
         return await _resource(thread_id, _messages)
 
+    flatten_tool_schemas(server)
     return server

@@ -28,9 +28,14 @@ FetchEvents = Callable[[int], list[StoredEvent]]
 FetchThread = Callable[[], Thread]
 
 
+SNAPSHOT_EXCLUDE = frozenset({"event_count", "text_chars", "input_tokens", "updated_at", "heartbeat_at"})
+"""Fields left out of thread.json: they move on every append and live in the database;
+the snapshot changes (and is rewritten) only when the manifest itself changes."""
+
+
 def manifest_bytes(thread: Thread) -> bytes:
     """The bytes of ``thread.json`` for a manifest (canonical JSON and a newline)."""
-    return (canonical_json(thread.model_dump(mode="json")) + "\n").encode()
+    return (canonical_json(thread.model_dump(mode="json", exclude=set(SNAPSHOT_EXCLUDE))) + "\n").encode()
 
 
 def transcript_bytes(events: list[StoredEvent]) -> bytes:
@@ -41,10 +46,41 @@ def transcript_bytes(events: list[StoredEvent]) -> bytes:
 class Mirror:
     """Writes and repairs the per-thread files under ``<root>/threads``."""
 
+    MAX_OPEN = 128
+
     def __init__(self, root: Path) -> None:
         self.root = root / "threads"
         self.root.mkdir(parents=True, exist_ok=True)
         self._cache: dict[str, tuple[int, int]] = {}  # thread_id -> (file size, last seq)
+        self._versions: dict[str, int] = {}  # thread_id -> manifest version this process wrote
+        self._fds: dict[str, int] = {}  # open transcript descriptors, least recently used first
+
+    def _open(self, thread_id: str) -> int:
+        fd = self._fds.pop(thread_id, None)
+        if fd is not None and os.fstat(fd).st_nlink == 0:  # deleted under us: start afresh
+            os.close(fd)
+            fd = None
+            self._cache.pop(thread_id, None)
+        if fd is None:
+            d = self.thread_dir(thread_id)
+            d.mkdir(exist_ok=True)
+            fd = os.open(d / TRANSCRIPT, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            while len(self._fds) >= self.MAX_OPEN:
+                os.close(self._fds.pop(next(iter(self._fds))))
+        self._fds[thread_id] = fd
+        return fd
+
+    def _forget(self, thread_id: str) -> None:
+        fd = self._fds.pop(thread_id, None)
+        if fd is not None:
+            os.close(fd)
+        self._cache.pop(thread_id, None)
+        self._versions.pop(thread_id, None)
+
+    def close(self) -> None:
+        """Close every cached descriptor."""
+        for tid in list(self._fds):
+            self._forget(tid)
 
     def thread_dir(self, thread_id: str) -> Path:
         return self.root / check_thread_id(thread_id)
@@ -64,21 +100,50 @@ class Mirror:
         fetch_thread: FetchThread,
         *,
         rewrite: bool = False,
+        appended: list[StoredEvent] | None = None,
+        known: Thread | None = None,
+        fetch_version: Callable[[], int] | None = None,
     ) -> None:
-        """Bring both files of one thread up to the database's state (``rewrite``: from scratch)."""
-        d = self.thread_dir(thread_id)
-        d.mkdir(exist_ok=True)
-        fd = os.open(d / TRANSCRIPT, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        """Bring both files of one thread up to the database's state.
+
+        ``appended`` (events this process just committed) and ``known`` (the manifest it just
+        read) spare queries when the file and the database have not moved since; the
+        database is consulted inside the lock otherwise. ``rewrite`` rebuilds from scratch.
+        """
+        fd = self._open(thread_id)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            thread = fetch_thread()
+            thread = known
+            if thread is not None and fetch_version is not None and fetch_version() != thread.version:
+                thread = None  # another process changed the manifest since: read it again
             if rewrite:
+                thread = thread or fetch_thread()
                 self._rewrite(thread_id, fd, fetch_events(0))
-            else:
+            elif not self._append_known(thread_id, fd, appended):
+                thread = thread or fetch_thread()
                 self._sync_transcript(thread_id, fd, fetch_events, thread.event_count)
-            self._write_manifest(d, thread)
+            if thread is None and self._versions.get(thread_id) is None:
+                thread = fetch_thread()
+            if thread is not None and (rewrite or self._versions.get(thread_id) != thread.version):
+                self._write_manifest(self.thread_dir(thread_id), thread)
+        except BaseException:
+            self._forget(thread_id)
+            raise
         finally:
-            os.close(fd)  # closing releases the lock
+            if thread_id in self._fds:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _append_known(self, thread_id: str, fd: int, appended: list[StoredEvent] | None) -> bool:
+        """Append ``appended`` straight from memory when the file ends just before them."""
+        cached = self._cache.get(thread_id)
+        if not appended or cached is None or cached[1] + 1 != appended[0].seq:
+            return False
+        if os.fstat(fd).st_size != cached[0]:
+            return False
+        data = transcript_bytes(appended)
+        os.write(fd, data)
+        self._cache[thread_id] = (cached[0] + len(data), appended[-1].seq)
+        return True
 
     def _sync_transcript(self, thread_id: str, fd: int, fetch_events: FetchEvents, count: int) -> None:
         size = os.fstat(fd).st_size
@@ -111,6 +176,7 @@ class Mirror:
         self._cache[thread_id] = (len(data), events[-1].seq if events else 0)
 
     def _write_manifest(self, d: Path, thread: Thread) -> None:
+        self._versions[thread.thread_id] = thread.version
         data = manifest_bytes(thread)
         tmp = d / f".{MANIFEST}.{os.getpid()}.tmp"
         with open(tmp, "wb") as f:
@@ -121,7 +187,7 @@ class Mirror:
         """Delete a thread's mirror folder (no error if it is already gone)."""
         import shutil
 
-        self._cache.pop(thread_id, None)
+        self._forget(thread_id)
         shutil.rmtree(self.thread_dir(thread_id), ignore_errors=True)
 
     # ---------------------------------------------------------------- repairing

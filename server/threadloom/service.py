@@ -131,7 +131,8 @@ class ThreadService:
             except ConflictError as exc:
                 if exc.rule not in ("status_guard", "version_guard") or attempt == PLAN_RETRIES - 1:
                     raise
-                await anyio.sleep(0.001 * attempt)
+                if attempt:
+                    await anyio.sleep(0.001 * attempt)
         raise AssertionError("unreachable")
 
     async def get_thread(self, thread_id: str) -> Thread:
@@ -423,12 +424,17 @@ class ThreadService:
                     )
                 return await replay(rec.seqs)
 
+        fast = [True]
+
         async def plan() -> AppendOutcome:
-            thread = await self.store.get_thread(thread_id)
-            await self._refuse_if_ended(thread)
             ops: list[Op] = []
-            if thread.status == Status.CREATED:
-                ops += self.status_ops(thread, Status.RUNNING, "first append")
+            if fast[0]:  # optimistic: one commit, the status guard checks "running" in the transaction
+                fast[0] = False
+            else:
+                thread = await self.store.get_thread(thread_id)
+                await self._refuse_if_ended(thread)
+                if thread.status == Status.CREATED:
+                    ops += self.status_ops(thread, Status.RUNNING, "first append")
             append_op = AppendEvents(
                 thread_id,
                 new_events,

@@ -138,6 +138,8 @@ class SQLiteStore(Store):
         assert self._readers is not None
         self._readers.stop()
         self._writer = self._readers = None
+        if self.mirror is not None:
+            self.mirror.close()
         if self._wconn is not None:
             self._wconn.close()
             self._wconn = None
@@ -289,17 +291,22 @@ class SQLiteStore(Store):
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 ts, epoch = now_pair()
+                alone = len(batch) == 1  # no savepoint needed: the transaction is the job
                 for job in batch:
-                    conn.execute("SAVEPOINT job")
+                    if not alone:
+                        conn.execute("SAVEPOINT job")
                     try:
                         res = self._apply(conn, job.payload, ts, epoch)
-                        conn.execute("RELEASE job")
+                        if not alone:
+                            conn.execute("RELEASE job")
                         outcomes.append((job, res, None))
                     except (ThreadloomError, sqlite3.IntegrityError) as exc:
-                        conn.execute("ROLLBACK TO job")
-                        conn.execute("RELEASE job")
+                        conn.execute("ROLLBACK" if alone else "ROLLBACK TO job")
+                        if not alone:
+                            conn.execute("RELEASE job")
                         outcomes.append((job, None, _translate(exc)))
-                conn.execute("COMMIT")
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
                 break
             except sqlite3.Error as exc:
                 if conn.in_transaction:
@@ -311,27 +318,36 @@ class SQLiteStore(Store):
                 for job in batch:
                     resolve(job, error=err)
                 return
-        touched: set[str] = set()
+        fresh: dict[str, Thread] = {}
+        appended: dict[str, list[StoredEvent]] = {}
         for job, res, err in outcomes:
             if res is not None:
                 for tid in res.threads:
-                    res.threads[tid] = _get_thread(conn, tid)
-                touched.update(res.threads)
+                    fresh[tid] = res.threads[tid] = _get_thread(conn, tid)
+                for a in res.appends:
+                    appended.setdefault(a.thread_id, []).extend(a.events)
         if self.mirror is not None:
-            for tid in sorted(touched):
-                self._sync_mirror(conn, tid)
+            for tid in sorted(fresh):
+                self._sync_mirror(conn, tid, fresh[tid], appended.get(tid))
         for job, res, err in outcomes:
             resolve(job, res, err)
 
-    def _sync_mirror(self, conn: sqlite3.Connection, tid: str) -> None:
+    def _sync_mirror(
+        self, conn: sqlite3.Connection, tid: str, known: Thread, appended: list[StoredEvent] | None
+    ) -> None:
         assert self.mirror is not None
         try:
             self.mirror.sync(
                 tid,
                 lambda after: _read_events(conn, tid, after, None),
                 lambda: _get_thread(conn, tid),
+                appended=sorted(appended, key=lambda e: e.seq) if appended else None,
+                known=known,
+                fetch_version=lambda: conn.execute(
+                    "SELECT version FROM threads WHERE thread_id = ?", (tid,)
+                ).fetchone()[0],
             )
-        except OSError as exc:  # the commit stands; start-up reconcile repairs the files
+        except (OSError, ThreadloomError) as exc:  # the commit stands; start-up reconcile repairs the files
             log.error("mirror write failed for thread %s: %s", tid, exc)
 
     def _apply(self, conn: sqlite3.Connection, ops: list[Op], ts: str, epoch: float) -> CommitResult:

@@ -1,0 +1,169 @@
+"""Append throughput and latency, next to raw sqlite3 in the same run.
+
+    python3 dev.py run python benchmarks/append.py [--events N] [--stdio-calls N]
+
+Measures events/s of ``ThreadService.append`` on the SQLite store (durability full and
+normal; single appends and batches of 100; 1 and 4 concurrent writers), next to raw
+``sqlite3`` inserting the same rows one transaction each (1 and 4 threads), and the
+per-call latency of ``append_event`` over a real stdio MCP session next to the
+protocol's own ``ping``. Prints a table and writes benchmarks/results/append.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+
+from threadloom.config import Settings  # noqa: E402
+from threadloom.models import canonical_json  # noqa: E402
+from threadloom.service import ThreadService  # noqa: E402
+from threadloom.store import SQLiteStore  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TEXT = "The quick brown fox jumps over the lazy dog while the agent reads the logs. " * 6  # ~450 B
+
+
+def event(i: int) -> dict[str, Any]:
+    return {"type": "message", "role": "user" if i % 2 else "assistant", "text": f"{i} {TEXT}"}
+
+
+def raw_sqlite(durability: str, n: int, writers: int) -> float:
+    """Events/s of plain sqlite3: one INSERT per transaction, ``writers`` threads."""
+    d = tempfile.mkdtemp()
+    path = os.path.join(d, "raw.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, thread_id TEXT, seq INTEGER, ts TEXT, type TEXT, line TEXT, UNIQUE(thread_id, seq))")
+    conn.close()
+    per = n // writers
+
+    def work(w: int) -> None:
+        c = sqlite3.connect(path, isolation_level=None, timeout=30)
+        c.execute(f"PRAGMA synchronous={durability.upper()}")
+        for i in range(per):
+            line = canonical_json({**event(i), "seq": i + 1, "ts": "2026-01-01T00:00:00.000000Z"})
+            c.execute("BEGIN IMMEDIATE")
+            c.execute("INSERT INTO events (thread_id, seq, ts, type, line) VALUES (?,?,?,?,?)", (f"t{w}", i + 1, "ts", "message", line))
+            c.execute("COMMIT")
+        c.close()
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(writers)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return per * writers / (time.perf_counter() - t0)
+
+
+async def store_append(durability: str, n: int, writers: int, batch: int, same_thread: bool) -> float:
+    """Events/s of ThreadService.append on a fresh SQLite root."""
+    root = Path(tempfile.mkdtemp())
+    settings = Settings(root=root, durability=durability)
+    async with ThreadService(SQLiteStore(root, durability=durability), settings) as svc:
+        tids = [(await svc.create_thread()).thread_id for _ in range(1 if same_thread else writers)]
+        for tid in tids:
+            await svc.append(tid, [event(0)])
+        per = n // writers // batch
+
+        async def work(w: int) -> None:
+            tid = tids[0 if same_thread else w]
+            for i in range(per):
+                await svc.append(tid, [event(i * batch + j) for j in range(batch)])
+
+        t0 = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for w in range(writers):
+                tg.start_soon(work, w)
+        return per * batch * writers / (time.perf_counter() - t0)
+
+
+async def stdio_latency(calls: int) -> dict[str, float]:
+    from mcp import Client, StdioServerParameters
+
+    root = tempfile.mkdtemp()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "server"))
+    params = StdioServerParameters(command=sys.executable, args=["-m", "threadloom", "serve", "--root", root], env=env)
+    async with Client(params, mode="legacy") as client:
+        tid = (await client.call_tool("create_thread", {})).structured_content["thread_id"]
+        append, ping = [], []
+        for i in range(calls):
+            t0 = time.perf_counter()
+            r = await client.call_tool("append_event", {"thread_id": tid, "event": event(i)})
+            append.append(time.perf_counter() - t0)
+            assert not r.is_error
+            t0 = time.perf_counter()
+            await client.send_ping()
+            ping.append(time.perf_counter() - t0)
+
+    def pct(xs: list[float], p: float) -> float:
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(p * len(xs)))] * 1000
+
+    return {
+        "append_event_p50_ms": pct(append, 0.5),
+        "append_event_p99_ms": pct(append, 0.99),
+        "ping_p50_ms": pct(ping, 0.5),
+        "ping_p99_ms": pct(ping, 0.99),
+    }
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=4000, help="events per single-append measurement")
+    ap.add_argument("--stdio-calls", type=int, default=500)
+    args = ap.parse_args()
+    n = args.events
+    rows: list[dict[str, Any]] = []
+    for durability in ("full", "normal"):
+        raw1 = raw_sqlite(durability, n, 1)
+        raw4 = raw_sqlite(durability, n, 4)
+        cases = [
+            ("single, 1 writer", 1, 1, True, raw1),
+            ("single, 4 writers, 4 threads", 4, 1, False, raw4),
+            ("single, 4 writers, 1 thread", 4, 1, True, raw4),
+            ("batch 100, 1 writer", 1, 100, True, raw1),
+            ("batch 100, 4 writers", 4, 100, False, raw4),
+        ]
+        rows.append({"durability": durability, "case": "raw sqlite3, 1 txn/event, 1 writer", "events_per_s": raw1, "ratio": 1.0})
+        rows.append({"durability": durability, "case": "raw sqlite3, 1 txn/event, 4 writers", "events_per_s": raw4, "ratio": 1.0})
+        for name, writers, batch, same, base in cases:
+            count = n * (10 if batch > 1 else 1)
+            eps = await store_append(durability, count, writers, batch, same)
+            rows.append({"durability": durability, "case": f"threadloom {name}", "events_per_s": eps, "ratio": eps / base})
+    latency = await stdio_latency(args.stdio_calls)
+
+    print(f"{'durability':<10} {'case':<42} {'events/s':>10} {'vs raw':>8}")
+    for r in rows:
+        print(f"{r['durability']:<10} {r['case']:<42} {r['events_per_s']:>10,.0f} {r['ratio']:>7.2f}x")
+    print()
+    print(f"stdio append_event: p50 {latency['append_event_p50_ms']:.2f} ms, p99 {latency['append_event_p99_ms']:.2f} ms"
+          f"   (protocol ping on the same session: p50 {latency['ping_p50_ms']:.2f} ms, p99 {latency['ping_p99_ms']:.2f} ms)")
+    RESULTS.mkdir(exist_ok=True)
+    out = {
+        "machine": {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "cpus": os.cpu_count()},
+        "events": n,
+        "throughput": rows,
+        "stdio_latency": latency,
+        "medians": {"raw": statistics.median(r["events_per_s"] for r in rows if r["case"].startswith("raw"))},
+    }
+    (RESULTS / "append.json").write_text(json.dumps(out, indent=2))
+    print(f"wrote {RESULTS / 'append.json'}")
+
+
+if __name__ == "__main__":
+    anyio.run(main)
