@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
-from mcp.types import ToolAnnotations
-from pydantic import Field
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field
 
 from . import __version__
 from .errors import InvalidInputError, NotFoundError, ThreadloomError
@@ -49,9 +49,14 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return await fn(*args, **kwargs)
+            result = await fn(*args, **kwargs)
         except ThreadloomError as exc:
             raise ToolError(f"[{exc.rule}] {exc.message}") from exc
+        if isinstance(result, BaseModel):  # compact text beside the structured content
+            data = result.model_dump(mode="json")
+            text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+            return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)  # type: ignore[return-value]
+        return result
 
     return wrapper
 

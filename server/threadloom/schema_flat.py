@@ -9,6 +9,7 @@ flattened schema accepts exactly the same documents.
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any
 
 
@@ -42,8 +43,10 @@ def flatten_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def flatten_tool_schemas(server: Any) -> None:
-    """Flatten the output schema of every tool registered on an MCPServer."""
+    """Flatten the output schema and dedent the description of every tool on an MCPServer."""
     for tool in server._tool_manager.list_tools():
+        if tool.description:
+            tool.description = inspect.cleandoc(tool.description)
         meta = tool.fn_metadata
         if meta.output_schema is not None:
             meta.output_schema = flatten_schema(meta.output_schema)
