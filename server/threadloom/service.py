@@ -407,7 +407,7 @@ class ThreadService:
             check_idempotency_key(idempotency_key)
         validated = self._validate_events(events)
         new_events = tuple(ne for _, ne in validated)
-        rhash = request_hash(thread_id, [ne.payload for ne in new_events])
+        rhash = request_hash(thread_id, [ne.payload for ne in new_events]) if idempotency_key else None
 
         async def replay(seqs: list[int]) -> AppendOutcome:
             thread = await self.store.get_thread(thread_id)

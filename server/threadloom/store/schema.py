@@ -35,7 +35,7 @@ SQLITE_MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX threads_created ON threads (created_at, thread_id);
         CREATE INDEX threads_agent ON threads (agent_id, created_at);
         CREATE INDEX threads_parent ON threads (parent_id, created_at);
-        CREATE INDEX threads_running ON threads (status, heartbeat_epoch);
+        CREATE INDEX threads_status ON threads (status);
         CREATE INDEX threads_chain ON threads (chain_root_id);
         CREATE TABLE events (
             id        INTEGER PRIMARY KEY,

@@ -322,8 +322,10 @@ class SQLiteStore(Store):
         appended: dict[str, list[StoredEvent]] = {}
         for job, res, err in outcomes:
             if res is not None:
-                for tid in res.threads:
-                    fresh[tid] = res.threads[tid] = _get_thread(conn, tid)
+                for tid, known in res.threads.items():
+                    if known is None or fresh.get(tid) is not None:  # created, put, or touched twice
+                        known = _get_thread(conn, tid)
+                    fresh[tid] = res.threads[tid] = known
                 for a in res.appends:
                     appended.setdefault(a.thread_id, []).extend(a.events)
         if self.mirror is not None:
@@ -364,15 +366,14 @@ class SQLiteStore(Store):
                         t.heartbeat_at, epoch, t.stale_after, t.chain_root_id, manifest_doc(t),
                     ),
                 )
-                result.threads[t.thread_id] = t
+                result.threads[t.thread_id] = None  # type: ignore[assignment]  # read after commit
             elif isinstance(op, AppendEvents):
                 row = conn.execute(
-                    "SELECT status, event_count, text_chars, input_tokens FROM threads WHERE thread_id = ?",
-                    (op.thread_id,),
+                    f"SELECT {_THREAD_COLS} FROM threads WHERE thread_id = ?", (op.thread_id,)
                 ).fetchone()
                 if row is None:
                     raise not_found(op.thread_id)
-                status, count, text_chars, input_tokens = row
+                status, count, text_chars, input_tokens = row[2], row[5], row[6], row[7]
                 check_status_guard(op, Status(status))
                 if op.idempotency_key is not None:
                     check_idempotency(op, _find_idem(conn, op.thread_id, op.idempotency_key))
@@ -402,7 +403,9 @@ class SQLiteStore(Store):
                         (op.thread_id, op.idempotency_key, op.request_hash or "", json.dumps(seqs), ts),
                     )
                 result.appends.append(AppendResult(op.thread_id, seqs, stored))
-                result.threads[op.thread_id] = None  # type: ignore[assignment]  # filled after commit
+                # the post-append state, built from the row instead of read again after commit
+                after = (row[0], row[1], status, ts, ts, count + len(stored), text_chars, input_tokens, row[8])
+                result.threads[op.thread_id] = _row_to_thread(after)
             elif isinstance(op, PutThread):
                 t = op.thread
                 row = conn.execute(
