@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import sqlite3
-import statistics
 import sys
 import tempfile
 import threading
@@ -92,34 +91,36 @@ async def store_append(durability: str, n: int, writers: int, batch: int, same_t
         return per * batch * writers / (time.perf_counter() - t0)
 
 
-async def stdio_latency(calls: int) -> dict[str, float]:
+async def stdio_latency(calls: int, durability: str) -> dict[str, float]:
+    """p50/p99 per-call latency over a real stdio session: a no-op tool, append_event, get_thread."""
     from mcp import Client, StdioServerParameters
 
     root = tempfile.mkdtemp()
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "server"))
-    params = StdioServerParameters(command=sys.executable, args=["-m", "threadloom", "serve", "--root", root], env=env)
+    script = str(Path(__file__).resolve().with_name("stdio_server.py"))
+    params = StdioServerParameters(command=sys.executable, args=[script, root, durability], env=dict(os.environ))
+    samples: dict[str, list[float]] = {"noop": [], "append_event": [], "get_thread": []}
     async with Client(params, mode="legacy") as client:
         tid = (await client.call_tool("create_thread", {})).structured_content["thread_id"]
-        append, ping = [], []
         for i in range(calls):
-            t0 = time.perf_counter()
-            r = await client.call_tool("append_event", {"thread_id": tid, "event": event(i)})
-            append.append(time.perf_counter() - t0)
-            assert not r.is_error
-            t0 = time.perf_counter()
-            await client.send_ping()
-            ping.append(time.perf_counter() - t0)
+            for name, args in (
+                ("noop", {}),
+                ("append_event", {"thread_id": tid, "event": event(i)}),
+                ("get_thread", {"thread_id": tid}),
+            ):
+                t0 = time.perf_counter()
+                r = await client.call_tool(name, args)
+                samples[name].append(time.perf_counter() - t0)
+                assert not r.is_error, r.content
 
     def pct(xs: list[float], p: float) -> float:
         xs = sorted(xs)
         return xs[min(len(xs) - 1, int(p * len(xs)))] * 1000
 
-    return {
-        "append_event_p50_ms": pct(append, 0.5),
-        "append_event_p99_ms": pct(append, 0.99),
-        "ping_p50_ms": pct(ping, 0.5),
-        "ping_p99_ms": pct(ping, 0.99),
-    }
+    out: dict[str, float] = {}
+    for name, xs in samples.items():
+        out[f"{name}_p50_ms"] = pct(xs, 0.5)
+        out[f"{name}_p99_ms"] = pct(xs, 0.99)
+    return out
 
 
 async def main() -> None:
@@ -145,21 +146,22 @@ async def main() -> None:
             count = n * (10 if batch > 1 else 1)
             eps = await store_append(durability, count, writers, batch, same)
             rows.append({"durability": durability, "case": f"threadloom {name}", "events_per_s": eps, "ratio": eps / base})
-    latency = await stdio_latency(args.stdio_calls)
+    latency = {d: await stdio_latency(args.stdio_calls, d) for d in ("full", "normal")}
 
     print(f"{'durability':<10} {'case':<42} {'events/s':>10} {'vs raw':>8}")
     for r in rows:
         print(f"{r['durability']:<10} {r['case']:<42} {r['events_per_s']:>10,.0f} {r['ratio']:>7.2f}x")
     print()
-    print(f"stdio append_event: p50 {latency['append_event_p50_ms']:.2f} ms, p99 {latency['append_event_p99_ms']:.2f} ms"
-          f"   (protocol ping on the same session: p50 {latency['ping_p50_ms']:.2f} ms, p99 {latency['ping_p99_ms']:.2f} ms)")
+    print(f"{'stdio, per call':<26} {'no-op tool':>18} {'append_event':>18} {'get_thread':>18}")
+    for d, lat in latency.items():
+        cells = [f"{lat[f'{n}_p50_ms']:.2f} / {lat[f'{n}_p99_ms']:.2f} ms" for n in ("noop", "append_event", "get_thread")]
+        print(f"{'durability ' + d + ' p50/p99':<26} {cells[0]:>18} {cells[1]:>18} {cells[2]:>18}")
     RESULTS.mkdir(exist_ok=True)
     out = {
         "machine": {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "cpus": os.cpu_count()},
         "events": n,
         "throughput": rows,
         "stdio_latency": latency,
-        "medians": {"raw": statistics.median(r["events_per_s"] for r in rows if r["case"].startswith("raw"))},
     }
     (RESULTS / "append.json").write_text(json.dumps(out, indent=2))
     print(f"wrote {RESULTS / 'append.json'}")

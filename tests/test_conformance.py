@@ -385,3 +385,14 @@ async def test_list_chain_and_delete(service: ThreadService) -> None:
     with pytest.raises(NotFoundError):
         await service.read_events(a.thread_id)
     assert [t.thread_id for t in (await service.list_threads()).threads] == [b.thread_id]
+
+
+async def test_a_failing_commit_leaves_the_store_usable(service: ThreadService) -> None:
+    t = await service.create_thread()
+    await service.append(t.thread_id, [USER])
+
+    bad = AppendEvents(t.thread_id, (NewEvent("message", {"type": "message", "role": "user", "text": object()}),))  # type: ignore[dict-item]
+    with pytest.raises(Exception):
+        await service.store.commit([bad])
+    out = await service.append(t.thread_id, [USER], single=True)
+    assert out.seq == 3

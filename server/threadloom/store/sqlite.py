@@ -300,7 +300,11 @@ class SQLiteStore(Store):
                         if not alone:
                             conn.execute("RELEASE job")
                         outcomes.append((job, res, None))
-                    except (ThreadloomError, sqlite3.IntegrityError) as exc:
+                    except sqlite3.OperationalError:
+                        raise  # busy or I/O: retry or fail the whole batch below
+                    except Exception as exc:  # this job fails alone; a bug must not leave a txn open
+                        if not isinstance(exc, (ThreadloomError, sqlite3.IntegrityError)):
+                            log.exception("commit job failed unexpectedly")
                         conn.execute("ROLLBACK" if alone else "ROLLBACK TO job")
                         if not alone:
                             conn.execute("RELEASE job")

@@ -1,0 +1,35 @@
+"""threadloom over stdio plus a no-op tool, so benchmarks can compare against the SDK's floor.
+
+    python benchmarks/stdio_server.py ROOT [full|normal]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+
+from threadloom.config import Settings  # noqa: E402
+from threadloom.mcp_server import build_server  # noqa: E402
+from threadloom.service import ThreadService  # noqa: E402
+from threadloom.store import SQLiteStore  # noqa: E402
+
+
+async def main(root: str, durability: str) -> None:
+    settings = Settings(root=Path(root), durability=durability)  # type: ignore[arg-type]
+    async with ThreadService(SQLiteStore(settings.root, durability=durability), settings) as service:
+        server = build_server(service)
+
+        @server.tool()
+        async def noop() -> str:
+            """Does nothing: the SDK's own per-call floor."""
+            return "ok"
+
+        await server.run_stdio_async()
+
+
+if __name__ == "__main__":
+    anyio.run(main, sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "full")
