@@ -11,7 +11,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
@@ -20,7 +20,7 @@ from . import __version__
 from .errors import InvalidInputError, NotFoundError, ThreadloomError
 from .mirror import manifest_bytes
 from .models import Budget, Limits, Thread, check_thread_id
-from .results import AppendOutcome, EventPage, ThreadPage
+from .results import AppendOutcome, EventPage, ThreadPage, WaitResult
 from .schema_flat import flatten_tool_schemas
 from .service import ThreadService
 
@@ -161,7 +161,7 @@ def build_server(service: ThreadService) -> MCPServer:
     @tool_errors
     async def get_thread(thread_id: ThreadId) -> Thread:
         """Return a thread's manifest: status, title, directive, result, outputs, cost,
-        chain links, counters (event_count) and timestamps."""
+        chain links, counters (event_count), timestamps and its children counted by status."""
         return await service.get_thread(thread_id)
 
     @server.tool(annotations=READ_ONLY)
@@ -208,11 +208,15 @@ def build_server(service: ThreadService) -> MCPServer:
         metadata: Annotated[
             dict[str, Any] | None, Field(description="merged into metadata; a key set to null is removed")
         ] = None,
+        cascade: Annotated[
+            bool, Field(description="when ending the thread, also cancel its open child threads")
+        ] = False,
     ) -> Thread:
         """Change a thread's status and/or set result, outputs, cost, title or metadata.
 
         End a task with status='completed' (or 'error'/'cancelled') and its result.
-        Illegal status transitions are refused and name the allowed ones.
+        Illegal status transitions are refused and name the allowed ones. Open children
+        keep running when a parent ends, unless cascade=true cancels them.
         """
         kwargs: dict[str, Any] = {}
         if result is not None:
@@ -220,8 +224,34 @@ def build_server(service: ThreadService) -> MCPServer:
         if outputs is not None:
             kwargs["outputs"] = outputs
         return await service.update_thread(
-            thread_id, status=status, reason=reason, cost=cost, title=title, metadata=metadata, **kwargs
+            thread_id, status=status, reason=reason, cost=cost, title=title, metadata=metadata, cascade=cascade, **kwargs
         )
+
+    @server.tool(annotations=READ_ONLY)
+    @tool_errors
+    async def wait_threads(
+        thread_ids: Annotated[list[str], Field(description="threads to wait for (e.g. the children you spawned)")],
+        ctx: Context,
+        mode: Annotated[
+            Literal["all", "any"], Field(description="'all': until every thread ended; 'any': until one did")
+        ] = "all",
+        timeout: Annotated[
+            float | None,
+            Field(description="seconds to wait at most (default 600); 0 checks without waiting"),
+        ] = None,
+    ) -> WaitResult:
+        """Wait until the given threads end (completed, error or cancelled), without polling.
+
+        Follows handoffs: waiting on a thread that continued into others reports the
+        outcome of the chain's last thread (resolved_thread_id). Returns each thread's
+        status, result, outputs and cost, plus which ids timed out. Sends progress
+        notifications (finished of total) while waiting.
+        """
+
+        async def progress(done: int, total: int, message: str) -> None:
+            await ctx.report_progress(done, total, message)
+
+        return await service.wait_threads(thread_ids, mode=mode, timeout=timeout, on_progress=progress)
 
     # -------------------------------------------------------------- resources
 

@@ -28,7 +28,7 @@ FetchEvents = Callable[[int], list[StoredEvent]]
 FetchThread = Callable[[], Thread]
 
 
-SNAPSHOT_EXCLUDE = frozenset({"event_count", "text_chars", "input_tokens", "updated_at", "heartbeat_at"})
+SNAPSHOT_EXCLUDE = frozenset({"event_count", "text_chars", "input_tokens", "updated_at", "heartbeat_at", "children"})
 """Fields left out of thread.json: they move on every append and live in the database;
 the snapshot changes (and is rewritten) only when the manifest itself changes."""
 

@@ -428,6 +428,8 @@ class Thread(BaseModel):
     text_chars: int = 0
     input_tokens: int | None = None
     version: int = 0
+    # filled by get_thread only: child threads by status
+    children: dict[str, int] | None = None
 
     def context(self) -> ContextUsage:
         """DESIGN §7: max(text chars // 4, latest reported input_tokens) over the window."""
@@ -435,5 +437,5 @@ class Thread(BaseModel):
         return ContextUsage(used=used, window=self.context_window, ratio=round(used / self.context_window, 6))
 
 
-MANIFEST_FIELDS = frozenset(Thread.model_fields) - {"event_count", "text_chars", "input_tokens", "version"}
+MANIFEST_FIELDS = frozenset(Thread.model_fields) - {"event_count", "text_chars", "input_tokens", "version", "children"}
 """Fields of the stored manifest document; the rest are counters the store maintains."""

@@ -45,3 +45,27 @@ class AppendOutcome(BaseModel):
     status: Status
     context: ContextUsage
     handoff: HandoffInfo | None = None
+
+
+class WaitItem(BaseModel):
+    """The outcome of one waited-on thread, reported under the id that was asked for."""
+
+    thread_id: str = Field(description="the id that was asked for")
+    resolved_thread_id: str = Field(description="the end of its continuation chain, whose outcome this is")
+    status: Status
+    status_reason: str | None = None
+    done: bool = Field(description="true when the resolved thread is completed, error or cancelled")
+    result: Any = None
+    outputs: Any = None
+    cost: float | None = None
+
+
+class WaitResult(BaseModel):
+    """What wait_threads saw when it returned."""
+
+    mode: str
+    settled: bool = Field(description="true when the wait condition (all/any) was met")
+    threads: list[WaitItem]
+    done: list[str] = Field(description="requested ids whose threads ended")
+    timed_out: list[str] = Field(description="requested ids still open when the timeout ran out")
+    waited_ms: float

@@ -49,8 +49,10 @@ from .models import (
     utc_now,
 )
 from .messages import rebuild_messages
-from .results import AppendOutcome, EventPage, ThreadPage
+from .results import AppendOutcome, EventPage, ThreadPage, WaitResult
 from .store.apply import request_hash
+from .waiting import wait_threads
+from .wake import WakeHub
 from .store.base import AppendEvents, CreateThread, IdempotentReplay, NewEvent, Op, PutThread, Store
 
 log = logging.getLogger("threadloom.service")
@@ -107,11 +109,13 @@ class ThreadService:
     def __init__(self, store: Store, settings: Settings | None = None) -> None:
         self.store = store
         self.settings = settings or Settings()
+        self.hub = WakeHub(store)
 
     async def open(self) -> None:
         await self.store.open()
 
     async def close(self) -> None:
+        self.hub.close()
         await self.store.close()
 
     async def __aenter__(self) -> ThreadService:
@@ -136,8 +140,9 @@ class ThreadService:
         raise AssertionError("unreachable")
 
     async def get_thread(self, thread_id: str) -> Thread:
-        """The thread's manifest and counters. Raises NotFoundError."""
-        return await self.store.get_thread(check_thread_id(thread_id))
+        """The thread's manifest and counters, with its children counted by status."""
+        thread = await self.store.get_thread(check_thread_id(thread_id))
+        return thread.model_copy(update={"children": await self.store.child_counts(thread_id)})
 
     async def chain_end(self, thread: Thread) -> Thread:
         """Follow continuation links to the chain's newest thread (a cycle stops the walk)."""
@@ -276,10 +281,13 @@ class ThreadService:
         cost: float | None = None,
         title: str | None = None,
         metadata: dict[str, Any] | None = None,
+        cascade: bool = False,
     ) -> Thread:
         """Change status (DESIGN §3 transitions only), result, outputs, cost, title or metadata.
 
         ``metadata`` is merged into the existing metadata; a key set to null is removed.
+        Ending a thread leaves its open children alone unless ``cascade``: then every open
+        descendant (created, running, paused) is cancelled too.
         """
         check_thread_id(thread_id)
         new_status: Status | None = None
@@ -346,7 +354,46 @@ class ThreadService:
             res = await self.store.commit(ops)
             return res.threads[thread_id]
 
-        return await self._retrying(plan)
+        updated = await self._retrying(plan)
+        if cascade and updated.status in TERMINAL:
+            await self.cancel_descendants(thread_id, reason=f"parent {thread_id} ended ({updated.status.value})")
+        return updated
+
+    async def cancel_descendants(self, thread_id: str, *, reason: str) -> list[str]:
+        """Cancel every open descendant of ``thread_id`` (children first found, depth first)."""
+        cancelled: list[str] = []
+        stack, seen = [thread_id], {thread_id}
+        while stack:
+            parent = stack.pop()
+            cursor = None
+            while True:
+                page = await self.list_threads(parent_id=parent, limit=MAX_LIST, cursor=cursor)
+                for child in page.threads:
+                    if child.thread_id in seen:
+                        continue
+                    seen.add(child.thread_id)
+                    stack.append(child.thread_id)
+                    if child.status in (Status.CREATED, Status.RUNNING, Status.PAUSED):
+                        try:
+                            await self.update_thread(child.thread_id, status=Status.CANCELLED, reason=reason)
+                            cancelled.append(child.thread_id)
+                        except InvalidStateError:
+                            pass  # it ended on its own meanwhile
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+        return cancelled
+
+    async def wait_threads(
+        self,
+        thread_ids: Sequence[str],
+        *,
+        mode: str = "all",
+        timeout: float | None = None,
+        on_progress: Callable[[int, int, str], Awaitable[None]] | None = None,
+    ) -> WaitResult:
+        """Wait until all or any of the threads ended (following chains); see waiting.py."""
+        return await wait_threads(self, thread_ids, mode=mode, timeout=timeout, on_progress=on_progress)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------- events
 

@@ -213,6 +213,10 @@ class Store(abc.ABC):
         """Running threads whose heartbeat is older than their ``stale_after`` at ``now``."""
 
     @abc.abstractmethod
+    async def child_counts(self, parent_id: str) -> dict[str, int]:
+        """How many children ``parent_id`` has, by status (statuses with none are left out)."""
+
+    @abc.abstractmethod
     async def list_chain(self, chain_root_id: str) -> list[Thread]:
         """Every thread whose ``chain_root_id`` is the given id, oldest first."""
 
@@ -229,6 +233,14 @@ class Store(abc.ABC):
         return 0
 
     # ----------------------------------------------------------------- listeners
+
+    def watch_external(self, on_change: Callable[[], None]) -> Callable[[], None]:
+        """Call ``on_change`` (on the running event loop) when another process commits.
+
+        Returns a function that stops the watch. One watch per caller, whatever the
+        number of waiters behind it. The default (memory store) has no other process.
+        """
+        return lambda: None
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Register ``listener`` to run after every commit made through this store."""

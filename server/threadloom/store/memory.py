@@ -157,6 +157,13 @@ class MemoryStore(Store):
     async def find_idempotency(self, thread_id: str, key: str) -> IdempotencyRecord | None:
         return self._idem.get((thread_id, key))
 
+    async def child_counts(self, parent_id: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for t in self._threads.values():
+            if t.parent_id == parent_id:
+                counts[t.status.value] = counts.get(t.status.value, 0) + 1
+        return counts
+
     async def list_chain(self, chain_root_id: str) -> list[Thread]:
         rows = [t for t in self._threads.values() if t.chain_root_id == chain_root_id]
         return sorted(rows, key=lambda t: (t.created_at, t.thread_id))

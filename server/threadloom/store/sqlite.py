@@ -8,6 +8,7 @@ plus bounded retries keep "database is locked" from ever reaching a caller.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -49,6 +50,7 @@ BUSY_TIMEOUT_MS = 5000
 MAX_BUSY_RETRIES = 12
 MAX_GROUP = 256
 READERS = 2
+WATCH_INTERVAL = 0.002  # seconds between data_version polls while someone waits
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 
 _THREAD_COLS = (
@@ -227,6 +229,10 @@ class SQLiteStore(Store):
             "AND heartbeat_epoch + stale_after < ? LIMIT ?"
         )
         return await self._read(lambda c: [_row_to_thread(r) for r in c.execute(q, (now, limit))])
+
+    async def child_counts(self, parent_id: str) -> dict[str, int]:
+        q = "SELECT status, COUNT(*) FROM threads WHERE parent_id = ? GROUP BY status"
+        return await self._read(lambda c: {status: n for status, n in c.execute(q, (parent_id,))})
 
     async def list_chain(self, chain_root_id: str) -> list[Thread]:
         q = f"SELECT {_THREAD_COLS} FROM threads WHERE chain_root_id = ? ORDER BY created_at, thread_id"
@@ -429,6 +435,41 @@ class SQLiteStore(Store):
                 )
                 result.threads[t.thread_id] = None  # type: ignore[assignment]
         return result
+
+    # ------------------------------------------------------------------ watch
+
+    def watch_external(self, on_change: Callable[[], None]) -> Callable[[], None]:
+        """Poll ``PRAGMA data_version`` every few ms on a dedicated connection in its own
+        thread: it moves when any other connection (another process, or this process's
+        writer) commits. ~2 ms median wake, well under 1% of a core."""
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        path = self.path
+
+        def run() -> None:
+            try:
+                conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5)
+            except sqlite3.Error as exc:
+                log.error("cannot watch %s for changes: %s", path, exc)
+                return
+            try:
+                last = conn.execute("PRAGMA data_version").fetchone()[0]
+                while not stop.wait(WATCH_INTERVAL):
+                    try:
+                        version = conn.execute("PRAGMA data_version").fetchone()[0]
+                    except sqlite3.Error:
+                        continue
+                    if version != last:
+                        last = version
+                        try:
+                            loop.call_soon_threadsafe(on_change)
+                        except RuntimeError:  # the loop closed
+                            return
+            finally:
+                conn.close()
+
+        threading.Thread(target=run, name="threadloom-watch", daemon=True).start()
+        return stop.set
 
     # ------------------------------------------------------------ maintenance
 

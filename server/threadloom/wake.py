@@ -1,0 +1,149 @@
+"""Push-based wake-ups for waiters: one hub per store, one query per change.
+
+Commits made through this process reach the hub through the store's commit
+listeners; commits made by other processes reach it through the store's external
+watch (SQLite ``PRAGMA data_version``, PostgreSQL LISTEN/NOTIFY). Either way the
+hub reads the watched threads that changed **once** and hands the fresh manifests to
+every subscription that watches them, so a thousand waiters cost one query per commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+
+from .models import Thread
+from .store.base import Store
+
+log = logging.getLogger("threadloom.wake")
+
+
+class Subscription:
+    """A waiter's view: the thread ids it watches and the fresh manifests pushed to it."""
+
+    def __init__(self, hub: WakeHub, thread_ids: Iterable[str]) -> None:
+        self._hub = hub
+        self.thread_ids: set[str] = set(thread_ids)
+        self._ready = asyncio.Event()
+        self._updates: dict[str, Thread] = {}
+
+    def push(self, thread: Thread) -> None:
+        self._updates[thread.thread_id] = thread
+        self._ready.set()
+
+    def watch(self, thread_ids: Iterable[str]) -> None:
+        """Watch more threads (e.g. the continuation a chain moved on to)."""
+        new = set(thread_ids) - self.thread_ids
+        self.thread_ids |= new
+        self._hub._add(self, new)
+
+    async def next(self) -> dict[str, Thread]:
+        """Wait for the next batch of changed threads among those watched."""
+        await self._ready.wait()
+        self._ready.clear()
+        updates, self._updates = self._updates, {}
+        return updates
+
+
+class WakeHub:
+    """Routes commit notifications to subscriptions; owns the store's external watch."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._subs: dict[str, set[Subscription]] = {}
+        self._pending: set[str] | None = set()  # None: "something changed, unknown what"
+        self._dirty = asyncio.Event()
+        self._pump_task: asyncio.Task[None] | None = None
+        self._stop_watch: object = None
+        self._seen: dict[str, tuple[int, int, str]] = {}
+        self.queries = 0  # reads the hub made: the DB work that waiting costs
+        store.add_commit_listener(self._on_commit)
+
+    @property
+    def waiters(self) -> int:
+        """How many subscriptions are registered (for tests and metrics)."""
+        return len({s for subs in self._subs.values() for s in subs})
+
+    # ------------------------------------------------------------- notifications
+
+    def _on_commit(self, thread_ids: frozenset[str]) -> None:
+        if not self._subs:
+            return
+        if self._pending is not None:
+            self._pending |= thread_ids & self._subs.keys()
+        self._dirty.set()
+
+    def _on_external(self) -> None:
+        if self._subs:
+            self._pending = None
+            self._dirty.set()
+
+    async def _pump(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            pending, self._pending = self._pending, set()
+            watched = set(self._subs)
+            ids = watched if pending is None else pending & watched
+            if not ids:
+                continue
+            try:
+                threads = await self.store.get_threads(sorted(ids))
+            except Exception:
+                log.exception("wake hub could not read changed threads")
+                continue
+            self.queries += 1
+            for tid, thread in threads.items():
+                mark = (thread.event_count, thread.version, thread.status.value)
+                if pending is None and self._seen.get(tid) == mark:
+                    continue  # an external change elsewhere: this thread did not move
+                self._seen[tid] = mark
+                for sub in list(self._subs.get(tid, ())):
+                    sub.push(thread)
+
+    # ------------------------------------------------------------- subscriptions
+
+    def _add(self, sub: Subscription, thread_ids: Iterable[str]) -> None:
+        for tid in thread_ids:
+            self._subs.setdefault(tid, set()).add(sub)
+        if self._pump_task is None or self._pump_task.done():
+            self._pump_task = asyncio.get_running_loop().create_task(self._pump())
+        if self._stop_watch is None:
+            self._stop_watch = self.store.watch_external(self._on_external)
+
+    def _remove(self, sub: Subscription) -> None:
+        for tid in sub.thread_ids:
+            subs = self._subs.get(tid)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._subs[tid]
+                    self._seen.pop(tid, None)
+        if not self._subs:
+            self._stop()
+
+    def _stop(self) -> None:
+        stop, self._stop_watch = self._stop_watch, None
+        if callable(stop):
+            stop()
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            self._pump_task = None
+
+    @asynccontextmanager
+    async def subscribe(self, thread_ids: Iterable[str]) -> AsyncIterator[Subscription]:
+        """Watch ``thread_ids`` for the duration of the block (register before reading state)."""
+        sub = Subscription(self, thread_ids)
+        self._add(sub, sub.thread_ids)
+        try:
+            yield sub
+        finally:
+            self._remove(sub)
+
+    def close(self) -> None:
+        """Stop the external watch and the pump (the store stays open)."""
+        self.store.remove_commit_listener(self._on_commit)
+        self._subs.clear()
+        self._stop()
