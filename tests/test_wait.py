@@ -96,7 +96,7 @@ async def test_already_ended_threads_settle_at_once(service: ThreadService) -> N
     a = await running(service)
     await service.update_thread(a, status="completed")
     res = await service.wait_threads([a], timeout=600)
-    assert res.settled and res.waited_ms < 600_000
+    assert res.settled and res.timed_out == []
 
 
 async def test_wait_follows_a_chain_that_hands_off_twice(service: ThreadService) -> None:

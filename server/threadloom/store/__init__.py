@@ -12,11 +12,18 @@ __all__ = ["Store", "MemoryStore", "SQLiteStore", "make_store"]
 
 
 def make_store(settings: Settings) -> Store:
-    """The store named by ``settings.store`` (``sqlite`` under ``settings.root``, or ``memory``)."""
+    """The store named by ``settings.store``: ``sqlite`` under ``settings.root``, ``memory``,
+    or a ``postgresql://`` URL."""
     if settings.store == "sqlite":
         return SQLiteStore(settings.root, durability=settings.durability)
     if settings.store == "memory":
         return MemoryStore()
+    if settings.store.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore  # psycopg is imported only when asked for
+
+        return PostgresStore(settings.store, durability=settings.durability)
     raise InvalidInputError(
-        f"store must be 'sqlite' or 'memory'; got {settings.store!r}", rule="store_kind"
+        "store must be 'sqlite', 'memory' or a postgresql:// URL; "
+        f"got {settings.store!r}",
+        rule="store_kind",
     )

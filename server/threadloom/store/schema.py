@@ -89,3 +89,61 @@ def apply_sqlite_migrations(conn: sqlite3.Connection, migrations: list[tuple[str
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer threadloom than this one."""
+
+    def __init__(self, current: int, known: int) -> None:
+        super().__init__(
+            f"the database schema is version {current} but this threadloom knows only up to {known}: "
+            "upgrade threadloom (refusing to touch a newer database)"
+        )
+
+
+POSTGRES_MIGRATIONS: list[tuple[str, list[str]]] = [
+    (
+        "0001_threads_events",
+        [
+            """CREATE TABLE threads (
+                thread_id        TEXT PRIMARY KEY,
+                agent_id         TEXT NOT NULL,
+                parent_id        TEXT,
+                status           TEXT NOT NULL,
+                created_at       TEXT NOT NULL,
+                updated_at       TEXT NOT NULL,
+                heartbeat_at     TEXT NOT NULL,
+                heartbeat_epoch  DOUBLE PRECISION NOT NULL,
+                stale_after      DOUBLE PRECISION NOT NULL,
+                chain_root_id    TEXT NOT NULL,
+                event_count      BIGINT NOT NULL DEFAULT 0,
+                text_chars       BIGINT NOT NULL DEFAULT 0,
+                input_tokens     BIGINT,
+                transcript_bytes BIGINT NOT NULL DEFAULT 0,
+                version          BIGINT NOT NULL DEFAULT 1,
+                doc              TEXT NOT NULL
+            )""",
+            "CREATE INDEX threads_created ON threads (created_at, thread_id)",
+            "CREATE INDEX threads_agent ON threads (agent_id, created_at)",
+            "CREATE INDEX threads_parent ON threads (parent_id, created_at)",
+            "CREATE INDEX threads_status ON threads (status)",
+            "CREATE INDEX threads_chain ON threads (chain_root_id)",
+            """CREATE TABLE events (
+                thread_id TEXT NOT NULL,
+                seq       BIGINT NOT NULL,
+                ts        TEXT NOT NULL,
+                type      TEXT NOT NULL,
+                line      TEXT NOT NULL,
+                PRIMARY KEY (thread_id, seq)
+            )""",
+            """CREATE TABLE idempotency (
+                thread_id    TEXT NOT NULL,
+                key          TEXT NOT NULL,
+                request_hash TEXT NOT NULL,
+                seqs         TEXT NOT NULL,
+                created_at   TEXT NOT NULL,
+                PRIMARY KEY (thread_id, key)
+            )""",
+        ],
+    ),
+]

@@ -1,0 +1,398 @@
+"""PostgreSQL backend: the same contract on a database shared by several servers.
+
+psycopg 3 async with a connection pool. Each commit is one transaction; appends lock
+their thread's row (``SELECT ... FOR UPDATE``) so seqs stay gapless under any
+concurrency, and the transaction ends with ``NOTIFY threadloom`` so every server's
+one listening connection wakes its waiters. Serialization failures, deadlocks and
+dropped connections are retried a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg_pool import AsyncConnectionPool
+
+from ..errors import ConflictError, StoreUnavailableError, ThreadloomError
+from ..models import Status, StoredEvent, Thread, render_line
+from .apply import (
+    check_idempotency,
+    check_status_guard,
+    check_version_guard,
+    counters_after,
+    manifest_doc,
+    not_found,
+    now_pair,
+)
+from .base import (
+    AppendEvents,
+    AppendResult,
+    CommitResult,
+    CreateThread,
+    IdempotencyRecord,
+    Op,
+    PutThread,
+    Store,
+)
+from .schema import POSTGRES_MIGRATIONS, SchemaTooNew
+
+log = logging.getLogger("threadloom.store")
+T = TypeVar("T")
+
+CHANNEL = "threadloom"
+MAX_RETRIES = 8
+MIGRATION_LOCK = 0x7468726561646C6F  # "threadlo": one advisory lock for every server
+_THREAD_COLS = (
+    "thread_id, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version"
+)
+_RETRYABLE = (
+    pgerrors.SerializationFailure,
+    pgerrors.DeadlockDetected,
+    psycopg.OperationalError,
+)
+
+
+def _row_to_thread(row: Sequence[Any]) -> Thread:
+    _tid, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version = row
+    data = json.loads(doc)
+    data.update(
+        status=status,
+        updated_at=updated_at,
+        heartbeat_at=heartbeat_at,
+        event_count=event_count,
+        text_chars=text_chars,
+        input_tokens=input_tokens,
+        version=version,
+    )
+    return Thread.model_validate(data)
+
+
+class PostgresStore(Store):
+    """Threads and events in PostgreSQL; several server processes may share one database."""
+
+    name = "postgres"
+
+    def __init__(self, dsn: str, *, durability: str = "full", pool_size: int = 10) -> None:
+        super().__init__()
+        self.dsn = dsn
+        self.durability = durability
+        self._pool_size = pool_size
+        self._pool: AsyncConnectionPool | None = None
+
+    # ------------------------------------------------------------- life cycle
+
+    async def _configure(self, conn: psycopg.AsyncConnection) -> None:
+        if self.durability == "normal":  # survives a crash of this process, not of the DB server
+            await conn.execute("SET synchronous_commit = off")
+        await conn.commit()
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        pool = AsyncConnectionPool(
+            self.dsn, min_size=1, max_size=self._pool_size, open=False, configure=self._configure, timeout=30
+        )
+        try:
+            await pool.open(wait=True, timeout=30)
+            async with pool.connection() as conn:
+                await _migrate(conn)
+        except SchemaTooNew as exc:
+            await pool.close()
+            raise StoreUnavailableError(str(exc), rule="schema_too_new") from None
+        except (psycopg.Error, Exception) as exc:
+            await pool.close()
+            if isinstance(exc, ThreadloomError):
+                raise
+            raise StoreUnavailableError(f"cannot open PostgreSQL store: {exc}") from exc
+        self._pool = pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _run(self, fn: Callable[[psycopg.AsyncConnection], Awaitable[T]], *, write: bool) -> T:
+        """Run ``fn`` in a transaction; retry transient failures; translate driver errors."""
+        if self._pool is None:
+            raise StoreUnavailableError("the store is not open")
+        for attempt in range(MAX_RETRIES + 1):
+            try:
+                async with self._pool.connection() as conn:
+                    async with conn.transaction():
+                        return await fn(conn)
+            except ThreadloomError:
+                raise
+            except pgerrors.UniqueViolation as exc:
+                raise ConflictError(f"the write conflicts with existing data: {exc}", rule="constraint") from exc
+            except _RETRYABLE as exc:
+                if attempt == MAX_RETRIES:
+                    raise StoreUnavailableError(f"PostgreSQL kept failing after {attempt + 1} tries: {exc}") from exc
+                await asyncio.sleep(min(0.005 * 2**attempt, 0.5))
+            except psycopg.Error as exc:
+                raise StoreUnavailableError(f"PostgreSQL error: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ writes
+
+    async def commit(self, ops: Sequence[Op]) -> CommitResult:
+        async def txn(conn: psycopg.AsyncConnection) -> CommitResult:
+            ts, epoch = now_pair()
+            result = CommitResult()
+            reread: set[str] = set()
+            for op in ops:
+                await self._apply(conn, op, ts, epoch, result, reread)
+            for tid in reread:
+                result.threads[tid] = await _get_thread(conn, tid)
+            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, ",".join(sorted(result.threads))))
+            return result
+
+        result = await self._run(txn, write=True)
+        self._notify(frozenset(result.threads))
+        return result
+
+    async def _apply(
+        self, conn: psycopg.AsyncConnection, op: Op, ts: str, epoch: float, result: CommitResult, reread: set[str]
+    ) -> None:
+        if isinstance(op, CreateThread):
+            t = op.thread
+            await conn.execute(
+                "INSERT INTO threads (thread_id, agent_id, parent_id, status, created_at, updated_at,"
+                " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, doc)"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                (
+                    t.thread_id, t.agent_id, t.parent_id, t.status.value, t.created_at, t.updated_at,
+                    t.heartbeat_at, epoch, t.stale_after, t.chain_root_id, manifest_doc(t),
+                ),
+            )
+            reread.add(t.thread_id)
+            result.threads[t.thread_id] = t
+        elif isinstance(op, AppendEvents):
+            cur = await conn.execute(
+                f"SELECT {_THREAD_COLS} FROM threads WHERE thread_id = %s FOR UPDATE", (op.thread_id,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise not_found(op.thread_id)
+            status, count, text_chars, input_tokens = row[2], row[5], row[6], row[7]
+            check_status_guard(op, Status(status))
+            if op.idempotency_key is not None:
+                check_idempotency(op, await _find_idem(conn, op.thread_id, op.idempotency_key))
+            stored = []
+            nbytes = 0
+            for i, ev in enumerate(op.events):
+                seq = count + 1 + i
+                line = render_line(seq, ts, ev.payload)
+                stored.append(StoredEvent(op.thread_id, seq, ts, ev.type, line))
+                nbytes += len(line.encode()) + 1
+            async with conn.cursor() as c:
+                await c.executemany(
+                    "INSERT INTO events (thread_id, seq, ts, type, line) VALUES (%s,%s,%s,%s,%s)",
+                    [(e.thread_id, e.seq, e.ts, e.type, e.line) for e in stored],
+                )
+            text_chars, input_tokens = counters_after(op.events, text_chars, input_tokens)
+            await conn.execute(
+                "UPDATE threads SET event_count = %s, text_chars = %s, input_tokens = %s, updated_at = %s,"
+                " heartbeat_at = %s, heartbeat_epoch = %s, transcript_bytes = transcript_bytes + %s"
+                " WHERE thread_id = %s",
+                (count + len(stored), text_chars, input_tokens, ts, ts, epoch, nbytes, op.thread_id),
+            )
+            seqs = [e.seq for e in stored]
+            if op.idempotency_key is not None:
+                await conn.execute(
+                    "INSERT INTO idempotency (thread_id, key, request_hash, seqs, created_at)"
+                    " VALUES (%s,%s,%s,%s,%s)",
+                    (op.thread_id, op.idempotency_key, op.request_hash or "", json.dumps(seqs), ts),
+                )
+            result.appends.append(AppendResult(op.thread_id, seqs, stored))
+            if op.thread_id not in reread:
+                after = (row[0], row[1], status, ts, ts, count + len(stored), text_chars, input_tokens, row[8])
+                result.threads[op.thread_id] = _row_to_thread(after)
+        elif isinstance(op, PutThread):
+            t = op.thread
+            cur = await conn.execute(
+                "SELECT version, heartbeat_epoch FROM threads WHERE thread_id = %s FOR UPDATE", (t.thread_id,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise not_found(t.thread_id)
+            check_version_guard(op, row[0], row[1])
+            await conn.execute(
+                "UPDATE threads SET agent_id = %s, parent_id = %s, status = %s, updated_at = %s,"
+                " heartbeat_at = %s, heartbeat_epoch = %s, stale_after = %s, chain_root_id = %s, doc = %s,"
+                " version = version + 1 WHERE thread_id = %s",
+                (
+                    t.agent_id, t.parent_id, t.status.value, ts, ts, epoch, t.stale_after,
+                    t.chain_root_id, manifest_doc(t), t.thread_id,
+                ),
+            )
+            reread.add(t.thread_id)
+            result.threads[t.thread_id] = t
+
+    async def delete_threads(self, thread_ids: Sequence[str]) -> int:
+        ids = list(dict.fromkeys(thread_ids))
+
+        async def txn(conn: psycopg.AsyncConnection) -> list[str]:
+            cur = await conn.execute("DELETE FROM threads WHERE thread_id = ANY(%s) RETURNING thread_id", (ids,))
+            gone = [r[0] for r in await cur.fetchall()]
+            await conn.execute("DELETE FROM events WHERE thread_id = ANY(%s)", (ids,))
+            await conn.execute("DELETE FROM idempotency WHERE thread_id = ANY(%s)", (ids,))
+            if gone:
+                await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, ",".join(gone)))
+            return gone
+
+        gone = await self._run(txn, write=True)
+        if gone:
+            self._notify(frozenset(gone))
+        return len(gone)
+
+    # ------------------------------------------------------------------- reads
+
+    async def _fetch(self, q: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        async def fn(conn: psycopg.AsyncConnection) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(q, args)
+            return await cur.fetchall()
+
+        return await self._run(fn, write=False)
+
+    async def get_thread(self, thread_id: str) -> Thread:
+        rows = await self._fetch(f"SELECT {_THREAD_COLS} FROM threads WHERE thread_id = %s", (thread_id,))
+        if not rows:
+            raise not_found(thread_id)
+        return _row_to_thread(rows[0])
+
+    async def get_threads(self, thread_ids: Sequence[str]) -> dict[str, Thread]:
+        ids = list(dict.fromkeys(thread_ids))
+        rows = await self._fetch(f"SELECT {_THREAD_COLS} FROM threads WHERE thread_id = ANY(%s)", (ids,))
+        return {r[0]: _row_to_thread(r) for r in rows}
+
+    async def list_threads(
+        self,
+        *,
+        agent_id: str | None = None,
+        parent_id: str | None = None,
+        status: Status | None = None,
+        limit: int = 50,
+        before: tuple[str, str] | None = None,
+    ) -> list[Thread]:
+        where, args = [], []
+        for col, val in (("agent_id", agent_id), ("parent_id", parent_id), ("status", status)):
+            if val is not None:
+                where.append(f"{col} = %s")
+                args.append(str(val))
+        if before is not None:
+            where.append("(created_at, thread_id) < (%s, %s)")
+            args.extend(before)
+        q = f"SELECT {_THREAD_COLS} FROM threads"
+        if where:
+            q += " WHERE " + " AND ".join(where)
+        q += " ORDER BY created_at DESC, thread_id DESC LIMIT %s"
+        args.append(limit)
+        return [_row_to_thread(r) for r in await self._fetch(q, args)]
+
+    async def read_events(
+        self, thread_id: str, *, after_seq: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        async def fn(conn: psycopg.AsyncConnection) -> list[StoredEvent]:
+            cur = await conn.execute(
+                "SELECT seq, ts, type, line FROM events WHERE thread_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+                (thread_id, after_seq, limit),
+            )
+            rows = await cur.fetchall()
+            if not rows:
+                cur = await conn.execute("SELECT 1 FROM threads WHERE thread_id = %s", (thread_id,))
+                if await cur.fetchone() is None:
+                    raise not_found(thread_id)
+            return [StoredEvent(thread_id, seq, ts, typ, line) for seq, ts, typ, line in rows]
+
+        return await self._run(fn, write=False)
+
+    async def find_idempotency(self, thread_id: str, key: str) -> IdempotencyRecord | None:
+        async def fn(conn: psycopg.AsyncConnection) -> IdempotencyRecord | None:
+            return await _find_idem(conn, thread_id, key)
+
+        return await self._run(fn, write=False)
+
+    async def list_stale(self, now: float, *, limit: int = 100) -> list[Thread]:
+        q = (
+            f"SELECT {_THREAD_COLS} FROM threads WHERE status = 'running' "
+            "AND heartbeat_epoch + stale_after < %s LIMIT %s"
+        )
+        return [_row_to_thread(r) for r in await self._fetch(q, (now, limit))]
+
+    async def child_counts(self, parent_id: str) -> dict[str, int]:
+        rows = await self._fetch("SELECT status, COUNT(*) FROM threads WHERE parent_id = %s GROUP BY status", (parent_id,))
+        return {status: int(n) for status, n in rows}
+
+    async def list_chain(self, chain_root_id: str) -> list[Thread]:
+        q = f"SELECT {_THREAD_COLS} FROM threads WHERE chain_root_id = %s ORDER BY created_at, thread_id"
+        return [_row_to_thread(r) for r in await self._fetch(q, (chain_root_id,))]
+
+    # ------------------------------------------------------------------- watch
+
+    def watch_external(self, on_change: Callable[[], None]) -> Callable[[], None]:
+        """One LISTEN connection per caller: every commit anywhere NOTIFYs ``threadloom``."""
+        loop = asyncio.get_running_loop()
+
+        async def listen() -> None:
+            while True:
+                try:
+                    conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+                    try:
+                        await conn.execute(f"LISTEN {CHANNEL}")
+                        on_change()  # anything missed while (re)connecting
+                        async for _ in conn.notifies():
+                            on_change()
+                    finally:
+                        await conn.close()
+                except asyncio.CancelledError:
+                    raise
+                except psycopg.Error as exc:
+                    log.warning("LISTEN connection lost (%s); reconnecting", exc)
+                    await asyncio.sleep(0.5)
+
+        task = loop.create_task(listen())
+        return task.cancel
+
+
+async def _get_thread(conn: psycopg.AsyncConnection, thread_id: str) -> Thread:
+    cur = await conn.execute(f"SELECT {_THREAD_COLS} FROM threads WHERE thread_id = %s", (thread_id,))
+    row = await cur.fetchone()
+    if row is None:
+        raise not_found(thread_id)
+    return _row_to_thread(row)
+
+
+async def _find_idem(conn: psycopg.AsyncConnection, thread_id: str, key: str) -> IdempotencyRecord | None:
+    cur = await conn.execute(
+        "SELECT request_hash, seqs FROM idempotency WHERE thread_id = %s AND key = %s", (thread_id, key)
+    )
+    row = await cur.fetchone()
+    return None if row is None else IdempotencyRecord(thread_id, key, row[0], json.loads(row[1]))
+
+
+async def _migrate(conn: psycopg.AsyncConnection) -> int:
+    """Apply pending migrations under an advisory lock shared by every server."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        cur = await conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        row = await cur.fetchone()
+        current = int(row[0]) if row else 0
+        if current > len(POSTGRES_MIGRATIONS):
+            raise SchemaTooNew(current, len(POSTGRES_MIGRATIONS))
+        for version, (name, statements) in enumerate(POSTGRES_MIGRATIONS, start=1):
+            if version <= current:
+                continue
+            for statement in statements:
+                await conn.execute(statement)
+            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
+    return len(POSTGRES_MIGRATIONS)
