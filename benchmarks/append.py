@@ -1,12 +1,13 @@
 """Append throughput and latency, next to raw sqlite3 in the same run.
 
-    python3 dev.py run python benchmarks/append.py [--events N] [--stdio-calls N]
+    python3 dev.py run python benchmarks/append.py [--events N] [--stdio-calls N] [--store both]
 
 Measures events/s of ``ThreadService.append`` on the SQLite store (durability full and
 normal; single appends and batches of 100; 1 and 4 concurrent writers), next to raw
 ``sqlite3`` inserting the same rows one transaction each (1 and 4 threads), and the
 per-call latency of ``append_event`` over a real stdio MCP session next to the
-protocol's own ``ping``. Prints a table and writes benchmarks/results/append.json.
+no-op tool on the same server; with ``--store both``, 1/4/8 concurrent writers on SQLite
+and PostgreSQL side by side. Prints a table and writes benchmarks/results/append.json.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from threadloom.service import ThreadService  # noqa: E402
 from threadloom.store import SQLiteStore  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PG_URL = os.environ.get("THREADLOOM_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 TEXT = "The quick brown fox jumps over the lazy dog while the agent reads the logs. " * 6  # ~450 B
 
 
@@ -69,11 +71,33 @@ def raw_sqlite(durability: str, n: int, writers: int) -> float:
     return per * writers / (time.perf_counter() - t0)
 
 
-async def store_append(durability: str, n: int, writers: int, batch: int, same_thread: bool) -> float:
-    """Events/s of ThreadService.append on a fresh SQLite root."""
+def make_store(kind: str, durability: str, root: Path) -> Any:
+    if kind == "sqlite":
+        return SQLiteStore(root, durability=durability)
+    from threadloom.store.postgres import PostgresStore
+
+    return PostgresStore(fresh_pg_schema(), durability=durability, pool_size=16)
+
+
+def fresh_pg_schema() -> str:
+    """A new schema in the benchmark database; returns a DSN pointing at it."""
+    import uuid
+
+    import psycopg
+
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+    return f"{PG_URL}?options=-csearch_path%3D{name}"
+
+
+async def store_append(
+    durability: str, n: int, writers: int, batch: int, same_thread: bool, kind: str = "sqlite"
+) -> float:
+    """Events/s of ThreadService.append on a fresh store (SQLite root or PostgreSQL schema)."""
     root = Path(tempfile.mkdtemp())
     settings = Settings(root=root, durability=durability)
-    async with ThreadService(SQLiteStore(root, durability=durability), settings) as svc:
+    async with ThreadService(make_store(kind, durability, root), settings) as svc:
         tids = [(await svc.create_thread()).thread_id for _ in range(1 if same_thread else writers)]
         for tid in tids:
             await svc.append(tid, [event(0)])
@@ -127,6 +151,12 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=4000, help="events per single-append measurement")
     ap.add_argument("--stdio-calls", type=int, default=500)
+    ap.add_argument(
+        "--store",
+        choices=["sqlite", "postgres", "both"],
+        default="sqlite",
+        help="also compare concurrent writers on PostgreSQL ($THREADLOOM_BENCH_PG) next to SQLite",
+    )
     args = ap.parse_args()
     n = args.events
     rows: list[dict[str, Any]] = []
@@ -147,6 +177,13 @@ async def main() -> None:
             eps = await store_append(durability, count, writers, batch, same)
             rows.append({"durability": durability, "case": f"threadloom {name}", "events_per_s": eps, "ratio": eps / base})
     latency = {d: await stdio_latency(args.stdio_calls, d) for d in ("full", "normal")}
+    compare: list[dict[str, Any]] = []
+    if args.store != "sqlite":
+        kinds = ["sqlite", "postgres"] if args.store == "both" else ["postgres"]
+        for writers in (1, 4, 8):
+            for kind in kinds:
+                eps = await store_append("full", n, writers, 1, False, kind)
+                compare.append({"store": kind, "writers": writers, "events_per_s": eps})
 
     print(f"{'durability':<10} {'case':<42} {'events/s':>10} {'vs raw':>8}")
     for r in rows:
@@ -156,8 +193,14 @@ async def main() -> None:
     for d, lat in latency.items():
         cells = [f"{lat[f'{n}_p50_ms']:.2f} / {lat[f'{n}_p99_ms']:.2f} ms" for n in ("noop", "append_event", "get_thread")]
         print(f"{'durability ' + d + ' p50/p99':<26} {cells[0]:>18} {cells[1]:>18} {cells[2]:>18}")
+    if compare:
+        print()
+        print(f"{'store (durability full, single appends)':<42} {'writers':>8} {'events/s':>10}")
+        for r in compare:
+            print(f"{r['store']:<42} {r['writers']:>8} {r['events_per_s']:>10,.0f}")
     RESULTS.mkdir(exist_ok=True)
     out = {
+        "store_compare": compare,
         "machine": {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "cpus": os.cpu_count()},
         "events": n,
         "throughput": rows,

@@ -2,8 +2,8 @@
 
 psycopg 3 async with a connection pool. Each commit is one transaction; appends lock
 their thread's row (``SELECT ... FOR UPDATE``) so seqs stay gapless under any
-concurrency, and the transaction ends with ``NOTIFY threadloom`` so every server's
-one listening connection wakes its waiters. Serialization failures, deadlocks and
+concurrency; after each commit a ``NOTIFY threadloom`` wakes every server's one
+listening connection. Serialization failures, deadlocks and
 dropped connections are retried a bounded number of times.
 """
 
@@ -84,6 +84,9 @@ class PostgresStore(Store):
         self.durability = durability
         self._pool_size = pool_size
         self._pool: AsyncConnectionPool | None = None
+        self._to_announce: set[str] = set()
+        self._announce_ready = asyncio.Event()
+        self._announcer: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------- life cycle
 
@@ -113,6 +116,16 @@ class PostgresStore(Store):
         self._pool = pool
 
     async def close(self) -> None:
+        if self._announcer is not None:
+            if self._to_announce:  # flush what is queued before the pool goes
+                self._announce_ready.set()
+                await asyncio.sleep(0)
+                for _ in range(100):
+                    if not self._to_announce:
+                        break
+                    await asyncio.sleep(0.01)
+            self._announcer.cancel()
+            self._announcer = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -149,12 +162,41 @@ class PostgresStore(Store):
                 await self._apply(conn, op, ts, epoch, result, reread)
             for tid in reread:
                 result.threads[tid] = await _get_thread(conn, tid)
-            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, ",".join(sorted(result.threads))))
             return result
 
         result = await self._run(txn, write=True)
+        await self._announce(result.threads)
         self._notify(frozenset(result.threads))
         return result
+
+    async def _announce(self, thread_ids: Sequence[str]) -> None:
+        """Queue a NOTIFY to the other servers, sent after the commit by one background task.
+
+        Inside the commit, NOTIFY would hold PostgreSQL's global notify-queue lock across
+        the WAL flush and serialize every concurrent commit; batching also sends one NOTIFY
+        for many commits. If this process dies before it is sent, other servers' waiters
+        see the change at their next wake-up.
+        """
+        if not thread_ids:
+            return
+        self._to_announce.update(thread_ids)
+        self._announce_ready.set()
+        if self._announcer is None or self._announcer.done():
+            self._announcer = asyncio.get_running_loop().create_task(self._announce_loop())
+
+    async def _announce_loop(self) -> None:
+        while self._pool is not None:
+            await self._announce_ready.wait()
+            self._announce_ready.clear()
+            ids, self._to_announce = self._to_announce, set()
+            if not ids:
+                continue
+            try:
+                async with self._pool.connection() as conn:
+                    await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, ",".join(sorted(ids))[:7000]))
+                    await conn.commit()
+            except Exception as exc:  # the commit stands; waiters elsewhere catch up at their next wake
+                log.warning("could not NOTIFY other servers: %s", exc)
 
     async def _apply(
         self, conn: psycopg.AsyncConnection, op: Op, ts: str, epoch: float, result: CommitResult, reread: set[str]
@@ -173,46 +215,46 @@ class PostgresStore(Store):
             reread.add(t.thread_id)
             result.threads[t.thread_id] = t
         elif isinstance(op, AppendEvents):
+            text_delta, last_tokens = counters_after(op.events, 0, None)
+            # one round trip: lock the row, move the counters, learn the base seq and status
             cur = await conn.execute(
-                f"SELECT {_THREAD_COLS} FROM threads WHERE thread_id = %s FOR UPDATE", (op.thread_id,)
+                "UPDATE threads SET event_count = event_count + %s, text_chars = text_chars + %s,"
+                " input_tokens = COALESCE(%s, input_tokens), updated_at = %s, heartbeat_at = %s,"
+                f" heartbeat_epoch = %s WHERE thread_id = %s RETURNING {_THREAD_COLS}",
+                (len(op.events), text_delta, last_tokens, ts, ts, epoch, op.thread_id),
             )
             row = await cur.fetchone()
             if row is None:
                 raise not_found(op.thread_id)
-            status, count, text_chars, input_tokens = row[2], row[5], row[6], row[7]
-            check_status_guard(op, Status(status))
-            if op.idempotency_key is not None:
+            check_status_guard(op, Status(row[2]))  # raising rolls the update back
+            if op.idempotency_key is not None:  # checked under the row lock: concurrent retries serialize
                 check_idempotency(op, await _find_idem(conn, op.thread_id, op.idempotency_key))
+            base = row[5] - len(op.events)
             stored = []
-            nbytes = 0
             for i, ev in enumerate(op.events):
-                seq = count + 1 + i
-                line = render_line(seq, ts, ev.payload)
-                stored.append(StoredEvent(op.thread_id, seq, ts, ev.type, line))
-                nbytes += len(line.encode()) + 1
-            async with conn.cursor() as c:
-                await c.executemany(
-                    "INSERT INTO events (thread_id, seq, ts, type, line) VALUES (%s,%s,%s,%s,%s)",
-                    [(e.thread_id, e.seq, e.ts, e.type, e.line) for e in stored],
-                )
-            text_chars, input_tokens = counters_after(op.events, text_chars, input_tokens)
-            await conn.execute(
-                "UPDATE threads SET event_count = %s, text_chars = %s, input_tokens = %s, updated_at = %s,"
-                " heartbeat_at = %s, heartbeat_epoch = %s, transcript_bytes = transcript_bytes + %s"
-                " WHERE thread_id = %s",
-                (count + len(stored), text_chars, input_tokens, ts, ts, epoch, nbytes, op.thread_id),
-            )
+                seq = base + 1 + i
+                stored.append(StoredEvent(op.thread_id, seq, ts, ev.type, render_line(seq, ts, ev.payload)))
+            nbytes = sum(len(e.line.encode()) + 1 for e in stored)
             seqs = [e.seq for e in stored]
-            if op.idempotency_key is not None:
+            async with conn.pipeline():
                 await conn.execute(
-                    "INSERT INTO idempotency (thread_id, key, request_hash, seqs, created_at)"
-                    " VALUES (%s,%s,%s,%s,%s)",
-                    (op.thread_id, op.idempotency_key, op.request_hash or "", json.dumps(seqs), ts),
+                    "INSERT INTO events (thread_id, seq, ts, type, line) VALUES "
+                    + ",".join(["(%s,%s,%s,%s,%s)"] * len(stored)),
+                    [v for e in stored for v in (e.thread_id, e.seq, e.ts, e.type, e.line)],
                 )
+                await conn.execute(
+                    "UPDATE threads SET transcript_bytes = transcript_bytes + %s WHERE thread_id = %s",
+                    (nbytes, op.thread_id),
+                )
+                if op.idempotency_key is not None:
+                    await conn.execute(
+                        "INSERT INTO idempotency (thread_id, key, request_hash, seqs, created_at)"
+                        " VALUES (%s,%s,%s,%s,%s)",
+                        (op.thread_id, op.idempotency_key, op.request_hash or "", json.dumps(seqs), ts),
+                    )
             result.appends.append(AppendResult(op.thread_id, seqs, stored))
             if op.thread_id not in reread:
-                after = (row[0], row[1], status, ts, ts, count + len(stored), text_chars, input_tokens, row[8])
-                result.threads[op.thread_id] = _row_to_thread(after)
+                result.threads[op.thread_id] = _row_to_thread(row)
         elif isinstance(op, PutThread):
             t = op.thread
             cur = await conn.execute(
@@ -242,12 +284,11 @@ class PostgresStore(Store):
             gone = [r[0] for r in await cur.fetchall()]
             await conn.execute("DELETE FROM events WHERE thread_id = ANY(%s)", (ids,))
             await conn.execute("DELETE FROM idempotency WHERE thread_id = ANY(%s)", (ids,))
-            if gone:
-                await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, ",".join(gone)))
             return gone
 
         gone = await self._run(txn, write=True)
         if gone:
+            await self._announce(gone)
             self._notify(frozenset(gone))
         return len(gone)
 
