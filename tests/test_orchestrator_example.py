@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -23,21 +24,26 @@ async def tool_names() -> set[str]:
     return {t.name for t in await build_server(ThreadService(MemoryStore())).list_tools()}
 
 
-async def test_the_orchestrator_waits_for_three_worker_processes(tmp_path: Path, cli_env: dict[str, str]) -> None:
-    tools = await tool_names()
-    if "wait_threads" not in tools:
+async def run_example(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[int, dict[str, Any], str]:
+    """Run the example to the end; return its exit code, its JSON outcome and its output."""
+    if "wait_threads" not in await tool_names():
         # This branch was cut before wait_threads landed on main (d224fe1); the example needs it.
         pytest.skip("this checkout's server has no wait_threads tool, which the example drives")
     root, out = tmp_path / "root", tmp_path / "outcome.json"
-    with anyio.fail_after(300):  # seven Python processes on a small machine; a bound, not a timing check
-        done = await anyio.run_process(
-            [PYTHON, str(EXAMPLE), "--root", str(root), "--json", str(out), "--work-seconds", "0.2"],
-            env=cli_env,
-            check=False,
-        )
+    cmd = [PYTHON, str(EXAMPLE), "--root", str(root), "--json", str(out), "--work-seconds", "0.2", *args]
+    with anyio.fail_after(300):  # seven Python processes on a small machine: a bound, not a timing check
+        done = await anyio.run_process(cmd, env=env, check=False)
     log = done.stdout.decode() + done.stderr.decode()
-    assert done.returncode == 0, log
-    outcome = json.loads(out.read_text())
+    return done.returncode, json.loads(out.read_text()) if out.exists() else {}, log
+
+
+async def test_the_orchestrator_waits_for_three_worker_processes(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    code, outcome, log = await run_example(tmp_path, cli_env)
+    assert code == 0, log
+    tools = await tool_names()
+    root = tmp_path / "root"
     assert outcome["settled"] is True and outcome["timed_out"] == []
     rows = {row["role"]: row for row in outcome["children"]}
     assert {role: row["status"] for role, row in rows.items()} == {
@@ -73,3 +79,17 @@ async def test_the_orchestrator_waits_for_three_worker_processes(tmp_path: Path,
         assert (end.thread_id, end.status) == (analyse["resolved_thread_id"], Status.COMPLETED)
     assert outcome["children_counts"] == ({"completed": 2, "continued": 1, "error": 1} if handed_off
                                           else {"completed": 2, "error": 1})
+
+
+async def test_a_crashed_worker_is_marked_error_by_the_parent_and_the_wait_ends(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    code, outcome, log = await run_example(tmp_path, cli_env, "--crash", "summarise")
+    assert code == 1, log  # a child did not end as its role says: the example reports failure
+    assert outcome["settled"] is True, log
+    rows = {row["role"]: row for row in outcome["children"]}
+    crashed = rows["summarise"]
+    assert crashed["worker_exit"] == 3
+    assert (crashed["status"], crashed["status_reason"]) == ("error", "worker process exited with code 3")
+    assert (rows["fetch"]["status"], rows["analyse"]["status"]) == ("error", "completed")
+    assert all(rows[r]["worker_exit"] == 0 for r in ("fetch", "analyse"))

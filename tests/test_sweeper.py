@@ -51,7 +51,10 @@ async def test_a_stale_running_thread_moves_to_error_timeout_once(service: Threa
     assert await service.sweep_stale() == []  # nothing left to sweep
     got = await service.get_thread(tid)
     assert (got.status, got.status_reason) == (Status.ERROR, "timeout")
-    assert await status_changes(service, tid) == [("created", "running", "first append"), ("running", "error", "timeout")]
+    assert await status_changes(service, tid) == [
+        ("created", "running", "first append"),
+        ("running", "error", "timeout"),
+    ]
 
 
 async def test_a_heartbeat_between_the_check_and_the_commit_saves_the_thread(service: ThreadService) -> None:
@@ -108,7 +111,9 @@ async def test_two_serve_processes_sweep_a_stale_thread_once(tmp_path: Path, cli
     every 50 ms, and the stale thread is moved to error/timeout by exactly one of them."""
     env = {**cli_env, "THREADLOOM_SWEEP_INTERVAL": "0.05"}
     root = str(tmp_path / "root")
-    params = StdioServerParameters(command=PYTHON, args=["-m", "threadloom", "serve", "--root", root], env=env)
+    params = StdioServerParameters(
+        command=PYTHON, args=["-m", "threadloom", "serve", "--root", root], env=env
+    )
     async with Client(params) as a, Client(params) as b:
         created = await a.call_tool("create_thread", {"title": "will go stale", "stale_after": 0.3})
         tid = created.structured_content["thread_id"]
