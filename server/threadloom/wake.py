@@ -3,8 +3,10 @@
 Commits made through this process reach the hub through the store's commit
 listeners; commits made by other processes reach it through the store's external
 watch (SQLite ``PRAGMA data_version``, PostgreSQL LISTEN/NOTIFY). Either way the
-hub reads the watched threads that changed **once** and hands the fresh manifests to
-every subscription that watches them, so a thousand waiters cost one query per commit.
+hub reads the watched threads that changed **once** (for other processes' commits, an
+indexed range read of threads updated since its last look) and hands the fresh
+manifests to every subscription that watches them, so a thousand waiters cost one
+query per commit.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
-from .models import Thread
+from .models import Thread, iso, parse_iso, utc_now
 from .store.base import Store
 
 log = logging.getLogger("threadloom.wake")
+
+CLOCK_MARGIN = 2.0  # seconds of overlap when reading changes since the last look
+CHANGED_LIMIT = 500
 
 
 class Subscription:
@@ -59,6 +65,7 @@ class WakeHub:
         self._stop_watch: object = None
         self._seen: dict[str, tuple[int, int, str]] = {}
         self.queries = 0  # reads the hub made: the DB work that waiting costs
+        self._hwm: str | None = None  # updated_at high-water mark of external changes seen
         store.add_commit_listener(self._on_commit)
 
     @property
@@ -90,7 +97,10 @@ class WakeHub:
             if not ids:
                 continue
             try:
-                threads = await self.store.get_threads(sorted(ids))
+                if pending is None:  # another process committed: read only what changed since
+                    threads = await self._changed(watched)
+                else:
+                    threads = await self.store.get_threads(sorted(ids))
             except Exception:
                 log.exception("wake hub could not read changed threads")
                 continue
@@ -102,6 +112,17 @@ class WakeHub:
                 self._seen[tid] = mark
                 for sub in list(self._subs.get(tid, ())):
                     sub.push(thread)
+
+    async def _changed(self, watched: set[str]) -> dict[str, Thread]:
+        """Watched threads changed since the last look (one indexed range read)."""
+        since = self._hwm or iso(utc_now() - timedelta(seconds=CLOCK_MARGIN))
+        rows = await self.store.changed_since(since, limit=CHANGED_LIMIT)
+        if rows:
+            newest = parse_iso(rows[-1].updated_at) - timedelta(seconds=CLOCK_MARGIN)
+            self._hwm = max(self._hwm or "", iso(newest))
+        if len(rows) >= CHANGED_LIMIT:  # a burst: fall back to reading every watched thread
+            return await self.store.get_threads(sorted(watched))
+        return {t.thread_id: t for t in rows if t.thread_id in watched}
 
     # ------------------------------------------------------------- subscriptions
 

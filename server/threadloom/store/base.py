@@ -213,6 +213,14 @@ class Store(abc.ABC):
         """Running threads whose heartbeat is older than their ``stale_after`` at ``now``."""
 
     @abc.abstractmethod
+    async def changed_since(self, since: str, *, limit: int = 500) -> list[Thread]:
+        """Threads whose ``updated_at`` is at or after ``since`` (oldest change first).
+
+        How the wake hub learns what another process changed without reading every
+        watched thread; a result of ``limit`` rows means "maybe more".
+        """
+
+    @abc.abstractmethod
     async def child_counts(self, parent_id: str) -> dict[str, int]:
         """How many children ``parent_id`` has, by status (statuses with none are left out)."""
 

@@ -157,6 +157,10 @@ class MemoryStore(Store):
     async def find_idempotency(self, thread_id: str, key: str) -> IdempotencyRecord | None:
         return self._idem.get((thread_id, key))
 
+    async def changed_since(self, since: str, *, limit: int = 500) -> list[Thread]:
+        rows = sorted((t for t in self._threads.values() if t.updated_at >= since), key=lambda t: t.updated_at)
+        return rows[:limit]
+
     async def child_counts(self, parent_id: str) -> dict[str, int]:
         counts: dict[str, int] = {}
         for t in self._threads.values():

@@ -366,6 +366,10 @@ class PostgresStore(Store):
         )
         return [_row_to_thread(r) for r in await self._fetch(q, (now, limit))]
 
+    async def changed_since(self, since: str, *, limit: int = 500) -> list[Thread]:
+        q = f"SELECT {_THREAD_COLS} FROM threads WHERE updated_at >= %s ORDER BY updated_at LIMIT %s"
+        return [_row_to_thread(r) for r in await self._fetch(q, (since, limit))]
+
     async def child_counts(self, parent_id: str) -> dict[str, int]:
         rows = await self._fetch("SELECT status, COUNT(*) FROM threads WHERE parent_id = %s GROUP BY status", (parent_id,))
         return {status: int(n) for status, n in rows}

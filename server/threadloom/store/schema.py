@@ -36,6 +36,7 @@ SQLITE_MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX threads_agent ON threads (agent_id, created_at);
         CREATE INDEX threads_parent ON threads (parent_id, created_at);
         CREATE INDEX threads_status ON threads (status);
+        CREATE INDEX threads_updated ON threads (updated_at);
         CREATE INDEX threads_chain ON threads (chain_root_id);
         CREATE TABLE events (
             id        INTEGER PRIMARY KEY,
@@ -127,6 +128,7 @@ POSTGRES_MIGRATIONS: list[tuple[str, list[str]]] = [
             "CREATE INDEX threads_agent ON threads (agent_id, created_at)",
             "CREATE INDEX threads_parent ON threads (parent_id, created_at)",
             "CREATE INDEX threads_status ON threads (status)",
+            "CREATE INDEX threads_updated ON threads (updated_at)",
             "CREATE INDEX threads_chain ON threads (chain_root_id)",
             """CREATE TABLE events (
                 thread_id TEXT NOT NULL,
