@@ -170,8 +170,8 @@ async def read_carry(store: Store, thread: Thread, budget_chars: int) -> list[Ca
     count = thread.event_count
     if count == 0 or budget_chars <= 0:
         return []
-    avg = max(1, thread.text_chars // count)
-    want = min(count, 2 * budget_chars // avg + TAIL_PAGE_MIN)
+    avg = max(1, thread.text_chars // count)  # conversational characters per event, on average
+    want = min(count, budget_chars * 5 // (4 * avg) + TAIL_PAGE_MIN)
     picked: list[Carried] = []
     used = 0
     hi = count

@@ -292,6 +292,9 @@ def build_server(service: ThreadService) -> MCPServer:
     async def _manifest(thread_id: str) -> str:
         return manifest_bytes(await service.get_thread(thread_id)).decode()
 
+    async def _messages(thread_id: str) -> str:
+        return json.dumps(await service.messages(thread_id), ensure_ascii=False)
+
     async def _chain(thread_id: str) -> str:
         return (await service.get_chain(thread_id)).model_dump_json()
 
@@ -305,13 +308,15 @@ def build_server(service: ThreadService) -> MCPServer:
         """The thread's manifest snapshot (the same bytes as threads/<id>/thread.json)."""
         return await _resource(thread_id, _manifest)
 
-    @server.resource("thread://{thread_id}/messages{?format}", mime_type="application/json")
-    async def messages(thread_id: str, format: str = "neutral") -> str:
-        """The thread's conversation rebuilt from its events: [{role, content: [blocks]}].
+    @server.resource("thread://{thread_id}/messages", mime_type="application/json")
+    async def messages(thread_id: str) -> str:
+        """The thread's conversation rebuilt from its events: [{role, content: [blocks]}]."""
+        return await _resource(thread_id, _messages)
 
-        `?format=anthropic` gives {system?, messages} in the Messages API shape, and
-        `?format=openai` gives {messages} in the chat completions shape.
-        """
+    @server.resource("thread://{thread_id}/messages{?format}", mime_type="application/json")
+    async def formatted_messages(thread_id: str, format: str = "neutral") -> str:
+        """The conversation in a provider's shape: `?format=anthropic` gives {system?, messages}
+        (Messages API), `?format=openai` gives {messages} (chat completions)."""
         if format not in FORMATS:
             raise ResourceNotFoundError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
 

@@ -117,20 +117,20 @@ def provider_turns(neutral: list[dict[str, Any]], *, lift_system: bool) -> tuple
             continue
         kept.append({"role": m["role"], "content": blocks})
     turns = _merge(kept)
+    called: set[str] = set()  # tool_use ids must be unique across the whole conversation
     for i, m in enumerate(turns):
         nxt = turns[i + 1] if i + 1 < len(turns) else None
         prev = turns[i - 1] if i > 0 else None
         if m["role"] == "assistant":
             results = {b["tool_use_id"] for b in nxt["content"] if b["type"] == "tool_result"} if nxt and nxt["role"] == "user" else set()
-            seen: set[str] = set()
             blocks = []
             for b in m["content"]:
                 if b["type"] == "tool_use":
                     pending = nxt is None  # the last turn: the client appends the result next
-                    if b["id"] in seen or (b["id"] not in results and not pending):
+                    if b["id"] in called or (b["id"] not in results and not pending):
                         b = _as_text(b)
                     else:
-                        seen.add(b["id"])
+                        called.add(b["id"])
                 blocks.append(b)
             m["content"] = blocks
         elif m["role"] == "user":

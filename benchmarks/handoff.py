@@ -1,0 +1,132 @@
+"""Cost of the append that triggers a handoff, next to an ordinary append, on long threads.
+
+    python3 dev.py run python benchmarks/handoff.py [--events 10000] [--repeats 5] [--full]
+
+For each thread size (1,000 and 10,000 events by default; ``--full`` adds 100,000) it
+builds threads on the SQLite store (durability full, the default) whose next append
+crosses the context threshold, and times that append end to end: the append commit,
+the tail read (backwards from the end, never a scan), the handoff commit (new thread
+seeded with ~16,000 tokens of carried messages, old thread linked) and the mirror
+writes. The baseline, measured in the same run on a twin thread of the same size, is
+the same append without a handoff. Goal (issue 4): under 50 ms at 10,000 events.
+Prints a table and writes benchmarks/results/handoff.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+
+from threadloom.config import Settings  # noqa: E402
+from threadloom.service import ThreadService  # noqa: E402
+from threadloom.store import SQLiteStore  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GOAL_MS = 50.0
+TEXT = "The agent read the log, found the failing test and noted the stack trace. " * 2  # ~150 B
+BATCH = 1000
+
+
+def turn(i: int) -> list[dict[str, Any]]:
+    """One scripted agent turn of four events: a call, its result, a remark, a user nudge."""
+    return [
+        {"type": "tool_use", "id": f"c{i}", "name": "read_file", "input": {"path": f"logs/{i}.txt"}},
+        {"type": "tool_result", "tool_use_id": f"c{i}", "output": f"{i} {TEXT}"},
+        {"type": "assistant_text", "text": f"file {i}: {TEXT[:60]}"},
+        {"type": "message", "role": "user", "text": f"next file after {i}"},
+    ]
+
+
+async def build(svc: ThreadService, events: int, window: int) -> str:
+    t = await svc.create_thread(directive="summarise every log file", context_window=window)
+    batch: list[dict[str, Any]] = []
+    for i in range(events // 4):
+        batch += turn(i)
+        if len(batch) >= BATCH:
+            out = await svc.append(t.thread_id, batch)
+            assert out.handoff is None, "the build crossed the threshold early"
+            batch = []
+    if batch:
+        await svc.append(t.thread_id, batch)
+    return t.thread_id
+
+
+async def measure(events: int, repeats: int, durability: str) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="threadloom-bench-handoff-"))
+    settings = Settings(root=root, durability=durability)
+    trigger_ms, plain_ms, carried, new_events = [], [], [], []
+    async with ThreadService(SQLiteStore(root, durability=durability), settings) as svc:
+        probe = await build(svc, events, 10_000_000)
+        used = (await svc.get_thread(probe)).context().used
+        window = int(used / 0.895)  # just under 0.9: the next 1,000-token event crosses it
+        crossing = {"type": "message", "role": "assistant", "text": "z" * 4000 * max(1, used // 100_000 + 1)}
+        for _ in range(repeats):
+            hot = await build(svc, events, window)
+            cold = await build(svc, events, 10_000_000)  # twin: same size, far from its threshold
+            t0 = time.perf_counter()
+            plain = await svc.append(cold, [crossing])
+            plain_ms.append((time.perf_counter() - t0) * 1000)
+            assert plain.handoff is None
+            t0 = time.perf_counter()
+            out = await svc.append(hot, [crossing])
+            trigger_ms.append((time.perf_counter() - t0) * 1000)
+            assert out.handoff is not None, out.warning
+            carried.append(out.handoff.carried_messages)
+            new_events.append((await svc.get_thread(out.handoff.thread_id)).event_count)
+    med_t, med_p = statistics.median(trigger_ms), statistics.median(plain_ms)
+    return {
+        "events": events,
+        "durability": durability,
+        "repeats": repeats,
+        "handoff_append_ms_median": med_t,
+        "handoff_append_ms_max": max(trigger_ms),
+        "plain_append_ms_median": med_p,
+        "ratio": med_t / med_p,
+        "carried_messages": statistics.median(carried),
+        "new_thread_events": statistics.median(new_events),
+        "goal_ms": GOAL_MS,
+        "meets_goal": med_t < GOAL_MS,
+    }
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=10_000, help="largest thread size (events)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--full", action="store_true", help="also 100,000-event threads (slow to build)")
+    args = ap.parse_args()
+    sizes = sorted({1000, args.events} | ({100_000} if args.full else set()))
+    rows = []
+    for durability in ("full", "normal"):
+        for n in sizes:
+            rows.append(await measure(n, args.repeats, durability))
+    print(f"{'durability':<10} {'events':>8} {'handoff append':>15} {'max':>8} {'plain append':>13} {'ratio':>7} "
+          f"{'carried':>8}  goal <{GOAL_MS:.0f} ms")
+    for r in rows:
+        print(f"{r['durability']:<10} {r['events']:>8,} {r['handoff_append_ms_median']:>12.1f} ms {r['handoff_append_ms_max']:>5.1f} ms"
+              f" {r['plain_append_ms_median']:>10.2f} ms {r['ratio']:>6.1f}x {r['carried_messages']:>8.0f}  "
+              f"{'yes' if r['meets_goal'] else 'NO'}")
+    RESULTS.mkdir(exist_ok=True)
+    out = {
+        "machine": {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "cpus": os.cpu_count()},
+        "rows": rows,
+    }
+    (RESULTS / "handoff.json").write_text(json.dumps(out, indent=2))
+    print(f"wrote {RESULTS / 'handoff.json'}")
+
+
+if __name__ == "__main__":
+    anyio.run(main)
