@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from chain_helpers import msg, result, small, use
 
+from chain_helpers import msg, result, small, use
 from threadloom import chain
 from threadloom.config import Settings
 from threadloom.errors import IntegrityError, NotFoundError, ThreadContinuedError

@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from chain_helpers import CEILING, filler, msg, result, small, use
 from mcp import Client
-from provider_shapes import check_anthropic, check_openai
+from mcp.shared.exceptions import MCPError
 
+from chain_helpers import CEILING, filler, msg, result, small, use
+from provider_shapes import check_anthropic, check_openai
 from threadloom.config import Settings
 from threadloom.mcp_server import build_server
 from threadloom.service import ThreadService
@@ -139,7 +140,7 @@ async def test_bad_arguments_are_tool_errors_naming_the_rule(client: Client) -> 
     assert "[thread_id_format]" in await call_error(client, "get_chain", {"thread_id": "nope"})
     assert "[thread_not_found]" in await call_error(client, "get_chain", {"thread_id": "0123456789ab"})
     t = (await call(client, "create_thread", {}))["thread_id"]
-    with pytest.raises(Exception, match="format"):
+    with pytest.raises(MCPError, match="format"):
         await client.read_resource(f"thread://{t}/messages?format=yaml")
-    with pytest.raises(Exception):
+    with pytest.raises(MCPError, match="0123456789ab"):
         await client.read_resource("chain://0123456789ab")

@@ -5,14 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from chain_helpers import msg, small
 
+from chain_helpers import msg, small
 from threadloom import cli
 from threadloom.config import Settings, load_settings
 from threadloom.errors import InvalidInputError
 from threadloom.service import ThreadService
 from threadloom.store.base import Store
-from threadloom.templates import DEFAULT_CONTINUATION_TEMPLATE, TEMPLATE_FIELDS, check_template, render_continuation
+from threadloom.templates import (
+    DEFAULT_CONTINUATION_TEMPLATE,
+    TEMPLATE_FIELDS,
+    check_template,
+    render_continuation,
+)
 
 
 def test_the_default_template_uses_every_placeholder_and_renders() -> None:

@@ -7,12 +7,24 @@ from typing import Any
 
 import anyio
 import pytest
-from chain_helpers import CEILING, WINDOW, conversation_events, fill_to, filler, msg, result, small, snapshot, use
 
+from chain_helpers import (
+    CEILING,
+    WINDOW,
+    conversation_events,
+    fill_to,
+    filler,
+    msg,
+    result,
+    small,
+    snapshot,
+    use,
+)
 from threadloom import chain
 from threadloom.config import Settings
 from threadloom.errors import (
     ConflictError,
+    InvalidInputError,
     InvalidStateError,
     LimitExceededError,
     NotFoundError,
@@ -109,7 +121,7 @@ async def test_the_new_thread_is_seeded_with_continued_from_the_message_and_the_
     assert len(carried) == out.handoff.carried_messages >= 2
     assert carried[-1]["text"] == "y" * 200 and carried[-2]["text"] == "the last question"
     old_tail = (await conversation_events(svc, tid))[-len(carried):]
-    strip = lambda e: {k: v for k, v in e.items() if k not in ("seq", "ts")}  # noqa: E731
+    strip = lambda e: {k: v for k, v in e.items() if k not in ("seq", "ts")}
     assert [strip(e) for e in carried] == [strip(e) for e in old_tail]
     last_old = [e.data() for e in await svc.all_events(tid)][-2:]
     assert last_old[0]["type"] == "status" and (last_old[0]["from"], last_old[0]["to"]) == ("running", "continued")
@@ -238,7 +250,7 @@ async def test_explicit_handoff_needs_a_running_thread(svc: ThreadService) -> No
 @pytest.mark.parametrize(("kwargs", "pattern"), [({"reason": ""}, "reason must be"), ({"summary": "s" * 50_001}, "summary")])
 async def test_explicit_handoff_checks_its_arguments(svc: ThreadService, kwargs: dict, pattern: str) -> None:
     tid = await started(svc)
-    with pytest.raises(Exception, match=pattern):
+    with pytest.raises(InvalidInputError, match=pattern):
         await svc.handoff(tid, **kwargs)
     assert (await svc.get_thread(tid)).status == Status.RUNNING
 

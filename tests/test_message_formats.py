@@ -6,11 +6,11 @@ import json
 from typing import Any
 
 import pytest
-from chain_helpers import msg, result, use
-from provider_shapes import check_anthropic, check_openai
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chain_helpers import msg, result, use
+from provider_shapes import check_anthropic, check_openai
 from threadloom.errors import InvalidInputError
 from threadloom.messages import FIRST_USER_TEXT, check_format, format_messages, rebuild_messages, request_body
 from threadloom.models import StoredEvent, canonical_json, parse_event, render_line

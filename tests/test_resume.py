@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from chain_helpers import CEILING, conversation_events, filler, msg, result, small, snapshot, use
 
+from chain_helpers import CEILING, conversation_events, filler, msg, result, small, snapshot, use
 from threadloom.chain import conversation_chars
 from threadloom.config import Settings
-from threadloom.errors import InvalidInputError, InvalidStateError, ThreadContinuedError
+from threadloom.errors import InvalidInputError, InvalidStateError, LimitExceededError, ThreadContinuedError
 from threadloom.models import Status
 from threadloom.service import ThreadService
 from threadloom.store.base import AppendEvents, NewEvent, Store
@@ -141,6 +141,6 @@ async def test_a_resume_message_that_would_cross_the_threshold_trims_the_copy(sv
 async def test_a_resume_message_too_large_for_the_window_is_refused(svc: ThreadService) -> None:
     old = await finished(svc)
     before = snapshot(svc.store)
-    with pytest.raises(Exception, match="cannot start below its threshold"):
+    with pytest.raises(LimitExceededError, match="cannot start below its threshold"):
         await svc.resume(old, "q" * 4000)
     assert snapshot(svc.store) == before

@@ -53,18 +53,18 @@ from .templates import render_continuation
 __all__ = [
     "CONVERSATION_TYPES",
     "Carried",
-    "ContinuationPlan",
     "ChainWalk",
+    "ContinuationPlan",
+    "context_of",
     "conversation_chars",
-    "trim_carry",
-    "read_carry",
+    "max_tokens_below",
     "plan_handoff",
     "plan_resume",
-    "walk_chain",
+    "read_carry",
     "resolve_end",
     "threshold_of",
-    "context_of",
-    "max_tokens_below",
+    "trim_carry",
+    "walk_chain",
 ]
 
 CONVERSATION_TYPES = frozenset({"message", "assistant_text", "tool_use", "tool_result"})

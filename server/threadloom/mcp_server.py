@@ -18,9 +18,9 @@ from pydantic import Field
 
 from . import __version__
 from .errors import InvalidInputError, NotFoundError, ThreadloomError
+from .messages import FORMATS
 from .mirror import manifest_bytes
 from .models import Budget, Limits, Thread, check_thread_id
-from .messages import FORMATS
 from .results import AppendOutcome, ChainView, EventPage, HandoffInfo, ResumeOutcome, ThreadPage
 from .service import ThreadService
 

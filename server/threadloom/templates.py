@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import string
 
-__all__ = ["TEMPLATE_FIELDS", "DEFAULT_CONTINUATION_TEMPLATE", "check_template", "render_continuation"]
+__all__ = ["DEFAULT_CONTINUATION_TEMPLATE", "TEMPLATE_FIELDS", "check_template", "render_continuation"]
 
 TEMPLATE_FIELDS = ("directive", "previous_thread_id", "summary", "reason", "carried_count", "omitted_count")
 """Placeholders a continuation template may use (``str.format`` syntax)."""
