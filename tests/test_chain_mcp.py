@@ -10,12 +10,13 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from chain_helpers import CEILING, filler, msg, result, small, use
+from chain_helpers import CEILING, filler, msg, result, small, snapshot, use
 from provider_shapes import check_anthropic, check_openai
 from threadloom.config import Settings
 from threadloom.mcp_server import build_server
+from threadloom.models import Status
 from threadloom.service import ThreadService
-from threadloom.store.base import Store
+from threadloom.store.base import AppendEvents, CreateThread, NewEvent, PutThread, Store
 
 pytestmark = pytest.mark.anyio
 
@@ -144,3 +145,114 @@ async def test_bad_arguments_are_tool_errors_naming_the_rule(client: Client) -> 
         await client.read_resource(f"thread://{t}/messages?format=yaml")
     with pytest.raises(MCPError, match="0123456789ab"):
         await client.read_resource("chain://0123456789ab")
+
+
+# ------------------------------------------------- the issue's rules, through MCP
+
+
+@pytest.fixture
+async def pair(store: Store, settings: Settings) -> AsyncIterator[tuple[Client, ThreadService]]:
+    svc = ThreadService(store, small(settings))
+    async with Client(build_server(svc), mode="legacy") as c:
+        yield c, svc
+
+
+async def started(client: Client) -> str:
+    tid = (await call(client, "create_thread", {"directive": "sort socks"}))["thread_id"]
+    await call(client, "append_event", {"thread_id": tid, "event": msg("please sort the socks")})
+    return tid
+
+
+async def test_reported_input_tokens_cross_the_threshold_over_mcp(client: Client) -> None:
+    tid = await started(client)
+    out = await call(client, "append_event", {"thread_id": tid, "event": {"type": "result", "input_tokens": 930}})
+    assert out["context"]["used"] == 930 and out["handoff"]["thread_id"]
+
+
+async def test_the_carry_over_mcp_is_user_first_within_the_ceiling_with_whole_tool_pairs(client: Client) -> None:
+    tid = await started(client)
+    await call(client, "append_event", {"thread_id": tid, "events": filler(35)})
+    tail = [  # newest first, the ceiling (400 chars) takes c1's result but not its 315-char call
+        msg("m" * 40, "assistant"), msg("check the drawer"), use("c1", "open", path="p" * 300), result("c1", "r" * 100),
+        msg("and the basket"), use("c2", "open", path="basket"), result("c2", "two"), msg("done", "assistant"),
+    ]
+    out = await call(client, "append_event", {"thread_id": tid, "events": tail})
+    new = out["handoff"]["thread_id"]
+    body = await read(client, f"thread://{new}/messages?format=anthropic")
+    check_anthropic(body.get("system"), body["messages"])
+    first = body["messages"][0]["content"]
+    assert first[0]["text"].startswith("[threadloom]") and first[1]["text"] == "and the basket"  # no half c1 pair
+    neutral = await read(client, f"thread://{new}/messages")
+    carried_chars = sum(len(b.get("text", "")) + len(json.dumps(b.get("input", ""))) for m in neutral[1:] for b in m["content"])
+    assert carried_chars <= CEILING * 4 and out["handoff"]["carried_messages"] == 4
+
+
+async def test_a_message_larger_than_the_ceiling_over_mcp(client: Client) -> None:
+    tid = await started(client)
+    out = await call(client, "append_event", {"thread_id": tid, "event": msg("H" * 3700)})
+    assert out["handoff"]["carried_messages"] == 0 and out["handoff"]["context"]["ratio"] < 0.9
+    assert len(await read(client, f"thread://{out['handoff']['thread_id']}/messages")) == 1
+
+
+async def test_a_failed_handoff_over_mcp_changes_nothing_and_says_so(
+    pair: tuple[Client, ThreadService], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, svc = pair
+    tid = await started(client)
+    real = svc.store.commit
+
+    async def faulty(ops: Any) -> Any:
+        if any(isinstance(op, CreateThread) for op in ops):  # the handoff's commit: fail at its last step
+            return await real([*ops, AppendEvents("ffffffffffff", (NewEvent("x-poison", {"type": "x-poison"}),))])
+        return await real(ops)
+
+    monkeypatch.setattr(svc.store, "commit", faulty)
+    before = snapshot(svc.store)
+    assert "[thread_not_found]" in await call_error(client, "handoff_thread", {"thread_id": tid})
+    assert snapshot(svc.store) == before
+    out = await call(client, "append_event", {"thread_id": tid, "event": {"type": "result", "input_tokens": 950}})
+    assert out["handoff"] is None and "handoff failed" in out["warning"] and out["status"] == "running"
+    view = await call(client, "get_chain", {"thread_id": tid})
+    assert len(view["threads"]) == 1
+
+
+async def test_a_cycle_over_mcp_ends_resolution(pair: tuple[Client, ThreadService]) -> None:
+    client, svc = pair
+    a, b = await started(client), await started(client)
+    for tid, nxt in ((a, b), (b, a)):
+        t = await svc.store.get_thread(tid)
+        await svc.store.commit([PutThread(t.model_copy(update={"continuation_thread_id": nxt, "chain_root_id": a,
+                                                                 "status": Status.COMPLETED}), expect_version=t.version)])
+    view = await call(client, "get_chain", {"thread_id": b})
+    assert [t["thread_id"] for t in view["threads"]] == [a, b] and "cycle" in view["problems"][0]
+    assert "[chain_broken]" in await call_error(client, "resume_thread", {"thread_id": a, "message": "go"})
+
+
+@pytest.mark.parametrize("status", ["completed", "error", "cancelled", "created", "running", "paused"])
+async def test_resume_over_mcp_from_each_status(client: Client, status: str) -> None:
+    tid = (await call(client, "create_thread", {}))["thread_id"]
+    if status != "created":
+        await call(client, "append_event", {"thread_id": tid, "event": msg("hi")})
+    if status not in ("created", "running"):
+        await call(client, "update_thread", {"thread_id": tid, "status": status})
+    args = {"thread_id": tid, "message": "again"}
+    if status in ("completed", "error", "cancelled"):
+        out = await call(client, "resume_thread", args)
+        assert out["previous_thread_id"] == tid and out["thread"]["status"] == "running"
+        events = await call(client, "read_events", {"thread_id": tid, "after_seq": 0})
+        assert events["events"][-1]["type"] == "thread_resumed"
+    else:
+        text = await call_error(client, "resume_thread", args)
+        assert "[resume_not_finished]" in text and f"which is {status}" in text
+
+
+async def test_a_chain_of_four_over_mcp_reads_the_same_from_every_member(client: Client) -> None:
+    ids = [await started(client)]
+    for _ in range(2):
+        ids.append((await call(client, "handoff_thread", {"thread_id": ids[-1]}))["thread_id"])
+    await call(client, "update_thread", {"thread_id": ids[-1], "status": "completed"})
+    ids.append((await call(client, "resume_thread", {"thread_id": ids[0], "message": "more"}))["thread"]["thread_id"])
+    for tid in ids:
+        view = await call(client, "get_chain", {"thread_id": tid})
+        assert [t["thread_id"] for t in view["threads"]] == ids and view["end_thread_id"] == ids[-1]
+        assert await read(client, f"chain://{tid}") == view
