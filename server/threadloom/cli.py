@@ -74,6 +74,15 @@ def serve(
         Optional[str], typer.Option(help="full (survives power loss, default) or normal (survives crashes)")
     ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "WARNING",
+    context_window: Annotated[
+        Optional[int], typer.Option(help="default context window of new threads, in tokens (default 200000)")
+    ] = None,
+    trigger_threshold: Annotated[
+        Optional[float], typer.Option(help="hand off when context reaches this fraction of the window (default 0.9)")
+    ] = None,
+    resume_ceiling_tokens: Annotated[
+        Optional[int], typer.Option(help="most tokens of trailing messages a handoff carries (default 16000)")
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
     ] = False,
@@ -81,7 +90,9 @@ def serve(
     """Serve the MCP tools over stdio (the default, for MCP clients) or streamable HTTP."""
     logging.basicConfig(stream=sys.stderr, level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = settings_from(
-        root=root, host=host, port=port, token=token, store=store, durability=durability
+        root=root, host=host, port=port, token=token, store=store, durability=durability,
+        context_window=context_window, trigger_threshold=trigger_threshold,
+        resume_ceiling_tokens=resume_ceiling_tokens,
     )
     try:
         anyio.run(_serve, settings, http)

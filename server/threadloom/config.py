@@ -11,9 +11,10 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InvalidInputError
+from .templates import DEFAULT_CONTINUATION_TEMPLATE, check_template
 
 DEFAULT_ROOT = ".threadloom"
 ENV_PREFIX = "THREADLOOM_"
@@ -37,6 +38,7 @@ class Settings(BaseModel):
     context_window: int = Field(default=DEFAULT_CONTEXT_WINDOW, ge=1000)
     trigger_threshold: float = Field(default=DEFAULT_TRIGGER_THRESHOLD, gt=0, le=1)
     resume_ceiling_tokens: int = Field(default=DEFAULT_RESUME_CEILING_TOKENS, ge=100)
+    continuation_template: str = Field(default=DEFAULT_CONTINUATION_TEMPLATE, min_length=1, max_length=20_000)
     stale_after: float = Field(default=DEFAULT_STALE_AFTER, gt=0)
     sweep_interval: float = Field(default=30.0, gt=0)
     wait_default_timeout: float = Field(default=600.0, ge=0)
@@ -47,6 +49,11 @@ class Settings(BaseModel):
     port: int = Field(default=8765, ge=0, le=65535)
     token: str | None = None
     token_agents: list[str] | None = None
+
+    @field_validator("continuation_template")
+    @classmethod
+    def _template_placeholders(cls, value: str) -> str:
+        return check_template(value)
 
 
 _ENV_KEYS = {name: ENV_PREFIX + name.upper() for name in Settings.model_fields}

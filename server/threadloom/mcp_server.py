@@ -18,9 +18,10 @@ from pydantic import BaseModel, Field
 
 from . import __version__
 from .errors import InvalidInputError, NotFoundError, ThreadloomError
+from .messages import FORMATS
 from .mirror import manifest_bytes
 from .models import Budget, Limits, Thread, check_thread_id
-from .results import AppendOutcome, EventPage, ThreadPage, WaitResult
+from .results import AppendOutcome, ChainView, EventPage, HandoffInfo, ResumeOutcome, ThreadPage, WaitResult
 from .schema_flat import flatten_tool_schemas
 from .service import ThreadService
 
@@ -34,6 +35,11 @@ Typical flow: create_thread -> append_event (messages, tool calls, results) ->
 update_thread(status="completed", result=...). Read back with read_events (paged) or
 the thread://{id}/transcript and thread://{id}/messages resources. Thread ids are 12
 lowercase hex digits. Errors name the rule that failed and how to fix the call.
+When a thread's context fills up (append_event's context.ratio reaches the threshold,
+0.9 by default) the server hands the work off to a new thread: the append_event
+result then carries `handoff.thread_id`; append there from now on. handoff_thread
+does the same on request (with your summary); get_chain shows the whole chain;
+resume_thread gives a finished chain a new instruction.
 """
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
@@ -41,6 +47,13 @@ WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world
 
 ThreadId = Annotated[str, Field(description="thread id: 12 lowercase hex digits, e.g. '3f9a0c2b7d41'")]
 StatusName = Literal["created", "running", "paused", "completed", "error", "cancelled", "continued"]
+MessageFormat = Annotated[
+    Literal["neutral", "anthropic", "openai"],
+    Field(
+        description="neutral content blocks; 'anthropic': Messages API shape (system apart, text/tool_use/"
+        "tool_result blocks); 'openai': chat completions shape (tool_calls, role tool)"
+    ),
+]
 
 
 def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -146,6 +159,10 @@ def build_server(service: ThreadService) -> MCPServer:
         Returns `seq` (or `seqs` for a batch), the thread's status and its context usage
         (`context.used/window/ratio`). The first append moves a created thread to
         running. Pass an idempotency_key when you may retry, so nothing is written twice.
+        When the append brings context.ratio to the thread's threshold, the server hands
+        the work off to a new thread in the same step: the result then has
+        `handoff.thread_id`, and every later event goes to that thread (this one is
+        `continued` and refuses appends, naming the thread to use).
         """
         if (event is None) == (events is None):
             raise ToolError(
@@ -253,6 +270,52 @@ def build_server(service: ThreadService) -> MCPServer:
 
         return await service.wait_threads(thread_ids, mode=mode, timeout=timeout, on_progress=progress)
 
+    @server.tool(annotations=WRITE)
+    @tool_errors
+    async def handoff_thread(
+        thread_id: ThreadId,
+        summary: Annotated[
+            str | None,
+            Field(description="your account of the work so far and what comes next; it opens the new thread"),
+        ] = None,
+        reason: Annotated[str | None, Field(description="why, for the record (default 'explicit')")] = None,
+    ) -> HandoffInfo:
+        """Continue a running thread in a fresh thread now, before its context fills up.
+
+        The new thread starts with a continuation message (directive, previous thread id,
+        your summary) and the most recent messages; this thread becomes 'continued'.
+        Append to the returned `thread_id` from now on. Without a call, the server does
+        the same by itself when context.ratio reaches the threshold (without a summary).
+        """
+        return await service.handoff(thread_id, summary=summary, reason=reason or "explicit")
+
+    @server.tool(annotations=READ_ONLY)
+    @tool_errors
+    async def get_chain(thread_id: ThreadId) -> ChainView:
+        """Show the whole continuation chain of a thread (ask with any member's id).
+
+        Returns `threads` in order (status, created/updated, event_count, cost, context,
+        link_reason handoff|resume), `chain_root_id`, and `end_thread_id`: the thread
+        where the chain's work goes on or ended.
+        """
+        return await service.get_chain(thread_id)
+
+    @server.tool(annotations=WRITE)
+    @tool_errors
+    async def resume_thread(
+        thread_id: ThreadId,
+        message: Annotated[str, Field(description="the new instruction, appended as a user message")],
+        format: MessageFormat = "neutral",
+    ) -> ResumeOutcome:
+        """Give a finished chain a new instruction: continue it in a new thread.
+
+        The chain of `thread_id` is followed to its end, which must be completed, error or
+        cancelled. A new thread gets that thread's conversation (only the recent part if
+        all of it would not fit below the threshold) plus your message, and is returned
+        with its `messages` in the chosen `format`, ready to send to a model.
+        """
+        return await service.resume(thread_id, message, format=format)
+
     # -------------------------------------------------------------- resources
 
     async def _resource(thread_id: str, make: Callable[[str], Awaitable[str]]) -> str:
@@ -268,6 +331,9 @@ def build_server(service: ThreadService) -> MCPServer:
     async def _messages(thread_id: str) -> str:
         return json.dumps(await service.messages(thread_id), ensure_ascii=False)
 
+    async def _chain(thread_id: str) -> str:
+        return (await service.get_chain(thread_id)).model_dump_json()
+
     @server.resource("thread://{thread_id}/transcript", mime_type="application/x-ndjson")
     async def transcript(thread_id: str) -> str:
         """The thread's events as JSONL, one canonical JSON line per event, in seq order."""
@@ -282,6 +348,23 @@ def build_server(service: ThreadService) -> MCPServer:
     async def messages(thread_id: str) -> str:
         """The thread's conversation rebuilt from its events: [{role, content: [blocks]}]."""
         return await _resource(thread_id, _messages)
+
+    @server.resource("thread://{thread_id}/messages{?format}", mime_type="application/json")
+    async def formatted_messages(thread_id: str, format: str = "neutral") -> str:
+        """The conversation in a provider's shape: `?format=anthropic` gives {system?, messages}
+        (Messages API), `?format=openai` gives {messages} (chat completions)."""
+        if format not in FORMATS:
+            raise ResourceNotFoundError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+
+        async def make(tid: str) -> str:
+            return json.dumps(await service.conversation(tid, format), ensure_ascii=False)
+
+        return await _resource(thread_id, make)
+
+    @server.resource("chain://{thread_id}", mime_type="application/json")
+    async def chain_view(thread_id: str) -> str:
+        """The continuation chain of a thread (any member): the same JSON as get_chain."""
+        return await _resource(thread_id, _chain)
 
     flatten_tool_schemas(server)
     return server

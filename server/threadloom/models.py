@@ -83,9 +83,12 @@ def parse_iso(value: str) -> datetime:
 # ----------------------------------------------------------------------- json
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical_json(obj: Any) -> str:
     """Canonical JSON: sorted keys, no insignificant whitespace, UTF-8 text kept as is."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _CANONICAL.encode(obj)  # one shared encoder: json.dumps with options builds one per call
 
 
 # ----------------------------------------------------------------------- status

@@ -31,8 +31,11 @@ class HandoffInfo(BaseModel):
 
     thread_id: str = Field(description="the continuation thread: append there from now on")
     previous_thread_id: str
-    carried_messages: int
+    carried_messages: int = Field(description="conversation events carried into the new thread after its seed")
     reason: str
+    omitted_events: int = Field(default=0, description="events of the previous thread not carried (read them there)")
+    context: ContextUsage | None = Field(default=None, description="the new thread's context usage")
+    message: str = Field(default="", description="what happened and what to do next, in words")
 
 
 class AppendOutcome(BaseModel):
@@ -45,6 +48,7 @@ class AppendOutcome(BaseModel):
     status: Status
     context: ContextUsage
     handoff: HandoffInfo | None = None
+    warning: str | None = Field(default=None, description="something the agent should know (e.g. a handoff could not run)")
 
 
 class WaitItem(BaseModel):
@@ -69,3 +73,65 @@ class WaitResult(BaseModel):
     done: list[str] = Field(description="requested ids whose threads ended")
     timed_out: list[str] = Field(description="requested ids still open when the timeout ran out")
     waited_ms: float
+
+
+class ChainLink(BaseModel):
+    """One thread of a continuation chain, as get_chain lists it."""
+
+    thread_id: str
+    status: Status
+    status_reason: str | None = None
+    title: str | None = None
+    created_at: str
+    updated_at: str
+    event_count: int
+    cost: float | None = None
+    context: ContextUsage
+    link_reason: str | None = Field(default=None, description="how this thread joined the chain: handoff | resume")
+    continuation_of: str | None = None
+    continuation_thread_id: str | None = None
+
+    @classmethod
+    def of(cls, t: Thread) -> ChainLink:
+        return cls(
+            thread_id=t.thread_id,
+            status=t.status,
+            status_reason=t.status_reason,
+            title=t.title,
+            created_at=t.created_at,
+            updated_at=t.updated_at,
+            event_count=t.event_count,
+            cost=t.cost,
+            context=t.context(),
+            link_reason=t.link_reason,
+            continuation_of=t.continuation_of,
+            continuation_thread_id=t.continuation_thread_id,
+        )
+
+
+class ChainView(BaseModel):
+    """A whole continuation chain, oldest first, with its resolved end."""
+
+    thread_id: str = Field(description="the thread asked about")
+    chain_root_id: str
+    end_thread_id: str = Field(description="the chain's current end: where work goes on or ended")
+    end_status: Status
+    threads: list[ChainLink]
+    total_events: int
+    total_cost: float | None = Field(default=None, description="sum of the threads' cost (null if none reported)")
+    problems: list[str] = Field(default_factory=list, description="broken links or cycles; empty when healthy")
+
+
+class ResumeOutcome(BaseModel):
+    """The thread a resume created, and its conversation ready for a model."""
+
+    thread: Thread
+    previous_thread_id: str = Field(description="the finished chain end that was resumed")
+    carried_messages: int = Field(description="conversation events copied from the previous thread")
+    trimmed: bool = Field(description="true when only the trailing part fitted below the threshold")
+    omitted_events: int
+    context: ContextUsage
+    format: str
+    system: str | None = Field(default=None, description="system prompt (anthropic format only)")
+    messages: list[dict[str, Any]]
+    message: str = Field(description="what happened, in words")

@@ -17,13 +17,17 @@ from typing import Any, TypeVar
 
 import anyio
 
+from . import chain
 from .config import Settings
 from .errors import (
     ConflictError,
+    IntegrityError,
     InvalidInputError,
     InvalidStateError,
+    LimitExceededError,
     NotFoundError,
     ThreadContinuedError,
+    ThreadloomError,
 )
 from .models import (
     DEFAULT_AGENT_ID,
@@ -48,8 +52,17 @@ from .models import (
     parse_event,
     utc_now,
 )
-from .messages import rebuild_messages
-from .results import AppendOutcome, EventPage, ThreadPage, WaitResult
+from .messages import check_format, format_messages, rebuild_messages, request_body
+from .results import (
+    AppendOutcome,
+    ChainLink,
+    ChainView,
+    EventPage,
+    HandoffInfo,
+    ResumeOutcome,
+    ThreadPage,
+    WaitResult,
+)
 from .store.apply import request_hash
 from .waiting import wait_threads
 from .wake import WakeHub
@@ -64,6 +77,10 @@ MAX_METADATA_BYTES = 65_536
 MAX_PAGE = 1000
 MAX_LIST = 200
 PLAN_RETRIES = 8
+MAX_SUMMARY = 50_000
+MAX_REASON = 200
+RACE_RULES = frozenset({"status_guard", "version_guard", "count_guard"})
+"""Guard failures that mean "someone else committed first": re-plan and try again."""
 _UNSET: Any = object()
 
 
@@ -430,6 +447,13 @@ class ThreadService:
                 f"append to thread {end.thread_id} (the current end of its chain, status {end.status.value})",
                 current_thread_id=end.thread_id,
             )
+        if thread.status in TERMINAL and thread.continuation_thread_id:
+            end = await self.chain_end(thread)
+            raise ThreadContinuedError(
+                f"thread {thread.thread_id} is {thread.status.value} and was resumed; "
+                f"append to thread {end.thread_id} (the current end of its chain, status {end.status.value})",
+                current_thread_id=end.thread_id,
+            )
         if thread.status in TERMINAL:
             raise InvalidStateError(
                 f"thread {thread.thread_id} is {thread.status.value} and takes no more events; "
@@ -458,7 +482,10 @@ class ThreadService:
 
         async def replay(seqs: list[int]) -> AppendOutcome:
             thread = await self.store.get_thread(thread_id)
-            return self._outcome(thread, seqs, single, replayed=True)
+            outcome = self._outcome(thread, seqs, single, replayed=True)
+            if thread.status == Status.RUNNING:  # a handoff that failed after the first try runs now
+                return await self._after_append(thread, outcome)
+            return outcome.model_copy(update={"handoff": await self._past_handoff(thread)})
 
         if idempotency_key is not None:
             rec = await self.store.find_idempotency(thread_id, idempotency_key)
@@ -472,6 +499,7 @@ class ThreadService:
                 return await replay(rec.seqs)
 
         fast = [True]
+        committed: list[Thread] = []  # the thread as the append left it (not set on a replay)
 
         async def plan() -> AppendOutcome:
             ops: list[Op] = []
@@ -494,9 +522,11 @@ class ThreadService:
                 res = await self.store.commit(ops)
             except IdempotentReplay as rep:
                 return await replay(rep.record.seqs)
+            committed.append(res.threads[thread_id])
             return self._outcome(res.threads[thread_id], res.appends[-1].seqs, single)
 
-        return await self._retrying(plan)
+        outcome = await self._retrying(plan)
+        return await self._after_append(committed[-1], outcome) if committed else outcome
 
     @staticmethod
     def _outcome(thread: Thread, seqs: list[int], single: bool, *, replayed: bool = False) -> AppendOutcome:
@@ -539,6 +569,250 @@ class ThreadService:
     async def messages(self, thread_id: str) -> list[dict[str, Any]]:
         """The thread's conversation rebuilt from its events (neutral content-block form)."""
         return rebuild_messages(await self.all_events(thread_id))
+
+    async def conversation(self, thread_id: str, format: str = "neutral") -> Any:
+        """The conversation in ``format``: the neutral list, or the provider's request fields
+        (``{"system"?, "messages"}`` for anthropic, ``{"messages"}`` for openai)."""
+        check_format(format)
+        return request_body(await self.messages(thread_id), format)
+
+    # ------------------------------------------------------------------- chains
+    # Planning lives in chain.py; here: when to hand off, guards, retries, results.
+
+    def _threshold(self, thread: Thread) -> float:
+        return chain.threshold_of(thread, self.settings.trigger_threshold)
+
+    async def _after_append(self, thread: Thread, outcome: AppendOutcome) -> AppendOutcome:
+        """Hand off right after an append that brought the thread to its threshold (DESIGN §7).
+
+        The append stands whatever happens here (it is committed and acknowledged). A
+        handoff that cannot bring the context below the threshold, or that fails, is not
+        half-done: nothing of it is written, the trigger stays armed for the next append,
+        and the result's ``warning`` says so.
+        """
+        threshold = self._threshold(thread)
+        if thread.status != Status.RUNNING or outcome.context.ratio < threshold:
+            return outcome
+        try:
+            info = await self._handoff(thread.thread_id, summary=None, reason="threshold", auto=True, first=thread)
+        except LimitExceededError as exc:
+            return outcome.model_copy(
+                update={
+                    "warning": f"context is at {outcome.context.ratio:.1%} of the window (threshold {threshold:.0%}) "
+                    f"but no handoff ran: {exc.message}. The trigger stays armed: the next append tries again."
+                }
+            )
+        except ThreadloomError as exc:
+            log.error("handoff of thread %s at the threshold failed: %s", thread.thread_id, exc)
+            return outcome.model_copy(
+                update={
+                    "warning": f"context is at {outcome.context.ratio:.1%} of the window but the handoff failed "
+                    f"([{exc.rule}] {exc.message}); nothing of it was written and the next append tries again"
+                }
+            )
+        if info is None:
+            return outcome
+        return outcome.model_copy(update={"handoff": info, "status": Status.CONTINUED})
+
+    async def handoff(self, thread_id: str, *, summary: str | None = None, reason: str = "explicit") -> HandoffInfo:
+        """Continue a running thread in a fresh sibling now, before the threshold (DESIGN §7).
+
+        ``summary`` (the client's own account of the work so far) goes into the
+        continuation message. Returns where to append from now on.
+
+        Raises:
+            InvalidStateError: the thread is not running (ThreadContinuedError names the end).
+            LimitExceededError: the continuation would not start below the threshold.
+        """
+        check_thread_id(thread_id)
+        if summary is not None:
+            if not isinstance(summary, str):
+                raise InvalidInputError(f"summary must be a string; got {type(summary).__name__}", rule="summary_shape")
+            _check_len("summary", summary, MAX_SUMMARY)
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
+            raise InvalidInputError(
+                f"reason must be 1-{MAX_REASON} characters; got {reason!r:.80}", rule="reason_length"
+            )
+        info = await self._handoff(thread_id, summary=summary or None, reason=reason.strip(), auto=False)
+        assert info is not None
+        return info
+
+    async def _handoff(
+        self, thread_id: str, *, summary: str | None, reason: str, auto: bool, first: Thread | None = None
+    ) -> HandoffInfo | None:
+        """Plan and commit one handoff, re-planning when a guard reports a race.
+
+        ``auto``: only if the thread is (still) at its threshold; a thread that another
+        caller handed off already is reported, not handed off twice.
+        """
+        for attempt in range(PLAN_RETRIES):
+            thread = first if first is not None and attempt == 0 else await self.store.get_thread(thread_id)
+            if thread.status != Status.RUNNING:
+                if auto:
+                    return await self._past_handoff(thread)
+                await self._refuse_if_ended(thread)
+                raise InvalidStateError(
+                    f"thread {thread_id} is {thread.status.value}: a handoff needs a running thread "
+                    "(append an event to start it)",
+                    rule="handoff_not_running",
+                )
+            threshold = self._threshold(thread)
+            if auto and thread.context().ratio < threshold:
+                return None
+            plan = await chain.plan_handoff(
+                self.store,
+                thread,
+                reason=reason,
+                summary=summary,
+                template=self.settings.continuation_template,
+                ceiling_tokens=self.settings.resume_ceiling_tokens,
+                threshold=threshold,
+            )
+            try:
+                res = await self.store.commit(plan.ops)
+            except ConflictError as exc:
+                if exc.rule in RACE_RULES and attempt < PLAN_RETRIES - 1:
+                    continue
+                raise
+            new = res.threads[plan.new.thread_id]
+            ctx = new.context()
+            log.info("thread %s handed off to %s (%s, %d carried)", thread_id, new.thread_id, reason, len(plan.carried))
+            return HandoffInfo(
+                thread_id=new.thread_id,
+                previous_thread_id=thread_id,
+                carried_messages=len(plan.carried),
+                reason=reason,
+                omitted_events=plan.omitted,
+                context=ctx,
+                message=(
+                    f"thread {thread_id} handed off to thread {new.thread_id} ({reason}; context was "
+                    f"{thread.context().ratio:.1%} of the window, now {ctx.ratio:.1%}): append to "
+                    f"{new.thread_id} from now on. It starts with a continuation message and the last "
+                    f"{len(plan.carried)} messages (read thread://{new.thread_id}/messages)."
+                ),
+            )
+        raise AssertionError("unreachable")
+
+    async def _past_handoff(self, thread: Thread) -> HandoffInfo | None:
+        """The handoff a continued thread already made, pointing at its chain's current end."""
+        if thread.status != Status.CONTINUED or not thread.continuation_thread_id:
+            return None
+        tail = await self.store.read_events(thread.thread_id, after_seq=max(0, thread.event_count - 2))
+        ev = next((e.data() for e in reversed(tail) if e.type == "handoff"), None)
+        end = await self.chain_end(thread)
+        reason = ev["reason"] if ev else (thread.status_reason or "handoff")
+        carried = int(ev["trailing_count"]) if ev else 0
+        return HandoffInfo(
+            thread_id=end.thread_id,
+            previous_thread_id=thread.thread_id,
+            carried_messages=carried,
+            reason=reason,
+            omitted_events=max(0, thread.event_count - 2 - carried),
+            context=end.context(),
+            message=(
+                f"thread {thread.thread_id} was handed off ({reason}) to thread {thread.continuation_thread_id}; "
+                f"append to {end.thread_id}, the current end of the chain (status {end.status.value})"
+            ),
+        )
+
+    async def resume(self, thread_id: str, message: str, *, format: str = "neutral") -> ResumeOutcome:
+        """Give a finished chain a new instruction in a fresh sibling thread (DESIGN §5).
+
+        Resolves the chain of ``thread_id`` to its end, which must be completed, error or
+        cancelled; copies its conversation (only the trailing part within the ceiling,
+        after a continuation message, when all of it would not fit below the threshold),
+        appends ``message`` as a user message, links the chain and logs
+        ``thread_resumed`` in the resumed thread; all in one commit.
+
+        Raises:
+            InvalidStateError: the chain's end is not finished (the message names it).
+            IntegrityError: the chain's links are broken (a cycle or a missing thread).
+            LimitExceededError: the message cannot fit below the threshold.
+        """
+        check_thread_id(thread_id)
+        check_format(format)
+        if not isinstance(message, str) or not message.strip():
+            raise InvalidInputError("message must be a non-empty string: the new instruction", rule="message_empty")
+        size = len(canonical_json(message).encode())
+        if size > self.settings.max_event_bytes:
+            raise InvalidInputError(
+                f"message is {size} bytes of JSON; the limit (max_event_bytes) is {self.settings.max_event_bytes}",
+                rule="event_size",
+            )
+        for attempt in range(PLAN_RETRIES):
+            start = await self.store.get_thread(thread_id)
+            end, problem = await chain.resolve_end(self.store, start)
+            if problem:
+                raise IntegrityError(
+                    f"cannot resume the chain of thread {thread_id}: its links are broken ({problem}); "
+                    "get_chain shows the chain", rule="chain_broken"
+                )
+            if end.status not in TERMINAL:
+                hint = {
+                    Status.RUNNING: "it is still working: append to it instead",
+                    Status.CREATED: "it has not started: append to it instead",
+                    Status.PAUSED: "set it running (update_thread) and append to it, or end it first",
+                }.get(end.status, "")
+                raise InvalidStateError(
+                    f"only a completed, error or cancelled chain end can be resumed; the chain of thread "
+                    f"{thread_id} ends at thread {end.thread_id}, which is {end.status.value}"
+                    + (f" ({hint})" if hint else ""),
+                    rule="resume_not_finished",
+                )
+            plan = await chain.plan_resume(
+                self.store,
+                end,
+                message,
+                template=self.settings.continuation_template,
+                ceiling_tokens=self.settings.resume_ceiling_tokens,
+                threshold=self._threshold(end),
+            )
+            try:
+                res = await self.store.commit(plan.ops)
+            except ConflictError as exc:
+                if exc.rule in RACE_RULES and attempt < PLAN_RETRIES - 1:
+                    continue
+                raise
+            new = res.threads[plan.new.thread_id]
+            system, messages = format_messages(rebuild_messages(res.appends[0].events), format)
+            how = (
+                f"the last {len(plan.carried)} messages after a continuation message (the whole conversation "
+                "would not fit below the threshold)"
+                if plan.trimmed
+                else f"its whole conversation ({len(plan.carried)} messages)"
+            )
+            return ResumeOutcome(
+                thread=new,
+                previous_thread_id=end.thread_id,
+                carried_messages=len(plan.carried),
+                trimmed=plan.trimmed,
+                omitted_events=plan.omitted,
+                context=new.context(),
+                format=format,
+                system=system,
+                messages=messages,
+                message=(
+                    f"resumed thread {end.thread_id} ({end.status.value}) in thread {new.thread_id} with {how} "
+                    f"and your message; append to {new.thread_id} from now on"
+                ),
+            )
+        raise AssertionError("unreachable")
+
+    async def get_chain(self, thread_id: str) -> ChainView:
+        """Every thread of the chain of ``thread_id`` (any member) in link order, and its end."""
+        start = await self.store.get_thread(check_thread_id(thread_id))
+        walk = await chain.walk_chain(self.store, start)
+        costs = [t.cost for t in walk.threads if t.cost is not None]
+        return ChainView(
+            thread_id=thread_id,
+            chain_root_id=walk.root_id,
+            end_thread_id=walk.end.thread_id,
+            end_status=walk.end.status,
+            threads=[ChainLink.of(t) for t in walk.threads],
+            total_events=sum(t.event_count for t in walk.threads),
+            total_cost=round(sum(costs), 10) if costs else None,
+            problems=walk.problems,
+        )
 
     # ------------------------------------------------------------------ sweeper
 

@@ -45,6 +45,15 @@ def check_status_guard(op: AppendEvents, status: Status) -> None:
         )
 
 
+def check_count_guard(op: AppendEvents, event_count: int) -> None:
+    if op.expect_event_count is not None and event_count != op.expect_event_count:
+        raise ConflictError(
+            f"thread {op.thread_id} holds {event_count} events, not {op.expect_event_count}: "
+            "another append committed first; retry",
+            rule="count_guard",
+        )
+
+
 def check_version_guard(op: PutThread, version: int, heartbeat_epoch: float) -> None:
     if version != op.expect_version:
         raise ConflictError(

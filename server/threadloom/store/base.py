@@ -60,7 +60,10 @@ class AppendEvents:
     ``allowed_statuses``: refuse (ConflictError with ``rule='status_guard'``) unless the
     thread's status at commit time is one of these. ``idempotency_key``: if the key was
     already used on this thread the whole commit is abandoned with :class:`IdempotentReplay`
-    (same ``request_hash``) or ConflictError (different content).
+    (same ``request_hash``) or ConflictError (different content). ``expect_event_count``:
+    refuse (ConflictError with ``rule='count_guard'``) unless the thread holds exactly that
+    many events at commit time (a handoff carries the tail it read, and nothing newer may
+    slip in between; appends do not move ``version``).
     """
 
     thread_id: str
@@ -68,6 +71,7 @@ class AppendEvents:
     idempotency_key: str | None = None
     request_hash: str | None = None
     allowed_statuses: frozenset[Status] | None = None
+    expect_event_count: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

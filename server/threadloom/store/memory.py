@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from ..errors import ConflictError
 from ..models import Status, StoredEvent, Thread, parse_iso, render_line
 from .apply import (
+    check_count_guard,
     check_idempotency,
     check_status_guard,
     check_version_guard,
@@ -68,6 +69,7 @@ class MemoryStore(Store):
             elif isinstance(op, AppendEvents):
                 t = current(op.thread_id)
                 check_status_guard(op, t.status)
+                check_count_guard(op, t.event_count)
                 if op.idempotency_key is not None:
                     key = (op.thread_id, op.idempotency_key)
                     check_idempotency(op, new_idem.get(key) or self._idem.get(key))

@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from ..errors import ConflictError, StoreUnavailableError, ThreadloomError
 from ..models import Status, StoredEvent, Thread, render_line
 from .apply import (
+    check_count_guard,
     check_idempotency,
     check_status_guard,
     check_version_guard,
@@ -227,6 +228,7 @@ class PostgresStore(Store):
             if row is None:
                 raise not_found(op.thread_id)
             check_status_guard(op, Status(row[2]))  # raising rolls the update back
+            check_count_guard(op, row[5] - len(op.events))
             if op.idempotency_key is not None:  # checked under the row lock: concurrent retries serialize
                 check_idempotency(op, await _find_idem(conn, op.thread_id, op.idempotency_key))
             base = row[5] - len(op.events)

@@ -22,6 +22,7 @@ from ..errors import ConflictError, StoreUnavailableError, ThreadloomError
 from ..mirror import Mirror
 from ..models import Status, StoredEvent, Thread, render_line
 from .apply import (
+    check_count_guard,
     check_idempotency,
     check_status_guard,
     check_version_guard,
@@ -389,6 +390,7 @@ class SQLiteStore(Store):
                     raise not_found(op.thread_id)
                 status, count, text_chars, input_tokens = row[2], row[5], row[6], row[7]
                 check_status_guard(op, Status(status))
+                check_count_guard(op, count)
                 if op.idempotency_key is not None:
                     check_idempotency(op, _find_idem(conn, op.thread_id, op.idempotency_key))
                 stored = []

@@ -1,0 +1,142 @@
+"""Cost of the append that triggers a handoff, next to an ordinary append, on long threads.
+
+    python3 dev.py run python benchmarks/handoff.py [--events 10000] [--repeats 5] [--full]
+
+For each thread size (1,000 and 10,000 events by default; ``--full`` adds 100,000) it
+builds threads on the SQLite store (durability full and normal; events of two sizes) whose next append
+crosses the context threshold, and times that append end to end: the append commit,
+the tail read (backwards from the end, never a scan), the handoff commit (new thread
+seeded with ~16,000 tokens of carried messages, old thread linked) and the mirror
+writes. The baseline, measured in the same run on a twin thread of the same size, is
+the same append without a handoff. Goal (issue 4): under 50 ms at 10,000 events.
+Prints a table and writes benchmarks/results/handoff.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+
+from threadloom.config import Settings  # noqa: E402
+from threadloom.service import ThreadService  # noqa: E402
+from threadloom.store import SQLiteStore  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GOAL_MS = 50.0
+SENTENCE = "The agent read the log, found the failing test and noted the stack trace. "
+SIZES = {"small": 2, "typical": 8}
+"""Sentences per tool result: ``small`` turns average ~70 characters per event (a handoff
+then carries ~900 events, the worst case for its cost), ``typical`` ~190 (~330 carried)."""
+BATCH = 1000
+
+
+def turn(i: int, sentences: int) -> list[dict[str, Any]]:
+    """One scripted agent turn of four events: a call, its result, a remark, a user nudge."""
+    return [
+        {"type": "tool_use", "id": f"c{i}", "name": "read_file", "input": {"path": f"logs/{i}.txt"}},
+        {"type": "tool_result", "tool_use_id": f"c{i}", "output": f"{i} {SENTENCE * sentences}"},
+        {"type": "assistant_text", "text": f"file {i}: {SENTENCE[:60]}"},
+        {"type": "message", "role": "user", "text": f"next file after {i}"},
+    ]
+
+
+async def build(svc: ThreadService, events: int, window: int, sentences: int = SIZES["small"]) -> str:
+    t = await svc.create_thread(directive="summarise every log file", context_window=window)
+    batch: list[dict[str, Any]] = []
+    for i in range(events // 4):
+        batch += turn(i, sentences)
+        if len(batch) >= BATCH:
+            out = await svc.append(t.thread_id, batch)
+            assert out.handoff is None, "the build crossed the threshold early"
+            batch = []
+    if batch:
+        await svc.append(t.thread_id, batch)
+    return t.thread_id
+
+
+async def measure(events: int, repeats: int, durability: str, size: str) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="threadloom-bench-handoff-"))
+    settings = Settings(root=root, durability=durability)
+    trigger_ms, trigger_cpu_ms, plain_ms, carried, new_events = [], [], [], [], []
+    async with ThreadService(SQLiteStore(root, durability=durability), settings) as svc:
+        sentences = SIZES[size]
+        probe = await build(svc, events, 10_000_000, sentences)
+        used = (await svc.get_thread(probe)).context().used
+        window = int(used / 0.895)  # just under 0.9: the crossing event below takes it past
+        crossing = {"type": "message", "role": "assistant", "text": "z" * (used // 20 + 4000)}  # > 0.5% of the window
+        for _ in range(repeats):
+            hot = await build(svc, events, window, sentences)
+            cold = await build(svc, events, 10_000_000, sentences)  # twin: same size, far from its threshold
+            t0 = time.perf_counter()
+            plain = await svc.append(cold, [crossing])
+            plain_ms.append((time.perf_counter() - t0) * 1000)
+            assert plain.handoff is None
+            c0, t0 = time.process_time(), time.perf_counter()
+            out = await svc.append(hot, [crossing])
+            trigger_ms.append((time.perf_counter() - t0) * 1000)
+            trigger_cpu_ms.append((time.process_time() - c0) * 1000)  # all threads: less sensitive to neighbours
+            assert out.handoff is not None, out.warning
+            carried.append(out.handoff.carried_messages)
+            new_events.append((await svc.get_thread(out.handoff.thread_id)).event_count)
+    med_t, med_p = statistics.median(trigger_ms), statistics.median(plain_ms)
+    return {
+        "events": events,
+        "event_size": size,
+        "durability": durability,
+        "repeats": repeats,
+        "handoff_append_ms_median": med_t,
+        "handoff_append_ms_max": max(trigger_ms),
+        "handoff_append_cpu_ms_median": statistics.median(trigger_cpu_ms),
+        "plain_append_ms_median": med_p,
+        "ratio": med_t / med_p,
+        "carried_messages": statistics.median(carried),
+        "new_thread_events": statistics.median(new_events),
+        "goal_ms": GOAL_MS,
+        "meets_goal": med_t < GOAL_MS,
+    }
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=10_000, help="largest thread size (events)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--full", action="store_true", help="also 100,000-event threads (slow to build)")
+    args = ap.parse_args()
+    sizes = sorted({1000, args.events} | ({100_000} if args.full else set()))
+    rows = []
+    for durability in ("full", "normal"):
+        for size in SIZES:
+            for n in sizes:
+                rows.append(await measure(n, args.repeats, durability, size))
+    print(f"{'durability':<10} {'events':>8} {'size':<8} {'handoff append':>15} {'max':>8} {'cpu':>8} {'plain append':>13} "
+          f"{'ratio':>7} {'carried':>8}  goal <{GOAL_MS:.0f} ms")
+    for r in rows:
+        print(f"{r['durability']:<10} {r['events']:>8,} {r['event_size']:<8} {r['handoff_append_ms_median']:>12.1f} ms "
+              f"{r['handoff_append_ms_max']:>5.1f} ms {r['handoff_append_cpu_ms_median']:>5.1f} ms"
+              f" {r['plain_append_ms_median']:>10.2f} ms {r['ratio']:>6.1f}x {r['carried_messages']:>8.0f}  "
+              f"{'yes' if r['meets_goal'] else 'NO'}")
+    RESULTS.mkdir(exist_ok=True)
+    out = {
+        "machine": {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "cpus": os.cpu_count(),
+                    "load_average": os.getloadavg()},
+        "rows": rows,
+    }
+    (RESULTS / "handoff.json").write_text(json.dumps(out, indent=2))
+    print(f"wrote {RESULTS / 'handoff.json'}")
+
+
+if __name__ == "__main__":
+    anyio.run(main)
