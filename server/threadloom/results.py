@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .models import ContextUsage, Status, Thread
+from .models import ContextUsage, Exceeded, Status, Thread
 
 
 class ThreadPage(BaseModel):
@@ -45,3 +45,7 @@ class AppendOutcome(BaseModel):
     status: Status
     context: ContextUsage
     handoff: HandoffInfo | None = None
+    exceeded: Exceeded | None = Field(
+        default=None,
+        description="set when this append went over a budget or limit: it was recorded and the thread moved to error",
+    )
