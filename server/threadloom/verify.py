@@ -66,10 +66,11 @@ def verify_snapshot(snap: IntegritySnapshot, signer: Signer) -> VerifyReport:
         _check_transcript(events, snap.files.transcript, signer, found)
         _check_manifest(thread, snap.files.manifest, signer, found)
         _check_capabilities(thread, snap.files.capabilities, signer, found)
+    found.items.sort(key=lambda p: (p.line is None, p.line or 0))
     lines = [p.line for p in found.items if p.line is not None]
     first = min(lines) if lines else None
     if found.items:
-        top = min(found.items, key=lambda p: (p.line is None, p.line or 0))
+        top = found.items[0]
         where = f"line {top.line} of {top.source}" if top.line is not None else top.source
         summary = f"{where}: {top.message}"
         if len(found.items) > 1:
