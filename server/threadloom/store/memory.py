@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import anyio.lowlevel
+
 from ..errors import ConflictError
 from ..integrity import Signer, TranscriptHashes, chain_hashes
 from ..models import Status, StoredEvent, Thread, parse_iso, render_line
@@ -168,10 +170,11 @@ class MemoryStore(Store):
         return result
 
     async def get_thread(self, thread_id: str) -> Thread:
-        try:
-            return self._threads[thread_id]
-        except KeyError:
-            raise not_found(thread_id) from None
+        thread = self._threads.get(thread_id)
+        await anyio.lowlevel.checkpoint()  # a read takes time on a real backend: let plans race here too
+        if thread is None:
+            raise not_found(thread_id)
+        return thread
 
     async def get_threads(self, thread_ids: Sequence[str]) -> dict[str, Thread]:
         return {t: self._threads[t] for t in thread_ids if t in self._threads}
