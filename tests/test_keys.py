@@ -156,3 +156,28 @@ def test_signatures_verify_only_with_the_signing_key() -> None:
     assert not b.verify(b"data", sig)
     assert not a.verify(b"data", "not base64!")
     assert not a.verify(b"data", None)
+
+
+async def test_a_key_from_another_root_is_refused(settings: Settings, tmp_path: Path) -> None:
+    await make_thread(settings.root)
+    other = tmp_path / "other"
+    await make_thread(other)
+    for name in ("ed25519.key", "ed25519.pub"):
+        (settings.root / "keys" / name).write_bytes((other / "keys" / name).read_bytes())
+    with pytest.raises(IntegrityError) as err:
+        await SQLiteStore(settings.root, durability="normal").open()
+    assert err.value.rule == "signing_key_mismatch"
+
+
+async def test_a_store_from_before_signing_gets_a_key_despite_its_threads(settings: Settings) -> None:
+    import sqlite3
+
+    tid = await make_thread(settings.root)
+    with sqlite3.connect(settings.root / "threads.db") as conn:
+        conn.execute("DELETE FROM meta")  # as a database written before keys existed
+    for p in (settings.root / "keys").iterdir():
+        p.unlink()
+    async with ThreadService(SQLiteStore(settings.root, durability="normal"), settings) as svc:
+        report = await svc.verify_thread(tid)
+    assert (settings.root / "keys" / "ed25519.key").exists()
+    assert not report.ok  # its old checkpoints were signed by a key that is gone: reported, not hidden

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import ConflictError, StoreUnavailableError, ThreadloomError
+from ..errors import ConflictError, IntegrityError, StoreUnavailableError, ThreadloomError
 from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes
 from ..mirror import Mirror
 from ..models import Status, StoredEvent, Thread, Usage, render_line
@@ -150,10 +150,11 @@ class SQLiteStore(Store):
             conn.execute("PRAGMA journal_mode=WAL")
             _retry_busy(lambda: apply_sqlite_migrations(conn, SQLITE_MIGRATIONS))
             has_threads = conn.execute("SELECT EXISTS (SELECT 1 FROM threads)").fetchone()[0]
+            row = conn.execute("SELECT value FROM meta WHERE key = 'signing_key_id'").fetchone()
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"cannot open {self.path}: {exc}") from exc
         try:
-            self.signer.load(allow_create=not has_threads)
+            self._load_key(conn, bool(has_threads), row[0] if row else None)
         except BaseException:
             conn.close()
             raise
@@ -161,6 +162,25 @@ class SQLiteStore(Store):
         self._writer = WorkerPool("threadloom-writer", 1, self._handle_writes, max_batch=MAX_GROUP)
         self._readers = WorkerPool("threadloom-reader", READERS, self._handle_reads)
         await self.reconcile_mirrors()
+
+    def _load_key(self, conn: sqlite3.Connection, has_threads: bool, recorded: str | None) -> None:
+        """Load the root's key; a new one only when nothing in this database was signed yet
+        (no threads, or threads from before signing existed: no key id recorded)."""
+        signed = has_threads and recorded is not None
+        self.signer.load(allow_create=not signed)
+        if recorded == self.signer.key_id:
+            return
+        if signed:
+            raise IntegrityError(
+                f"the key in {self.signer.keys_dir} (id {self.signer.key_id}) is not the key the threads "
+                f"of {self.path} were signed with (id {recorded}): restore that root's keys/ from a backup",
+                rule="signing_key_mismatch",
+            )
+        _retry_busy(
+            lambda: conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('signing_key_id', ?)", (self.signer.key_id,)
+            )
+        )
 
     async def close(self) -> None:
         if self._writer is None:
