@@ -337,3 +337,25 @@ async def test_resume_refuses_a_tampered_thread(sq: ThreadService, settings: Set
     with pytest.raises(IntegrityError):
         await sq.resume_thread(tid, "go on")
     assert (await sq.get_thread(tid)).continuation_thread_id is None
+
+
+async def test_verifying_while_another_task_appends_finds_nothing_wrong(service: ThreadService) -> None:
+    import anyio
+    from integrity_helpers import turn
+
+    t = await service.create_thread()
+    reports: list[VerifyReport] = []
+
+    async def writer() -> None:
+        for i in range(15):
+            for ev in turn(i):
+                await service.append(t.thread_id, [ev])
+
+    async def verifier() -> None:
+        for _ in range(15):
+            reports.append(await service.verify_thread(t.thread_id))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer)
+        tg.start_soon(verifier)
+    assert all(r.ok for r in reports), [r.summary for r in reports if not r.ok]

@@ -23,7 +23,6 @@ from . import capabilities as caps_md
 from .config import Settings
 from .errors import (
     ConflictError,
-    IntegrityError,
     InvalidInputError,
     InvalidStateError,
     NotFoundError,
@@ -42,6 +41,7 @@ from .models import (
     StatusEvent,
     StoredEvent,
     Thread,
+    UsageDelta,
     canonical_json,
     check_agent_id,
     check_idempotency_key,
@@ -59,7 +59,7 @@ from .mirror import manifest_bytes
 from .results import AppendOutcome, EventPage, ThreadPage
 from .store.apply import request_hash
 from .store.base import AppendEvents, CreateThread, IdempotentReplay, NewEvent, Op, PutThread, Store
-from .verify import VerifyReport, lagging, verify_snapshot
+from .verify import VerificationFailed, VerifyReport, lagging, verify_snapshot
 
 log = logging.getLogger("threadloom.service")
 T = TypeVar("T")
@@ -488,7 +488,7 @@ class ThreadService:
 
         return await self._retrying(plan, PLAN_RETRIES if delta is None else ACCOUNT_PLAN_RETRIES)
 
-    async def _spend_ops(self, thread: Thread, delta: Any) -> tuple[list[Op], Exceeded | None]:
+    async def _spend_ops(self, thread: Thread, delta: UsageDelta) -> tuple[list[Op], Exceeded | None]:
         """Guarded account updates for ``thread`` reporting ``delta`` and, when that went over a
         budget or limit, the move to error (with its reservation returned)."""
         path = [thread, *await budgets.ancestors(self.store, thread.parent_id)]
@@ -572,8 +572,8 @@ class ThreadService:
         ``force`` (operators only, never an MCP tool) logs the problems and goes on.
 
         Raises:
-            IntegrityError: ``rule='integrity_failed'``, the first problem in the message and
-                the whole report on ``.report``.
+            VerificationFailed: an IntegrityError (``rule='integrity_failed'``) with the first
+                problem in its message and the whole report on ``.report``.
         """
         report = await self.verify_thread(thread_id)
         if report.ok:
@@ -581,13 +581,7 @@ class ThreadService:
         if force:
             log.warning("thread %s failed verification, going on (--force): %s", thread_id, report.summary)
             return report
-        exc = IntegrityError(
-            f"thread {thread_id} failed verification, so its transcript cannot be trusted to rebuild "
-            f"messages: {report.summary}; run verify_thread({thread_id!r}) for every problem",
-            rule="integrity_failed",
-        )
-        exc.report = report  # type: ignore[attr-defined]
-        raise exc
+        raise VerificationFailed(report)
 
     async def manifest_json(self, thread_id: str) -> str:
         """The thread's signed ``thread.json`` (the same bytes the mirror writes)."""

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from . import capabilities as caps_md
+from .errors import IntegrityError
 from .integrity import GENESIS, SIGNATURE_FIELD, Signer, chain_next, manifest_signature_ok
 from .models import ENDED, MANIFEST_FIELDS, StoredEvent, Thread
 from .store.base import IntegritySnapshot
@@ -47,6 +48,20 @@ class VerifyReport(BaseModel):
     last_checkpoint_seq: int | None = None
     files_checked: bool = Field(description="false when the backend keeps no mirror files (memory)")
     key_id: str = Field(description="the signing key's id (first 16 hex of SHA-256 of the public key)")
+
+
+class VerificationFailed(IntegrityError):
+    """A thread failed verification where it must be intact (resume, handoff); ``report`` has why."""
+
+    rule = "integrity_failed"
+
+    def __init__(self, report: VerifyReport) -> None:
+        tid = report.thread_id
+        super().__init__(
+            f"thread {tid} failed verification, so its transcript cannot be trusted to rebuild "
+            f"messages: {report.summary}; run verify_thread({tid!r}) for every problem"
+        )
+        self.report = report
 
 
 class _Problems:

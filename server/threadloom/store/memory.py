@@ -211,7 +211,9 @@ class MemoryStore(Store):
         return self._idem.get((thread_id, key))
 
     async def read_integrity(self, thread_id: str) -> IntegritySnapshot:
-        thread = await self.get_thread(thread_id)
+        thread = self._threads.get(thread_id)  # the row and its events at one instant (no await between)
+        if thread is None:
+            raise not_found(thread_id)
         return IntegritySnapshot(thread, list(self._events.get(thread_id, [])), self._heads.get(thread_id), None)
 
     async def list_chain(self, chain_root_id: str) -> list[Thread]:
