@@ -3,8 +3,9 @@
     python benchmarks/integrity.py [--events N] [--rounds R] [--durability normal|full] [--full]
 
 Workload: an agent's turns, 9 ``message`` appends then 1 ``result`` append (one event per
-call, the usual agent loop), so one checkpoint per 10 events. Three arms on the SQLite
-store, interleaved round by round on fresh roots:
+call, the usual agent loop), so one checkpoint per 10 events. Three arms rotate turn by
+turn on one SQLite store and thread (so load, file sizes and caches are shared), each
+round on a fresh root:
 
 - ``messages``: 10 message appends per turn (no result, so no accounting, no checkpoint);
 - ``turns, no checkpoints``: the turn workload on a store built with ``checkpoints=False``;
@@ -55,56 +56,58 @@ def turn_events(i: int, with_result: bool) -> list[dict[str, Any]]:
     return evs
 
 
-async def run_arm(root: Path, durability: str, turns: int, *, with_result: bool, checkpoints: bool, batch: bool) -> tuple[float, str]:
-    settings = Settings(root=root, durability=durability)
-    store = SQLiteStore(root, durability=durability, checkpoints=checkpoints)
-    async with ThreadService(store, settings) as svc:
-        t = await svc.create_thread(title="bench")
-        await svc.append(t.thread_id, [message(0)])  # created -> running outside the clock
-        start = time.perf_counter()
-        for i in range(turns):
-            evs = turn_events(i, with_result)
-            if batch:
-                await svc.append(t.thread_id, evs)
-            else:
-                for ev in evs:
-                    await svc.append(t.thread_id, [ev])
-        elapsed = time.perf_counter() - start
-    return turns * 10 / elapsed, t.thread_id
-
-
-ARMS = [
-    ("messages", dict(with_result=False, checkpoints=True)),
-    ("turns, no checkpoints", dict(with_result=True, checkpoints=False)),
-    ("turns, checkpoints", dict(with_result=True, checkpoints=True)),
-]
+ARMS = ["messages", "turns, no checkpoints", "turns, checkpoints"]
 
 
 async def measure(durability: str, events: int, rounds: int, batch: bool) -> dict[str, Any]:
-    turns = max(events // 10, 1)
-    rates: dict[str, list[float]] = {name: [] for name, _ in ARMS}
-    for r in range(rounds):
-        order = ARMS if r % 2 == 0 else list(reversed(ARMS))  # alternate to cancel drift
-        for name, kw in order:
-            with tempfile.TemporaryDirectory() as d:
-                rate, _ = await run_arm(Path(d), durability, turns, batch=batch, **kw)  # type: ignore[arg-type]
-            rates[name].append(rate)
-    med = {name: statistics.median(v) for name, v in rates.items()}
+    """Rotate the three arms turn by turn on one store and one thread (same file sizes, same
+    cache, same machine load), ``rounds`` times on fresh roots; time every turn."""
+    turns = max(events // 10 // len(ARMS), 1)
+    times: dict[str, list[float]] = {name: [] for name in ARMS}
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory() as d:
+            root = Path(d)
+            store = SQLiteStore(root, durability=durability)
+            async with ThreadService(store, Settings(root=root, durability=durability)) as svc:
+                t = await svc.create_thread(title="bench")
+                await svc.append(t.thread_id, [message(0)])  # created -> running outside the clock
+                for i in range(turns * len(ARMS)):
+                    name = ARMS[i % len(ARMS)]
+                    store.checkpoints = name != "turns, no checkpoints"
+                    evs = turn_events(i, with_result=name != "messages")
+                    start = time.perf_counter()
+                    if batch:
+                        await svc.append(t.thread_id, evs)
+                    else:
+                        for ev in evs:
+                            await svc.append(t.thread_id, [ev])
+                    times[name].append(time.perf_counter() - start)
+    rate = {name: 10 * len(v) / sum(v) for name, v in times.items()}
+    median_turn_us = {name: statistics.median(v) * 1e6 for name, v in times.items()}
     return {
         "mode": "batch of 10" if batch else "one event per append",
-        "events_per_arm": turns * 10,
-        "events_per_s": med,
-        "all_rounds": rates,
-        "checkpoint_cost": 1 - med["turns, checkpoints"] / med["turns, no checkpoints"],
-        "accounting_and_checkpoint_cost": 1 - med["turns, checkpoints"] / med["messages"],
+        "events_per_arm": 10 * len(times["messages"]),
+        "events_per_s": rate,
+        "median_turn_us": median_turn_us,
+        "checkpoint_cost": 1 - rate["turns, checkpoints"] / rate["turns, no checkpoints"],
+        "checkpoint_cost_median": median_turn_us["turns, checkpoints"] / median_turn_us["turns, no checkpoints"] - 1,
+        "accounting_and_checkpoint_cost": 1 - rate["turns, checkpoints"] / rate["messages"],
     }
+
+
+async def write_thread(root: Path, durability: str, turns: int) -> str:
+    async with ThreadService(SQLiteStore(root, durability=durability), Settings(root=root)) as svc:
+        t = await svc.create_thread(title="bench")
+        for i in range(turns):
+            await svc.append(t.thread_id, turn_events(i, with_result=True))
+        return t.thread_id
 
 
 async def measure_verify(durability: str, events: int) -> dict[str, Any]:
     turns = max(events // 10, 1)
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
-        _, tid = await run_arm(root, durability, turns, with_result=True, checkpoints=True, batch=True)
+        tid = await write_thread(root, durability, turns)
         async with ThreadService(SQLiteStore(root, durability=durability), Settings(root=root)) as svc:
             start = time.perf_counter()
             evs = await svc.all_events(tid)
@@ -138,13 +141,13 @@ def measure_sign(n: int = 2000) -> dict[str, float]:
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--events", type=int, default=2000, help="events per arm and round (default 2000)")
+    ap.add_argument("--events", type=int, default=3000, help="events per round, shared by the three arms (default 3000)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported (default 3)")
     ap.add_argument("--durability", choices=["normal", "full"], default="normal")
-    ap.add_argument("--full", action="store_true", help="full size: 20000 events per arm, 5 rounds")
+    ap.add_argument("--full", action="store_true", help="full size: 30000 events per round, 5 rounds")
     args = ap.parse_args()
     if args.full:
-        args.events, args.rounds = 20000, 5
+        args.events, args.rounds = 30000, 5
     single = await measure(args.durability, args.events, args.rounds, batch=False)
     batched = await measure(args.durability, args.events * 2, args.rounds, batch=True)
     verify = await measure_verify(args.durability, max(args.events * 5, 10000))
@@ -160,16 +163,18 @@ async def main() -> None:
         "ed25519": sign,
     }
     print(f"checkpoint cost on appends (SQLite, durability={args.durability}, medians of {args.rounds} rounds)")
-    print(f"{'mode':<22} {'arm':<24} {'events/s':>10} {'vs no checkpoints':>18} {'vs messages':>12}")
+    print(f"{'mode':<22} {'arm':<24} {'events/s':>10} {'median turn':>12} {'vs no checkpoints':>18} {'vs messages':>12}")
     for res in (single, batched):
         med = res["events_per_s"]
-        for name, _ in ARMS:
+        for name in ARMS:
             r1 = med[name] / med["turns, no checkpoints"]
             r2 = med[name] / med["messages"]
-            print(f"{res['mode']:<22} {name:<24} {med[name]:>10.0f} {r1:>17.3f}x {r2:>11.3f}x")
+            turn_us = res["median_turn_us"][name]
+            print(f"{res['mode']:<22} {name:<24} {med[name]:>10.0f} {turn_us:>10.0f}us {r1:>17.3f}x {r2:>11.3f}x")
         print(
-            f"{'':<22} checkpoint cost {res['checkpoint_cost'] * 100:5.1f}%   "
-            f"accounting + checkpoint cost {res['accounting_and_checkpoint_cost'] * 100:5.1f}%"
+            f"{'':<22} checkpoint cost {res['checkpoint_cost'] * 100:5.1f}% (on medians "
+            f"{res['checkpoint_cost_median'] * 100:.1f}%); accounting + checkpoint cost "
+            f"{res['accounting_and_checkpoint_cost'] * 100:5.1f}%"
         )
     print(
         f"verify_thread: {verify['events']} events, {verify['checkpoints']} checkpoints in {verify['verify_ms']:.0f} ms "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 from integrity_helpers import lines_of, thread_dir, transcript, write_lines, written_thread

@@ -14,11 +14,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import ConflictError, IntegrityError, StoreUnavailableError, ThreadloomError
-from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes
+from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes, chain_next
 from ..mirror import Mirror
 from ..models import Status, StoredEvent, Thread, Usage, render_line
 from .apply import (
@@ -414,8 +415,7 @@ class SQLiteStore(Store):
     def _apply(self, conn: sqlite3.Connection, ops: list[Op], ts: str, epoch: float) -> CommitResult:
         result = CommitResult()
         view = self._hashes.view(self._txn_views)
-        checkpoint: dict[str, bool] = {}  # threads appended to -> a checkpoint was asked for
-        last_append: dict[str, AppendResult] = {}
+        appended: dict[str, _Appended] = {}  # what a checkpoint needs to know, per thread appended to
         for op in ops:
             if isinstance(op, CreateThread):
                 t = op.thread
@@ -431,10 +431,10 @@ class SQLiteStore(Store):
                 )
                 result.threads[t.thread_id] = t
             elif isinstance(op, AppendEvents):
-                res = self._append(conn, op, ts, epoch, view)
+                res, state = self._append(conn, op, ts, epoch, view)
                 result.appends.append(res)
-                last_append[op.thread_id] = res
-                checkpoint[op.thread_id] = checkpoint.get(op.thread_id, False) or op.checkpoint
+                asked = op.checkpoint or (op.thread_id in appended and appended[op.thread_id].asked)
+                appended[op.thread_id] = _Appended(asked, *state, res)
                 result.threads[op.thread_id] = None  # type: ignore[assignment]  # filled after commit
             elif isinstance(op, PutUsage):
                 row = conn.execute("SELECT accounts FROM threads WHERE thread_id = ?", (op.thread_id,)).fetchone()
@@ -465,15 +465,19 @@ class SQLiteStore(Store):
                     ),
                 )
                 result.threads[t.thread_id] = None  # type: ignore[assignment]
+                if t.thread_id in appended:
+                    appended[t.thread_id].status = t.status
         if self.checkpoints:
-            for tid, asked in checkpoint.items():
-                self._checkpoint(conn, tid, asked, ts, epoch, view, last_append[tid])
+            for tid, state in appended.items():
+                if wants_checkpoint(state.asked, state.status):
+                    self._checkpoint(conn, tid, state, ts, epoch, view)
         self._txn_views.append(view)
         return result
 
     def _append(
         self, conn: sqlite3.Connection, op: AppendEvents, ts: str, epoch: float, view: HashView
-    ) -> AppendResult:
+    ) -> tuple[AppendResult, tuple[Status, int, str]]:
+        """Insert the op's events; return them and the thread's (status, event count, chain head)."""
         row = conn.execute(
             "SELECT status, event_count, text_chars, input_tokens, chain_head, accounts FROM threads"
             " WHERE thread_id = ?",
@@ -513,31 +517,32 @@ class SQLiteStore(Store):
                 " VALUES (?,?,?,?,?)",
                 (op.thread_id, op.idempotency_key, op.request_hash or "", json.dumps(seqs), ts),
             )
-        return AppendResult(op.thread_id, seqs, stored)
+        return AppendResult(op.thread_id, seqs, stored), (Status(status), count + len(stored), head)
 
     def _checkpoint(
-        self,
-        conn: sqlite3.Connection,
-        tid: str,
-        asked: bool,
-        ts: str,
-        epoch: float,
-        view: HashView,
-        last: AppendResult,
+        self, conn: sqlite3.Connection, tid: str, state: _Appended, ts: str, epoch: float, view: HashView
     ) -> None:
-        status, count = conn.execute(
-            "SELECT status, event_count FROM threads WHERE thread_id = ?", (tid,)
-        ).fetchone()
-        if not wants_checkpoint(asked, Status(status)):
-            return
+        """Append the signed checkpoint after the thread's last event in this transaction."""
 
         def fetch(after: int, upto: int) -> list[str]:
             q = "SELECT line FROM events WHERE thread_id = ? AND seq > ? AND seq <= ? ORDER BY seq"
             return [line for (line,) in conn.execute(q, (tid, after, upto))]
 
-        digest = view.digest(tid, count, fetch)
-        res = self._append(conn, AppendEvents(tid, (checkpoint_event(self.signer, digest),)), ts, epoch, view)
-        last.events.extend(res.events)
+        digest = view.digest(tid, state.count, fetch)
+        event = checkpoint_event(self.signer, digest)
+        seq = state.count + 1
+        line = render_line(seq, ts, event.payload)
+        conn.execute(
+            "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) VALUES (?,?,?,?,?,?)",
+            (tid, seq, ts, event.type, line, state.head),
+        )
+        conn.execute(
+            "UPDATE threads SET event_count = ?, transcript_bytes = transcript_bytes + ?, chain_head = ?"
+            " WHERE thread_id = ?",
+            (seq, len(line.encode()) + 1, chain_next(state.head, line), tid),
+        )
+        view.extend(tid, state.count, [line])
+        state.last.events.append(StoredEvent(tid, seq, ts, event.type, line, state.head))
 
     # ------------------------------------------------------------ maintenance
 
@@ -565,6 +570,17 @@ class SQLiteStore(Store):
 
 
 # ------------------------------------------------------------------ helpers
+
+
+@dataclass(slots=True)
+class _Appended:
+    """A thread appended to in one commit: was a checkpoint asked for, where it stands, its last result."""
+
+    asked: bool
+    status: Status
+    count: int
+    head: str
+    last: AppendResult
 
 
 def _get_thread(conn: sqlite3.Connection, thread_id: str) -> Thread:
