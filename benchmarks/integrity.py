@@ -13,7 +13,9 @@ round on a fresh root:
 
 The checkpoint cost is ``turns, checkpoints`` against ``turns, no checkpoints`` (the goal is
 under 10%); the accounting + checkpoint cost is against ``messages``. The same three arms
-run again with each turn appended as one batch of 10. Finally ``verify_thread`` speed on
+run again with each turn appended as one batch of 10. The writer time of each checkpoint is
+also timed inside the store (digest, signature, row), to compare with any append path.
+Finally ``verify_thread`` speed on
 the longest thread, next to reading that thread's events. Prints a table and writes
 benchmarks/results/integrity.json.
 """
@@ -59,11 +61,29 @@ def turn_events(i: int, with_result: bool) -> list[dict[str, Any]]:
 ARMS = ["messages", "turns, no checkpoints", "turns, checkpoints"]
 
 
+CHECKPOINT_TIMES: list[float] = []
+"""Writer time of each checkpoint (digest, signature, row), measured inside the store."""
+
+
+def _time_checkpoints() -> None:
+    from threadloom.store import sqlite as sqlite_store
+
+    inner = sqlite_store.SQLiteStore._checkpoint
+
+    def timed(self: Any, *args: Any) -> None:
+        start = time.perf_counter()
+        inner(self, *args)
+        CHECKPOINT_TIMES.append(time.perf_counter() - start)
+
+    sqlite_store.SQLiteStore._checkpoint = timed  # type: ignore[method-assign]
+
+
 async def measure(durability: str, events: int, rounds: int, batch: bool) -> dict[str, Any]:
     """Rotate the three arms turn by turn on one store and one thread (same file sizes, same
     cache, same machine load), ``rounds`` times on fresh roots; time every turn."""
     turns = max(events // 10 // len(ARMS), 1)
     times: dict[str, list[float]] = {name: [] for name in ARMS}
+    CHECKPOINT_TIMES.clear()
     for _ in range(rounds):
         with tempfile.TemporaryDirectory() as d:
             root = Path(d)
@@ -92,6 +112,8 @@ async def measure(durability: str, events: int, rounds: int, batch: bool) -> dic
         "checkpoint_cost": 1 - rate["turns, checkpoints"] / rate["turns, no checkpoints"],
         "checkpoint_cost_median": median_turn_us["turns, checkpoints"] / median_turn_us["turns, no checkpoints"] - 1,
         "accounting_and_checkpoint_cost": 1 - rate["turns, checkpoints"] / rate["messages"],
+        "checkpoint_writer_us_median": statistics.median(CHECKPOINT_TIMES) * 1e6,
+        "checkpoints": len(CHECKPOINT_TIMES),
     }
 
 
@@ -148,6 +170,7 @@ async def main() -> None:
     args = ap.parse_args()
     if args.full:
         args.events, args.rounds = 30000, 5
+    _time_checkpoints()
     single = await measure(args.durability, args.events, args.rounds, batch=False)
     batched = await measure(args.durability, args.events * 2, args.rounds, batch=True)
     verify = await measure_verify(args.durability, max(args.events * 5, 10000))
@@ -174,7 +197,8 @@ async def main() -> None:
         print(
             f"{'':<22} checkpoint cost {res['checkpoint_cost'] * 100:5.1f}% (on medians "
             f"{res['checkpoint_cost_median'] * 100:.1f}%); accounting + checkpoint cost "
-            f"{res['accounting_and_checkpoint_cost'] * 100:5.1f}%"
+            f"{res['accounting_and_checkpoint_cost'] * 100:5.1f}%; one checkpoint costs the writer "
+            f"{res['checkpoint_writer_us_median']:.0f} us (median of {res['checkpoints']})"
         )
     print(
         f"verify_thread: {verify['events']} events, {verify['checkpoints']} checkpoints in {verify['verify_ms']:.0f} ms "

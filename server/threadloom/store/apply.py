@@ -150,6 +150,13 @@ def accounts_from_doc(doc: str | None) -> dict[str, object]:
 
 def add_usage_doc(doc: str | None, delta: UsageDelta) -> str:
     """The stored accounts JSON after an unguarded append added ``delta`` to its usage."""
-    data = json.loads(doc) if doc else {"usage": {}, "budget": None}
-    usage = add_usage(Usage.model_validate(data.get("usage") or {}), delta)
-    return canonical_json({"usage": usage.model_dump(mode="json"), "budget": data.get("budget")})
+    data = json.loads(doc) if doc else {}
+    u = data.get("usage") or {}
+    usage = {  # plain dicts on the append path: the same arithmetic as add_usage, without validation
+        "turns": u.get("turns", 0) + delta.turns,
+        "tokens": u.get("tokens", 0) + delta.tokens,
+        "spend": round(u.get("spend", 0.0) + delta.spend, 9),
+        "actual_spend": round(u.get("actual_spend", 0.0) + delta.spend, 9),
+        "version": u.get("version", 0) + 1,
+    }
+    return canonical_json({"usage": usage, "budget": data.get("budget")})
