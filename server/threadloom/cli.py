@@ -131,6 +131,113 @@ async def _serve(settings: Settings, http: bool) -> None:
             tg.cancel_scope.cancel()
 
 
+@app.command()
+def verify(
+    thread_id: Annotated[Optional[str], typer.Argument(help="the thread to verify (12 hex digits)")] = None,
+    all_threads: Annotated[bool, typer.Option("--all", help="verify every thread of the root")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report(s) as JSON on stdout")] = False,
+    root: RootOpt = None,
+) -> None:
+    """Verify signatures, checkpoints, the hash chain and the mirror files of one thread or
+    of all (--all). Exit code 0 when everything is intact, 1 when a problem was found."""
+    if (thread_id is None) == (not all_threads):
+        fail("give a thread id or --all (not both)", 2)
+    settings = settings_from(root=root)
+    if not (settings.root / "threads.db").exists():
+        fail(f"no threadloom data at {settings.root} (set --root or $THREADLOOM_HOME)", 2)
+    try:
+        ok = anyio.run(_verify, settings, thread_id, as_json)
+    except ThreadloomError as exc:
+        fail(exc.message, 2)
+    raise typer.Exit(0 if ok else 1)
+
+
+async def _verify(settings: Settings, thread_id: str | None, as_json: bool) -> bool:
+    import json
+
+    from .service import ThreadService
+    from .store import make_store
+
+    service = ThreadService(make_store(settings), settings)
+    async with service:
+        if thread_id is not None:
+            report = await service.verify_thread(thread_id)
+            if as_json:
+                typer.echo(report.model_dump_json(indent=2))
+            else:
+                _print_report(report)
+            return report.ok
+        ids = await _all_thread_ids(service)
+        reports = []
+        progress = _progress(len(ids)) if sys.stderr.isatty() else None
+        if progress is not None:
+            progress.start()
+            task = progress.add_task("verifying", total=len(ids))
+        try:
+            for tid in ids:
+                reports.append(await service.verify_thread(tid))
+                if progress is not None:
+                    progress.advance(task)
+        finally:
+            if progress is not None:
+                progress.stop()
+        failed = [r for r in reports if not r.ok]
+        if as_json:
+            out = {
+                "ok": not failed,
+                "threads": len(reports),
+                "failed": len(failed),
+                "reports": [r.model_dump(mode="json") for r in reports],
+            }
+            typer.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        else:
+            for r in failed:
+                _print_report(r)
+            typer.echo(f"{len(reports)} thread(s) verified: {len(reports) - len(failed)} intact, {len(failed)} with problems")
+        return not failed
+
+
+async def _all_thread_ids(service: object) -> list[str]:
+    from .service import ThreadService
+
+    assert isinstance(service, ThreadService)
+    ids: list[str] = []
+    cursor = None
+    while True:
+        page = await service.list_threads(limit=200, cursor=cursor)
+        ids += [t.thread_id for t in page.threads]
+        if page.next_cursor is None:
+            return ids
+        cursor = page.next_cursor
+
+
+def _progress(total: int) -> object:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), transient=True,
+    )
+
+
+def _print_report(report: object) -> None:
+    from .verify import VerifyReport
+
+    assert isinstance(report, VerifyReport)
+    if report.ok:
+        typer.echo(
+            f"{report.thread_id}: ok ({report.events} events, {report.checkpoints} checkpoints, "
+            f"files {'checked' if report.files_checked else 'not kept'})"
+        )
+        return
+    first = f", first bad line {report.first_bad_line}" if report.first_bad_line is not None else ""
+    typer.echo(f"{report.thread_id}: {len(report.problems)} problem(s){first}")
+    for p in report.problems:
+        where = f"{p.source}:{p.line}" if p.line is not None else p.source
+        typer.echo(f"  {where}  [{p.rule}] {p.message}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``threadloom`` console script."""
     try:

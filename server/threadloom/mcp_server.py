@@ -17,13 +17,14 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from . import __version__
+from .capabilities import Capabilities
 from .errors import InvalidInputError, NotFoundError, ThreadloomError
 from .messages import FORMATS
-from .mirror import manifest_bytes
 from .models import Budget, Limits, Thread, check_thread_id
 from .results import AppendOutcome, ChainView, EventPage, HandoffInfo, ResumeOutcome, ThreadPage, WaitResult
 from .schema_flat import flatten_tool_schemas
 from .service import ThreadService
+from .verify import VerifyReport
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -103,16 +104,25 @@ def build_server(service: ThreadService) -> MCPServer:
         ] = None,
         limits: Limits | None = None,
         capabilities: Annotated[
-            dict[str, Any] | None, Field(description="tool definitions and capability tree of the agent")
+            Capabilities | None,
+            Field(
+                description="the agent's tool definitions and capability tree; written once, signed, "
+                "as thread://{id}/capabilities.md"
+            ),
         ] = None,
-        budget: Budget | None = None,
+        budget: Annotated[
+            Budget | None,
+            Field(description="spend budget; a child's max_spend is reserved from its parent's remaining budget"),
+        ] = None,
         metadata: Annotated[dict[str, Any] | None, Field(description="free-form JSON object")] = None,
     ) -> Thread:
         """Create a new thread (status 'created') and return its manifest with its thread_id.
 
         Call this once at the start of a task; then record everything with append_event
         using the returned thread_id. Give parent_id to create a child thread of an
-        orchestrator.
+        orchestrator; a child's budget.max_spend is reserved from its parent's remaining
+        budget (refused when the parent has not enough left). limits caps the thread's own
+        turns, tokens and spend.
         """
         return await service.create_thread(
             agent_id=agent_id,
@@ -163,6 +173,10 @@ def build_server(service: ThreadService) -> MCPServer:
         the work off to a new thread in the same step: the result then has
         `handoff.thread_id`, and every later event goes to that thread (this one is
         `continued` and refuses appends, naming the thread to use).
+
+        Append a `result` event at the end of each turn (cost, turns, tokens): it is
+        counted against the thread's budget and limits; when it goes over, it is still
+        recorded, the thread moves to error and `exceeded` says which budget or limit.
         """
         if (event is None) == (events is None):
             raise ToolError(
@@ -178,8 +192,18 @@ def build_server(service: ThreadService) -> MCPServer:
     @tool_errors
     async def get_thread(thread_id: ThreadId) -> Thread:
         """Return a thread's manifest: status, title, directive, result, outputs, cost,
-        chain links, counters (event_count), timestamps and its children counted by status."""
+        chain links, counters (event_count), timestamps, its children counted by status,
+        usage (turns, tokens, spend) and budget (max_spend, reserved, actual_spend, remaining)."""
         return await service.get_thread(thread_id)
+
+    @server.tool(annotations=READ_ONLY)
+    @tool_errors
+    async def verify_thread(thread_id: ThreadId) -> VerifyReport:
+        """Check that a thread's records are intact: thread.json and capabilities.md
+        signatures, every checkpoint of the transcript, the database hash chain, and that
+        transcript.jsonl equals the database. Returns ok and problems (each with the
+        transcript line and what is wrong); first_bad_line is the earliest bad line."""
+        return await service.verify_thread(thread_id)
 
     @server.tool(annotations=READ_ONLY)
     @tool_errors
@@ -326,7 +350,7 @@ def build_server(service: ThreadService) -> MCPServer:
             raise ResourceNotFoundError(exc.message) from exc
 
     async def _manifest(thread_id: str) -> str:
-        return manifest_bytes(await service.get_thread(thread_id)).decode()
+        return await service.manifest_json(thread_id)
 
     async def _messages(thread_id: str) -> str:
         return json.dumps(await service.messages(thread_id), ensure_ascii=False)
@@ -343,6 +367,11 @@ def build_server(service: ThreadService) -> MCPServer:
     async def thread_json(thread_id: str) -> str:
         """The thread's manifest snapshot (the same bytes as threads/<id>/thread.json)."""
         return await _resource(thread_id, _manifest)
+
+    @server.resource("thread://{thread_id}/capabilities.md", mime_type="text/markdown")
+    async def capabilities_md(thread_id: str) -> str:
+        """The thread's tool definitions and capability tree, signed (threads/<id>/capabilities.md)."""
+        return await _resource(thread_id, service.capabilities_md)
 
     @server.resource("thread://{thread_id}/messages", mime_type="application/json")
     async def messages(thread_id: str) -> str:

@@ -14,28 +14,49 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+from . import capabilities as caps_md
+from .integrity import Signer, manifest_signature_ok, sign_manifest
 from .models import StoredEvent, Thread, canonical_json, check_thread_id
 
 log = logging.getLogger("threadloom.mirror")
+T = TypeVar("T")
 
 TRANSCRIPT = "transcript.jsonl"
 MANIFEST = "thread.json"
+CAPABILITIES = caps_md.CAPABILITIES_FILE
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorFiles:
+    """The bytes of one thread's mirror files (None: the file does not exist)."""
+
+    transcript: bytes | None
+    manifest: bytes | None
+    capabilities: bytes | None
 
 FetchEvents = Callable[[int], list[StoredEvent]]
 """Events of the thread with seq greater than the argument, from the database."""
 FetchThread = Callable[[], Thread]
 
 
-SNAPSHOT_EXCLUDE = frozenset({"event_count", "text_chars", "input_tokens", "updated_at", "heartbeat_at", "children"})
+SNAPSHOT_EXCLUDE = frozenset(
+    {"event_count", "text_chars", "input_tokens", "updated_at", "heartbeat_at", "children", "usage"}
+)
 """Fields left out of thread.json: they move on every append and live in the database;
 the snapshot changes (and is rewritten) only when the manifest itself changes."""
 
 
-def manifest_bytes(thread: Thread) -> bytes:
-    """The bytes of ``thread.json`` for a manifest (canonical JSON and a newline)."""
-    return (canonical_json(thread.model_dump(mode="json", exclude=set(SNAPSHOT_EXCLUDE))) + "\n").encode()
+def manifest_bytes(thread: Thread, signer: Signer | None = None) -> bytes:
+    """The bytes of ``thread.json`` for a manifest (canonical JSON and a newline),
+    with ``_signature`` when a signer is given."""
+    data = thread.model_dump(mode="json", exclude=set(SNAPSHOT_EXCLUDE))
+    if signer is not None:
+        data = sign_manifest(data, signer)
+    return (canonical_json(data) + "\n").encode()
 
 
 def transcript_bytes(events: list[StoredEvent]) -> bytes:
@@ -48,7 +69,8 @@ class Mirror:
 
     MAX_OPEN = 128
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, signer: Signer | None = None) -> None:
+        self.signer = signer
         self.root = root / "threads"
         self.root.mkdir(parents=True, exist_ok=True)
         self._cache: dict[str, tuple[int, int]] = {}  # thread_id -> (file size, last seq)
@@ -177,11 +199,49 @@ class Mirror:
 
     def _write_manifest(self, d: Path, thread: Thread) -> None:
         self._versions[thread.thread_id] = thread.version
-        data = manifest_bytes(thread)
+        data = manifest_bytes(thread, self.signer)
         tmp = d / f".{MANIFEST}.{os.getpid()}.tmp"
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, d / MANIFEST)
+        if thread.capabilities is not None and self.signer is not None and not (d / CAPABILITIES).exists():
+            self._write_once(d / CAPABILITIES, caps_md.render(thread.thread_id, thread.capabilities, self.signer))
+
+    @staticmethod
+    def _write_once(path: Path, data: bytes) -> None:
+        """Create ``path`` with ``data`` unless it exists (written once, never replaced)."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+
+    # ------------------------------------------------------------------ reading
+
+    def read_files(self, thread_id: str, read_db: Callable[[], T]) -> tuple[T, MirrorFiles]:
+        """``read_db()`` and the thread's files, together under a shared lock on the transcript.
+
+        Writers hold the lock exclusively while they write, so the files are whole lines and
+        the database read inside the lock is at least as new as what they show.
+        """
+        d = self.thread_dir(thread_id)
+        try:
+            fd: int | None = os.open(d / TRANSCRIPT, os.O_RDONLY)
+        except FileNotFoundError:
+            fd = None
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            db = read_db()
+            transcript = _read_all(fd) if fd is not None else None
+            return db, MirrorFiles(transcript, _read_or_none(d / MANIFEST), _read_or_none(d / CAPABILITIES))
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def remove(self, thread_id: str) -> None:
         """Delete a thread's mirror folder (no error if it is already gone)."""
@@ -193,28 +253,94 @@ class Mirror:
     # ---------------------------------------------------------------- repairing
 
     def reconcile(self, thread: Thread, expected_bytes: int, fetch_events: FetchEvents) -> bool:
-        """Repair one thread's files from the database; True if anything was fixed."""
-        d = self.thread_dir(thread.thread_id)
+        """Repair what a crash between commit and mirror write left behind; True if fixed.
+
+        Only that: a missing file, a transcript that lacks the tail of the thread's last
+        commit (whole lines, perhaps a torn last one), a ``thread.json`` that is validly
+        signed but older than the database. Anything else is evidence of tampering and is
+        left alone for ``verify_thread`` to report (docs/integrity.md).
+        """
+        tid = thread.thread_id
+        d = self.thread_dir(tid)
         path = d / TRANSCRIPT
         fixed = False
         try:
             size = path.stat().st_size
         except FileNotFoundError:
             size = -1
+        if size == -1:
+            self.sync(tid, fetch_events, lambda: thread, rewrite=True)
+            return True
         if size != expected_bytes or (size > 0 and _last_line_seq(path) != thread.event_count):
-            # shorter: append what is missing; anything else: rewrite from the DB
-            self.sync(thread.thread_id, fetch_events, lambda: thread, rewrite=size > expected_bytes or size == expected_bytes)
-            fixed = True
-        want = manifest_bytes(thread)
+            if self._lags_last_commit(path, thread, fetch_events):
+                self.sync(tid, fetch_events, lambda: thread)
+                fixed = True
+            else:
+                log.warning(
+                    "the transcript of thread %s differs from the database beyond a lost last write; "
+                    "left as found (run `threadloom verify %s`)", tid, tid,
+                )
         try:
-            have = (d / MANIFEST).read_bytes()
+            have: bytes | None = (d / MANIFEST).read_bytes()
         except FileNotFoundError:
-            have = b""
-        if have != want:
-            d.mkdir(exist_ok=True)
-            self._write_manifest(d, thread)
+            have = None
+        if have != manifest_bytes(thread, self.signer):
+            if have is None or self._stale_manifest(have, thread):
+                d.mkdir(exist_ok=True)
+                self._write_manifest(d, thread)
+                fixed = True
+            else:
+                log.warning("thread.json of thread %s does not match its signature or the database; left as found", tid)
+        if thread.capabilities is not None and self.signer is not None and not (d / CAPABILITIES).exists():
+            self._write_once(d / CAPABILITIES, caps_md.render(tid, thread.capabilities, self.signer))
             fixed = True
         return fixed
+
+    @staticmethod
+    def _lags_last_commit(path: Path, thread: Thread, fetch_events: FetchEvents) -> bool:
+        """True when the file is the database's transcript minus (part of) its last commit."""
+        data = path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]
+        have = complete.split(b"\n")[:-1] if complete else []
+        events = fetch_events(0)
+        if len(have) >= len(events) or not events:
+            return False
+        last_ts = events[-1].ts
+        if any(e.ts != last_ts for e in events[len(have) :]):
+            return False  # more than the last commit is missing: not a crash
+        return all(line == ev.line.encode() for line, ev in zip(have, events))
+
+    def _stale_manifest(self, have: bytes, thread: Thread) -> bool:
+        """True when ``have`` is a validly signed (or pre-signing) older snapshot of ``thread``."""
+        try:
+            data = json.loads(have)
+        except ValueError:
+            return False
+        if not isinstance(data, dict) or data.get("thread_id") != thread.thread_id:
+            return False
+        if self.signer is not None and "_signature" in data and not manifest_signature_ok(data, self.signer):
+            return False
+        version = data.get("version")
+        signed_before = "_signature" not in data  # written before signing existed: upgrade it
+        return signed_before or (isinstance(version, int) and version <= thread.version)
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 1 << 20, offset)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        offset += len(chunk)
 
 
 def _last_line_seq(path: Path) -> int:

@@ -358,6 +358,8 @@ class StoredEvent:
     ts: str
     type: str
     line: str
+    prev_hash: str | None = None
+    """The database hash chain's h(seq-1) (see integrity.py); None for rows written before it."""
 
     def data(self) -> dict[str, Any]:
         """The event as a dict (``seq``, ``ts``, ``type`` and its fields)."""
@@ -373,19 +375,66 @@ def render_line(seq: int, ts: str, payload: dict[str, Any]) -> str:
 
 
 class Limits(BaseModel):
-    """Per-thread limits (enforcement arrives with budgets; see docs/decisions.md)."""
+    """Per-thread limits on the thread's own usage; crossing one moves it to error (docs/budgets.md)."""
 
     model_config = ConfigDict(extra="forbid")
-    turns: int | None = Field(default=None, ge=0)
-    tokens: int | None = Field(default=None, ge=0)
-    spend: float | None = Field(default=None, ge=0)
+    turns: int | None = Field(default=None, ge=0, description="most turns (summed from result events)")
+    tokens: int | None = Field(default=None, ge=0, description="most input + output tokens (from result events)")
+    spend: float | None = Field(default=None, ge=0, description="most this thread itself may spend")
 
 
 class Budget(BaseModel):
-    """A spend budget (reservation and cascade arrive with the integrity/budget work)."""
+    """A spend budget asked for at creation: ``max_spend`` in the client's currency unit."""
 
     model_config = ConfigDict(extra="forbid")
-    max_spend: float = Field(ge=0)
+    max_spend: float = Field(ge=0, description="most this thread and its descendants may spend")
+
+
+class BudgetState(BaseModel):
+    """A thread's budget position, kept by the server (docs/budgets.md).
+
+    ``remaining = max_spend - actual_spend - reserved``; a child's ``max_spend`` is
+    reserved from its nearest budgeted ancestor (``reserved_from``), which holds ``held``
+    of it until the child spends it or ends.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    max_spend: float = Field(description="the budget given at creation")
+    reserved: float = Field(default=0.0, description="held for active children (their unspent budgets)")
+    actual_spend: float = Field(default=0.0, description="spent by this thread and all its descendants")
+    remaining: float = Field(description="max_spend - actual_spend - reserved")
+    reserved_from: str | None = Field(default=None, description="the ancestor whose budget holds this one")
+    held: float = Field(default=0.0, description="what reserved_from still holds for this thread")
+
+
+class Usage(BaseModel):
+    """What a thread used, summed from its ``result`` events (kept by the server)."""
+
+    model_config = ConfigDict(extra="forbid")
+    turns: int = Field(default=0, description="sum of result.turns (1 per result event without turns)")
+    tokens: int = Field(default=0, description="sum of result.input_tokens + result.output_tokens")
+    spend: float = Field(default=0.0, description="sum of result.cost of this thread's own events")
+    actual_spend: float = Field(default=0.0, description="spend of this thread plus all its descendants")
+    version: int = Field(default=0, description="bumped on every change (a guard for concurrent updates)")
+
+
+@dataclass(frozen=True, slots=True)
+class UsageDelta:
+    """What one append adds to a thread's usage (from its ``result`` events)."""
+
+    turns: int = 0
+    tokens: int = 0
+    spend: float = 0.0
+
+
+class Exceeded(BaseModel):
+    """A budget or limit an append went over: the append stands, the thread is moved to error."""
+
+    reason: Literal["budget_exceeded", "turns_limit_exceeded", "tokens_limit_exceeded", "spend_limit_exceeded"]
+    thread_id: str = Field(description="the thread whose budget or limit was exceeded")
+    limit: float
+    used: float
+    message: str
 
 
 class ContextUsage(BaseModel):
@@ -414,7 +463,7 @@ class Thread(BaseModel):
     stale_after: float
     limits: Limits | None = None
     capabilities: dict[str, Any] | None = None
-    budget: Budget | None = None
+    budget: BudgetState | None = None
     result: Any = None
     outputs: Any = None
     cost: float | None = None
@@ -433,6 +482,8 @@ class Thread(BaseModel):
     version: int = 0
     # filled by get_thread only: child threads by status
     children: dict[str, int] | None = None
+    # accounting kept by the store beside the manifest (guarded by usage.version)
+    usage: Usage = Field(default_factory=Usage)
 
     def context(self) -> ContextUsage:
         """DESIGN §7: max(text chars // 4, latest reported input_tokens) over the window."""
@@ -440,5 +491,10 @@ class Thread(BaseModel):
         return ContextUsage(used=used, window=self.context_window, ratio=round(used / self.context_window, 6))
 
 
-MANIFEST_FIELDS = frozenset(Thread.model_fields) - {"event_count", "text_chars", "input_tokens", "version", "children"}
-"""Fields of the stored manifest document; the rest are counters the store maintains."""
+ACCOUNT_FIELDS = frozenset({"usage", "budget"})
+"""Live accounting (usage and budget position), stored beside the manifest and changed by PutUsage."""
+
+MANIFEST_FIELDS = (
+    frozenset(Thread.model_fields) - {"event_count", "text_chars", "input_tokens", "version", "children"} - ACCOUNT_FIELDS
+)
+"""Fields of the stored manifest document; the rest are counters and accounts the store maintains."""

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .models import ContextUsage, Status, Thread
+from .models import ContextUsage, Exceeded, Status, Thread
 
 
 class ThreadPage(BaseModel):
@@ -49,6 +49,10 @@ class AppendOutcome(BaseModel):
     context: ContextUsage
     handoff: HandoffInfo | None = None
     warning: str | None = Field(default=None, description="something the agent should know (e.g. a handoff could not run)")
+    exceeded: Exceeded | None = Field(
+        default=None,
+        description="set when this append went over a budget or limit: it was recorded and the thread moved to error",
+    )
 
 
 class WaitItem(BaseModel):

@@ -11,13 +11,15 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
 
-from . import chain
+from . import budgets, chain
+from . import capabilities as caps_md
 from .config import Settings
 from .errors import (
     ConflictError,
@@ -31,15 +33,18 @@ from .errors import (
 )
 from .models import (
     DEFAULT_AGENT_ID,
+    ENDED,
     TERMINAL,
     Budget,
     Event,
+    Exceeded,
     Limits,
     ResultEvent,
     Status,
     StatusEvent,
     StoredEvent,
     Thread,
+    UsageDelta,
     canonical_json,
     check_agent_id,
     check_idempotency_key,
@@ -63,10 +68,12 @@ from .results import (
     ThreadPage,
     WaitResult,
 )
+from .mirror import manifest_bytes
 from .store.apply import request_hash
 from .waiting import wait_threads
 from .wake import WakeHub
 from .store.base import AppendEvents, CreateThread, IdempotentReplay, NewEvent, Op, PutThread, Store
+from .verify import VerificationFailed, VerifyReport, lagging, verify_snapshot
 
 log = logging.getLogger("threadloom.service")
 T = TypeVar("T")
@@ -81,6 +88,9 @@ MAX_SUMMARY = 50_000
 MAX_REASON = 200
 RACE_RULES = frozenset({"status_guard", "version_guard", "count_guard"})
 """Guard failures that mean "someone else committed first": re-plan and try again."""
+ACCOUNT_PLAN_RETRIES = 64
+"""Plans that touch a parent's accounts race with its other children: more, jittered tries."""
+VERIFY_LAG_RETRIES = 3
 _UNSET: Any = object()
 
 
@@ -144,15 +154,17 @@ class ThreadService:
 
     # ------------------------------------------------------------------ helpers
 
-    async def _retrying(self, plan: Callable[[], Awaitable[T]]) -> T:
+    async def _retrying(self, plan: Callable[[], Awaitable[T]], attempts: int = PLAN_RETRIES) -> T:
         """Run ``plan`` again when a guard reports a concurrent change (bounded)."""
-        for attempt in range(PLAN_RETRIES):
+        for attempt in range(attempts):
             try:
                 return await plan()
             except ConflictError as exc:
-                if exc.rule not in ("status_guard", "version_guard") or attempt == PLAN_RETRIES - 1:
+                if exc.rule not in RACE_RULES or attempt == attempts - 1:
                     raise
-                if attempt:
+                if attempts > PLAN_RETRIES:  # many racers: jitter so they stop colliding
+                    await anyio.sleep(random.uniform(0, 0.001 * min(attempt + 1, 20)))
+                else:
                     await anyio.sleep(0.001 * attempt)
         raise AssertionError("unreachable")
 
@@ -225,7 +237,7 @@ class ThreadService:
         if metadata is not None:
             _check_json_object("metadata", metadata)
         if capabilities is not None:
-            _check_json_object("capabilities", capabilities, limit=1_048_576)
+            capabilities = caps_md.check_capabilities(capabilities)
         try:
             limits_m = Limits.model_validate(limits) if isinstance(limits, dict) else limits
             budget_m = Budget.model_validate(budget) if isinstance(budget, dict) else budget
@@ -245,15 +257,26 @@ class ThreadService:
             stale_after=stale_after or self.settings.stale_after,
             limits=limits_m,
             capabilities=capabilities,
-            budget=budget_m,
             metadata=metadata or {},
             chain_root_id=tid,
             created_at=now,
             updated_at=now,
             heartbeat_at=now,
         )
-        result = await self.store.commit([CreateThread(thread)])
-        return result.threads[tid]
+        if budget_m is None:
+            result = await self.store.commit([CreateThread(thread)])
+            return result.threads[tid]
+
+        async def plan() -> Thread:
+            # reserve from the nearest budgeted ancestor, guarded by its accounts' version
+            path = await budgets.ancestors(self.store, parent_id)
+            state, accounts, holder = budgets.plan_reservation(path, budget_m.max_spend)
+            ops: list[Op] = [CreateThread(thread.model_copy(update={"budget": state}))]
+            ops += budgets.put_ops(accounts, [holder] if holder else [])
+            result = await self.store.commit(ops)
+            return result.threads[tid]
+
+        return await self._retrying(plan, ACCOUNT_PLAN_RETRIES)
 
     async def list_threads(
         self,
@@ -362,6 +385,8 @@ class ThreadService:
             if new_status is not None and new_status != thread.status:
                 check_transition(thread_id, thread.status, new_status)
                 ops = self.status_ops(thread, new_status, reason, **changes)
+                if new_status in ENDED:
+                    ops += await budgets.end_ops(self.store, thread)
             elif new_status is not None and reason is None and not changes:
                 return thread  # already in that status: nothing to do
             else:
@@ -371,7 +396,7 @@ class ThreadService:
             res = await self.store.commit(ops)
             return res.threads[thread_id]
 
-        updated = await self._retrying(plan)
+        updated = await self._retrying(plan, ACCOUNT_PLAN_RETRIES if new_status in ENDED else PLAN_RETRIES)
         if cascade and updated.status in TERMINAL:
             await self.cancel_descendants(thread_id, reason=f"parent {thread_id} ended ({updated.status.value})")
         return updated
@@ -498,38 +523,74 @@ class ThreadService:
                     )
                 return await replay(rec.seqs)
 
-        fast = [True]
+        # a result event ends a turn: it is accounted (docs/budgets.md) and checkpointed
+        delta = budgets.usage_delta([ev for ev, _ in validated])
+        fast = [delta is None]  # the one-commit path needs no read: nothing to account
         committed: list[Thread] = []  # the thread as the append left it (not set on a replay)
 
         async def plan() -> AppendOutcome:
             ops: list[Op] = []
+            exceeded = None
+            thread: Thread | None = None
+            running: Thread | None = None
             if fast[0]:  # optimistic: one commit, the status guard checks "running" in the transaction
                 fast[0] = False
             else:
                 thread = await self.store.get_thread(thread_id)
                 await self._refuse_if_ended(thread)
+                running = thread
                 if thread.status == Status.CREATED:
                     ops += self.status_ops(thread, Status.RUNNING, "first append")
+                    running = thread.model_copy(
+                        update={"status": Status.RUNNING, "status_reason": "first append", "version": thread.version + 1}
+                    )
+            accounted = delta is not None and thread is not None and budgets.participates(thread)
             append_op = AppendEvents(
                 thread_id,
                 new_events,
                 idempotency_key=idempotency_key,
                 request_hash=rhash,
                 allowed_statuses=frozenset({Status.RUNNING}),
+                usage=None if accounted else delta,
+                checkpoint=delta is not None,
             )
+            index = sum(isinstance(op, AppendEvents) for op in ops)
             ops.append(append_op)
+            exceeded = None
+            if accounted:
+                assert delta is not None
+                more, exceeded = await self._spend_ops(running, delta)
+                ops += more
             try:
                 res = await self.store.commit(ops)
             except IdempotentReplay as rep:
                 return await replay(rep.record.seqs)
             committed.append(res.threads[thread_id])
-            return self._outcome(res.threads[thread_id], res.appends[-1].seqs, single)
+            return self._outcome(res.threads[thread_id], res.appends[index].seqs, single, exceeded=exceeded)
 
-        outcome = await self._retrying(plan)
+        outcome = await self._retrying(plan, PLAN_RETRIES if delta is None else ACCOUNT_PLAN_RETRIES)
         return await self._after_append(committed[-1], outcome) if committed else outcome
 
+    async def _spend_ops(self, thread: Thread, delta: UsageDelta) -> tuple[list[Op], Exceeded | None]:
+        """Guarded account updates for ``thread`` reporting ``delta`` and, when that went over a
+        budget or limit, the move to error (with its reservation returned)."""
+        path = [thread, *await budgets.ancestors(self.store, thread.parent_id)]
+        accounts, exceeded = budgets.apply_spend(path, delta)
+        ops: list[Op] = []
+        if exceeded is not None:
+            ops += self.status_ops(thread, Status.ERROR, exceeded.reason)
+            holder_id = thread.budget.reserved_from if thread.budget else None
+            holder = next((t for t in path if t.thread_id == holder_id), None)
+            if holder is not None:
+                accounts = budgets.release_on_end(accounts, thread, holder)
+            log.info("thread %s: %s", thread.thread_id, exceeded.message)
+        ops += budgets.put_ops(accounts, path)
+        return ops, exceeded
+
     @staticmethod
-    def _outcome(thread: Thread, seqs: list[int], single: bool, *, replayed: bool = False) -> AppendOutcome:
+    def _outcome(
+        thread: Thread, seqs: list[int], single: bool, *, replayed: bool = False, exceeded: Exceeded | None = None
+    ) -> AppendOutcome:
         return AppendOutcome(
             thread_id=thread.thread_id,
             seq=seqs[0] if single else None,
@@ -537,6 +598,7 @@ class ThreadService:
             replayed=replayed,
             status=thread.status,
             context=thread.context(),
+            exceeded=exceeded,
         )
 
     async def read_events(self, thread_id: str, *, after_seq: int = 0, limit: int = 100) -> EventPage:
@@ -813,6 +875,54 @@ class ThreadService:
             total_cost=round(sum(costs), 10) if costs else None,
             problems=walk.problems,
         )
+    # ---------------------------------------------------------------- integrity
+
+    async def verify_thread(self, thread_id: str) -> VerifyReport:
+        """Verify the thread's signatures, checkpoints, hash chain and mirrors (DESIGN §8).
+
+        A mirror write of another process still in flight looks like a short transcript or
+        an older thread.json; that is read again a few times before it is reported.
+        """
+        check_thread_id(thread_id)
+        signer = self.store.signer
+        for attempt in range(VERIFY_LAG_RETRIES + 1):
+            snap = await self.store.read_integrity(thread_id)
+            if attempt == VERIFY_LAG_RETRIES or not lagging(snap):
+                break
+            await anyio.sleep(0.02 * (attempt + 1))
+        return await anyio.to_thread.run_sync(verify_snapshot, snap, signer)
+
+    async def ensure_verified(self, thread_id: str, *, force: bool = False) -> VerifyReport:
+        """Verify before rebuilding messages (resume, handoff): raise unless it is intact.
+
+        ``force`` (operators only, never an MCP tool) logs the problems and goes on.
+
+        Raises:
+            VerificationFailed: an IntegrityError (``rule='integrity_failed'``) with the first
+                problem in its message and the whole report on ``.report``.
+        """
+        report = await self.verify_thread(thread_id)
+        if report.ok:
+            return report
+        if force:
+            log.warning("thread %s failed verification, going on (--force): %s", thread_id, report.summary)
+            return report
+        raise VerificationFailed(report)
+
+    async def manifest_json(self, thread_id: str) -> str:
+        """The thread's signed ``thread.json`` (the same bytes the mirror writes)."""
+        thread = await self.get_thread(thread_id)
+        return manifest_bytes(thread, self.store.signer).decode()
+
+    async def capabilities_md(self, thread_id: str) -> str:
+        """The thread's signed ``capabilities.md``. Raises NotFoundError when it has none."""
+        thread = await self.get_thread(thread_id)
+        if thread.capabilities is None:
+            raise NotFoundError(
+                f"thread {thread_id} has no capabilities (give create_thread(capabilities=...))",
+                rule="capabilities_not_found",
+            )
+        return caps_md.render(thread_id, thread.capabilities, self.store.signer).decode()
 
     # ------------------------------------------------------------------ sweeper
 
@@ -825,6 +935,7 @@ class ThreadService:
             put = ops[0]
             assert isinstance(put, PutThread)
             ops[0] = PutThread(put.thread, put.expect_version, expect_heartbeat_before=now - thread.stale_after)
+            ops += await budgets.end_ops(self.store, thread)
             try:
                 await self.store.commit(ops)
             except ConflictError:

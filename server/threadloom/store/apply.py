@@ -7,12 +7,25 @@ Written once here so that each backend only moves bytes; the rules of a commit
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from typing import Any
 
 from ..errors import ConflictError, NotFoundError
-from ..models import MANIFEST_FIELDS, Status, Thread, canonical_json, iso, utc_now
-from .base import AppendEvents, IdempotencyRecord, IdempotentReplay, NewEvent, PutThread
+from ..integrity import Signer, checkpoint_payload
+from ..models import (
+    ENDED,
+    MANIFEST_FIELDS,
+    BudgetState,
+    Status,
+    Thread,
+    Usage,
+    UsageDelta,
+    canonical_json,
+    iso,
+    utc_now,
+)
+from .base import AppendEvents, IdempotencyRecord, IdempotentReplay, NewEvent, PutThread, PutUsage
 
 COUNTER_FIELDS = ("event_count", "text_chars", "input_tokens", "version")
 
@@ -90,3 +103,69 @@ def counters_after(events: tuple[NewEvent, ...], text_chars: int, input_tokens: 
 
 def epoch() -> float:
     return time.time()
+
+
+# ------------------------------------------------------------- integrity
+
+
+def wants_checkpoint(requested: bool, status: Status) -> bool:
+    """A commit that appended to a thread ends with a checkpoint when asked to, or when it
+    leaves the thread ended (terminal or continued): an ended transcript ends signed."""
+    return requested or status in ENDED
+
+
+def checkpoint_event(signer: Signer, digest_hex: str) -> NewEvent:
+    """The server's ``checkpoint`` event over a transcript prefix with SHA-256 ``digest_hex``."""
+    return NewEvent("checkpoint", checkpoint_payload(signer, digest_hex))
+
+
+# ---------------------------------------------------------------- accounts
+
+
+def add_usage(usage: Usage, delta: UsageDelta) -> Usage:
+    """``usage`` after an unguarded append added ``delta`` (its version moves)."""
+    return Usage(
+        turns=usage.turns + delta.turns,
+        tokens=usage.tokens + delta.tokens,
+        spend=round(usage.spend + delta.spend, 9),
+        actual_spend=round(usage.actual_spend + delta.spend, 9),
+        version=usage.version + 1,
+    )
+
+
+def check_usage_guard(op: PutUsage, version: int) -> None:
+    if version != op.expect_version:
+        raise ConflictError(
+            f"the accounts of thread {op.thread_id} changed concurrently (usage version {version}, "
+            f"expected {op.expect_version}); retry",
+            rule="version_guard",
+        )
+
+
+def accounts_doc(usage: Usage, budget: BudgetState | None) -> str:
+    """The stored JSON of a thread's accounts."""
+    return canonical_json(
+        {"usage": usage.model_dump(mode="json"), "budget": budget.model_dump(mode="json") if budget else None}
+    )
+
+
+def accounts_from_doc(doc: str | None) -> dict[str, object]:
+    """Model fields ``usage`` and ``budget`` from the stored JSON (defaults when absent)."""
+    if not doc:
+        return {}
+    data = json.loads(doc)
+    return {"usage": data.get("usage") or {}, "budget": data.get("budget")}
+
+
+def add_usage_doc(doc: str | None, delta: UsageDelta) -> str:
+    """The stored accounts JSON after an unguarded append added ``delta`` to its usage."""
+    data = json.loads(doc) if doc else {}
+    u = data.get("usage") or {}
+    usage = {  # plain dicts on the append path: the same arithmetic as add_usage, without validation
+        "turns": u.get("turns", 0) + delta.turns,
+        "tokens": u.get("tokens", 0) + delta.tokens,
+        "spend": round(u.get("spend", 0.0) + delta.spend, 9),
+        "actual_spend": round(u.get("actual_spend", 0.0) + delta.spend, 9),
+        "version": u.get("version", 0) + 1,
+    }
+    return canonical_json({"usage": usage, "budget": data.get("budget")})

@@ -19,14 +19,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ThreadloomError
-from ..models import Status, StoredEvent, Thread
+from ..integrity import Signer
+from ..mirror import MirrorFiles
+from ..models import BudgetState, Status, StoredEvent, Thread, Usage, UsageDelta
 
 __all__ = [
     "NewEvent",
     "CreateThread",
     "AppendEvents",
     "PutThread",
+    "PutUsage",
     "Op",
+    "IntegritySnapshot",
     "AppendResult",
     "CommitResult",
     "IdempotencyRecord",
@@ -64,6 +68,11 @@ class AppendEvents:
     refuse (ConflictError with ``rule='count_guard'``) unless the thread holds exactly that
     many events at commit time (a handoff carries the tail it read, and nothing newer may
     slip in between; appends do not move ``version``).
+
+    ``usage``: added to the thread's :class:`Usage` (turns, tokens, spend and actual_spend;
+    its version moves), unguarded, for threads with no budget, limits or parent.
+    ``checkpoint``: ask for a signed ``checkpoint`` event after the last event this commit
+    appends to the thread (see :meth:`Store.commit`).
     """
 
     thread_id: str
@@ -72,6 +81,8 @@ class AppendEvents:
     request_hash: str | None = None
     allowed_statuses: frozenset[Status] | None = None
     expect_event_count: int | None = None
+    usage: UsageDelta | None = None
+    checkpoint: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +99,34 @@ class PutThread:
     expect_heartbeat_before: float | None = None
 
 
-Op = CreateThread | AppendEvents | PutThread
+@dataclass(frozen=True, slots=True)
+class PutUsage:
+    """Replace a thread's accounts (usage and budget position) if ``usage.version`` is still
+    ``expect_version``; the stored version becomes ``expect_version + 1``.
+
+    Leaves the manifest, its ``version`` and ``updated_at`` alone. A failed guard raises
+    ConflictError with ``rule='version_guard'`` (the service re-plans).
+    """
+
+    thread_id: str
+    usage: Usage
+    budget: BudgetState | None
+    expect_version: int
+
+
+Op = CreateThread | AppendEvents | PutThread | PutUsage
+
+
+@dataclass(frozen=True, slots=True)
+class IntegritySnapshot:
+    """What verification reads, as of one moment: the thread, every event with its
+    ``prev_hash``, the chain head the database records (None if the backend keeps none),
+    and the mirror files (None when the backend writes no files)."""
+
+    thread: Thread
+    events: list[StoredEvent]
+    chain_head: str | None
+    files: MirrorFiles | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +175,8 @@ class Store(abc.ABC):
     """Async persistence of threads and events; one instance per process and root."""
 
     name: str = "abstract"
+    signer: Signer
+    """The key that signs checkpoints, ``thread.json`` and ``capabilities.md``."""
 
     def __init__(self) -> None:
         self._listeners: list[CommitListener] = []
@@ -168,6 +208,13 @@ class Store(abc.ABC):
         commit time (UTC ISO 8601). Appends and PutThread move ``updated_at`` and the
         heartbeat. The commit is durable (per the durability setting) before this
         returns; then commit listeners run.
+
+        Integrity (docs/integrity.md): every event row gets ``prev_hash`` (the hash chain).
+        After the last event the commit appends to a thread, the store appends a signed
+        ``checkpoint`` event (SHA-256 of all preceding transcript bytes) when an
+        AppendEvents op for it asked (``checkpoint=True``) or when the thread ends the commit
+        in an ended status (terminal or ``continued``). The checkpoint's event goes into the
+        ``events`` of that thread's last AppendResult; ``seqs`` list only the ops' own events.
 
         Raises:
             NotFoundError: an op names a thread that does not exist.
@@ -239,6 +286,16 @@ class Store(abc.ABC):
         Idempotent: unknown ids are skipped. Returns how many threads were deleted.
         Callers (the service) decide which threads may go (whole chains only).
         """
+
+    async def read_integrity(self, thread_id: str) -> IntegritySnapshot:
+        """The thread, its events with ``prev_hash``, the recorded chain head and the mirror
+        files, read consistently (files under the mirror's lock). Raises NotFoundError.
+
+        This default knows no chain head and no files; backends that keep them override it.
+        """
+        thread = await self.get_thread(thread_id)
+        events = await self.read_events(thread_id)
+        return IntegritySnapshot(thread, events, None, None)
 
     async def reconcile_mirrors(self) -> int:
         """Repair file mirrors from the database; returns how many threads were fixed."""

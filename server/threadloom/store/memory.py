@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+import anyio.lowlevel
 
 from ..errors import ConflictError
+from ..integrity import Signer, TranscriptHashes, chain_hashes
 from ..models import Status, StoredEvent, Thread, parse_iso, render_line
 from .apply import (
     check_count_guard,
+    add_usage,
     check_idempotency,
     check_status_guard,
+    check_usage_guard,
     check_version_guard,
+    checkpoint_event,
     counters_after,
     not_found,
     now_pair,
+    wants_checkpoint,
 )
 from .base import (
     AppendEvents,
@@ -21,8 +29,11 @@ from .base import (
     CommitResult,
     CreateThread,
     IdempotencyRecord,
+    IntegritySnapshot,
+    NewEvent,
     Op,
     PutThread,
+    PutUsage,
     Store,
 )
 
@@ -32,14 +43,19 @@ class MemoryStore(Store):
 
     name = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, *, signer: Signer | None = None, checkpoints: bool = True) -> None:
+        """``signer`` defaults to a key that lives as long as the process (nothing is on disk)."""
         super().__init__()
+        self.signer = signer or Signer.ephemeral()
+        self.checkpoints = checkpoints
         self._threads: dict[str, Thread] = {}
         self._events: dict[str, list[StoredEvent]] = {}
+        self._heads: dict[str, str] = {}
         self._idem: dict[tuple[str, str], IdempotencyRecord] = {}
+        self._hashes = TranscriptHashes()
 
     async def open(self) -> None:
-        return None
+        self.signer.load(allow_create=not self._threads)
 
     async def close(self) -> None:
         return None
@@ -49,6 +65,10 @@ class MemoryStore(Store):
         threads: dict[str, Thread] = {}
         new_events: dict[str, list[StoredEvent]] = {}
         new_idem: dict[tuple[str, str], IdempotencyRecord] = {}
+        heads: dict[str, str] = {}
+        view = self._hashes.view()
+        checkpoint: dict[str, bool] = {}
+        last_append: dict[str, AppendResult] = {}
         result = CommitResult()
 
         def current(tid: str) -> Thread:
@@ -57,6 +77,29 @@ class MemoryStore(Store):
             if tid not in self._threads:
                 raise not_found(tid)
             return self._threads[tid]
+
+        def append(t: Thread, events: tuple[NewEvent, ...], usage: Any) -> list[StoredEvent]:
+            tid = t.thread_id
+            lines = [render_line(t.event_count + 1 + i, ts, ev.payload) for i, ev in enumerate(events)]
+            prevs, heads[tid] = chain_hashes(heads.get(tid) or self._heads.get(tid), lines)
+            stored = [
+                StoredEvent(tid, t.event_count + 1 + i, ts, ev.type, line, prev)
+                for i, (ev, line, prev) in enumerate(zip(events, lines, prevs))
+            ]
+            view.extend(tid, t.event_count, lines)
+            text_chars, input_tokens = counters_after(events, t.text_chars, t.input_tokens)
+            threads[tid] = t.model_copy(
+                update={
+                    "event_count": t.event_count + len(events),
+                    "text_chars": text_chars,
+                    "input_tokens": input_tokens,
+                    "updated_at": ts,
+                    "heartbeat_at": ts,
+                    "usage": add_usage(t.usage, usage) if usage is not None else t.usage,
+                }
+            )
+            new_events.setdefault(tid, []).extend(stored)
+            return stored
 
         for op in ops:
             if isinstance(op, CreateThread):
@@ -73,27 +116,20 @@ class MemoryStore(Store):
                 if op.idempotency_key is not None:
                     key = (op.thread_id, op.idempotency_key)
                     check_idempotency(op, new_idem.get(key) or self._idem.get(key))
-                stored = []
-                for i, ev in enumerate(op.events):
-                    seq = t.event_count + 1 + i
-                    stored.append(StoredEvent(op.thread_id, seq, ts, ev.type, render_line(seq, ts, ev.payload)))
-                text_chars, input_tokens = counters_after(op.events, t.text_chars, t.input_tokens)
-                threads[op.thread_id] = t.model_copy(
-                    update={
-                        "event_count": t.event_count + len(op.events),
-                        "text_chars": text_chars,
-                        "input_tokens": input_tokens,
-                        "updated_at": ts,
-                        "heartbeat_at": ts,
-                    }
-                )
-                new_events.setdefault(op.thread_id, []).extend(stored)
+                stored = append(t, op.events, op.usage)
                 seqs = [e.seq for e in stored]
                 if op.idempotency_key is not None:
                     new_idem[(op.thread_id, op.idempotency_key)] = IdempotencyRecord(
                         op.thread_id, op.idempotency_key, op.request_hash or "", seqs
                     )
-                result.appends.append(AppendResult(op.thread_id, seqs, stored))
+                last_append[op.thread_id] = AppendResult(op.thread_id, seqs, stored)
+                result.appends.append(last_append[op.thread_id])
+                checkpoint[op.thread_id] = checkpoint.get(op.thread_id, False) or op.checkpoint
+            elif isinstance(op, PutUsage):
+                t = current(op.thread_id)
+                check_usage_guard(op, t.usage.version)
+                usage = op.usage.model_copy(update={"version": op.expect_version + 1})
+                threads[t.thread_id] = t.model_copy(update={"usage": usage, "budget": op.budget})
             elif isinstance(op, PutThread):
                 t = current(op.thread.thread_id)
                 check_version_guard(op, t.version, parse_iso(t.heartbeat_at).timestamp())
@@ -106,24 +142,41 @@ class MemoryStore(Store):
                         "updated_at": ts,
                         "heartbeat_at": ts,
                         "created_at": t.created_at,
+                        "usage": t.usage,
+                        "budget": t.budget,
                     }
                 )
+        if self.checkpoints:
+            for tid, asked in checkpoint.items():
+                t = current(tid)
+                if not wants_checkpoint(asked, t.status):
+                    continue
+
+                def fetch(after: int, upto: int, tid: str = tid) -> list[str]:
+                    lines = [e.line for e in self._events.get(tid, []) + new_events.get(tid, [])]
+                    return lines[after:upto]
+
+                digest = view.digest(tid, t.event_count, fetch)
+                last_append[tid].events.extend(append(t, (checkpoint_event(self.signer, digest),), None))
         # every check passed: publish at once
         self._threads.update(threads)
         for tid, evs in new_events.items():
             self._events.setdefault(tid, []).extend(evs)
         for tid in threads:
             self._events.setdefault(tid, [])
+        self._heads.update(heads)
         self._idem.update(new_idem)
+        view.publish()
         result.threads = dict(threads)
         self._notify(frozenset(threads))
         return result
 
     async def get_thread(self, thread_id: str) -> Thread:
-        try:
-            return self._threads[thread_id]
-        except KeyError:
-            raise not_found(thread_id) from None
+        thread = self._threads.get(thread_id)
+        await anyio.lowlevel.checkpoint()  # a read takes time on a real backend: let plans race here too
+        if thread is None:
+            raise not_found(thread_id)
+        return thread
 
     async def get_threads(self, thread_ids: Sequence[str]) -> dict[str, Thread]:
         return {t: self._threads[t] for t in thread_ids if t in self._threads}
@@ -169,6 +222,11 @@ class MemoryStore(Store):
             if t.parent_id == parent_id:
                 counts[t.status.value] = counts.get(t.status.value, 0) + 1
         return counts
+    async def read_integrity(self, thread_id: str) -> IntegritySnapshot:
+        thread = self._threads.get(thread_id)  # the row and its events at one instant (no await between)
+        if thread is None:
+            raise not_found(thread_id)
+        return IntegritySnapshot(thread, list(self._events.get(thread_id, [])), self._heads.get(thread_id), None)
 
     async def list_chain(self, chain_root_id: str) -> list[Thread]:
         rows = [t for t in self._threads.values() if t.chain_root_id == chain_root_id]
@@ -179,6 +237,8 @@ class MemoryStore(Store):
         for tid in gone:
             del self._threads[tid]
             self._events.pop(tid, None)
+            self._heads.pop(tid, None)
+            self._hashes.forget(tid)
         for key in [k for k in self._idem if k[0] in gone]:
             del self._idem[key]
         if gone:

@@ -57,6 +57,18 @@ SQLITE_MIGRATIONS: list[tuple[str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        "0002_integrity_accounts",
+        """
+        ALTER TABLE events ADD COLUMN prev_hash TEXT;
+        ALTER TABLE threads ADD COLUMN chain_head TEXT;
+        ALTER TABLE threads ADD COLUMN accounts TEXT;
+        CREATE TABLE meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 

@@ -15,21 +15,29 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import ConflictError, StoreUnavailableError, ThreadloomError
+from ..errors import ConflictError, IntegrityError, StoreUnavailableError, ThreadloomError
+from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes, chain_next
 from ..mirror import Mirror
-from ..models import Status, StoredEvent, Thread, render_line
+from ..models import Status, StoredEvent, Thread, Usage, render_line
 from .apply import (
     check_count_guard,
+    accounts_doc,
+    accounts_from_doc,
+    add_usage_doc,
     check_idempotency,
     check_status_guard,
+    check_usage_guard,
     check_version_guard,
+    checkpoint_event,
     counters_after,
     manifest_doc,
     not_found,
     now_pair,
+    wants_checkpoint,
 )
 from .base import (
     AppendEvents,
@@ -37,8 +45,10 @@ from .base import (
     CommitResult,
     CreateThread,
     IdempotencyRecord,
+    IntegritySnapshot,
     Op,
     PutThread,
+    PutUsage,
     Store,
 )
 from .schema import SQLITE_MIGRATIONS, apply_sqlite_migrations
@@ -55,13 +65,15 @@ WATCH_INTERVAL = 0.005  # seconds between data_version polls while someone waits
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 
 _THREAD_COLS = (
-    "thread_id, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version"
+    "thread_id, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version, accounts"
 )
 
 
 def _row_to_thread(row: sqlite3.Row | tuple[Any, ...]) -> Thread:
-    _tid, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version = row
+    _tid, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version = row[:9]
     data = json.loads(doc)
+    data.pop("budget", None)  # a pre-accounts document kept the asked-for budget here
+    data.update(accounts_from_doc(row[9] if len(row) > 9 else None))
     data.update(
         status=status,
         updated_at=updated_at,
@@ -84,14 +96,28 @@ class SQLiteStore(Store):
 
     name = "sqlite"
 
-    def __init__(self, root: Path, *, durability: str = "full", mirrors: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        durability: str = "full",
+        mirrors: bool = True,
+        signer: Signer | None = None,
+        checkpoints: bool = True,
+    ) -> None:
+        """``signer`` defaults to the root's key (``<root>/keys``), loaded by :meth:`open`;
+        ``checkpoints=False`` writes no checkpoint events (benchmarks and bulk imports only)."""
         super().__init__()
         if durability not in DURABILITY:
             raise ValueError(f"durability must be 'full' or 'normal'; got {durability!r}")
         self.root = Path(root)
         self.path = self.root / "threads.db"
         self.durability = durability
-        self.mirror = Mirror(self.root) if mirrors else None
+        self.signer = signer or Signer.for_root(self.root)
+        self.checkpoints = checkpoints
+        self._hashes = TranscriptHashes()
+        self._txn_views: list[HashView] = []
+        self.mirror = Mirror(self.root, self.signer) if mirrors else None
         self._writer: WorkerPool | None = None
         self._readers: WorkerPool | None = None
         self._wconn: sqlite3.Connection | None = None
@@ -127,12 +153,38 @@ class SQLiteStore(Store):
             conn = self._connect()
             conn.execute("PRAGMA journal_mode=WAL")
             _retry_busy(lambda: apply_sqlite_migrations(conn, SQLITE_MIGRATIONS))
+            has_threads = conn.execute("SELECT EXISTS (SELECT 1 FROM threads)").fetchone()[0]
+            row = conn.execute("SELECT value FROM meta WHERE key = 'signing_key_id'").fetchone()
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"cannot open {self.path}: {exc}") from exc
+        try:
+            self._load_key(conn, bool(has_threads), row[0] if row else None)
+        except BaseException:
+            conn.close()
+            raise
         self._wconn = conn
         self._writer = WorkerPool("threadloom-writer", 1, self._handle_writes, max_batch=MAX_GROUP)
         self._readers = WorkerPool("threadloom-reader", READERS, self._handle_reads)
         await self.reconcile_mirrors()
+
+    def _load_key(self, conn: sqlite3.Connection, has_threads: bool, recorded: str | None) -> None:
+        """Load the root's key; a new one only when nothing in this database was signed yet
+        (no threads, or threads from before signing existed: no key id recorded)."""
+        signed = has_threads and recorded is not None
+        self.signer.load(allow_create=not signed)
+        if recorded == self.signer.key_id:
+            return
+        if signed:
+            raise IntegrityError(
+                f"the key in {self.signer.keys_dir} (id {self.signer.key_id}) is not the key the threads "
+                f"of {self.path} were signed with (id {recorded}): restore that root's keys/ from a backup",
+                rule="signing_key_mismatch",
+            )
+        _retry_busy(
+            lambda: conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('signing_key_id', ?)", (self.signer.key_id,)
+            )
+        )
 
     async def close(self) -> None:
         if self._writer is None:
@@ -224,6 +276,27 @@ class SQLiteStore(Store):
     async def find_idempotency(self, thread_id: str, key: str) -> IdempotencyRecord | None:
         return await self._read(lambda c: _find_idem(c, thread_id, key))
 
+    async def read_integrity(self, thread_id: str) -> IntegritySnapshot:
+        def db(c: sqlite3.Connection) -> tuple[Thread, list[StoredEvent], str | None]:
+            c.execute("BEGIN")  # one snapshot for the row and the events
+            try:
+                row = c.execute(
+                    f"SELECT {_THREAD_COLS}, chain_head FROM threads WHERE thread_id = ?", (thread_id,)
+                ).fetchone()
+                if row is None:
+                    raise not_found(thread_id)
+                return _row_to_thread(row[:-1]), _read_events(c, thread_id, 0, None), row[-1]
+            finally:
+                c.execute("COMMIT")
+
+        def fn(c: sqlite3.Connection) -> IntegritySnapshot:
+            if self.mirror is None:
+                return IntegritySnapshot(*db(c), None)
+            (thread, events, head), files = self.mirror.read_files(thread_id, lambda: db(c))
+            return IntegritySnapshot(thread, events, head, files)
+
+        return await self._read(fn)
+
     async def list_stale(self, now: float, *, limit: int = 100) -> list[Thread]:
         q = (
             f"SELECT {_THREAD_COLS} FROM threads WHERE status = 'running' "
@@ -266,6 +339,8 @@ class SQLiteStore(Store):
                     raise
 
             gone = _retry_busy(txn)
+            for tid in ids:
+                self._hashes.forget(tid)
             if mirror is not None:
                 for tid in ids:
                     mirror.remove(tid)
@@ -299,6 +374,7 @@ class SQLiteStore(Store):
             return
         for attempt in range(MAX_BUSY_RETRIES + 1):
             outcomes = []
+            self._txn_views = []  # running hashes of this transaction's jobs, published on COMMIT
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 ts, epoch = now_pair()
@@ -322,6 +398,8 @@ class SQLiteStore(Store):
                         outcomes.append((job, None, _translate(exc)))
                 if conn.in_transaction:
                     conn.execute("COMMIT")
+                    for view in self._txn_views:
+                        view.publish()
                 break
             except sqlite3.Error as exc:
                 if conn.in_transaction:
@@ -369,59 +447,39 @@ class SQLiteStore(Store):
 
     def _apply(self, conn: sqlite3.Connection, ops: list[Op], ts: str, epoch: float) -> CommitResult:
         result = CommitResult()
+        view = self._hashes.view(self._txn_views)
+        appended: dict[str, _Appended] = {}  # what a checkpoint needs to know, per thread appended to
         for op in ops:
             if isinstance(op, CreateThread):
                 t = op.thread
                 conn.execute(
                     "INSERT INTO threads (thread_id, agent_id, parent_id, status, created_at, updated_at,"
-                    " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, doc)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, doc, accounts)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         t.thread_id, t.agent_id, t.parent_id, t.status.value, t.created_at, t.updated_at,
                         t.heartbeat_at, epoch, t.stale_after, t.chain_root_id, manifest_doc(t),
+                        accounts_doc(t.usage, t.budget),
                     ),
                 )
                 result.threads[t.thread_id] = None  # type: ignore[assignment]  # read after commit
             elif isinstance(op, AppendEvents):
-                row = conn.execute(
-                    f"SELECT {_THREAD_COLS} FROM threads WHERE thread_id = ?", (op.thread_id,)
-                ).fetchone()
+                res, state = self._append(conn, op, ts, epoch, view)
+                result.appends.append(res)
+                asked = op.checkpoint or (op.thread_id in appended and appended[op.thread_id].asked)
+                appended[op.thread_id] = _Appended(asked, *state, res)
+                result.threads[op.thread_id] = None  # type: ignore[assignment]  # filled after commit
+            elif isinstance(op, PutUsage):
+                row = conn.execute("SELECT accounts FROM threads WHERE thread_id = ?", (op.thread_id,)).fetchone()
                 if row is None:
                     raise not_found(op.thread_id)
-                status, count, text_chars, input_tokens = row[2], row[5], row[6], row[7]
-                check_status_guard(op, Status(status))
-                check_count_guard(op, count)
-                if op.idempotency_key is not None:
-                    check_idempotency(op, _find_idem(conn, op.thread_id, op.idempotency_key))
-                stored = []
-                nbytes = 0
-                for i, ev in enumerate(op.events):
-                    seq = count + 1 + i
-                    line = render_line(seq, ts, ev.payload)
-                    stored.append(StoredEvent(op.thread_id, seq, ts, ev.type, line))
-                    nbytes += len(line.encode()) + 1
-                conn.executemany(
-                    "INSERT INTO events (thread_id, seq, ts, type, line) VALUES (?,?,?,?,?)",
-                    [(e.thread_id, e.seq, e.ts, e.type, e.line) for e in stored],
-                )
-                text_chars, input_tokens = counters_after(op.events, text_chars, input_tokens)
+                check_usage_guard(op, Usage.model_validate(accounts_from_doc(row[0]).get("usage") or {}).version)
+                usage = op.usage.model_copy(update={"version": op.expect_version + 1})
                 conn.execute(
-                    "UPDATE threads SET event_count = ?, text_chars = ?, input_tokens = ?, updated_at = ?,"
-                    " heartbeat_at = ?, heartbeat_epoch = ?, transcript_bytes = transcript_bytes + ?"
-                    " WHERE thread_id = ?",
-                    (count + len(stored), text_chars, input_tokens, ts, ts, epoch, nbytes, op.thread_id),
+                    "UPDATE threads SET accounts = ? WHERE thread_id = ?",
+                    (accounts_doc(usage, op.budget), op.thread_id),
                 )
-                seqs = [e.seq for e in stored]
-                if op.idempotency_key is not None:
-                    conn.execute(
-                        "INSERT INTO idempotency (thread_id, key, request_hash, seqs, created_at)"
-                        " VALUES (?,?,?,?,?)",
-                        (op.thread_id, op.idempotency_key, op.request_hash or "", json.dumps(seqs), ts),
-                    )
-                result.appends.append(AppendResult(op.thread_id, seqs, stored))
-                # the post-append state, built from the row instead of read again after commit
-                after = (row[0], row[1], status, ts, ts, count + len(stored), text_chars, input_tokens, row[8])
-                result.threads[op.thread_id] = _row_to_thread(after)
+                result.threads[op.thread_id] = None  # type: ignore[assignment]
             elif isinstance(op, PutThread):
                 t = op.thread
                 row = conn.execute(
@@ -440,6 +498,13 @@ class SQLiteStore(Store):
                     ),
                 )
                 result.threads[t.thread_id] = None  # type: ignore[assignment]
+                if t.thread_id in appended:
+                    appended[t.thread_id].status = t.status
+        if self.checkpoints:
+            for tid, state in appended.items():
+                if wants_checkpoint(state.asked, state.status):
+                    self._checkpoint(conn, tid, state, ts, epoch, view)
+        self._txn_views.append(view)
         return result
 
     # ------------------------------------------------------------------ watch
@@ -477,6 +542,77 @@ class SQLiteStore(Store):
         threading.Thread(target=run, name="threadloom-watch", daemon=True).start()
         return stop.set
 
+    def _append(
+        self, conn: sqlite3.Connection, op: AppendEvents, ts: str, epoch: float, view: HashView
+    ) -> tuple[AppendResult, tuple[Status, int, str]]:
+        """Insert the op's events; return them and the thread's (status, event count, chain head)."""
+        row = conn.execute(
+            "SELECT status, event_count, text_chars, input_tokens, chain_head, accounts FROM threads"
+            " WHERE thread_id = ?",
+            (op.thread_id,),
+        ).fetchone()
+        if row is None:
+            raise not_found(op.thread_id)
+        status, count, text_chars, input_tokens, head, accounts = row
+        check_status_guard(op, Status(status))
+        check_count_guard(op, count)
+        if op.idempotency_key is not None:
+            check_idempotency(op, _find_idem(conn, op.thread_id, op.idempotency_key))
+        lines = [render_line(count + 1 + i, ts, ev.payload) for i, ev in enumerate(op.events)]
+        prevs, head = chain_hashes(head, lines)
+        stored = [
+            StoredEvent(op.thread_id, count + 1 + i, ts, ev.type, line, prev)
+            for i, (ev, line, prev) in enumerate(zip(op.events, lines, prevs))
+        ]
+        nbytes = sum(len(line.encode()) + 1 for line in lines)
+        view.extend(op.thread_id, count, lines)
+        conn.executemany(
+            "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) VALUES (?,?,?,?,?,?)",
+            [(e.thread_id, e.seq, e.ts, e.type, e.line, e.prev_hash) for e in stored],
+        )
+        text_chars, input_tokens = counters_after(op.events, text_chars, input_tokens)
+        if op.usage is not None:
+            accounts = add_usage_doc(accounts, op.usage)
+        conn.execute(
+            "UPDATE threads SET event_count = ?, text_chars = ?, input_tokens = ?, updated_at = ?,"
+            " heartbeat_at = ?, heartbeat_epoch = ?, transcript_bytes = transcript_bytes + ?,"
+            " chain_head = ?, accounts = ? WHERE thread_id = ?",
+            (count + len(stored), text_chars, input_tokens, ts, ts, epoch, nbytes, head, accounts, op.thread_id),
+        )
+        seqs = [e.seq for e in stored]
+        if op.idempotency_key is not None:
+            conn.execute(
+                "INSERT INTO idempotency (thread_id, key, request_hash, seqs, created_at)"
+                " VALUES (?,?,?,?,?)",
+                (op.thread_id, op.idempotency_key, op.request_hash or "", json.dumps(seqs), ts),
+            )
+        return AppendResult(op.thread_id, seqs, stored), (Status(status), count + len(stored), head)
+
+    def _checkpoint(
+        self, conn: sqlite3.Connection, tid: str, state: _Appended, ts: str, epoch: float, view: HashView
+    ) -> None:
+        """Append the signed checkpoint after the thread's last event in this transaction."""
+
+        def fetch(after: int, upto: int) -> list[str]:
+            q = "SELECT line FROM events WHERE thread_id = ? AND seq > ? AND seq <= ? ORDER BY seq"
+            return [line for (line,) in conn.execute(q, (tid, after, upto))]
+
+        digest = view.digest(tid, state.count, fetch)
+        event = checkpoint_event(self.signer, digest)
+        seq = state.count + 1
+        line = render_line(seq, ts, event.payload)
+        conn.execute(
+            "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) VALUES (?,?,?,?,?,?)",
+            (tid, seq, ts, event.type, line, state.head),
+        )
+        conn.execute(
+            "UPDATE threads SET event_count = ?, transcript_bytes = transcript_bytes + ?, chain_head = ?"
+            " WHERE thread_id = ?",
+            (seq, len(line.encode()) + 1, chain_next(state.head, line), tid),
+        )
+        view.extend(tid, state.count, [line])
+        state.last.events.append(StoredEvent(tid, seq, ts, event.type, line, state.head))
+
     # ------------------------------------------------------------ maintenance
 
     async def reconcile_mirrors(self) -> int:
@@ -505,6 +641,17 @@ class SQLiteStore(Store):
 # ------------------------------------------------------------------ helpers
 
 
+@dataclass(slots=True)
+class _Appended:
+    """A thread appended to in one commit: was a checkpoint asked for, where it stands, its last result."""
+
+    asked: bool
+    status: Status
+    count: int
+    head: str
+    last: AppendResult
+
+
 def _get_thread(conn: sqlite3.Connection, thread_id: str) -> Thread:
     row = conn.execute(f"SELECT {_THREAD_COLS} FROM threads WHERE thread_id = ?", (thread_id,)).fetchone()
     if row is None:
@@ -514,10 +661,10 @@ def _get_thread(conn: sqlite3.Connection, thread_id: str) -> Thread:
 
 def _read_events(conn: sqlite3.Connection, thread_id: str, after_seq: int, limit: int | None) -> list[StoredEvent]:
     rows = conn.execute(
-        "SELECT seq, ts, type, line FROM events WHERE thread_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        "SELECT seq, ts, type, line, prev_hash FROM events WHERE thread_id = ? AND seq > ? ORDER BY seq LIMIT ?",
         (thread_id, after_seq, -1 if limit is None else limit),
     )
-    return [StoredEvent(thread_id, seq, ts, typ, line) for seq, ts, typ, line in rows]
+    return [StoredEvent(thread_id, seq, ts, typ, line, prev) for seq, ts, typ, line, prev in rows]
 
 
 def _find_idem(conn: sqlite3.Connection, thread_id: str, key: str) -> IdempotencyRecord | None:
