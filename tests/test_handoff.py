@@ -92,7 +92,7 @@ async def test_the_continuation_is_a_sibling_with_the_same_settings(svc: ThreadS
     parent = await svc.create_thread(agent_id="orch")
     t = await svc.create_thread(
         parent_id=parent.thread_id, directive="sort", title="socks", model="m-1",
-        limits={"turns": 9}, capabilities={"tools": ["ls"]}, metadata={"k": 1},
+        limits={"turns": 9}, capabilities={"tools": [{"name": "ls"}]}, metadata={"k": 1},
     )
     await svc.append(t.thread_id, [msg("go")])
     out = await svc.append(t.thread_id, [{"type": "result", "input_tokens": 990}])
@@ -123,7 +123,9 @@ async def test_the_new_thread_is_seeded_with_continued_from_the_message_and_the_
     old_tail = (await conversation_events(svc, tid))[-len(carried):]
     strip = lambda e: {k: v for k, v in e.items() if k not in ("seq", "ts")}
     assert [strip(e) for e in carried] == [strip(e) for e in old_tail]
-    last_old = [e.data() for e in await svc.all_events(tid)][-2:]
+    old_events = [e.data() for e in await svc.all_events(tid)]
+    assert old_events[-1]["type"] == "checkpoint"  # a continued transcript ends signed
+    last_old = [e for e in old_events if e["type"] != "checkpoint"][-2:]
     assert last_old[0]["type"] == "status" and (last_old[0]["from"], last_old[0]["to"]) == ("running", "continued")
     assert last_old[1]["type"] == "handoff" and last_old[1]["to_thread_id"] == out.handoff.thread_id
     assert last_old[1]["trailing_count"] == len(carried)
@@ -229,7 +231,7 @@ async def test_explicit_handoff_carries_the_client_summary(svc: ThreadService) -
     events = [e.data() for e in await svc.all_events(info.thread_id)]
     assert "3 pairs sorted; 2 odd socks left" in events[1]["text"]
     assert [e["text"] for e in events[2:]] == ["please sort the socks", "found 3 pairs"]
-    handoff = [e.data() for e in await svc.all_events(tid)][-1]
+    handoff = [e.data() for e in await svc.all_events(tid) if e.type != "checkpoint"][-1]
     assert handoff["summary"] == "3 pairs sorted; 2 odd socks left" and handoff["reason"] == "phase 2"
     assert (await svc.get_thread(tid)).status_reason == "phase 2"
 
@@ -371,7 +373,7 @@ async def test_a_fault_while_reading_the_tail_or_committing_changes_nothing(
     out = await svc.append(tid, [{"type": "result", "input_tokens": 990}])
     assert out.handoff is None and out.status == Status.RUNNING
     assert out.warning is not None and "handoff failed" in out.warning
-    assert (await svc.get_chain(tid)).threads[0].event_count == out.seqs[-1]
+    assert (await svc.get_chain(tid)).threads[0].event_count == out.seqs[-1] + 1  # + the turn's checkpoint
     monkeypatch.setattr(svc.store, "commit", real_commit)
     retry = await svc.append(tid, [msg("next")])
     assert retry.handoff is not None  # the trigger stayed armed

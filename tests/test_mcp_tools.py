@@ -73,7 +73,7 @@ async def test_a_conversation_through_the_tools(client: Client) -> None:
     done = await call(client, "update_thread", {"thread_id": tid, "status": "completed", "result": {"ok": True}, "cost": 0.01})
     assert done["status"] == "completed" and done["result"] == {"ok": True}
     got = await call(client, "get_thread", {"thread_id": tid})
-    assert got["event_count"] == 6 and got["cost"] == 0.01
+    assert got["event_count"] == 7 and got["cost"] == 0.01  # 5 appended, status, the closing checkpoint
     listed = await call(client, "list_threads", {"agent_id": "me"})
     assert [x["thread_id"] for x in listed["threads"]] == [tid] and listed["next_cursor"] is None
 

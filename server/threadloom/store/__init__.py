@@ -26,7 +26,7 @@ def make_store(settings: Settings) -> Store:
     if settings.store.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore  # psycopg is imported only when asked for
 
-        return PostgresStore(settings.store, durability=settings.durability)
+        return PostgresStore(settings.store, durability=settings.durability, signer=Signer.for_root(settings.root))
     raise InvalidInputError(
         "store must be 'sqlite', 'memory' or a postgresql:// URL; "
         f"got {settings.store!r}",

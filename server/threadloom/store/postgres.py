@@ -13,15 +13,23 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg_pool import AsyncConnectionPool
 
-from ..errors import ConflictError, StoreUnavailableError, ThreadloomError
-from ..models import Status, StoredEvent, Thread, render_line
+from ..errors import ConflictError, IntegrityError, StoreUnavailableError, ThreadloomError
+from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes, chain_next
+from ..models import Status, StoredEvent, Thread, Usage, render_line
 from .apply import (
+    accounts_doc,
+    accounts_from_doc,
+    add_usage_doc,
+    check_usage_guard,
+    checkpoint_event,
+    wants_checkpoint,
     check_count_guard,
     check_idempotency,
     check_status_guard,
@@ -37,8 +45,10 @@ from .base import (
     CommitResult,
     CreateThread,
     IdempotencyRecord,
+    IntegritySnapshot,
     Op,
     PutThread,
+    PutUsage,
     Store,
 )
 from .schema import POSTGRES_MIGRATIONS, SchemaTooNew
@@ -50,7 +60,7 @@ CHANNEL = "threadloom"
 MAX_RETRIES = 8
 MIGRATION_LOCK = 0x7468726561646C6F  # "threadlo": one advisory lock for every server
 _THREAD_COLS = (
-    "thread_id, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version"
+    "thread_id, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version, accounts"
 )
 _RETRYABLE = (
     pgerrors.SerializationFailure,
@@ -59,9 +69,22 @@ _RETRYABLE = (
 )
 
 
+@dataclass(slots=True)
+class _Appended:
+    """What a checkpoint needs about a thread appended to in this commit."""
+
+    asked: bool
+    status: Status
+    count: int
+    head: str
+    last: AppendResult
+
+
 def _row_to_thread(row: Sequence[Any]) -> Thread:
-    _tid, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version = row
+    _tid, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version = row[:9]
     data = json.loads(doc)
+    data.pop("budget", None)
+    data.update(accounts_from_doc(row[9] if len(row) > 9 else None))
     data.update(
         status=status,
         updated_at=updated_at,
@@ -79,9 +102,22 @@ class PostgresStore(Store):
 
     name = "postgres"
 
-    def __init__(self, dsn: str, *, durability: str = "full", pool_size: int = 10) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        durability: str = "full",
+        pool_size: int = 10,
+        signer: Signer | None = None,
+        checkpoints: bool = True,
+    ) -> None:
+        """``signer``: the key checkpoints are signed with; every server sharing the database
+        must use the same key (copy ``keys/``); an in-memory key when none is given."""
         super().__init__()
         self.dsn = dsn
+        self.signer = signer or Signer.ephemeral()
+        self.checkpoints = checkpoints
+        self._hashes = TranscriptHashes()
         self.durability = durability
         self._pool_size = pool_size
         self._pool: AsyncConnectionPool | None = None
@@ -106,6 +142,7 @@ class PostgresStore(Store):
             await pool.open(wait=True, timeout=30)
             async with pool.connection() as conn:
                 await _migrate(conn)
+                await self._load_key(conn)
         except SchemaTooNew as exc:
             await pool.close()
             raise StoreUnavailableError(str(exc), rule="schema_too_new") from None
@@ -115,6 +152,30 @@ class PostgresStore(Store):
                 raise
             raise StoreUnavailableError(f"cannot open PostgreSQL store: {exc}") from exc
         self._pool = pool
+
+    async def _load_key(self, conn: psycopg.AsyncConnection) -> None:
+        """Load the signing key; refuse one that is not the key the database's threads carry."""
+        async with conn.transaction():
+            cur = await conn.execute("SELECT EXISTS (SELECT 1 FROM threads)")
+            has_threads = bool((await cur.fetchone())[0])  # type: ignore[index]
+            cur = await conn.execute("SELECT value FROM meta WHERE key = 'signing_key_id'")
+            row = await cur.fetchone()
+            recorded = row[0] if row else None
+            signed = has_threads and recorded is not None
+            self.signer.load(allow_create=not signed)
+            if recorded == self.signer.key_id:
+                return
+            if signed:
+                raise IntegrityError(
+                    f"this server's signing key (id {self.signer.key_id}) is not the key the threads in the "
+                    f"database were signed with (id {recorded}): give every server the same keys/ folder",
+                    rule="signing_key_mismatch",
+                )
+            await conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('signing_key_id', %s)"
+                " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                (self.signer.key_id,),
+            )
 
     async def close(self) -> None:
         if self._announcer is not None:
@@ -155,17 +216,33 @@ class PostgresStore(Store):
     # ------------------------------------------------------------------ writes
 
     async def commit(self, ops: Sequence[Op]) -> CommitResult:
+        views: list[HashView] = []
+
         async def txn(conn: psycopg.AsyncConnection) -> CommitResult:
             ts, epoch = now_pair()
             result = CommitResult()
             reread: set[str] = set()
+            view = self._hashes.view()
+            views[:] = [view]
+            appended: dict[str, _Appended] = {}
             for op in ops:
-                await self._apply(conn, op, ts, epoch, result, reread)
+                await self._apply(conn, op, ts, epoch, result, reread, view, appended)
+            if self.checkpoints:
+                for tid, state in appended.items():
+                    status = state.status
+                    if tid in reread:  # a PutThread in this commit may have ended it
+                        cur = await conn.execute("SELECT status FROM threads WHERE thread_id = %s", (tid,))
+                        status = Status((await cur.fetchone())[0])  # type: ignore[index]
+                    if wants_checkpoint(state.asked, status):
+                        await self._checkpoint(conn, tid, state, ts, view)
+                        reread.add(tid)
             for tid in reread:
                 result.threads[tid] = await _get_thread(conn, tid)
             return result
 
         result = await self._run(txn, write=True)
+        for view in views:
+            view.publish()
         await self._announce(result.threads)
         self._notify(frozenset(result.threads))
         return result
@@ -200,53 +277,67 @@ class PostgresStore(Store):
                 log.warning("could not NOTIFY other servers: %s", exc)
 
     async def _apply(
-        self, conn: psycopg.AsyncConnection, op: Op, ts: str, epoch: float, result: CommitResult, reread: set[str]
+        self,
+        conn: psycopg.AsyncConnection,
+        op: Op,
+        ts: str,
+        epoch: float,
+        result: CommitResult,
+        reread: set[str],
+        view: HashView,
+        appended: dict[str, _Appended],
     ) -> None:
         if isinstance(op, CreateThread):
             t = op.thread
             await conn.execute(
                 "INSERT INTO threads (thread_id, agent_id, parent_id, status, created_at, updated_at,"
-                " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, doc)"
-                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, doc, accounts)"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
                 (
                     t.thread_id, t.agent_id, t.parent_id, t.status.value, t.created_at, t.updated_at,
                     t.heartbeat_at, epoch, t.stale_after, t.chain_root_id, manifest_doc(t),
+                    accounts_doc(t.usage, t.budget),
                 ),
             )
             reread.add(t.thread_id)
             result.threads[t.thread_id] = t
         elif isinstance(op, AppendEvents):
             text_delta, last_tokens = counters_after(op.events, 0, None)
-            # one round trip: lock the row, move the counters, learn the base seq and status
+            # one round trip: lock the row, move the counters, learn the base seq, status and head
             cur = await conn.execute(
                 "UPDATE threads SET event_count = event_count + %s, text_chars = text_chars + %s,"
                 " input_tokens = COALESCE(%s, input_tokens), updated_at = %s, heartbeat_at = %s,"
-                f" heartbeat_epoch = %s WHERE thread_id = %s RETURNING {_THREAD_COLS}",
+                f" heartbeat_epoch = %s WHERE thread_id = %s RETURNING {_THREAD_COLS}, chain_head",
                 (len(op.events), text_delta, last_tokens, ts, ts, epoch, op.thread_id),
             )
             row = await cur.fetchone()
             if row is None:
                 raise not_found(op.thread_id)
             check_status_guard(op, Status(row[2]))  # raising rolls the update back
-            check_count_guard(op, row[5] - len(op.events))
+            base = row[5] - len(op.events)
+            check_count_guard(op, base)
             if op.idempotency_key is not None:  # checked under the row lock: concurrent retries serialize
                 check_idempotency(op, await _find_idem(conn, op.thread_id, op.idempotency_key))
-            base = row[5] - len(op.events)
-            stored = []
-            for i, ev in enumerate(op.events):
-                seq = base + 1 + i
-                stored.append(StoredEvent(op.thread_id, seq, ts, ev.type, render_line(seq, ts, ev.payload)))
-            nbytes = sum(len(e.line.encode()) + 1 for e in stored)
+            lines = [render_line(base + 1 + i, ts, ev.payload) for i, ev in enumerate(op.events)]
+            prevs, head = chain_hashes(row[10], lines)
+            stored = [
+                StoredEvent(op.thread_id, base + 1 + i, ts, ev.type, line, prev)
+                for i, (ev, line, prev) in enumerate(zip(op.events, lines, prevs))
+            ]
+            view.extend(op.thread_id, base, lines)
+            nbytes = sum(len(line.encode()) + 1 for line in lines)
             seqs = [e.seq for e in stored]
+            accounts = add_usage_doc(row[9], op.usage) if op.usage is not None else row[9]
             async with conn.pipeline():
                 await conn.execute(
-                    "INSERT INTO events (thread_id, seq, ts, type, line) VALUES "
-                    + ",".join(["(%s,%s,%s,%s,%s)"] * len(stored)),
-                    [v for e in stored for v in (e.thread_id, e.seq, e.ts, e.type, e.line)],
+                    "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) VALUES "
+                    + ",".join(["(%s,%s,%s,%s,%s,%s)"] * len(stored)),
+                    [v for e in stored for v in (e.thread_id, e.seq, e.ts, e.type, e.line, e.prev_hash)],
                 )
                 await conn.execute(
-                    "UPDATE threads SET transcript_bytes = transcript_bytes + %s WHERE thread_id = %s",
-                    (nbytes, op.thread_id),
+                    "UPDATE threads SET transcript_bytes = transcript_bytes + %s, chain_head = %s, accounts = %s"
+                    " WHERE thread_id = %s",
+                    (nbytes, head, accounts, op.thread_id),
                 )
                 if op.idempotency_key is not None:
                     await conn.execute(
@@ -254,9 +345,29 @@ class PostgresStore(Store):
                         " VALUES (%s,%s,%s,%s,%s)",
                         (op.thread_id, op.idempotency_key, op.request_hash or "", json.dumps(seqs), ts),
                     )
-            result.appends.append(AppendResult(op.thread_id, seqs, stored))
+            res = AppendResult(op.thread_id, seqs, stored)
+            result.appends.append(res)
+            prior = appended.get(op.thread_id)
+            appended[op.thread_id] = _Appended(
+                op.checkpoint or (prior is not None and prior.asked), Status(row[2]), row[5], head, res
+            )
             if op.thread_id not in reread:
-                result.threads[op.thread_id] = _row_to_thread(row)
+                after = (*row[:9], accounts)
+                result.threads[op.thread_id] = _row_to_thread(after)
+        elif isinstance(op, PutUsage):
+            cur = await conn.execute(
+                "SELECT accounts FROM threads WHERE thread_id = %s FOR UPDATE", (op.thread_id,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise not_found(op.thread_id)
+            check_usage_guard(op, Usage.model_validate(accounts_from_doc(row[0]).get("usage") or {}).version)
+            usage = op.usage.model_copy(update={"version": op.expect_version + 1})
+            await conn.execute(
+                "UPDATE threads SET accounts = %s WHERE thread_id = %s",
+                (accounts_doc(usage, op.budget), op.thread_id),
+            )
+            reread.add(op.thread_id)
         elif isinstance(op, PutThread):
             t = op.thread
             cur = await conn.execute(
@@ -277,6 +388,54 @@ class PostgresStore(Store):
             )
             reread.add(t.thread_id)
             result.threads[t.thread_id] = t
+            if t.thread_id in appended:
+                appended[t.thread_id].status = t.status
+
+    async def _checkpoint(
+        self, conn: psycopg.AsyncConnection, tid: str, state: _Appended, ts: str, view: HashView
+    ) -> None:
+        """Append the signed checkpoint after the thread's last event in this transaction."""
+        cached = view._lookup(tid)
+        after = cached[0] if cached is not None and cached[0] <= state.count else 0
+        lines: list[str] = []
+        if after < state.count:
+            cur = await conn.execute(
+                "SELECT line FROM events WHERE thread_id = %s AND seq > %s AND seq <= %s ORDER BY seq",
+                (tid, after, state.count),
+            )
+            lines = [r[0] for r in await cur.fetchall()]
+        digest = view.digest(tid, state.count, lambda _a, _u: lines)
+        event = checkpoint_event(self.signer, digest)
+        seq = state.count + 1
+        line = render_line(seq, ts, event.payload)
+        await conn.execute(
+            "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) VALUES (%s,%s,%s,%s,%s,%s)",
+            (tid, seq, ts, event.type, line, state.head),
+        )
+        await conn.execute(
+            "UPDATE threads SET event_count = %s, transcript_bytes = transcript_bytes + %s, chain_head = %s"
+            " WHERE thread_id = %s",
+            (seq, len(line.encode()) + 1, chain_next(state.head, line), tid),
+        )
+        view.extend(tid, state.count, [line])
+        state.last.events.append(StoredEvent(tid, seq, ts, event.type, line, state.head))
+
+    async def read_integrity(self, thread_id: str) -> IntegritySnapshot:
+        async def fn(conn: psycopg.AsyncConnection) -> IntegritySnapshot:
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cur = await conn.execute(
+                f"SELECT {_THREAD_COLS}, chain_head FROM threads WHERE thread_id = %s", (thread_id,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise not_found(thread_id)
+            cur = await conn.execute(
+                "SELECT seq, ts, type, line, prev_hash FROM events WHERE thread_id = %s ORDER BY seq", (thread_id,)
+            )
+            events = [StoredEvent(thread_id, *r) for r in await cur.fetchall()]
+            return IntegritySnapshot(_row_to_thread(row[:10]), events, row[10], None)
+
+        return await self._run(fn, write=False)
 
     async def delete_threads(self, thread_ids: Sequence[str]) -> int:
         ids = list(dict.fromkeys(thread_ids))
@@ -343,7 +502,8 @@ class PostgresStore(Store):
     ) -> list[StoredEvent]:
         async def fn(conn: psycopg.AsyncConnection) -> list[StoredEvent]:
             cur = await conn.execute(
-                "SELECT seq, ts, type, line FROM events WHERE thread_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+                "SELECT seq, ts, type, line, prev_hash FROM events WHERE thread_id = %s AND seq > %s"
+                " ORDER BY seq LIMIT %s",
                 (thread_id, after_seq, limit),
             )
             rows = await cur.fetchall()
@@ -351,7 +511,7 @@ class PostgresStore(Store):
                 cur = await conn.execute("SELECT 1 FROM threads WHERE thread_id = %s", (thread_id,))
                 if await cur.fetchone() is None:
                     raise not_found(thread_id)
-            return [StoredEvent(thread_id, seq, ts, typ, line) for seq, ts, typ, line in rows]
+            return [StoredEvent(thread_id, *r) for r in rows]
 
         return await self._run(fn, write=False)
 

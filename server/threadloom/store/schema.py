@@ -161,3 +161,15 @@ POSTGRES_MIGRATIONS: list[tuple[str, list[str]]] = [
         ],
     ),
 ]
+
+POSTGRES_MIGRATIONS.append(
+    (
+        "0002_integrity_accounts",
+        [
+            "ALTER TABLE events ADD COLUMN prev_hash TEXT",
+            "ALTER TABLE threads ADD COLUMN chain_head TEXT",
+            "ALTER TABLE threads ADD COLUMN accounts TEXT",
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        ],
+    )
+)
