@@ -45,3 +45,10 @@ class AppendOutcome(BaseModel):
     status: Status
     context: ContextUsage
     handoff: HandoffInfo | None = None
+
+
+class DeleteOutcome(BaseModel):
+    """What a delete removed; deleting again is a no-op that reports the ids as missing."""
+
+    deleted: list[str] = Field(description="threads deleted now, with their events and mirrors")
+    missing: list[str] = Field(default_factory=list, description="ids that did not exist (already deleted)")

@@ -10,9 +10,9 @@ import hashlib
 import time
 from typing import Any
 
-from ..errors import ConflictError, NotFoundError
+from ..errors import ConflictError, InvalidInputError, NotFoundError
 from ..models import MANIFEST_FIELDS, Status, Thread, canonical_json, iso, utc_now
-from .base import AppendEvents, IdempotencyRecord, IdempotentReplay, NewEvent, PutThread
+from .base import AppendEvents, IdempotencyRecord, IdempotentReplay, ImportThread, NewEvent, PutThread
 
 COUNTER_FIELDS = ("event_count", "text_chars", "input_tokens", "version")
 
@@ -81,3 +81,21 @@ def counters_after(events: tuple[NewEvent, ...], text_chars: int, input_tokens: 
 
 def epoch() -> float:
     return time.time()
+
+
+def check_import(op: ImportThread) -> None:
+    """Refuse an import whose events are not numbered 1..n or disagree with the event count."""
+    tid = op.thread.thread_id
+    for i, ev in enumerate(op.events, start=1):
+        if ev.seq != i or ev.thread_id != tid:
+            raise InvalidInputError(
+                f"imported events of thread {tid} must be numbered 1..n in order; event #{i} has "
+                f"seq {ev.seq} (thread {ev.thread_id})",
+                rule="import_seq",
+            )
+    if op.thread.event_count != len(op.events):
+        raise InvalidInputError(
+            f"imported thread {tid} says event_count {op.thread.event_count} but carries "
+            f"{len(op.events)} events",
+            rule="import_seq",
+        )

@@ -8,6 +8,7 @@ from ..errors import ConflictError
 from ..models import Status, StoredEvent, Thread, parse_iso, render_line
 from .apply import (
     check_idempotency,
+    check_import,
     check_status_guard,
     check_version_guard,
     counters_after,
@@ -20,6 +21,7 @@ from .base import (
     CommitResult,
     CreateThread,
     IdempotencyRecord,
+    ImportThread,
     Op,
     PutThread,
     Store,
@@ -106,6 +108,13 @@ class MemoryStore(Store):
                         "created_at": t.created_at,
                     }
                 )
+            elif isinstance(op, ImportThread):
+                tid = op.thread.thread_id
+                check_import(op)
+                if tid in self._threads or tid in threads:
+                    raise ConflictError(f"thread {tid} exists already", rule="thread_exists")
+                threads[tid] = op.thread.model_copy(update={"version": max(1, op.thread.version)})
+                new_events[tid] = list(op.events)
         # every check passed: publish at once
         self._threads.update(threads)
         for tid, evs in new_events.items():

@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 
 from ..errors import ConflictError, StoreUnavailableError, ThreadloomError
 from ..mirror import Mirror
-from ..models import Status, StoredEvent, Thread, render_line
+from ..models import Status, StoredEvent, Thread, parse_iso, render_line
 from .apply import (
     check_idempotency,
+    check_import,
     check_status_guard,
     check_version_guard,
     counters_after,
@@ -35,6 +36,7 @@ from .base import (
     CommitResult,
     CreateThread,
     IdempotencyRecord,
+    ImportThread,
     Op,
     PutThread,
     Store,
@@ -81,8 +83,13 @@ class SQLiteStore(Store):
 
     name = "sqlite"
 
-    def __init__(self, root: Path, *, durability: str = "full", mirrors: bool = True) -> None:
+    def __init__(
+        self, root: Path, *, durability: str = "full", mirrors: bool = True, reconcile: bool = True
+    ) -> None:
+        """``reconcile=False`` skips the start-up mirror repair (operator commands that only
+        read, and ``doctor``, which must see drift before anything repairs it)."""
         super().__init__()
+        self.reconcile_on_open = reconcile
         if durability not in DURABILITY:
             raise ValueError(f"durability must be 'full' or 'normal'; got {durability!r}")
         self.root = Path(root)
@@ -129,7 +136,8 @@ class SQLiteStore(Store):
         self._wconn = conn
         self._writer = WorkerPool("threadloom-writer", 1, self._handle_writes, max_batch=MAX_GROUP)
         self._readers = WorkerPool("threadloom-reader", READERS, self._handle_reads)
-        await self.reconcile_mirrors()
+        if self.reconcile_on_open:
+            await self.reconcile_mirrors()
 
     async def close(self) -> None:
         if self._writer is None:
@@ -428,6 +436,25 @@ class SQLiteStore(Store):
                     ),
                 )
                 result.threads[t.thread_id] = None  # type: ignore[assignment]
+            elif isinstance(op, ImportThread):
+                t = op.thread
+                check_import(op)
+                conn.execute(
+                    "INSERT INTO threads (thread_id, agent_id, parent_id, status, created_at, updated_at,"
+                    " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, event_count, text_chars,"
+                    " input_tokens, transcript_bytes, version, doc) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        t.thread_id, t.agent_id, t.parent_id, t.status.value, t.created_at, t.updated_at,
+                        t.heartbeat_at, parse_iso(t.heartbeat_at).timestamp(), t.stale_after, t.chain_root_id,
+                        t.event_count, t.text_chars, t.input_tokens,
+                        sum(len(e.line.encode()) + 1 for e in op.events), max(1, t.version), manifest_doc(t),
+                    ),
+                )
+                conn.executemany(
+                    "INSERT INTO events (thread_id, seq, ts, type, line) VALUES (?,?,?,?,?)",
+                    [(e.thread_id, e.seq, e.ts, e.type, e.line) for e in op.events],
+                )
+                result.threads[t.thread_id] = None  # type: ignore[assignment]  # read after commit
         return result
 
     # ------------------------------------------------------------ maintenance
@@ -453,6 +480,17 @@ class SQLiteStore(Store):
             return fixed
 
         return await self._writer.submit(work)
+
+
+    async def vacuum(self) -> None:
+        if self._writer is None:
+            raise StoreUnavailableError("the store is not open")
+
+        def work(conn: sqlite3.Connection) -> None:
+            _retry_busy(lambda: conn.execute("VACUUM"))
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        await self._writer.submit(work)
 
 
 # ------------------------------------------------------------------ helpers
