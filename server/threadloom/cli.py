@@ -25,7 +25,7 @@ from rich.text import Text
 from . import __version__
 from .config import Settings, load_settings
 from .errors import NotFoundError, ThreadloomError
-from .models import StoredEvent, Thread, check_thread_id
+from .models import Status, StoredEvent, Thread, check_thread_id
 from .service import MAX_LIST, ThreadService
 
 T = TypeVar("T")
@@ -379,7 +379,8 @@ def tail(
 
     def on_hop(old: Thread, new_id: str) -> None:
         if out.json:
-            out.line({"thread_id": old.thread_id, "continued_in": new_id, "reason": old.link_reason or old.status.value})
+            how = "handoff" if old.status == Status.CONTINUED else "resume"
+            out.line({"thread_id": old.thread_id, "continued_in": new_id, "link": how})
         else:
             out.console.print(hop_rule(old.thread_id, new_id))
 

@@ -23,10 +23,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio
 from .config import Settings
 from .errors import ThreadloomError
 from .mirror import MANIFEST, TRANSCRIPT, manifest_bytes
-from .models import THREAD_ID_RE, parse_iso
+from .models import THREAD_ID_RE
 from .service import ThreadService
 from .store.schema import SQLITE_MIGRATIONS
 from .store.sqlite import SQLiteStore
@@ -34,7 +35,7 @@ from .store.sqlite import SQLiteStore
 MIN_SQLITE = (3, 24, 0)  # row values (3.15) for paging, UPSERT (3.24); tested with 3.40
 MIN_FREE_BYTES = 256 * 1024 * 1024
 WARN_FREE_BYTES = 2 * 1024 * 1024 * 1024
-MIRROR_LAG_GRACE = 5.0  # seconds a mirror may trail a fresh commit (it is written just after)
+MIRROR_SETTLE = 0.3  # seconds to wait before looking at a differing mirror again (it is written just after commit)
 PRIVATE_MODE_MASK = 0o077
 
 Level = Literal["ok", "warn", "problem"]
@@ -280,7 +281,6 @@ async def check_data(service: ThreadService, root: Path, *, progress: Callable[[
     threads = await service.all_threads()
     on_total(len(threads))
     out: list[Check] = []
-    now = time.time()
     drifted = [f"{tid}: {problem}" for tid, problem in await find_drift(service, root, threads, progress)]
     if drifted:
         shown = "; ".join(drifted[:5]) + (f"; and {len(drifted) - 5} more" if len(drifted) > 5 else "")
@@ -294,7 +294,7 @@ async def check_data(service: ThreadService, root: Path, *, progress: Callable[[
     if orphans:
         out.append(_problem("orphans", f"{len(orphans)} mirror folder(s) without a thread in the database "
                             f"({', '.join(orphans[:5])})", "run `threadloom doctor --fix` (removes them)"))
-    stale = await service.store.list_stale(now)
+    stale = await service.store.list_stale(time.time())
     if stale:
         names = ", ".join(t.thread_id for t in stale[:5])
         out.append(_problem("stale", f"{len(stale)} running thread(s) with no heartbeat for longer than their "
@@ -308,18 +308,27 @@ async def check_data(service: ThreadService, root: Path, *, progress: Callable[[
 async def find_drift(
     service: ThreadService, root: Path, threads: list[Any], progress: Callable[[int], None] = lambda n: None
 ) -> list[tuple[str, str]]:
-    """(thread id, what differs) for every thread whose mirror files disagree with the database."""
-    now = time.time()
-    out = []
+    """(thread id, what differs) for every thread whose mirror files disagree with the database.
+
+    A live server writes a mirror just after its commit, so a difference is looked at again
+    after a short pause and reported only if it is still there.
+    """
+    suspects = []
     for t in threads:
-        problem = await _mirror_problem(service, root / "threads" / t.thread_id, t, now)
-        if problem:
-            out.append((t.thread_id, problem))
+        if await _mirror_problem(service, root / "threads" / t.thread_id, t.thread_id):
+            suspects.append(t.thread_id)
         progress(1)
+    if suspects:
+        await anyio.sleep(MIRROR_SETTLE)
+    out = []
+    for tid in suspects:
+        problem = await _mirror_problem(service, root / "threads" / tid, tid)
+        if problem:
+            out.append((tid, problem))
     return out
 
 
-async def _mirror_problem(service: ThreadService, d: Path, thread: Any, now: float) -> str | None:
+async def _mirror_problem(service: ThreadService, d: Path, thread_id: str) -> str | None:
     try:
         on_disk = (d / TRANSCRIPT).read_bytes()
     except FileNotFoundError:
@@ -332,23 +341,25 @@ async def _mirror_problem(service: ThreadService, d: Path, thread: Any, now: flo
         snapshot = None
     except OSError as exc:
         return f"{MANIFEST} cannot be read ({exc.strerror})"
-    db_text = (await service.transcript(thread.thread_id)).encode()
-    fresh = now - parse_iso(thread.updated_at).timestamp() < MIRROR_LAG_GRACE
+    try:
+        thread = await service.get_thread(thread_id)
+        db_text = (await service.transcript(thread_id)).encode()
+    except ThreadloomError:
+        return None  # deleted meanwhile: nothing to compare
     if on_disk is None:
-        if thread.event_count and not fresh:
+        if thread.event_count:
             return f"{TRANSCRIPT} is missing"
-    elif on_disk != db_text and not (fresh and db_text.startswith(on_disk)):
+    elif on_disk != db_text:
         return _first_difference(on_disk, db_text)
     if snapshot is None:
-        return None if fresh else f"{MANIFEST} is missing"
+        return f"{MANIFEST} is missing"
     try:
         have = {k: v for k, v in json.loads(snapshot).items() if not k.startswith("_")}  # "_signature" etc.
     except (ValueError, AttributeError):
         return f"{MANIFEST} is not a JSON object"
-    current = await service.get_thread(thread.thread_id)
-    if have != json.loads(manifest_bytes(current)) and not fresh:
-        fields = sorted(k for k in set(have) | set(json.loads(manifest_bytes(current)))
-                        if have.get(k) != json.loads(manifest_bytes(current)).get(k))
+    want = json.loads(manifest_bytes(thread))
+    if have != want:
+        fields = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
         return f"{MANIFEST} differs in {', '.join(fields[:5])}"
     return None
 

@@ -439,6 +439,8 @@ class SQLiteStore(Store):
             elif isinstance(op, ImportThread):
                 t = op.thread
                 check_import(op)
+                if conn.execute("SELECT 1 FROM threads WHERE thread_id = ?", (t.thread_id,)).fetchone():
+                    raise ConflictError(f"thread {t.thread_id} exists already", rule="thread_exists")
                 conn.execute(
                     "INSERT INTO threads (thread_id, agent_id, parent_id, status, created_at, updated_at,"
                     " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, event_count, text_chars,"
