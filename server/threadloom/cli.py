@@ -196,11 +196,38 @@ def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     """Run an async command body; domain and OS errors become one line and exit code 1."""
     try:
         return anyio.run(fn, *args)
-    except ThreadloomError as exc:
-        fail(exc.message)
-    except OSError as exc:
-        fail(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
+    except BaseExceptionGroup as group:  # raised through a task group: judge its one cause
+        leaf = _sole_cause(group)
+        if isinstance(leaf, (SystemExit, typer.Exit)):  # e.g. rich's own exit on a broken pipe
+            raise leaf from None
+        if isinstance(leaf, (ThreadloomError, OSError, KeyboardInterrupt)):
+            _fail_with(leaf)
+        raise
+    except (ThreadloomError, OSError) as exc:
+        _fail_with(exc)
     raise AssertionError("unreachable")
+
+
+def _sole_cause(group: BaseExceptionGroup) -> BaseException | None:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _fail_with(exc: BaseException) -> None:
+    if isinstance(exc, KeyboardInterrupt):
+        raise exc
+    if isinstance(exc, ThreadloomError):
+        fail(exc.message)
+    if isinstance(exc, BrokenPipeError):  # the reader went away (`| head`): stop quietly, like SIGPIPE
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(141)
+    assert isinstance(exc, OSError)
+    fail(f"{str(exc.filename) + ': ' if exc.filename else ''}{exc.strerror or exc}")
 
 
 @asynccontextmanager
@@ -376,6 +403,8 @@ def tail(
             out.line({"thread_id": ev.thread_id, "event": ev.data()})
         else:
             out.console.print(event_summary(ev.data(), width), soft_wrap=full, overflow="ellipsis", no_wrap=not full)
+        if follow_:
+            sys.stdout.flush()  # a follower's reader (a pipe, `| grep`) sees each event as it commits
 
     def on_hop(old: Thread, new_id: str) -> None:
         if out.json:
@@ -383,6 +412,7 @@ def tail(
             out.line({"thread_id": old.thread_id, "continued_in": new_id, "link": how})
         else:
             out.console.print(hop_rule(old.thread_id, new_id))
+        sys.stdout.flush()
 
     async def body() -> None:
         from .follow import follow
