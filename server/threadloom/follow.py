@@ -1,10 +1,13 @@
 """Follow a thread live (``threadloom tail -f``): its new events, then its chain's next threads.
 
-Waking is push-based. Commits made through this process's store wake the follower
-through the store's commit listeners; commits made by other processes sharing the SQLite
-root are seen through ``PRAGMA data_version`` on one dedicated read-only connection,
-checked every few milliseconds (a cheap pragma on an open connection, not a re-read of
-events: the events are read only when the version moved). See docs/operator-cli.md.
+Waking is push-based, never a timer re-reading events. When the service has the wake
+hub (``service.hub``, issue 5) the follower subscribes to the thread it follows, so
+commits of this process (commit listeners) and of other processes sharing the root
+(the store's external watch: SQLite ``data_version``, PostgreSQL LISTEN/NOTIFY) wake
+it. Without a hub, the same two sources are watched here directly: the store's commit
+listeners, and ``PRAGMA data_version`` on one read-only connection checked every few
+milliseconds (a cheap pragma on an open connection; events are read only when it moved).
+See docs/operator-cli.md.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -38,6 +42,38 @@ class ChangeSignal:
 
     async def wait(self) -> None:
         await self._event.wait()
+
+    def watch(self, thread_id: str) -> None:
+        """Every commit fires this signal: nothing to add for another thread."""
+
+
+class _HubWaker:
+    """The same three calls over a wake-hub subscription (changes of the watched threads only)."""
+
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+
+    def arm(self) -> None:
+        """A subscription keeps what arrived while the caller read: nothing to do."""
+
+    async def wait(self) -> None:
+        await self._sub.next()
+
+    def watch(self, thread_id: str) -> None:
+        self._sub.watch([thread_id])
+
+
+@asynccontextmanager
+async def wake_on_change(service: ThreadService, thread_id: str) -> AsyncIterator[ChangeSignal | _HubWaker]:
+    """Wake-ups for changes of ``thread_id`` (and threads added with ``watch``): the
+    service's wake hub when it has one, else :func:`watch_store`."""
+    hub = getattr(service, "hub", None)
+    if hub is not None and hasattr(hub, "subscribe"):
+        async with hub.subscribe([thread_id]) as sub:
+            yield _HubWaker(sub)
+    else:
+        async with watch_store(service) as signal:
+            yield signal
 
 
 @asynccontextmanager
@@ -94,7 +130,7 @@ async def follow(
     """
     current = thread_id
     after = after_seq
-    async with watch_store(service) as signal:
+    async with wake_on_change(service, thread_id) as signal:
         while True:
             signal.arm()
             thread = await service.store.get_thread(current)  # the manifest first: its count bounds the read
@@ -109,6 +145,7 @@ async def follow(
             if after >= thread.event_count and thread.continuation_thread_id:
                 on_hop(thread, thread.continuation_thread_id)
                 current, after = thread.continuation_thread_id, 0
+                signal.watch(current)
                 continue
             if until_done and thread.status in TERMINAL and after >= thread.event_count:
                 return
