@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from cli_helpers import cli, cli_json, msg, open_root, populate
+from threadloom.bundle import EXPORT_FIELDS
 from threadloom.errors import ConflictError, InvalidInputError
 from threadloom.models import StoredEvent, render_line
 from threadloom.service import ThreadService
@@ -23,7 +24,7 @@ async def snapshot(root: Path) -> dict[str, Any]:
     async with open_root(root) as svc:
         for t in await svc.all_threads():
             out[t.thread_id] = {
-                "thread": t.model_dump(mode="json"),
+                "thread": t.model_dump(mode="json", include=EXPORT_FIELDS),
                 "lines": [e.line for e in await svc.all_events(t.thread_id)],
                 "chain": [c.thread_id for c in await svc.chain_threads(t.thread_id)],
                 "mirror": (root / "threads" / t.thread_id / "transcript.jsonl").read_text(),
@@ -274,7 +275,7 @@ async def test_import_threads_keeps_seqs_timestamps_and_counters(service: Thread
     await service.store.delete_threads([t.thread_id])
     await service.import_threads([(t, events)])
     back = await service.get_thread(t.thread_id)
-    assert back.model_dump() == t.model_dump()
+    assert back.model_dump(include=EXPORT_FIELDS) == t.model_dump(include=EXPORT_FIELDS)
     assert [e.line for e in await service.all_events(t.thread_id)] == [e.line for e in events]
     with pytest.raises(ConflictError) as err:
         await service.import_threads([(t, events)])

@@ -39,6 +39,7 @@ from .config import DEFAULT_CONTEXT_WINDOW, DEFAULT_STALE_AFTER
 from .errors import InvalidInputError, ThreadloomError
 from .lineage import group_chains, order_chain
 from .models import (
+    MANIFEST_FIELDS,
     THREAD_ID_RE,
     ResultEvent,
     Status,
@@ -56,10 +57,13 @@ from .models import (
     utc_now,
 )
 from .service import ThreadService
+from .store.apply import COUNTER_FIELDS
 
 BUNDLE_KIND = "threadloom-bundle"
 BUNDLE_FORMAT = 1
 PAGE = 1000
+EXPORT_FIELDS = MANIFEST_FIELDS | set(COUNTER_FIELDS)
+"""What a bundle holds of a thread: the stored manifest and its counters (no derived views)."""
 LINK_FIELDS = ("thread_id", "parent_id", "continuation_of", "continuation_thread_id", "chain_root_id")
 EVENT_LINK_FIELDS = {"handoff": "to_thread_id", "continued_from": "from_thread_id", "thread_resumed": "to_thread_id"}
 LEGACY_TS_FIELDS = ("ts", "timestamp", "createdAt", "created_at")
@@ -133,7 +137,7 @@ async def export_bundle(
             events = await _all_events(service, listed.thread_id)
             thread = (await service.store.get_threads([listed.thread_id])).get(listed.thread_id, listed)
             thread = thread.model_copy(update={"event_count": len(events)}) if thread.event_count != len(events) else thread
-            out.write(canonical_json({"kind": "thread", "thread": thread.model_dump(mode="json")}) + "\n")
+            out.write(canonical_json({"kind": "thread", "thread": thread.model_dump(mode="json", include=EXPORT_FIELDS)}) + "\n")
             for ev in events:
                 out.write('{"event":' + ev.line + ',"kind":"event","thread_id":"' + ev.thread_id + '"}\n')
             summary.events += len(events)
@@ -537,8 +541,8 @@ def _refusal(thread_id: str, where: str, error: str) -> dict[str, str]:
 
 
 def _same(existing: Thread, cand: Thread) -> bool:
-    a = existing.model_dump(mode="json")
-    b = cand.model_dump(mode="json")
+    a = existing.model_dump(mode="json", include=EXPORT_FIELDS)
+    b = cand.model_dump(mode="json", include=EXPORT_FIELDS)
     b["version"] = max(1, b["version"])
     return a == b
 
