@@ -443,6 +443,7 @@ def search(
     agent: Annotated[Optional[str], typer.Option("--agent", help="only this agent's threads")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="at most this many hits")] = 10,
     context: Annotated[int, typer.Option("--context", "-C", min=0, help="messages of context around each hit")] = 1,
+    tools: Annotated[bool, typer.Option("--tools", help="with --chain: also search tool inputs and outputs")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Search messages: across threads (best hit per thread), or within one chain (--chain)."""
@@ -454,14 +455,17 @@ def search(
         fail("--regex searches one chain: give --chain ID")
     if chain and agent:
         fail("--agent filters searches across threads; a --chain search is already one chain")
+    if tools and not chain:
+        fail("--tools applies to a --chain search")
     if not hasattr(ThreadService, "chain_search"):
         fail("search is not available in this build of threadloom (it needs the search index)")
 
     async def body() -> Any:
         async with open_service(settings) as svc:
             if chain:
+                extra = {"include_tools": True} if tools else {}
                 return await svc.chain_search(  # type: ignore[attr-defined]
-                    chain, query, search_type="regex" if regex else "text", limit=limit, context=context
+                    chain, query, search_type="regex" if regex else "text", limit=limit, context=context, **extra
                 )
             return await svc.search_threads(query, agent_id=agent, limit=limit, context=context)  # type: ignore[attr-defined]
 

@@ -226,6 +226,14 @@ def hop_rule(from_id: str, to_id: str) -> Text:
     return Text(f"── {from_id} continued in {to_id} ──", style="blue")
 
 
+def _marked(text: str, width: int, mark: str = "**") -> Text:
+    """A snippet whose matches sit between ``mark`` pairs, with the matches in bold."""
+    out = Text()
+    for i, part in enumerate(clip(text, width).split(mark)):
+        out.append(part, style="bold yellow" if i % 2 else "")
+    return out
+
+
 def print_search(console: Any, data: dict[str, Any]) -> None:
     """Search hits as blocks: where (thread, seq, role, time, title), the snippet, the context."""
     hits = data.get("results", []) if isinstance(data, dict) else []
@@ -245,9 +253,13 @@ def print_search(console: Any, data: dict[str, Any]) -> None:
             (f"  score {hit['score']:.3g}" if isinstance(hit.get("score"), (int, float)) else "", "dim"),
         )
         console.print(head)
-        snippet = hit.get("snippet") or hit.get("text") or ""
-        console.print(Text("    ") + Text(clip(str(snippet), 300)))
-        for ctx in hit.get("context") or []:
-            if isinstance(ctx, dict):
-                line = f"{ctx.get('seq', '')} {ctx.get('role', ctx.get('type', ''))}: {ctx.get('text', '')}"
-                console.print(Text("      " + clip(line, 200), style="dim"))
+
+        def ctx_lines(items: Any) -> None:
+            for ctx in items or []:
+                if isinstance(ctx, dict):
+                    who = ctx.get("role") or ctx.get("type", "")
+                    console.print(Text(f"      {ctx.get('seq', '')} {who}: {clip(str(ctx.get('text', '')), 160)}", style="dim"))
+
+        ctx_lines(hit.get("before"))
+        console.print(Text("   → ") + _marked(str(hit.get("snippet") or hit.get("text") or ""), 300))
+        ctx_lines(hit.get("after") or hit.get("context"))
