@@ -147,3 +147,20 @@ def test_human_output_prints_ok_and_problem_lines_with_fixes(root: Path) -> None
     assert res.exit_code == 1
     assert "OK" in res.stdout and "PROBLEM" in res.stdout and "fix:" in res.stdout
     assert "1 problem(s)" in res.stdout
+
+
+def test_a_public_key_of_another_pair_is_reported(root: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    keys = root / "keys"
+    keys.mkdir()
+    mine, other = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    (keys / "ed25519.key").write_bytes(mine.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    os.chmod(keys / "ed25519.key", 0o600)
+    (keys / "ed25519.pub").write_bytes(other.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    code, report = doctor(root)
+    assert code == 1
+    assert any("does not belong to private key ed25519.key" in c["detail"] for c in by_name(report, "keys"))

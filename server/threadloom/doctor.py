@@ -268,7 +268,38 @@ def check_keys(root: Path) -> list[Check]:
         out.append(_ok("keys", f"{path.name}: {kind} key present" + (" and private" if kind == "private" else "")))
     if not privates and not any(c.level == "problem" for c in out):
         out.append(_problem("keys", f"{keys} holds no private key", "restore the key pair from a backup"))
+    mismatch = _pair_mismatch(files)
+    if mismatch:
+        out.append(_problem("keys", mismatch, "restore the matching key pair from a backup (the public key is "
+                            "what verifiers trust)"))
     return out
+
+
+def _pair_mismatch(files: list[Path]) -> str | None:
+    """A PEM private key and PEM public key in the same folder that do not belong together."""
+    try:
+        from cryptography.hazmat.primitives import serialization
+    except ImportError:
+        return None
+    raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    privates, publics = {}, {}
+    for path in files:
+        try:
+            text = path.read_bytes().strip()
+            if not text.startswith(b"-----BEGIN"):
+                continue
+            if b"PRIVATE" in text.split(b"\n", 1)[0]:
+                privates[path.name] = serialization.load_pem_private_key(text, password=None).public_key().public_bytes(*raw)
+            else:
+                publics[path.name] = serialization.load_pem_public_key(text).public_bytes(*raw)
+        except (OSError, ValueError, TypeError):
+            continue  # reported above
+    if len(privates) == 1 and publics:
+        (priv_name, want), = privates.items()
+        wrong = [name for name, have in publics.items() if have != want]
+        if wrong:
+            return f"public key {', '.join(wrong)} does not belong to private key {priv_name}"
+    return None
 
 
 # ------------------------------------------------------------------ the data
