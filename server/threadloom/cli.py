@@ -41,6 +41,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
+    epilog="Examples: `threadloom ls --status running` · `threadloom show ID` · `threadloom tail -f ID` · "
+    "`threadloom export --all -o backup.jsonl` · `threadloom doctor` · `threadloom ls --json | jq '.threads[].title'`",
 )
 INSPECT, MOVE, MAINTAIN, SERVE = "Inspect", "Move data", "Maintain", "Serve"
 
@@ -145,7 +147,7 @@ async def _serve(settings: Settings, http: bool, allow_delete: bool = False) -> 
 
 PIPE_WIDTH = 160
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable JSON on stdout (no colours, no progress)")]
-ThreadArg = Annotated[str, typer.Argument(help="thread id (12 hex digits)", show_default=False)]
+ThreadArg = Annotated[str, typer.Argument(help="thread id (12 hex digits)", show_default=False, metavar="ID")]
 
 
 class Out:
