@@ -36,7 +36,7 @@ def test_a_healthy_root_passes_every_check(root: Path) -> None:
     assert code == 0 and report["ok"] and report["problems"] == 0
     names = {c["name"] for c in report["checks"]}
     assert {"permissions", "disk", "sqlite", "fts5", "wal", "schema", "integrity", "mirrors", "stale"} <= names
-    assert all(c["level"] == "ok" for c in report["checks"])
+    assert all(c["level"] == "ok" for c in report["checks"] if c["name"] != "disk")  # disk depends on the machine
 
 
 def test_a_drifted_mirror_is_reported_with_its_line_and_fixed_by_fix(root: Path) -> None:

@@ -438,8 +438,14 @@ async def run_doctor(settings: Settings, *, fix: bool = False, progress: Callabl
     """Every check on ``settings.root`` (and, with ``fix``, the safe repairs first)."""
     root = Path(settings.root)
     fixed: list[str] = []
-    if fix and (root / "threads.db").exists():
+    if fix and settings.store == "sqlite" and (root / "threads.db").exists():
         fixed = await _repair(settings)
+    if settings.store != "sqlite":
+        checks = [_warn("store", f"the {settings.store} store is not checked here: doctor checks SQLite roots "
+                        "(folder, database file, mirrors)", "use the database's own tools for its health")]
+        if root.is_dir():
+            checks += check_keys(root)
+        return Report(str(root), checks, fixed)
     checks = check_root(root)
     if root.is_dir():
         checks += check_sqlite()
