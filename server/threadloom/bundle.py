@@ -130,30 +130,34 @@ async def export_bundle(
     }
     out.write(canonical_json(header) + "\n")
     for root in sorted(chains, key=lambda r: (chains[r][0].created_at, r)):
-        members = chains[root]
+        # the chain as it is now (a handoff may have added a thread since it was listed)
+        members = order_chain(await service.store.list_chain(root)) or chains[root]
         out.write(canonical_json({"kind": "chain", "chain_root_id": root, "thread_ids": [t.thread_id for t in members]}) + "\n")
         for listed in members:
-            # re-read so the manifest and its events are the same moment's state
-            events = await _all_events(service, listed.thread_id)
+            # the manifest first, then exactly the events it counts: one consistent moment
             thread = (await service.store.get_threads([listed.thread_id])).get(listed.thread_id, listed)
-            thread = thread.model_copy(update={"event_count": len(events)}) if thread.event_count != len(events) else thread
+            events = await _all_events(service, thread.thread_id, upto=thread.event_count)
             out.write(canonical_json({"kind": "thread", "thread": thread.model_dump(mode="json", include=EXPORT_FIELDS)}) + "\n")
             for ev in events:
                 out.write('{"event":' + ev.line + ',"kind":"event","thread_id":"' + ev.thread_id + '"}\n')
             summary.events += len(events)
             summary.thread_ids.append(thread.thread_id)
             progress(1)
+    summary.threads = len(summary.thread_ids)  # as written (a chain may have grown since it was listed)
     out.write(canonical_json({"kind": "end", "threads": summary.threads, "events": summary.events}) + "\n")
     return summary
 
 
-async def _all_events(service: ThreadService, thread_id: str) -> list[StoredEvent]:
+async def _all_events(service: ThreadService, thread_id: str, *, upto: int | None = None) -> list[StoredEvent]:
+    """The thread's events in seq order (only seqs up to ``upto`` when given), a page at a time."""
     events: list[StoredEvent] = []
-    while True:
-        page = await service.store.read_events(thread_id, after_seq=len(events), limit=PAGE)
+    while upto is None or len(events) < upto:
+        want = PAGE if upto is None else min(PAGE, upto - len(events))
+        page = await service.store.read_events(thread_id, after_seq=len(events), limit=want)
         events.extend(page)
-        if len(page) < PAGE:
-            return events
+        if len(page) < want:
+            break
+    return events
 
 
 # ------------------------------------------------------------------- import
