@@ -2,30 +2,49 @@
 
 Commands that do not serve MCP never import ``mcp`` (it costs ~0.7 s to import).
 Errors become one line on stderr and a non-zero exit code, never a traceback.
+Every operator command takes ``--root`` and ``--json`` (machine-readable output on
+stdout); human output is rich tables, progress bars appear only on a terminal.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import anyio
 import typer
+from rich.markup import escape
+from rich.text import Text
 
 from . import __version__
 from .config import Settings, load_settings
-from .errors import ThreadloomError
+from .errors import NotFoundError, ThreadloomError
+from .models import Status, StoredEvent, Thread, check_thread_id
+from .service import MAX_LIST, ThreadService
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="threadloom",
-    help="Durable threads for LLM agents, served over MCP. Data lives in one root folder "
-    "(./.threadloom, $THREADLOOM_HOME or --root).",
+    help="Durable threads for LLM agents, served over MCP.\n\n"
+    "Agents use the MCP tools (`threadloom serve`); operators look at threads, follow them live, "
+    "move them between roots and keep the root healthy with the commands below. Data lives in one "
+    "root folder: --root, else $THREADLOOM_HOME, else ./.threadloom. Every command takes --json "
+    "for machine-readable output.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    epilog="Examples: `threadloom ls --status running` · `threadloom show ID` · `threadloom tail -f ID` · "
+    "`threadloom export --all -o backup.jsonl` · `threadloom doctor` · `threadloom ls --json | jq '.threads[].title'`",
 )
+INSPECT, MOVE, MAINTAIN, SERVE = "Inspect", "Move data", "Maintain", "Serve"
 
 RootOpt = Annotated[
     Optional[Path], typer.Option("--root", help="data folder (default ./.threadloom or $THREADLOOM_HOME)")
@@ -60,7 +79,7 @@ def _main(
     """Durable threads for LLM agents, served over MCP."""
 
 
-@app.command()
+@app.command(rich_help_panel=SERVE)
 def serve(
     root: RootOpt = None,
     http: Annotated[bool, typer.Option("--http", help="serve streamable HTTP instead of stdio")] = False,
@@ -83,6 +102,10 @@ def serve(
     resume_ceiling_tokens: Annotated[
         Optional[int], typer.Option(help="most tokens of trailing messages a handoff carries (default 16000)")
     ] = None,
+    allow_delete: Annotated[
+        bool,
+        typer.Option("--allow-delete", help="offer MCP clients the delete_thread tool (off: no client can erase history)"),
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
     ] = False,
@@ -95,14 +118,14 @@ def serve(
         resume_ceiling_tokens=resume_ceiling_tokens,
     )
     try:
-        anyio.run(_serve, settings, http)
+        anyio.run(_serve, settings, http, allow_delete)
     except ThreadloomError as exc:
         fail(exc.message, 2)
     except KeyboardInterrupt:
         pass
 
 
-async def _serve(settings: Settings, http: bool) -> None:
+async def _serve(settings: Settings, http: bool, allow_delete: bool = False) -> None:
     from .http import check_bind, serve_http
     from .mcp_server import build_server
     from .service import ThreadService
@@ -112,7 +135,7 @@ async def _serve(settings: Settings, http: bool) -> None:
         check_bind(settings.host, settings.token)
     service = ThreadService(make_store(settings), settings)
     async with service:
-        server = build_server(service)
+        server = build_server(service, allow_delete=allow_delete)
         async with anyio.create_task_group() as tg:
             tg.start_soon(service.run_sweeper)
             if http:
@@ -238,10 +261,623 @@ def _print_report(report: object) -> None:
         typer.echo(f"  {where}  [{p.rule}] {p.message}")
 
 
+# ------------------------------------------------------------------ operator commands
+
+PIPE_WIDTH = 160
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable JSON on stdout (no colours, no progress)")]
+ThreadArg = Annotated[str, typer.Argument(help="thread id (12 hex digits)", show_default=False, metavar="ID")]
+
+
+class Out:
+    """Where a command writes: JSON or rich on stdout, messages and progress on stderr."""
+
+    def __init__(self, json_mode: bool) -> None:
+        from rich.console import Console
+
+        self.json = json_mode
+        self.console = Console(highlight=False, soft_wrap=False)
+        if not self.console.is_terminal and "COLUMNS" not in os.environ:
+            self.console.width = PIPE_WIDTH  # piped human output: lines are not squeezed to 80 columns
+        self.err = Console(stderr=True, highlight=False)
+        if not self.err.is_terminal and "COLUMNS" not in os.environ:
+            self.err.width = PIPE_WIDTH
+
+    def emit(self, data: Any) -> None:
+        typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
+
+    def line(self, data: Any) -> None:
+        typer.echo(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+
+    def note(self, message: str) -> None:
+        """A human remark on stderr (never mixed into --json output)."""
+        self.err.print(message, highlight=False)
+
+    @property
+    def interactive(self) -> bool:
+        return not self.json and self.console.is_terminal and self.err.is_terminal
+
+    @contextmanager
+    def progress(self, description: str, total: int | None = None) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+        """(advance, set_total) of a progress bar on stderr, shown only on a terminal and never under --json."""
+        if not self.interactive:
+            yield (lambda n: None), (lambda n: None)
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=self.err, transient=True,
+        ) as bar:
+            task = bar.add_task(description, total=total)
+            yield (lambda n: bar.advance(task, n)), (lambda n: bar.update(task, total=n))
+
+
+def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run an async command body; domain and OS errors become one line and exit code 1."""
+    try:
+        return anyio.run(fn, *args)
+    except BaseExceptionGroup as group:  # raised through a task group: judge its one cause
+        leaf = _sole_cause(group)
+        if isinstance(leaf, (SystemExit, typer.Exit)):  # e.g. rich's own exit on a broken pipe
+            raise leaf from None
+        if isinstance(leaf, (ThreadloomError, OSError, KeyboardInterrupt)):
+            _fail_with(leaf)
+        raise
+    except (ThreadloomError, OSError) as exc:
+        _fail_with(exc)
+    raise AssertionError("unreachable")
+
+
+def _sole_cause(group: BaseExceptionGroup) -> BaseException | None:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _fail_with(exc: BaseException) -> None:
+    if isinstance(exc, KeyboardInterrupt):
+        raise exc
+    if isinstance(exc, ThreadloomError):
+        fail(exc.message)
+    if isinstance(exc, BrokenPipeError):  # the reader went away (`| head`): stop quietly, like SIGPIPE
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(141)
+    assert isinstance(exc, OSError)
+    fail(f"{str(exc.filename) + ': ' if exc.filename else ''}{exc.strerror or exc}")
+
+
+@asynccontextmanager
+async def open_service(settings: Settings, *, create: bool = False) -> AsyncIterator[ThreadService]:
+    """The service on the root of ``settings``, without the start-up mirror repair.
+
+    Refuses a root without a database unless ``create`` (import makes new roots).
+    """
+    from .store import SQLiteStore, make_store
+
+    if settings.store == "sqlite":
+        db = Path(settings.root) / "threads.db"
+        if not create and not db.exists():
+            raise NotFoundError(
+                f"no threadloom data at {settings.root} ({db.name} is missing): pass --root or set "
+                "THREADLOOM_HOME to the folder `threadloom serve` uses",
+                rule="root_missing",
+            )
+        store = SQLiteStore(settings.root, durability=settings.durability, reconcile=False)
+    else:
+        store = make_store(settings)
+    async with ThreadService(store, settings) as service:
+        yield service
+
+
+def confirm_or_fail(out: Out, question: str, yes: bool) -> None:
+    """Ask on a terminal; elsewhere (scripts, --json) require --yes."""
+    if yes:
+        return
+    if not out.interactive:
+        fail("refusing to delete without confirmation: pass --yes (or --dry-run to only look)")
+    if not typer.confirm(question, default=False, err=True):
+        fail("nothing deleted", 1)
+
+
+def thread_json(t: Thread) -> dict[str, Any]:
+    return {**t.model_dump(mode="json"), "context": t.context().model_dump()}
+
+
+def check_ids(ids: list[str]) -> list[str]:
+    try:
+        return [check_thread_id(t) for t in ids]
+    except ThreadloomError as exc:
+        fail(exc.message)
+        raise
+
+
+@app.command("ls", rich_help_panel=INSPECT)
+def ls_(
+    root: RootOpt = None,
+    agent: Annotated[Optional[str], typer.Option("--agent", help="only this agent's threads")] = None,
+    status: Annotated[Optional[str], typer.Option("--status", help="only threads in this status")] = None,
+    parent: Annotated[Optional[str], typer.Option("--parent", help="only children of this thread")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="at most this many threads")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """List threads, newest first: status, title, events, context use and cost."""
+    settings = settings_from(root=root)
+    out = Out(as_json)
+
+    async def body() -> tuple[list[Thread], bool]:
+        async with open_service(settings) as svc:
+            rows: list[Thread] = []
+            cursor = None
+            while len(rows) < limit:
+                page = await svc.list_threads(
+                    agent_id=agent, parent_id=parent, status=status, limit=min(MAX_LIST, limit - len(rows)), cursor=cursor
+                )
+                rows += page.threads
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            return rows, cursor is not None
+
+    rows, more = run(body)
+    if out.json:
+        out.emit({"threads": [thread_json(t) for t in rows], "more": more})
+        return
+    from .render import threads_table
+
+    if not rows:
+        out.note("no threads" + (" match" if agent or status or parent else " yet"))
+        return
+    out.console.print(threads_table(rows, width=out.console.width))
+    out.note(f"{len(rows)} thread(s), newest first" + (f"; more with --limit {limit * 2}" if more else ""))
+
+
+@app.command(rich_help_panel=INSPECT)
+def show(
+    thread_id: ThreadArg,
+    root: RootOpt = None,
+    events: Annotated[int, typer.Option("--events", "-e", min=0, help="how many of the last events to show")] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one thread: manifest, budget, its chain as a tree (parent, continuation links,
+    children) and its last events."""
+    settings = settings_from(root=root)
+    out = Out(as_json)
+    check_ids([thread_id])
+
+    async def body() -> dict[str, Any]:
+        async with open_service(settings) as svc:
+            thread = await svc.get_thread(thread_id)
+            chain = await svc.chain_threads(thread_id)
+            parent = None
+            if thread.parent_id:
+                parent = (await svc.store.get_threads([thread.parent_id])).get(thread.parent_id)
+            children = {}
+            for member in chain:
+                kids = await svc.list_threads(parent_id=member.thread_id, limit=MAX_LIST)
+                if kids.threads:
+                    children[member.thread_id] = list(reversed(kids.threads))
+            after = max(0, thread.event_count - events)
+            tail = await svc.store.read_events(thread_id, after_seq=after) if events else []
+            return {"thread": thread, "chain": chain, "parent": parent, "children": children,
+                    "events": [e.data() for e in tail]}
+
+    got = run(body)
+    thread: Thread = got["thread"]
+    if out.json:
+        out.emit({
+            "thread": thread_json(thread),
+            "chain": [thread_json(t) for t in got["chain"]],
+            "parent": thread_json(got["parent"]) if got["parent"] else None,
+            "children": [thread_json(k) for kids in got["children"].values() for k in kids],
+            "events": got["events"],
+        })
+        return
+    from rich.panel import Panel
+
+    from .render import chain_tree, event_summary, manifest_table
+
+    out.console.print(Panel(manifest_table(thread), title=f"thread {thread.thread_id}", title_align="left", expand=False))
+    out.console.print(Text("chain", style="bold"))
+    out.console.print(chain_tree(got["chain"], focus=thread.thread_id, parent=got["parent"],
+                                 parent_id=thread.parent_id, children=got["children"]))
+    if got["events"]:
+        shown = len(got["events"])
+        out.console.print(Text(f"last {shown} of {thread.event_count} events", style="bold"))
+        for data in got["events"]:
+            out.console.print(event_summary(data, max(40, out.console.width - 40)), overflow="ellipsis", no_wrap=True)
+    if thread.continuation_thread_id:
+        out.note(f"continued in {thread.continuation_thread_id}: `threadloom tail -f {thread.thread_id}` follows the chain")
+
+
+@app.command(rich_help_panel=INSPECT)
+def tail(
+    thread_id: ThreadArg,
+    root: RootOpt = None,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="start with this many of the last events (0: all)")] = 20,
+    follow_: Annotated[
+        bool, typer.Option("--follow", "-f", help="keep printing new events as they commit, across handoffs; Ctrl-C stops")
+    ] = False,
+    until_done: Annotated[
+        bool, typer.Option("--until-done", help="with -f: stop once the chain's end is completed, error or cancelled")
+    ] = False,
+    full: Annotated[bool, typer.Option("--full", help="print whole texts instead of one line per event")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="one JSON object per line: {thread_id, event} (JSON Lines)")
+    ] = False,
+) -> None:
+    """Print a thread's events; with -f follow new ones live, also from other processes,
+    and on into the next thread of the chain after a handoff or resume."""
+    settings = settings_from(root=root)
+    out = Out(as_json)
+    check_ids([thread_id])
+    from .render import event_summary, hop_rule
+
+    width = 0 if full else max(40, out.console.width - 40)
+
+    def on_event(ev: StoredEvent) -> None:
+        if out.json:
+            out.line({"thread_id": ev.thread_id, "event": ev.data()})
+        else:
+            out.console.print(event_summary(ev.data(), width), soft_wrap=full, overflow="ellipsis", no_wrap=not full)
+        if follow_:
+            sys.stdout.flush()  # a follower's reader (a pipe, `| grep`) sees each event as it commits
+
+    def on_hop(old: Thread, new_id: str) -> None:
+        if out.json:
+            how = "handoff" if old.status == Status.CONTINUED else "resume"
+            out.line({"thread_id": old.thread_id, "continued_in": new_id, "link": how})
+        else:
+            out.console.print(hop_rule(old.thread_id, new_id))
+        sys.stdout.flush()
+
+    async def body() -> None:
+        from .follow import follow
+
+        async with open_service(settings) as svc:
+            thread = await svc.get_thread(thread_id)
+            after = 0 if lines == 0 else max(0, thread.event_count - lines)
+            if follow_:
+                await follow(svc, thread_id, on_event, on_hop, after_seq=after, until_done=until_done)
+                return
+            for ev in await svc.store.read_events(thread_id, after_seq=after):
+                on_event(ev)
+            if thread.continuation_thread_id and not out.json:
+                out.note(f"continued in {thread.continuation_thread_id} (-f follows the chain)")
+
+    try:
+        run(body)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+@app.command(rich_help_panel=INSPECT)
+def search(
+    query: Annotated[str, typer.Argument(help="words to find (or a pattern with --regex)", show_default=False)],
+    root: RootOpt = None,
+    chain: Annotated[Optional[str], typer.Option("--chain", help="search every thread of this thread's chain")] = None,
+    regex: Annotated[bool, typer.Option("--regex", help="QUERY is a regular expression (needs --chain)")] = False,
+    agent: Annotated[Optional[str], typer.Option("--agent", help="only this agent's threads")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="at most this many hits")] = 10,
+    context: Annotated[int, typer.Option("--context", "-C", min=0, help="messages of context around each hit")] = 1,
+    tools: Annotated[bool, typer.Option("--tools", help="with --chain: also search tool inputs and outputs")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search messages: across threads (best hit per thread), or within one chain (--chain)."""
+    settings = settings_from(root=root)
+    out = Out(as_json)
+    if chain:
+        check_ids([chain])
+    if regex and not chain:
+        fail("--regex searches one chain: give --chain ID")
+    if chain and agent:
+        fail("--agent filters searches across threads; a --chain search is already one chain")
+    if tools and not chain:
+        fail("--tools applies to a --chain search")
+    if not hasattr(ThreadService, "chain_search"):
+        fail("search is not available in this build of threadloom (it needs the search index)")
+
+    async def body() -> Any:
+        async with open_service(settings) as svc:
+            if chain:
+                extra = {"include_tools": True} if tools else {}
+                return await svc.chain_search(  # type: ignore[attr-defined]
+                    chain, query, search_type="regex" if regex else "text", limit=limit, context=context, **extra
+                )
+            return await svc.search_threads(query, agent_id=agent, limit=limit, context=context)  # type: ignore[attr-defined]
+
+    found = run(body)
+    data = found.model_dump(mode="json") if hasattr(found, "model_dump") else found
+    if out.json:
+        out.emit(data)
+        return
+    from .render import print_search
+
+    print_search(out.console, data)
+
+
+@app.command("export", rich_help_panel=MOVE)
+def export_(
+    thread_ids: Annotated[Optional[list[str]], typer.Argument(help="threads to export (each with its whole chain)", show_default=False)] = None,
+    root: RootOpt = None,
+    all_: Annotated[bool, typer.Option("--all", help="export every thread of the root")] = False,
+    children: Annotated[bool, typer.Option("--children", help="also export every descendant (child threads and theirs)")] = False,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write the bundle here (default: stdout)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary (needs -o: the bundle itself is JSON Lines)")] = False,
+) -> None:
+    """Write threads as a self-contained JSON Lines bundle (manifests, events, chain links)
+    that `threadloom import` reads back exactly."""
+    from .bundle import atomic_output, collect_chains, export_bundle
+
+    settings = settings_from(root=root)
+    out = Out(as_json)
+    ids = check_ids(thread_ids or [])
+    if bool(ids) == all_:
+        fail("give thread ids or --all (not both)" if ids else "give thread ids to export, or --all")
+    if as_json and output is None:
+        fail("--json prints a summary and needs -o FILE (without -o the bundle itself goes to stdout)")
+
+    async def body() -> Any:
+        async with open_service(settings) as svc:
+            if all_:
+                from .lineage import group_chains
+
+                chains = group_chains(await svc.all_threads())
+            else:
+                chains = await collect_chains(svc, ids, children=children)
+            total = sum(len(m) for m in chains.values())
+            with out.progress("exporting", total) as (advance, _):
+                if output is None:
+                    return await export_bundle(svc, chains, sys.stdout, progress=advance)
+                with atomic_output(output) as f:
+                    return await export_bundle(svc, chains, f, progress=advance)
+
+    summary = run(body)
+    if as_json:
+        out.emit({"file": str(output), "threads": summary.threads, "events": summary.events,
+                  "chains": summary.chains, "thread_ids": summary.thread_ids})
+    elif output is not None:
+        out.note(f"exported {summary.threads} thread(s) in {summary.chains} chain(s), {summary.events} events, to {output}")
+
+
+@app.command("import", rich_help_panel=MOVE)
+def import_(
+    files: Annotated[list[Path], typer.Argument(help="bundles from `threadloom export`, or legacy JSONL transcripts", show_default=False)],
+    root: RootOpt = None,
+    rename: Annotated[bool, typer.Option("--rename", help="import threads whose ids are taken under new ids (links rewritten)")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import bundles (ids, seqs and timestamps kept) and legacy single-thread JSONL files
+    (a manifest line, then events; lines without a type are messages). Each chain is imported
+    whole or not at all; importing the same file again changes nothing."""
+    from .bundle import import_files
+
+    settings = settings_from(root=root)
+    out = Out(as_json)
+    for f in files:
+        if not f.is_file():
+            fail(f"{f}: no such file" if not f.exists() else f"{f}: not a file")
+
+    async def body() -> Any:
+        async with open_service(settings, create=True) as svc:
+            with out.progress("importing") as (advance, set_total):
+                return await import_files(svc, files, rename=rename, progress=advance, on_total=set_total)
+
+    report = run(body)
+    if out.json:
+        out.emit(report.as_dict())
+    else:
+        parts = [f"imported {len(report.imported)} thread(s)"]
+        if report.renamed:
+            parts.append(f"{len(report.renamed)} under new ids")
+        if report.skipped:
+            parts.append(f"{len(report.skipped)} already present (skipped)")
+        if report.refused:
+            parts.append(f"{len(report.refused)} refused")
+        out.note(", ".join(parts))
+        for old, new in report.renamed.items():
+            out.note(f"  {old} -> {new}")
+        for r in report.refused:
+            out.note(f"[red]refused[/red] {r['thread_id']}: {escape(r['where'])}: {escape(r['error'])}")
+        for p in report.problems:
+            out.note(f"[red]problem[/red] {escape(p)}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command(rich_help_panel=MAINTAIN)
+def gc(
+    older_than: Annotated[str, typer.Option("--older-than", help="delete chains last updated longer ago than this: 30d, 12h, 2w", show_default=False)],
+    root: RootOpt = None,
+    status: Annotated[str, typer.Option("--status", help="end statuses that may go (comma-separated)")] = "completed,error,cancelled",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only show what would be deleted")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    vacuum: Annotated[bool, typer.Option("--vacuum", help="afterwards give the freed space back to the disk (VACUUM)")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete old finished chains (retention). Whole chains only: a chain goes when its end
+    has one of --status, every thread in it has ended and none was updated within --older-than."""
+    from .retention import parse_age, parse_statuses, plan_gc, run_gc
+
+    settings = settings_from(root=root)
+    out = Out(as_json)
+    try:
+        age, statuses = parse_age(older_than), parse_statuses(status)
+    except ThreadloomError as exc:
+        fail(exc.message)
+        raise
+
+    async def plan_body() -> Any:
+        async with open_service(settings) as svc:
+            return await plan_gc(svc, age, statuses)
+
+    plan = run(plan_body)
+    n = len(plan.thread_ids)
+    if not out.json:
+        show_gc_plan(out, plan)
+    if dry_run or not plan.doomed:
+        if out.json:
+            out.emit(gc_json(plan, dry_run=dry_run, deleted=0, skipped=[]))
+        return
+    confirm_or_fail(out, f"Delete {n} thread(s) in {len(plan.doomed)} chain(s)?", yes)
+
+    async def delete_body() -> tuple[int, list[str]]:
+        async with open_service(settings) as svc:
+            with out.progress("deleting", n) as (advance, _):
+                done = await run_gc(svc, plan, progress=advance)
+            if vacuum:
+                await svc.store.vacuum()
+            return done
+
+    deleted, skipped = run(delete_body)
+    if out.json:
+        out.emit(gc_json(plan, dry_run=False, deleted=deleted, skipped=skipped))
+        return
+    out.note(f"deleted {deleted} thread(s)" + (" and vacuumed the database" if vacuum else ""))
+    for root_id in skipped:
+        out.note(f"kept chain {root_id}: it changed while gc ran")
+
+
+def show_gc_plan(out: Out, plan: Any) -> None:
+    from rich.table import Table
+
+    from .render import status_text, ts_short
+
+    if not plan.doomed:
+        out.note(f"nothing to delete: no finished chain was last updated before {ts_short(plan.cutoff)} "
+                 f"({len(plan.kept)} chain(s) kept)")
+        return
+    from rich import box
+
+    table = Table(title=f"chains last updated before {ts_short(plan.cutoff)}", header_style="bold",
+                  box=box.SIMPLE_HEAD, show_edge=False, title_justify="left")
+    for col in ("chain", "threads", "end status", "events", "last updated", "title"):
+        table.add_column(col, no_wrap=col != "title", max_width=40 if col == "title" else None)
+    for c in plan.doomed:
+        d = c.as_dict()
+        table.add_row(c.chain_root_id, " ".join(d["thread_ids"]), status_text(d["end_status"]), str(d["events"]),
+                      ts_short(d["last_updated"]), escape(d["title"] or ""))
+    out.console.print(table)
+    out.note(f"{len(plan.thread_ids)} thread(s) in {len(plan.doomed)} chain(s) would be deleted; "
+             f"{len(plan.kept)} chain(s) kept")
+
+
+def gc_json(plan: Any, *, dry_run: bool, deleted: int, skipped: list[str]) -> dict[str, Any]:
+    return {
+        "dry_run": dry_run,
+        "cutoff": plan.cutoff,
+        "statuses": sorted(s.value for s in plan.statuses),
+        "chains": [c.as_dict() for c in plan.doomed],
+        "thread_ids": plan.thread_ids,
+        "kept_chains": len(plan.kept),
+        "deleted": deleted,
+        "skipped_chains": skipped,
+    }
+
+
+@app.command(rich_help_panel=MAINTAIN)
+def doctor(
+    root: RootOpt = None,
+    fix: Annotated[bool, typer.Option("--fix", help="repair what is safe to repair (mirrors, WAL, stale threads), then check")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check the root: permissions, free disk, SQLite (version, FTS5, WAL), signing keys,
+    mirror drift and stale running threads. Prints each problem with its fix; exits 1 on problems."""
+    from .doctor import run_doctor
+
+    settings = settings_from(root=root)
+    out = Out(as_json)
+
+    async def body() -> Any:
+        with out.progress("checking mirrors") as (advance, set_total):
+            return await run_doctor(settings, fix=fix, progress=advance, on_total=set_total)
+
+    report = run(body)
+    if out.json:
+        out.emit(report.as_dict())
+    else:
+        marks = {"ok": "[green]OK     [/green]", "warn": "[yellow]WARN   [/yellow]", "problem": "[red]PROBLEM[/red]"}
+        for f in report.fixed:
+            out.console.print(f"[blue]FIXED  [/blue] {escape(f)}")
+        for c in report.checks:
+            out.console.print(f"{marks[c.level]} {c.name:<12} {escape(c.detail)}")
+            if c.fix and c.level != "ok":
+                out.console.print(f"        {'':<12} [dim]fix:[/dim] {escape(c.fix)}")
+        problems = sum(c.level == "problem" for c in report.checks)
+        out.console.print("[green]all checks passed[/green]" if report.ok else f"[red]{problems} problem(s)[/red]")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command(rich_help_panel=MAINTAIN)
+def delete(
+    thread_ids: Annotated[list[str], typer.Argument(help="threads to delete", show_default=False)],
+    root: RootOpt = None,
+    chain: Annotated[bool, typer.Option("--chain", help="delete the whole continuation chain of each thread")] = False,
+    force: Annotated[bool, typer.Option("--force", help="also delete threads that have not ended (created, running, paused)")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only show what would be deleted")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete threads for good (events, manifest, mirror files). A thread that is part of a
+    longer chain goes only with its whole chain (--chain). Deleting twice is not an error."""
+    settings = settings_from(root=root)
+    out = Out(as_json)
+    ids = check_ids(thread_ids)
+
+    async def preview() -> tuple[Any, list[Thread]]:
+        async with open_service(settings) as svc:
+            plan = await svc.delete_threads(ids, chain=chain, force=force, dry_run=True)
+            found = await svc.store.get_threads(plan.deleted)
+            return plan, [found[t] for t in plan.deleted if t in found]
+
+    plan, doomed = run(preview)
+    if dry_run:
+        if out.json:
+            out.emit({**plan.model_dump(mode="json"), "dry_run": True})
+        elif doomed:
+            from .render import threads_table
+
+            out.console.print(threads_table(doomed, title="would delete", width=out.console.width))
+        for tid in plan.missing:
+            out.note(f"{tid} does not exist (nothing to delete)")
+        return
+    if doomed and not yes and out.interactive:
+        from .render import threads_table
+
+        out.console.print(threads_table(doomed, title="to delete", width=out.console.width))
+    if doomed:
+        confirm_or_fail(out, f"Delete {len(doomed)} thread(s)?", yes)
+
+    async def body() -> Any:
+        async with open_service(settings) as svc:
+            return await svc.delete_threads(ids, chain=chain, force=force)
+
+    outcome = run(body)
+    if out.json:
+        out.emit(outcome.model_dump(mode="json"))
+        return
+    if outcome.deleted:
+        out.note(f"deleted {len(outcome.deleted)} thread(s): {' '.join(outcome.deleted)}")
+    for tid in outcome.missing:
+        out.note(f"{tid} does not exist (nothing to delete)")
+
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``threadloom`` console script."""
     try:
         app(args=argv, prog_name="threadloom", standalone_mode=True)
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug: still one line, the traceback only on request
+        if os.environ.get("THREADLOOM_DEBUG"):
+            raise
+        typer.echo(f"threadloom: internal error: {type(exc).__name__}: {exc} (THREADLOOM_DEBUG=1 shows the traceback)", err=True)
+        return 1
     return 0

@@ -21,7 +21,7 @@ from .capabilities import Capabilities
 from .errors import InvalidInputError, NotFoundError, ThreadloomError
 from .messages import FORMATS
 from .models import Budget, Limits, Thread, check_thread_id
-from .results import AppendOutcome, ChainView, EventPage, HandoffInfo, ResumeOutcome, ThreadPage, WaitResult
+from .results import AppendOutcome, ChainView, EventPage, DeleteOutcome, HandoffInfo, ResumeOutcome, ThreadPage, WaitResult
 from .schema_flat import flatten_tool_schemas
 from .service import ThreadService
 from .verify import VerifyReport
@@ -75,8 +75,12 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return wrapper
 
 
-def build_server(service: ThreadService) -> MCPServer:
-    """An MCPServer exposing ``service`` as threadloom's tools and resources."""
+def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPServer:
+    """An MCPServer exposing ``service`` as threadloom's tools and resources.
+
+    ``allow_delete`` adds the ``delete_thread`` tool (``threadloom serve --allow-delete``);
+    without it no MCP client can erase history.
+    """
     server: MCPServer = MCPServer(
         "threadloom", instructions=INSTRUCTIONS, version=__version__, log_level="WARNING"
     )
@@ -339,6 +343,31 @@ def build_server(service: ThreadService) -> MCPServer:
         with its `messages` in the chosen `format`, ready to send to a model.
         """
         return await service.resume(thread_id, message, format=format)
+
+    if allow_delete:
+
+        @server.tool(
+            annotations=ToolAnnotations(
+                read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
+            )
+        )
+        @tool_errors
+        async def delete_thread(
+            thread_id: ThreadId,
+            chain: Annotated[
+                bool,
+                Field(description="delete every thread of the thread's continuation chain (required "
+                      "when the chain has more than one thread)"),
+            ] = False,
+        ) -> DeleteOutcome:
+            """Delete a thread for good: its manifest, events and transcript files.
+
+            Only finished threads (completed, error, cancelled, continued) can be deleted. A
+            thread that is part of a continuation chain goes only with its whole chain
+            (chain=true). Deleting a thread that no longer exists is not an error: it is
+            reported under `missing`.
+            """
+            return await service.delete_threads([thread_id], chain=chain)
 
     # -------------------------------------------------------------- resources
 

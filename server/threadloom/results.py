@@ -139,3 +139,10 @@ class ResumeOutcome(BaseModel):
     system: str | None = Field(default=None, description="system prompt (anthropic format only)")
     messages: list[dict[str, Any]]
     message: str = Field(description="what happened, in words")
+
+
+class DeleteOutcome(BaseModel):
+    """What a delete removed; deleting again is a no-op that reports the ids as missing."""
+
+    deleted: list[str] = Field(description="threads deleted now, with their events and mirrors")
+    missing: list[str] = Field(default_factory=list, description="ids that did not exist (already deleted)")

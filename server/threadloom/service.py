@@ -65,6 +65,7 @@ from .results import (
     EventPage,
     HandoffInfo,
     ResumeOutcome,
+    DeleteOutcome,
     ThreadPage,
     WaitResult,
 )
@@ -72,8 +73,18 @@ from .mirror import manifest_bytes
 from .store.apply import request_hash
 from .waiting import wait_threads
 from .wake import WakeHub
-from .store.base import AppendEvents, CreateThread, IdempotentReplay, NewEvent, Op, PutThread, Store
+from .store.base import (
+    AppendEvents,
+    CreateThread,
+    IdempotentReplay,
+    ImportThread,
+    NewEvent,
+    Op,
+    PutThread,
+    Store,
+)
 from .verify import VerificationFailed, VerifyReport, lagging, verify_snapshot
+from .lineage import order_chain
 
 log = logging.getLogger("threadloom.service")
 T = TypeVar("T")
@@ -923,6 +934,101 @@ class ThreadService:
                 rule="capabilities_not_found",
             )
         return caps_md.render(thread_id, thread.capabilities, self.store.signer).decode()
+
+    # ----------------------------------------------------------------- operator
+
+    async def all_threads(self, *, page: int = 500) -> list[Thread]:
+        """Every thread of the store, newest first (read a page at a time)."""
+        out: list[Thread] = []
+        before: tuple[str, str] | None = None
+        while True:
+            rows = await self.store.list_threads(limit=page, before=before)
+            out.extend(rows)
+            if len(rows) < page:
+                return out
+            before = (rows[-1].created_at, rows[-1].thread_id)
+
+    async def chain_threads(self, thread_id: str) -> list[Thread]:
+        """Every thread of the chain of ``thread_id`` (any member), in link order."""
+        thread = await self.get_thread(thread_id)
+        return order_chain(await self.store.list_chain(thread.chain_root_id) or [thread])
+
+    async def delete_threads(
+        self, thread_ids: Sequence[str], *, chain: bool = False, force: bool = False, dry_run: bool = False
+    ) -> DeleteOutcome:
+        """Delete threads with their events and mirrors (docs/operator-cli.md).
+
+        Idempotent: ids that do not exist are reported in ``missing``. A thread that is one
+        of several in a chain goes only with its whole chain: unless ``chain`` is true (or
+        every member is named) the call is refused, since half a chain cannot be resumed or
+        followed. Threads still created/running/paused are refused unless ``force``.
+        Nothing is deleted when anything is refused; ``dry_run`` checks and reports only.
+
+        Raises:
+            InvalidInputError: an id is malformed.
+            InvalidStateError: ``delete_partial_chain`` or ``delete_active``.
+        """
+        ids = [check_thread_id(t) for t in dict.fromkeys(thread_ids)]
+        found = await self.store.get_threads(ids)
+        missing = [t for t in ids if t not in found]
+        doomed: dict[str, Thread] = {}
+        for tid in ids:
+            if tid not in found or tid in doomed:
+                continue
+            members = order_chain(await self.store.list_chain(found[tid].chain_root_id) or [found[tid]])
+            rest = [m.thread_id for m in members if m.thread_id not in found]
+            if rest and not chain:
+                raise InvalidStateError(
+                    f"thread {tid} is one of {len(members)} threads of chain {found[tid].chain_root_id} "
+                    f"({', '.join(m.thread_id for m in members)}); deleting it alone would break the chain: "
+                    "delete the whole chain (chain=true, --chain)",
+                    rule="delete_partial_chain",
+                )
+            for m in members if chain else [found[tid]]:
+                doomed[m.thread_id] = m
+        active = [t for t in doomed.values() if t.status not in ENDED]
+        if active and not force:
+            names = ", ".join(f"{t.thread_id} ({t.status.value})" for t in active)
+            raise InvalidStateError(
+                f"refusing to delete threads that have not ended: {names}; end them first "
+                "(update_thread status=cancelled) or, as the operator, pass --force",
+                rule="delete_active",
+            )
+        if not dry_run:
+            await self.store.delete_threads(list(doomed))
+        return DeleteOutcome(deleted=list(doomed), missing=missing)
+
+    async def import_threads(
+        self, threads: Sequence[tuple[Thread, Sequence[StoredEvent]]], *, index: bool = True
+    ) -> list[str]:
+        """Insert threads exactly as exported (ids, seqs, timestamps, counters), in one commit.
+
+        The caller (``threadloom import``, see bundle.py) has parsed and validated the events
+        and settled id conflicts; the store refuses an id in use (ConflictError
+        ``thread_exists``) and events not numbered 1..n. With ``index`` the imported
+        messages are then indexed for search (:meth:`index_imported`); a caller importing
+        many batches passes ``index=False`` and calls it once at the end.
+        """
+        if not threads:
+            return []
+        ops: list[Op] = []
+        for thread, events in threads:
+            check_thread_id(thread.thread_id)
+            ops.append(ImportThread(thread, tuple(events)))
+        await self.store.commit(ops)
+        if index:
+            await self.index_imported()
+        return [t.thread_id for t, _ in threads]
+
+    async def index_imported(self) -> None:
+        """Bring the search index up to date after imports, when this build has one.
+
+        Imports bypass the append path that indexes messages, so the search feature's
+        incremental ``reindex`` (only what is missing) is run instead.
+        """
+        reindex = getattr(self, "reindex", None)
+        if reindex is not None:
+            await reindex()
 
     # ------------------------------------------------------------------ sweeper
 

@@ -11,7 +11,7 @@ import json
 import time
 from typing import Any
 
-from ..errors import ConflictError, NotFoundError
+from ..errors import ConflictError, InvalidInputError, NotFoundError
 from ..integrity import Signer, checkpoint_payload
 from ..models import (
     ENDED,
@@ -25,7 +25,7 @@ from ..models import (
     iso,
     utc_now,
 )
-from .base import AppendEvents, IdempotencyRecord, IdempotentReplay, NewEvent, PutThread, PutUsage
+from .base import AppendEvents, IdempotencyRecord, IdempotentReplay, ImportThread, NewEvent, PutThread, PutUsage
 
 COUNTER_FIELDS = ("event_count", "text_chars", "input_tokens", "version")
 
@@ -169,3 +169,21 @@ def add_usage_doc(doc: str | None, delta: UsageDelta) -> str:
         "version": u.get("version", 0) + 1,
     }
     return canonical_json({"usage": usage, "budget": data.get("budget")})
+
+
+def check_import(op: ImportThread) -> None:
+    """Refuse an import whose events are not numbered 1..n or disagree with the event count."""
+    tid = op.thread.thread_id
+    for i, ev in enumerate(op.events, start=1):
+        if ev.seq != i or ev.thread_id != tid:
+            raise InvalidInputError(
+                f"imported events of thread {tid} must be numbered 1..n in order; event #{i} has "
+                f"seq {ev.seq} (thread {ev.thread_id})",
+                rule="import_seq",
+            )
+    if op.thread.event_count != len(op.events):
+        raise InvalidInputError(
+            f"imported thread {tid} says event_count {op.thread.event_count} but carries "
+            f"{len(op.events)} events",
+            rule="import_seq",
+        )

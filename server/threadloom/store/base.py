@@ -29,6 +29,7 @@ __all__ = [
     "AppendEvents",
     "PutThread",
     "PutUsage",
+    "ImportThread",
     "Op",
     "IntegritySnapshot",
     "AppendResult",
@@ -114,7 +115,6 @@ class PutUsage:
     expect_version: int
 
 
-Op = CreateThread | AppendEvents | PutThread | PutUsage
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +127,26 @@ class IntegritySnapshot:
     events: list[StoredEvent]
     chain_head: str | None
     files: MirrorFiles | None
+
+
+@dataclass(frozen=True, slots=True)
+class ImportThread:
+    """Insert a thread exactly as it was exported: manifest, counters and events as given.
+
+    Only ``threadloom import`` uses this (never the tools): events keep their ``seq``,
+    ``ts`` and line bytes; the manifest keeps ``created_at``, ``updated_at``,
+    ``heartbeat_at``, ``version`` and the counters of ``thread``. ``events`` must be
+    numbered 1..n in order with ``n == thread.event_count`` (InvalidInputError
+    ``import_seq`` otherwise) and the id must be unused (ConflictError ``thread_exists``).
+    No status change is made and no other event is written. The caller (the service)
+    validates the events and decides about conflicts.
+    """
+
+    thread: Thread
+    events: tuple[StoredEvent, ...]
+
+
+Op = CreateThread | AppendEvents | PutThread | PutUsage | ImportThread
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +320,10 @@ class Store(abc.ABC):
     async def reconcile_mirrors(self) -> int:
         """Repair file mirrors from the database; returns how many threads were fixed."""
         return 0
+
+    async def vacuum(self) -> None:
+        """Give the space of deleted rows back to the file system (no-op where nothing to do)."""
+        return None
 
     # ----------------------------------------------------------------- listeners
 

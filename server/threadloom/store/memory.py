@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace as dc_replace
 from typing import Any
 
 import anyio.lowlevel
@@ -14,6 +15,7 @@ from .apply import (
     check_count_guard,
     add_usage,
     check_idempotency,
+    check_import,
     check_status_guard,
     check_usage_guard,
     check_version_guard,
@@ -31,6 +33,7 @@ from .base import (
     IdempotencyRecord,
     IntegritySnapshot,
     NewEvent,
+    ImportThread,
     Op,
     PutThread,
     PutUsage,
@@ -146,6 +149,14 @@ class MemoryStore(Store):
                         "budget": t.budget,
                     }
                 )
+            elif isinstance(op, ImportThread):
+                tid = op.thread.thread_id
+                check_import(op)
+                if tid in self._threads or tid in threads:
+                    raise ConflictError(f"thread {tid} exists already", rule="thread_exists")
+                threads[tid] = op.thread.model_copy(update={"version": max(1, op.thread.version)})
+                prevs, heads[tid] = chain_hashes(None, [e.line for e in op.events])  # this store's hash chain
+                new_events[tid] = [dc_replace(e, prev_hash=p) for e, p in zip(op.events, prevs)]
         if self.checkpoints:
             for tid, asked in checkpoint.items():
                 t = current(tid)

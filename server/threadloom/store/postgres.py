@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..errors import ConflictError, IntegrityError, StoreUnavailableError, ThreadloomError
 from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes, chain_next
-from ..models import Status, StoredEvent, Thread, Usage, render_line
+from ..models import Status, StoredEvent, Thread, Usage, parse_iso, render_line
 from .apply import (
     accounts_doc,
     accounts_from_doc,
@@ -32,6 +32,7 @@ from .apply import (
     wants_checkpoint,
     check_count_guard,
     check_idempotency,
+    check_import,
     check_status_guard,
     check_version_guard,
     counters_after,
@@ -45,6 +46,7 @@ from .base import (
     CommitResult,
     CreateThread,
     IdempotencyRecord,
+    ImportThread,
     IntegritySnapshot,
     Op,
     PutThread,
@@ -390,6 +392,38 @@ class PostgresStore(Store):
             result.threads[t.thread_id] = t
             if t.thread_id in appended:
                 appended[t.thread_id].status = t.status
+        elif isinstance(op, ImportThread):
+            t = op.thread
+            check_import(op)
+            cur = await conn.execute("SELECT 1 FROM threads WHERE thread_id = %s", (t.thread_id,))
+            if await cur.fetchone() is not None:
+                raise ConflictError(f"thread {t.thread_id} exists already", rule="thread_exists")
+            prevs, head = chain_hashes(None, [e.line for e in op.events])  # this store's hash chain
+            await conn.execute(
+                "INSERT INTO threads (thread_id, agent_id, parent_id, status, created_at, updated_at,"
+                " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, event_count, text_chars,"
+                " input_tokens, transcript_bytes, version, doc, chain_head, accounts)"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                (
+                    t.thread_id, t.agent_id, t.parent_id, t.status.value, t.created_at, t.updated_at,
+                    t.heartbeat_at, parse_iso(t.heartbeat_at).timestamp(), t.stale_after, t.chain_root_id,
+                    t.event_count, t.text_chars, t.input_tokens,
+                    sum(len(e.line.encode()) + 1 for e in op.events), max(1, t.version), manifest_doc(t),
+                    head, accounts_doc(t.usage, t.budget),
+                ),
+            )
+            if op.events:
+                rows = [(e.thread_id, e.seq, e.ts, e.type, e.line, p) for e, p in zip(op.events, prevs)]
+                async with conn.pipeline():
+                    for i in range(0, len(rows), 500):
+                        part = rows[i : i + 500]
+                        await conn.execute(
+                            "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) VALUES "
+                            + ",".join(["(%s,%s,%s,%s,%s,%s)"] * len(part)),
+                            [v for r in part for v in r],
+                        )
+            reread.add(t.thread_id)
+            result.threads[t.thread_id] = t
 
     async def _checkpoint(
         self, conn: psycopg.AsyncConnection, tid: str, state: _Appended, ts: str, view: HashView

@@ -22,13 +22,14 @@ from typing import Any, TypeVar
 from ..errors import ConflictError, IntegrityError, StoreUnavailableError, ThreadloomError
 from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes, chain_next
 from ..mirror import Mirror
-from ..models import Status, StoredEvent, Thread, Usage, render_line
+from ..models import Status, StoredEvent, Thread, Usage, parse_iso, render_line
 from .apply import (
     check_count_guard,
     accounts_doc,
     accounts_from_doc,
     add_usage_doc,
     check_idempotency,
+    check_import,
     check_status_guard,
     check_usage_guard,
     check_version_guard,
@@ -46,6 +47,7 @@ from .base import (
     CreateThread,
     IdempotencyRecord,
     IntegritySnapshot,
+    ImportThread,
     Op,
     PutThread,
     PutUsage,
@@ -104,10 +106,14 @@ class SQLiteStore(Store):
         mirrors: bool = True,
         signer: Signer | None = None,
         checkpoints: bool = True,
+        reconcile: bool = True,
     ) -> None:
         """``signer`` defaults to the root's key (``<root>/keys``), loaded by :meth:`open`;
-        ``checkpoints=False`` writes no checkpoint events (benchmarks and bulk imports only)."""
+        ``checkpoints=False`` writes no checkpoint events (benchmarks and bulk imports only);
+        ``reconcile=False`` skips the start-up mirror repair (operator commands that only
+        read, and ``doctor``, which must see drift before anything repairs it)."""
         super().__init__()
+        self.reconcile_on_open = reconcile
         if durability not in DURABILITY:
             raise ValueError(f"durability must be 'full' or 'normal'; got {durability!r}")
         self.root = Path(root)
@@ -165,7 +171,8 @@ class SQLiteStore(Store):
         self._wconn = conn
         self._writer = WorkerPool("threadloom-writer", 1, self._handle_writes, max_batch=MAX_GROUP)
         self._readers = WorkerPool("threadloom-reader", READERS, self._handle_reads)
-        await self.reconcile_mirrors()
+        if self.reconcile_on_open:
+            await self.reconcile_mirrors()
 
     def _load_key(self, conn: sqlite3.Connection, has_threads: bool, recorded: str | None) -> None:
         """Load the root's key; a new one only when nothing in this database was signed yet
@@ -500,6 +507,32 @@ class SQLiteStore(Store):
                 result.threads[t.thread_id] = None  # type: ignore[assignment]
                 if t.thread_id in appended:
                     appended[t.thread_id].status = t.status
+            elif isinstance(op, ImportThread):
+                t = op.thread
+                check_import(op)
+                if conn.execute("SELECT 1 FROM threads WHERE thread_id = ?", (t.thread_id,)).fetchone():
+                    raise ConflictError(f"thread {t.thread_id} exists already", rule="thread_exists")
+                conn.execute(
+                    "INSERT INTO threads (thread_id, agent_id, parent_id, status, created_at, updated_at,"
+                    " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, event_count, text_chars,"
+                    " input_tokens, transcript_bytes, version, doc) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        t.thread_id, t.agent_id, t.parent_id, t.status.value, t.created_at, t.updated_at,
+                        t.heartbeat_at, parse_iso(t.heartbeat_at).timestamp(), t.stale_after, t.chain_root_id,
+                        t.event_count, t.text_chars, t.input_tokens,
+                        sum(len(e.line.encode()) + 1 for e in op.events), max(1, t.version), manifest_doc(t),
+                    ),
+                )
+                prevs, head = chain_hashes(None, [e.line for e in op.events])  # this store's hash chain
+                conn.executemany(
+                    "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) VALUES (?,?,?,?,?,?)",
+                    [(e.thread_id, e.seq, e.ts, e.type, e.line, p) for e, p in zip(op.events, prevs)],
+                )
+                conn.execute(
+                    "UPDATE threads SET chain_head = ?, accounts = ? WHERE thread_id = ?",
+                    (head, accounts_doc(t.usage, t.budget), t.thread_id),
+                )
+                result.threads[t.thread_id] = None  # type: ignore[assignment]  # read after commit
         if self.checkpoints:
             for tid, state in appended.items():
                 if wants_checkpoint(state.asked, state.status):
@@ -636,6 +669,17 @@ class SQLiteStore(Store):
             return fixed
 
         return await self._writer.submit(work)
+
+
+    async def vacuum(self) -> None:
+        if self._writer is None:
+            raise StoreUnavailableError("the store is not open")
+
+        def work(conn: sqlite3.Connection) -> None:
+            _retry_busy(lambda: conn.execute("VACUUM"))
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        await self._writer.submit(work)
 
 
 # ------------------------------------------------------------------ helpers
