@@ -11,7 +11,7 @@ from integrity_helpers import lines_of, thread_dir, transcript, write_lines, wri
 
 from threadloom.config import Settings
 from threadloom.errors import IntegrityError
-from threadloom.models import StoredEvent
+from threadloom.models import TERMINAL, StoredEvent
 from threadloom.service import ThreadService
 from threadloom.store import MemoryStore, SQLiteStore
 from threadloom.verify import VerifyReport
@@ -328,13 +328,14 @@ async def test_ensure_verified_refuses_a_tampered_thread_with_the_report(sq: Thr
 
 
 async def test_resume_refuses_a_tampered_thread(sq: ThreadService, settings: Settings) -> None:
-    if not hasattr(sq, "resume_thread"):
-        pytest.skip("resume_thread arrives with the continuation-chain work (issue 4)")
     tid = await written_thread(sq)
+    if (await sq.get_thread(tid)).status not in TERMINAL:
+        await sq.update_thread(tid, status="completed")
     path = transcript(settings.root, tid)
     write_lines(path, delete_line(lines_of(path)))
-    with pytest.raises(IntegrityError):
-        await sq.resume_thread(tid, "go on")
+    with pytest.raises(IntegrityError) as err:
+        await sq.resume(tid, "go on")
+    assert err.value.rule == "integrity_failed"
     assert (await sq.get_thread(tid)).continuation_thread_id is None
 
 

@@ -788,7 +788,9 @@ class ThreadService:
             ),
         )
 
-    async def resume(self, thread_id: str, message: str, *, format: str = "neutral") -> ResumeOutcome:
+    async def resume(
+        self, thread_id: str, message: str, *, format: str = "neutral", force: bool = False
+    ) -> ResumeOutcome:
         """Give a finished chain a new instruction in a fresh sibling thread (DESIGN §5).
 
         Resolves the chain of ``thread_id`` to its end, which must be completed, error or
@@ -799,7 +801,8 @@ class ThreadService:
 
         Raises:
             InvalidStateError: the chain's end is not finished (the message names it).
-            IntegrityError: the chain's links are broken (a cycle or a missing thread).
+            IntegrityError: the chain's links are broken (a cycle or a missing thread), or the
+                transcript of its end fails verification (``force``, for operators only, goes on).
             LimitExceededError: the message cannot fit below the threshold.
         """
         check_thread_id(thread_id)
@@ -832,6 +835,8 @@ class ThreadService:
                     + (f" ({hint})" if hint else ""),
                     rule="resume_not_finished",
                 )
+            if attempt == 0:  # a transcript edited on disk must not become the new thread's context
+                await self.ensure_verified(end.thread_id, force=force)
             plan = await chain.plan_resume(
                 self.store,
                 end,
