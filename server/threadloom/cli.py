@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import anyio
 import typer
@@ -17,6 +18,9 @@ import typer
 from . import __version__
 from .config import Settings, load_settings
 from .errors import ThreadloomError
+
+if TYPE_CHECKING:
+    from .store.base import ReindexStats
 
 app = typer.Typer(
     name="threadloom",
@@ -118,6 +122,50 @@ async def _serve(settings: Settings, http: bool) -> None:
             else:
                 await server.run_stdio_async()
             tg.cancel_scope.cancel()
+
+
+@app.command()
+def reindex(root: RootOpt = None) -> None:
+    """Bring the full-text search index up to date with the events.
+
+    Indexes the events the index lacks (after importing old transcripts, for example)
+    and removes rows whose events are gone. Idempotent: a second run has nothing to do.
+    Safe while a server uses the same root.
+    """
+    settings = settings_from(root=root)
+    if settings.store == "sqlite" and not (settings.root / "threads.db").exists():
+        fail(f"no threadloom database at {settings.root / 'threads.db'} (give --root or set THREADLOOM_HOME)", 2)
+    try:
+        stats, seconds = anyio.run(_reindex, settings)
+    except ThreadloomError as exc:
+        fail(exc.message, 2)
+    rebuilt = " (rebuilt the whole index)" if stats.rebuilt else ""
+    typer.echo(
+        f"search index: {stats.added} event(s) added, {stats.removed} row(s) removed{rebuilt}; "
+        f"{stats.documents} events indexed ({seconds:.1f} s)"
+    )
+
+
+async def _reindex(settings: Settings) -> tuple[ReindexStats, float]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .service import ThreadService
+    from .store import make_store
+
+    console = Console(stderr=True)
+    started = time.perf_counter()
+    async with ThreadService(make_store(settings), settings) as service:
+        if console.is_terminal:
+            columns = (TextColumn("indexing events"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            with Progress(*columns, console=console, transient=True) as bar:
+                task = bar.add_task("reindex", total=None)
+                stats = await service.reindex(
+                    progress=lambda done, total: bar.update(task, completed=done, total=total)
+                )
+        else:
+            stats = await service.reindex()
+    return stats, time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,8 +50,19 @@ from .models import (
 )
 from .messages import rebuild_messages
 from .results import AppendOutcome, EventPage, ThreadPage
+from .search import ChainSearchResults, ThreadSearchResults, chain_search, search_threads
 from .store.apply import request_hash
-from .store.base import AppendEvents, CreateThread, IdempotentReplay, NewEvent, Op, PutThread, Store
+from .store.base import (
+    AppendEvents,
+    CreateThread,
+    IdempotentReplay,
+    NewEvent,
+    Op,
+    PutThread,
+    ReindexProgress,
+    ReindexStats,
+    Store,
+)
 
 log = logging.getLogger("threadloom.service")
 T = TypeVar("T")
@@ -486,6 +497,43 @@ class ThreadService:
     async def messages(self, thread_id: str) -> list[dict[str, Any]]:
         """The thread's conversation rebuilt from its events (neutral content-block form)."""
         return rebuild_messages(await self.all_events(thread_id))
+
+    # ------------------------------------------------------------------- search
+
+    async def chain_search(
+        self,
+        thread_id: str,
+        query: str,
+        *,
+        search_type: str = "text",
+        limit: int = 20,
+        context: int = 3,
+        include_tools: bool = False,
+    ) -> ChainSearchResults:
+        """Search every thread of ``thread_id``'s continuation chain.
+
+        ``text``: the full-text index, best BM25 first; ``regex``: RE2 over the chain's
+        events in order. Each hit has a snippet and ``context`` events either side.
+        """
+        return await chain_search(
+            self.store,
+            thread_id,
+            query,
+            search_type=search_type,
+            limit=limit,
+            context=context,
+            include_tools=include_tools,
+        )
+
+    async def search_threads(
+        self, query: str, *, agent_id: str | None = None, limit: int = 5, context: int = 3
+    ) -> ThreadSearchResults:
+        """The threads (of ``agent_id`` when given) that best match ``query``, one hit each."""
+        return await search_threads(self.store, query, agent_id=agent_id, limit=limit, context=context)
+
+    async def reindex(self, *, progress: ReindexProgress | None = None) -> ReindexStats:
+        """Bring the search index up to date with the events (idempotent, incremental)."""
+        return await self.store.reindex(progress=progress)
 
     # ------------------------------------------------------------------ sweeper
 

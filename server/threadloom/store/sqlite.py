@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 from ..errors import ConflictError, StoreUnavailableError, ThreadloomError
 from ..mirror import Mirror
 from ..models import Status, StoredEvent, Thread, render_line
+from ..textquery import Mode, TextQuery
+from . import fts
 from .apply import (
     check_idempotency,
     check_status_guard,
@@ -37,6 +39,9 @@ from .base import (
     IdempotencyRecord,
     Op,
     PutThread,
+    ReindexProgress,
+    ReindexStats,
+    SearchHit,
     Store,
 )
 from .schema import SQLITE_MIGRATIONS, apply_sqlite_migrations
@@ -95,6 +100,7 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._rconns: list[sqlite3.Connection] = []
         self._rlock = threading.Lock()
+        self._search = fts.SearchEngine()
 
     # ----------------------------------------------------------- connections
 
@@ -242,6 +248,7 @@ class SQLiteStore(Store):
                 try:
                     gone = []
                     for tid in ids:
+                        fts.delete_thread_docs(conn, tid)
                         if conn.execute("DELETE FROM threads WHERE thread_id = ?", (tid,)).rowcount:
                             gone.append(tid)
                         conn.execute("DELETE FROM events WHERE thread_id = ?", (tid,))
@@ -289,16 +296,20 @@ class SQLiteStore(Store):
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 ts, epoch = now_pair()
+                plan = fts.IndexPlan()
                 for job in batch:
                     conn.execute("SAVEPOINT job")
                     try:
+                        moved = fts.agent_moves(conn, job.payload)
                         res = self._apply(conn, job.payload, ts, epoch)
                         conn.execute("RELEASE job")
                         outcomes.append((job, res, None))
+                        plan.add(res, moved)
                     except (ThreadloomError, sqlite3.IntegrityError) as exc:
                         conn.execute("ROLLBACK TO job")
                         conn.execute("RELEASE job")
                         outcomes.append((job, None, _translate(exc)))
+                plan.apply(conn)  # searchable in the same transaction, one index flush per group
                 conn.execute("COMMIT")
                 break
             except sqlite3.Error as exc:
@@ -406,6 +417,82 @@ class SQLiteStore(Store):
                 )
                 result.threads[t.thread_id] = None  # type: ignore[assignment]
         return result
+
+    # ----------------------------------------------------------------- search
+
+    async def search_text(
+        self,
+        query: TextQuery,
+        *,
+        mode: Mode = "all",
+        thread_ids: Sequence[str] | None = None,
+        agent_id: str | None = None,
+        include_tools: bool = False,
+        limit: int = 20,
+        best_per_thread: bool = False,
+    ) -> list[SearchHit]:
+        return await self._read(
+            lambda c: self._search.search(
+                c,
+                query,
+                mode=mode,
+                thread_ids=thread_ids,
+                agent_id=agent_id,
+                include_tools=include_tools,
+                limit=limit,
+                best_per_thread=best_per_thread,
+            )
+        )
+
+    async def scan_text(
+        self,
+        thread_ids: Sequence[str],
+        match: Callable[[str], bool],
+        *,
+        include_tools: bool = False,
+        limit: int = 20,
+    ) -> list[SearchHit]:
+        ids = list(thread_ids)
+        return await self._read(
+            lambda c: fts.SearchEngine.scan(c, ids, match, include_tools=include_tools, limit=limit)
+        )
+
+    async def reindex(self, *, progress: ReindexProgress | None = None) -> ReindexStats:
+        """Incremental: index the missing events in batches (one transaction each, so appends
+        interleave). Index rows whose event is gone can only go by a rebuild, which runs in
+        one transaction (appends wait for it)."""
+        if self._writer is None:
+            raise StoreUnavailableError("the store is not open")
+        writer = self._writer
+
+        def in_txn(conn: sqlite3.Connection, fn: Callable[[], T]) -> T:
+            def txn() -> T:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    out = fn()
+                    conn.execute("COMMIT")
+                    return out
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+
+            return _retry_busy(txn)
+
+        orphans, before = await self._read(lambda c: (fts.count_orphans(c), fts.count_documents(c)))
+        if orphans:
+            documents = await writer.submit(lambda c: in_txn(c, lambda: fts.rebuild(c, progress)))
+            kept = before - orphans
+            return ReindexStats(added=documents - kept, removed=orphans, rebuilt=True, documents=documents)
+        missing: list[int] = await self._read(fts.missing_ids)
+        added = 0
+        if progress is not None:
+            progress(0, len(missing))
+        for i in range(0, len(missing), fts.REINDEX_BATCH):
+            part = missing[i : i + fts.REINDEX_BATCH]
+            added += await writer.submit(lambda c, part=part: in_txn(c, lambda: fts.index_ids(c, part)))
+            if progress is not None:
+                progress(min(i + len(part), len(missing)), len(missing))
+        return ReindexStats(added=added, documents=await self._read(fts.count_documents))
 
     # ------------------------------------------------------------ maintenance
 
