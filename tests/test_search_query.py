@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from threadloom.errors import InvalidInputError
-from threadloom.search import compile_pattern, regex_snippet, text_snippet
+from threadloom.search import RegexFinder, compile_pattern, regex_snippet, text_snippet
 from threadloom.textquery import Clause, fold, parse_query, render_fts5, tokenize
 
 
@@ -103,3 +103,23 @@ def test_oversized_regex_programs_are_refused() -> None:
     with pytest.raises(InvalidInputError) as err:
         compile_pattern("a" * 1001)
     assert err.value.rule == "regex_length"
+
+
+JOIN_PATTERNS = [
+    "^abc", "abc$", r"\bfoo\b", "a[^x]*b", "x*", r"\A", r"foo\z", "(?-m)^b", "(?s)a.*b", r"\n",
+    "^$", "b\nc", "(?i)FOO", "é", r"\s+", "^a$", ".",
+]
+
+
+@pytest.mark.parametrize("pattern", JOIN_PATTERNS)
+def test_the_joined_regex_scan_finds_exactly_the_texts_that_match_alone(pattern: str) -> None:
+    texts = ["abc", "xabc", "abc\nfoo", "foo bar", "a", "b", "", "a\nb", "zzz", "b\nc", "foo", "é!", "  "]
+    finder = RegexFinder(pattern)
+    assert list(finder(texts)) == [i for i, t in enumerate(texts) if finder.compiled.search(t)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="ab\n é", max_size=8), max_size=12), st.sampled_from(JOIN_PATTERNS + ["a+b", "^b+$", "ab|ba"]))
+def test_the_joined_regex_scan_agrees_with_searching_each_text(texts: list[str], pattern: str) -> None:
+    finder = RegexFinder(pattern)
+    assert list(finder(texts)) == [i for i, t in enumerate(texts) if finder.compiled.search(t)]

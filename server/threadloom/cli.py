@@ -139,9 +139,8 @@ def reindex(root: RootOpt = None) -> None:
         stats, seconds = anyio.run(_reindex, settings)
     except ThreadloomError as exc:
         fail(exc.message, 2)
-    rebuilt = " (rebuilt the whole index)" if stats.rebuilt else ""
     typer.echo(
-        f"search index: {stats.added} event(s) added, {stats.removed} row(s) removed{rebuilt}; "
+        f"search index: {stats.added} event(s) added, {stats.removed} row(s) removed; "
         f"{stats.documents} events indexed ({seconds:.1f} s)"
     )
 

@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import NotFoundError, ThreadloomError
 from ..models import Status, StoredEvent, Thread
 from ..textquery import Mode, TextQuery
-from .textsearch import PythonIndex, event_document
+from .textsearch import Finder, PythonIndex, event_document, scan_documents
 
 __all__ = [
     "NewEvent",
@@ -130,6 +130,9 @@ class IdempotentReplay(ThreadloomError):
         self.record = record
 
 
+SCAN_BATCH = 2000
+"""Events handed to a scan's ``find`` at a time."""
+
 CommitListener = Callable[[frozenset[str]], None]
 """Called on the event loop after a commit, with the ids of the threads it touched."""
 
@@ -149,12 +152,11 @@ class SearchHit:
 @dataclass(frozen=True, slots=True)
 class ReindexStats:
     """What :meth:`Store.reindex` did: events added to the index, index rows removed
-    (rows whose event is gone), whether it had to rebuild the whole index, and how many
-    events the index holds afterwards."""
+    (rows whose event is gone or whose thread changed agent), and how many events the
+    index holds afterwards."""
 
     added: int = 0
     removed: int = 0
-    rebuilt: bool = False
     documents: int = 0
 
 
@@ -316,16 +318,17 @@ class Store(abc.ABC):
     async def scan_text(
         self,
         thread_ids: Sequence[str],
-        match: Callable[[str], bool],
+        find: Finder,
         *,
         include_tools: bool = False,
         limit: int = 20,
     ) -> list[SearchHit]:
         """The first ``limit`` events, in the order of ``thread_ids`` then seq, whose body
-        (or tools field, with ``include_tools``) satisfies ``match``.
+        (or tools field, with ``include_tools``) ``find`` accepts.
 
-        ``match`` may run on a worker thread; it must be thread-safe and bounded in time
-        (e.g. a compiled RE2 pattern). Unknown thread ids are skipped.
+        ``find`` receives the texts of a batch of events and yields the indexes of those
+        that match; it may run on a worker thread, so it must be thread-safe and bounded in
+        time (e.g. RE2). Unknown thread ids are skipped.
         """
         hits: list[SearchHit] = []
         for tid in thread_ids:
@@ -333,13 +336,10 @@ class Store(abc.ABC):
                 events = await self.read_events(tid)
             except NotFoundError:
                 continue
-            for ev in events:
-                fields = event_document(ev)
-                if fields is None:
-                    continue
-                body, tools = fields
-                if (body and match(body)) or (include_tools and tools and match(tools)):
-                    hits.append(SearchHit(tid, ev.seq))
+            docs = [(ev.seq, *fields) for ev in events if (fields := event_document(ev)) is not None]
+            for i in range(0, len(docs), SCAN_BATCH):
+                for seq in scan_documents(docs[i : i + SCAN_BATCH], find, include_tools):
+                    hits.append(SearchHit(tid, seq))
                     if len(hits) >= limit:
                         return hits
         return hits

@@ -45,6 +45,7 @@ from .base import (
     Store,
 )
 from .schema import SQLITE_MIGRATIONS, apply_sqlite_migrations
+from .textsearch import Finder
 from .workers import Job, WorkerPool, resolve
 
 log = logging.getLogger("threadloom.store")
@@ -447,52 +448,54 @@ class SQLiteStore(Store):
     async def scan_text(
         self,
         thread_ids: Sequence[str],
-        match: Callable[[str], bool],
+        find: Finder,
         *,
         include_tools: bool = False,
         limit: int = 20,
     ) -> list[SearchHit]:
         ids = list(thread_ids)
         return await self._read(
-            lambda c: fts.SearchEngine.scan(c, ids, match, include_tools=include_tools, limit=limit)
+            lambda c: fts.SearchEngine.scan(c, ids, find, include_tools=include_tools, limit=limit)
         )
 
     async def reindex(self, *, progress: ReindexProgress | None = None) -> ReindexStats:
-        """Incremental: index the missing events in batches (one transaction each, so appends
-        interleave). Index rows whose event is gone can only go by a rebuild, which runs in
-        one transaction (appends wait for it)."""
+        """Removes stale rows, then indexes missing events, in batches of one transaction
+        each (appends interleave with them)."""
         if self._writer is None:
             raise StoreUnavailableError("the store is not open")
         writer = self._writer
 
-        def in_txn(conn: sqlite3.Connection, fn: Callable[[], T]) -> T:
-            def txn() -> T:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    out = fn()
-                    conn.execute("COMMIT")
-                    return out
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+        def batch(work: Callable[[sqlite3.Connection, list[int]], int], ids: list[int]) -> Callable[[sqlite3.Connection], int]:
+            def run(conn: sqlite3.Connection) -> int:
+                def txn() -> int:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        n = work(conn, ids)
+                        conn.execute("COMMIT")
+                        return n
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
 
-            return _retry_busy(txn)
+                return _retry_busy(txn)
 
-        orphans, before = await self._read(lambda c: (fts.count_orphans(c), fts.count_documents(c)))
-        if orphans:
-            documents = await writer.submit(lambda c: in_txn(c, lambda: fts.rebuild(c, progress)))
-            kept = before - orphans
-            return ReindexStats(added=documents - kept, removed=orphans, rebuilt=True, documents=documents)
-        missing: list[int] = await self._read(fts.missing_ids)
-        added = 0
-        if progress is not None:
-            progress(0, len(missing))
-        for i in range(0, len(missing), fts.REINDEX_BATCH):
-            part = missing[i : i + fts.REINDEX_BATCH]
-            added += await writer.submit(lambda c, part=part: in_txn(c, lambda: fts.index_ids(c, part)))
+            return run
+
+        done = 0
+        counts = {}
+        for phase, find, work in (("removed", fts.stale_ids, fts.remove_ids), ("added", fts.missing_ids, fts.index_ids)):
+            ids: list[int] = await self._read(find)
+            total = done + len(ids)
             if progress is not None:
-                progress(min(i + len(part), len(missing)), len(missing))
-        return ReindexStats(added=added, documents=await self._read(fts.count_documents))
+                progress(done, total)
+            counts[phase] = 0
+            for i in range(0, len(ids), fts.REINDEX_BATCH):
+                part = ids[i : i + fts.REINDEX_BATCH]
+                counts[phase] += await writer.submit(batch(work, part))
+                done += len(part)
+                if progress is not None:
+                    progress(done, total)
+        return ReindexStats(added=counts["added"], removed=counts["removed"], documents=await self._read(fts.count_documents))
 
     # ------------------------------------------------------------ maintenance
 

@@ -15,7 +15,7 @@ rankings agree with SQLite on small corpora.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,8 @@ from ..models import StoredEvent, canonical_json
 from ..textquery import Clause, Mode, TextQuery, clause_positions, tokenize
 
 __all__ = [
+    "Finder",
+    "scan_documents",
     "INDEXED_TYPES",
     "BODY_WEIGHT",
     "TOOLS_WEIGHT",
@@ -65,6 +67,30 @@ def event_document(event: StoredEvent) -> tuple[str | None, str | None] | None:
     if event.type not in INDEXED_TYPES:
         return None
     return document_fields(event.type, event.data())
+
+
+Finder = Callable[[Sequence[str]], Iterable[int]]
+"""Given a batch of texts, yields the indexes of those that match, in increasing order."""
+
+
+def scan_documents(
+    docs: Iterable[tuple[int, object, object]], find: Finder, include_tools: bool
+) -> Iterator[int]:
+    """The seqs of ``(seq, body, tools)`` documents whose body (or tools, with
+    ``include_tools``) ``find`` accepts, in order."""
+    texts: list[str] = []
+    owners: list[int] = []
+    for seq, body, tools in docs:
+        texts.append(body if isinstance(body, str) else "" if body is None else str(body))
+        owners.append(seq)
+        if include_tools:
+            texts.append(tools if isinstance(tools, str) else "" if tools is None else str(tools))
+            owners.append(seq)
+    last = None
+    for i in find(texts):
+        if owners[i] != last:
+            last = owners[i]
+            yield last
 
 
 @dataclass(slots=True)
