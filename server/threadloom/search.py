@@ -17,13 +17,14 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
+import anyio
 import re2
 from pydantic import BaseModel, Field
 
 from .errors import InvalidInputError, NotFoundError
 from .models import Status, StoredEvent, check_agent_id, check_thread_id
 from .store.base import SearchHit, Store
-from .store.textsearch import INDEXED_TYPES, event_document
+from .store.textsearch import INDEXED_TYPES, document_fields
 from .textquery import TextQuery, clause_positions, parse_query, tokens_with_spans
 
 __all__ = [
@@ -282,22 +283,31 @@ def _role(event: StoredEvent, data: dict[str, Any]) -> str | None:
     return None
 
 
+def _fields(event: StoredEvent, data: dict[str, Any]) -> tuple[str | None, str | None]:
+    return document_fields(event.type, data) or (None, None)
+
+
 def _context_message(event: StoredEvent) -> ContextMessage:
-    fields = event_document(event) or (None, None)
-    text = fields[0] if fields[0] is not None else (fields[1] or "")
+    data = event.data()
+    body, tools = _fields(event, data)
+    text = body if body is not None else (tools or "")
     if len(text) > CONTEXT_TEXT_CHARS:
         text = text[: CONTEXT_TEXT_CHARS - 1] + ELLIPSIS
-    return ContextMessage(seq=event.seq, type=event.type, role=_role(event, event.data()), ts=event.ts, text=text)
+    return ContextMessage(seq=event.seq, type=event.type, role=_role(event, data), ts=event.ts, text=text)
 
 
-async def _window(
-    store: Store, thread_id: str, seq: int, context: int
-) -> tuple[StoredEvent, list[StoredEvent], list[StoredEvent]] | None:
+Window = tuple[StoredEvent, list[StoredEvent], list[StoredEvent]]
+
+
+async def _window(store: Store, thread_id: str, seq: int, context: int) -> Window | None:
     """The hit event and up to ``context`` conversational events each side of it."""
     span = 2 * context + 4
     while True:
         first = max(0, seq - 1 - span)
-        events = await store.read_events(thread_id, after_seq=first, limit=2 * span + 1)
+        try:
+            events = await store.read_events(thread_id, after_seq=first, limit=2 * span + 1)
+        except NotFoundError:
+            return None  # deleted since the search
         hit = next((e for e in events if e.seq == seq), None)
         if hit is None:
             return None
@@ -318,16 +328,21 @@ async def _present(
     snippet: Callable[[str], str | None],
     include_tools: bool,
 ) -> list[SearchResult]:
+    windows: list[Window | None] = [None] * len(hits)
+
+    async def load(i: int, h: SearchHit) -> None:
+        windows[i] = await _window(store, h.thread_id, h.seq, context)
+
+    async with anyio.create_task_group() as tg:  # the store's readers work in parallel
+        for i, h in enumerate(hits):
+            tg.start_soon(load, i, h)
     out: list[SearchResult] = []
-    for h in hits:
-        try:
-            window = await _window(store, h.thread_id, h.seq, context)
-        except NotFoundError:
-            continue  # deleted since the search
+    for h, window in zip(hits, windows):
         if window is None:
             continue
         event, before, after = window
-        body, tools = event_document(event) or (None, None)
+        data = event.data()
+        body, tools = _fields(event, data)
         text = None
         for field in (body, tools if include_tools else None):
             if field:
@@ -335,14 +350,13 @@ async def _present(
                 if text is not None:
                     break
         if text is None:  # matched by the index's own tokenizer only: show the start
-            raw = body or tools or ""
-            text = _squash(raw[:SNIPPET_MAX_CHARS])
+            text = _squash((body or tools or "")[:SNIPPET_MAX_CHARS])
         out.append(
             SearchResult(
                 thread_id=h.thread_id,
                 seq=h.seq,
                 type=event.type,
-                role=_role(event, event.data()),
+                role=_role(event, data),
                 ts=event.ts,
                 snippet=text,
                 score=h.score,

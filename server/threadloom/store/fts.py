@@ -252,26 +252,27 @@ class SearchEngine:
         expr = render_fts5(q, mode, columns=columns, scope=scope)
         filtered = best_per_thread or only_threads is not None or only_agent is not None
 
-        window = conn.execute(
-            f"SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH ? ORDER BY rowid DESC LIMIT ?",
-            (expr, RANK_WINDOW),
-        ).fetchall()
-        if not window:
-            return []
         ranked: Iterable[tuple[int, float]]
         if newest_first:
-            ranked = ((r[0], 0.0) for r in window)
+            ranked = conn.execute(
+                f"SELECT rowid, 0.0 FROM {TABLE} WHERE {TABLE} MATCH ? ORDER BY rowid DESC", (expr,)
+            )
         else:
-            sql = f"SELECT rowid, rank FROM {TABLE} WHERE {TABLE} MATCH ? AND rank MATCH ?"
+            # the oldest of the RANK_WINDOW newest matches, if there are that many
+            bound = conn.execute(
+                f"SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH ? ORDER BY rowid DESC LIMIT 1 OFFSET ?",
+                (expr, RANK_WINDOW - 1),
+            ).fetchone()
+            sql = f"SELECT rowid, -rank FROM {TABLE} WHERE {TABLE} MATCH ? AND rank MATCH ?"
             args: list[object] = [expr, _rank_spec(include_tools)]
-            if len(window) == RANK_WINDOW:
+            if bound is not None:
                 sql += " AND rowid >= ?"
-                args.append(window[-1][0])
+                args.append(bound[0])
             sql += " ORDER BY rank"
             if not filtered:
                 sql += " LIMIT ?"
                 args.append(limit)
-            ranked = ((rowid, -rank) for rowid, rank in conn.execute(sql, args))
+            ranked = conn.execute(sql, args)
 
         agents: dict[str, str] = {}
         hits: list[SearchHit] = []
