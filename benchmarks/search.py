@@ -76,7 +76,7 @@ latency spike outage incident rollout canary feature flag metric dashboard alert
 ticket review approve reject comment diff patchset typescript python rust golang java node npm
 pip poetry cargo gradle maven makefile cmake linker segfault panic stacktrace coredump oom
 killed sigterm sigkill exit code zero nonzero flaky intermittent reproduce bisect regression""".split()
-SYLLABLES = "ka to ri mes tan lo ver pi con fig ser dat ex port nal ion bu gre sta tic mor lin dex qua".split()
+SYLLABLES = [c + v for c in "bcdfghklmnprstvz" for v in "aeiou"] + ["ex", "ion", "ter", "con", "sta", "pro"]
 ERRORS = [
     "TimeoutError: connection to {ip}:{port} timed out after {n}s",
     "ECONNREFUSED {ip}:{port}",
@@ -312,12 +312,13 @@ def text_queries(corpus: Corpus, sample: list[str], n: int, rng: random.Random) 
             out.append((kind, rng.choice(corpus.vocab[:40])))
         elif kind == "rare":
             out.append((kind, rng.choice(content[5000:])))
-        elif kind == "phrase":
-            j = rng.randrange(max(1, len(text) - 1))
-            out.append((kind, '"' + " ".join(text[j : j + 2]) + '"'))
-        elif kind == "prefix":
-            w = rng.choice([w for w in content[100:3000] if len(w) >= 5])
-            out.append((kind, w[:4] + "*"))
+        elif kind == "phrase":  # two neighbouring words, at least one of them not a function word
+            pairs = [text[j : j + 2] for j in range(len(text) - 1)]
+            pairs = [p for p in pairs if max(corpus.rank.get(w, 10**6) for w in p) > 100] or pairs or [text * 2]
+            out.append((kind, '"' + " ".join(rng.choice(pairs)) + '"'))
+        elif kind == "prefix":  # the stem of an engineering word or of a name
+            w = rng.choice([w for w in TECH if len(w) >= 6] + [w for w in content[100:3000] if len(w) >= 6])
+            out.append((kind, w[: max(4, len(w) - 3)] + "*"))
         else:
             out.append((kind, " ".join(rng.sample(corpus.vocab[40:400], 2))))
     return out
@@ -368,15 +369,18 @@ async def query_latency(root: Path, corpus: Corpus, built: dict[str, Any], args:
             await store.search_text(parse_query(q), limit=5, best_per_thread=True)
         by_class: dict[str, list[float]] = {}
         store_ms, service_ms = [], []
+        slowest: list[tuple[float, str, str]] = []
         for kind, q in queries:
             parsed = parse_query(q)
             ms = await timed(lambda: store.search_text(parsed, limit=5, best_per_thread=True))
             store_ms.append(ms)
             by_class.setdefault(kind, []).append(ms)
+            slowest = sorted([*slowest, (ms, kind, q)], reverse=True)[:10]
             service_ms.append(await timed(lambda: svc.search_threads(q, limit=5, context=3)))
         out["global_text_store"] = summary(store_ms)
         out["global_text_search_threads"] = summary(service_ms)
         out["global_text_by_class"] = {k: summary(v) for k, v in by_class.items()}
+        out["global_text_slowest"] = [{"ms": ms, "class": k, "query": q} for ms, k, q in slowest]
 
         chain = built["chain"]
         chain_queries = text_queries(corpus, built["chain_texts"], max(50, args.queries // 2), rng)
@@ -490,6 +494,7 @@ async def main() -> None:
     print(f"{'text query class (store)':<44} {'p50 ms':>9} {'p99 ms':>9}")
     for kind, s in latency["global_text_by_class"].items():
         print(f"  {kind:<42} {s['p50_ms']:>9.2f} {s['p99_ms']:>9.2f}")
+    print("slowest text queries: " + "; ".join(f"{x['query']} ({x['class']}) {x['ms']:.0f} ms" for x in latency["global_text_slowest"][:5]))
     g, like, rx = latency["global_text_store"], latency["global_like_baseline"], latency["global_python_re_baseline"]
     c, cl, cr = latency["chain_regex"], latency["chain_like_baseline"], latency["chain_python_re_baseline"]
     print(f"ratios (p50): index vs LIKE all threads {like['p50_ms'] / g['p50_ms']:.0f}x faster, vs Python re "
@@ -511,7 +516,7 @@ async def main() -> None:
         "index_size": size,
         "latency": latency,
         "append": appends,
-        "settings": {"rank_window": fts.RANK_WINDOW, "common_min_docs": fts.COMMON_MIN_DOCS},
+        "settings": {"rank_window": fts.RANK_WINDOW, "common_docs": fts.COMMON_DOCS},
     }
     name = "search_full.json" if args.full else "search.json"
     (RESULTS / name).write_text(json.dumps(out, indent=2))

@@ -456,24 +456,30 @@ def assert_index_intact(store: SQLiteStore) -> None:
         conn.close()
 
 
-async def test_sqlite_ranks_within_the_most_recent_window_and_drops_common_words(
+async def test_sqlite_ranks_within_the_most_recent_window_and_sets_common_words_aside(
     tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = SQLiteStore(tmp_path / "db", durability="normal")
     async with ThreadService(store) as svc:
-        t = await thread_with(svc, [f"the report {i}" for i in range(12)] + ["the rare report"])
+        t = await thread_with(svc, [f"the report {i}" for i in range(12)] + ["the rare report", "a rare bird"])
         monkeypatch.setattr(fts, "RANK_WINDOW", 4)
         hits = await store.search_text(parse_query("report"), thread_ids=[t.thread_id], limit=20)
         assert sorted(h.seq for h in hits) == [11, 12, 13, 14]  # the 4 newest matches, ranked
-        monkeypatch.setattr(fts, "RANK_WINDOW", 5000)
-        monkeypatch.setattr(fts, "COMMON_MIN_DOCS", 3)
+        monkeypatch.setattr(fts, "RANK_WINDOW", 1000)
+        monkeypatch.setattr(fts, "COMMON_DOCS", 3)
         svc.store._search = fts.SearchEngine()  # type: ignore[attr-defined]
-        # 'the' is in every message: dropped from a query with other words
-        hits = await store.search_text(parse_query("the rare"), limit=20)
-        assert [h.seq for h in hits] == [14]
+        # 'the' and 'report' are common: in 'all' mode they are still required, after the index
+        assert [h.seq for h in await store.search_text(parse_query("the rare"), limit=20)] == [14]
+        assert [h.seq for h in await store.search_text(parse_query("report 5"), limit=20)] == [7]
+        # in 'any' mode they are dropped
+        hits = await store.search_text(parse_query("the rare"), mode="any", limit=20)
+        assert sorted(h.seq for h in hits) == [14, 15]
         # a query of only common words is answered newest first
         hits = await store.search_text(parse_query("the report"), limit=3)
         assert [h.seq for h in hits] == [14, 13, 12] and all(h.score == 0.0 for h in hits)
+        # the search module's answer is the same as without the shortcut
+        res = await svc.chain_search(t.thread_id, "the rare")
+        assert [r.seq for r in res.results] == [14, 15]
 
 
 async def test_sqlite_filters_a_large_agent_after_the_index(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

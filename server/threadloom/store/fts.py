@@ -18,12 +18,16 @@ every job's savepoint is released (FTS5 flushes its pending terms at each savepo
 so indexing inside them would write one index segment per job). Deleting a thread
 deletes its rows before its events.
 
-Ranking: FTS5's BM25 must visit every match of a query to rank it, which costs
-~2.5 µs per match. A query that matches more than :data:`RANK_WINDOW` events is
-therefore ranked among its :data:`RANK_WINDOW` most recent matches; and a word held
-by more than half of the recent events (with at least :data:`COMMON_MIN_DOCS`
-matches) is dropped from a query that has other words, because its BM25 weight is
-nil while its cost is the largest (a query of only such words is answered newest first).
+Ranking: FTS5's BM25 must visit every match of a query to rank it (~2.5 µs each), and
+walks each term's whole posting list to count its documents for the IDF. So:
+
+- a query that matches more than :data:`RANK_WINDOW` events is ranked among its
+  :data:`RANK_WINDOW` most recent matches;
+- a *common* clause (every word of it held by :data:`COMMON_DOCS` events or more) is
+  left out of the ranking: in ``all`` mode it is still required, checked on the ranked
+  candidates with a rowid-range query; in ``any`` mode it is dropped. Its IDF is low and
+  its posting list the longest. A query made only of common clauses is answered
+  newest first (score 0).
 """
 
 from __future__ import annotations
@@ -57,10 +61,10 @@ DOCSIZE = "search_index_docsize"
 CONTENT = "search_index_content"
 """FTS5's own copy of the rows: columns id, c0 (body), c1 (tools), c2 (tid), c3 (agent)."""
 
-RANK_WINDOW = 5000
-"""A query with more matches is ranked among its most recent RANK_WINDOW matches (~12 ms)."""
-COMMON_MIN_DOCS = 1000
-"""A word is 'common' only if at least this many events hold it (small corpora never drop words)."""
+RANK_WINDOW = 1000
+"""A query with more matches is ranked among its most recent RANK_WINDOW matches (BM25 costs ~3-6 µs a row)."""
+COMMON_DOCS = 20_000
+"""A word held by this many events is 'common': too costly to rank by (see the module docstring)."""
 COMMON_TTL = 300.0
 """Seconds a word's common/rare verdict is cached."""
 MAX_SCOPE_TERMS = 200
@@ -180,25 +184,24 @@ class SearchEngine:
     # -------------------------------------------------------------- planning
 
     def _is_common(self, conn: sqlite3.Connection, colset: str, clause: Clause) -> bool:
-        if len(clause.tokens) != 1 or clause.prefix:
-            return False  # phrases and prefixes are selective enough
-        key = (colset, clause.tokens[0])
+        """A clause is common when each of its words is held by COMMON_DOCS events or more."""
+        if clause.prefix:
+            return False
+        return all(self._common_word(conn, colset, token) for token in clause.tokens)
+
+    def _common_word(self, conn: sqlite3.Connection, colset: str, token: str) -> bool:
+        key = (colset, token)
         now = time.monotonic()
         with self._lock:
             cached = self._common.get(key)
         if cached is not None and cached[1] > now:
             return cached[0]
+        # streams the word's newest postings only: ~1-2 ms even for the most common word
         row = conn.execute(
             f"SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH ? ORDER BY rowid DESC LIMIT 1 OFFSET ?",
-            (f"{colset} : {clause.render()}", COMMON_MIN_DOCS - 1),
+            (f'{colset} : "{token}"', COMMON_DOCS - 1),
         ).fetchone()
-        common = False
-        if row is not None:
-            recent = conn.execute(
-                f"SELECT count(*) FROM (SELECT 1 FROM {DOCSIZE} WHERE id >= ? LIMIT ?)",
-                (row[0], 2 * COMMON_MIN_DOCS),
-            ).fetchone()[0]
-            common = recent < 2 * COMMON_MIN_DOCS
+        common = row is not None
         with self._lock:
             if len(self._common) > 10_000:
                 self._common.clear()
@@ -229,9 +232,12 @@ class SearchEngine:
     ) -> list[SearchHit]:
         columns = ("body", "tools") if include_tools else ("body",)
         colset = "{" + " ".join(columns) + "}"
-        rare = [c for c in query.positive if not self._is_common(conn, colset, c)]
+        common = [c for c in query.positive if self._is_common(conn, colset, c)]
+        rare = [c for c in query.positive if c not in common]
         newest_first = not rare
         q = query if newest_first else query.with_positive(rare)
+        # in 'all' mode the common clauses still have to hold: checked after the index
+        must = render_fts5(TextQuery("", tuple(common)), "all", columns=columns) if rare and common and mode == "all" else None
 
         scope: list[str] = []
         only_threads: set[str] | None = None
@@ -250,7 +256,7 @@ class SearchEngine:
             else:
                 only_agent = agent_id
         expr = render_fts5(q, mode, columns=columns, scope=scope)
-        filtered = best_per_thread or only_threads is not None or only_agent is not None
+        filtered = best_per_thread or only_threads is not None or only_agent is not None or must is not None
 
         ranked: Iterable[tuple[int, float]]
         if newest_first:
@@ -278,6 +284,17 @@ class SearchEngine:
         hits: list[SearchHit] = []
         seen: set[str] = set()
         for chunk in _chunks(ranked, RESOLVE_CHUNK):
+            if must is not None:
+                lo, hi = min(r for r, _ in chunk), max(r for r, _ in chunk)
+                holding = {
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH ? AND rowid BETWEEN ? AND ?", (must, lo, hi)
+                    )
+                }
+                chunk = [item for item in chunk if item[0] in holding]
+                if not chunk:
+                    continue
             marks = ",".join("?" * len(chunk))
             places = {
                 rid: (tid, seq)
