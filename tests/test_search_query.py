@@ -123,3 +123,15 @@ def test_the_joined_regex_scan_finds_exactly_the_texts_that_match_alone(pattern:
 def test_the_joined_regex_scan_agrees_with_searching_each_text(texts: list[str], pattern: str) -> None:
     finder = RegexFinder(pattern)
     assert list(finder(texts)) == [i for i, t in enumerate(texts) if finder.compiled.search(t)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet="ab c-_.Éé1\n", max_size=30),
+    st.sampled_from(["a", "ab", "b c", "abc*", "a abc*", "c_1", "é", "1 a", "abc"]),
+)
+def test_the_fast_clause_check_agrees_with_tokenizing(text: str, query: str) -> None:
+    from threadloom.textquery import clause_holds, clause_positions
+
+    for clause in parse_query(query).positive:
+        assert clause_holds(text, clause) == (next(clause_positions(tokenize(text), clause), None) is not None)

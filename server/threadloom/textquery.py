@@ -35,6 +35,7 @@ __all__ = [
     "parse_query",
     "render_fts5",
     "clause_positions",
+    "clause_holds",
 ]
 
 MAX_QUERY_CHARS = 1000
@@ -203,3 +204,27 @@ def clause_positions(tokens: Sequence[str], clause: Clause) -> Iterator[int]:
                 break
         else:
             yield i
+
+
+def _ascii_pattern(clause: Clause) -> re.Pattern[str]:
+    # on ASCII text a token is a run of [A-Za-z0-9]; folded, a run of [a-z0-9]
+    body = r"[\W_]+".join(re.escape(t) for t in clause.tokens)
+    return re.compile(r"(?<![^\W_])" + body + ("" if clause.prefix else r"(?![^\W_])"))
+
+
+_PATTERNS: dict[Clause, re.Pattern[str]] = {}
+
+
+def clause_holds(text: str, clause: Clause) -> bool:
+    """Whether ``clause`` matches ``text`` (same answer as tokenizing; faster on ASCII)."""
+    if text.isascii():
+        pattern = _PATTERNS.get(clause)
+        if pattern is None:
+            if len(_PATTERNS) > 4096:
+                _PATTERNS.clear()
+            pattern = _PATTERNS[clause] = _ascii_pattern(clause)
+        lower = text.lower()
+        if not all(t in lower for t in clause.tokens):  # cheap rejection of most texts
+            return False
+        return pattern.search(lower) is not None
+    return next(clause_positions(tokenize(text), clause), None) is not None

@@ -23,15 +23,16 @@ walks each term's whole posting list to count its documents for the IDF. So:
 
 - a query that matches more than :data:`RANK_WINDOW` events is ranked among its
   :data:`RANK_WINDOW` most recent matches;
-- a *common* clause (every word of it held by :data:`COMMON_DOCS` events or more) is
-  left out of the ranking: in ``all`` mode it is still required, checked on the ranked
-  candidates with a rowid-range query; in ``any`` mode it is dropped. Its IDF is low and
+- a *common* clause (a word, or a phrase with a word, held by :data:`COMMON_DOCS` events
+  or more) is left out of the ranking: in ``all`` mode it is still required, checked on
+  the ranked candidates' stored text; in ``any`` mode it is dropped. Its IDF is low and
   its posting list the longest. A query made only of common clauses is answered
   newest first (score 0).
 """
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 import time
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..models import THREAD_ID_RE
-from ..textquery import Clause, Mode, TextQuery, render_fts5
+from ..textquery import Clause, Mode, TextQuery, clause_holds, render_fts5
 from .base import SCAN_BATCH, CommitResult, Op, PutThread, SearchHit
 from .textsearch import BODY_WEIGHT, TOOLS_WEIGHT, Finder, scan_documents
 
@@ -73,7 +74,8 @@ AGENT_TERM_MAX_SHARE = 0.1
 """An agent owning at most this share of the threads is matched inside the index."""
 SMALL_STORE_THREADS = 1000
 """Below this many threads an agent is always matched inside the index."""
-RESOLVE_CHUNK = 200
+RESOLVE_CHUNKS = (25, 100, 400)
+"""Ranked candidates are resolved (and checked) in growing chunks: most searches need few."""
 REINDEX_BATCH = 2000
 
 MIGRATION_SQL = f"""
@@ -113,15 +115,32 @@ def _rank_spec(include_tools: bool) -> str:
     return f"bm25({BODY_WEIGHT}, {TOOLS_WEIGHT if include_tools else 0.0}, 0.0, 0.0)"
 
 
-def _chunks(items: Iterable[T], n: int) -> Iterator[list[T]]:
-    chunk: list[T] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == n:
-            yield chunk
-            chunk = []
-    if chunk:
+def _chunks(items: Iterable[T], sizes: Sequence[int]) -> Iterator[list[T]]:
+    """Consecutive chunks of ``items``, sized by ``sizes`` (the last size repeats)."""
+    it = iter(items)
+    for n in itertools.chain(sizes, itertools.repeat(sizes[-1])):
+        chunk = list(itertools.islice(it, n))
+        if not chunk:
+            return
         yield chunk
+
+
+def _holding(
+    conn: sqlite3.Connection, chunk: list[tuple[int, float]], clauses: Sequence[Clause], include_tools: bool
+) -> list[tuple[int, float]]:
+    """The candidates whose stored text holds every clause (checked with the query
+    language's tokenizer: a second FTS query would walk the common words' postings)."""
+    rows = conn.execute(
+        f"SELECT id, c0, {'c1' if include_tools else 'NULL'} FROM {CONTENT}"
+        f" WHERE id IN ({','.join('?' * len(chunk))})",
+        [r for r, _ in chunk],
+    )
+    ok = set()
+    for rid, body, tools in rows:
+        fields = [str(body or "")] + ([str(tools or "")] if include_tools else [])
+        if all(any(clause_holds(f, c) for f in fields) for c in clauses):
+            ok.add(rid)
+    return [item for item in chunk if item[0] in ok]
 
 
 # -------------------------------------------------------------------- writes
@@ -184,10 +203,10 @@ class SearchEngine:
     # -------------------------------------------------------------- planning
 
     def _is_common(self, conn: sqlite3.Connection, colset: str, clause: Clause) -> bool:
-        """A clause is common when each of its words is held by COMMON_DOCS events or more."""
-        if clause.prefix:
-            return False
-        return all(self._common_word(conn, colset, token) for token in clause.tokens)
+        """A clause is common when one of its whole words is held by COMMON_DOCS events or
+        more (a phrase must decode that word's positions in every candidate event)."""
+        words = clause.tokens[:-1] if clause.prefix else clause.tokens
+        return any(self._common_word(conn, colset, token) for token in words)
 
     def _common_word(self, conn: sqlite3.Connection, colset: str, token: str) -> bool:
         key = (colset, token)
@@ -236,8 +255,8 @@ class SearchEngine:
         rare = [c for c in query.positive if c not in common]
         newest_first = not rare
         q = query if newest_first else query.with_positive(rare)
-        # in 'all' mode the common clauses still have to hold: checked after the index
-        must = render_fts5(TextQuery("", tuple(common)), "all", columns=columns) if rare and common and mode == "all" else None
+        # in 'all' mode the common clauses still have to hold: checked on the candidates' text
+        must = common if rare and common and mode == "all" else []
 
         scope: list[str] = []
         only_threads: set[str] | None = None
@@ -256,7 +275,7 @@ class SearchEngine:
             else:
                 only_agent = agent_id
         expr = render_fts5(q, mode, columns=columns, scope=scope)
-        filtered = best_per_thread or only_threads is not None or only_agent is not None or must is not None
+        filtered = best_per_thread or only_threads is not None or only_agent is not None or bool(must)
 
         ranked: Iterable[tuple[int, float]]
         if newest_first:
@@ -283,16 +302,9 @@ class SearchEngine:
         agents: dict[str, str] = {}
         hits: list[SearchHit] = []
         seen: set[str] = set()
-        for chunk in _chunks(ranked, RESOLVE_CHUNK):
-            if must is not None:
-                lo, hi = min(r for r, _ in chunk), max(r for r, _ in chunk)
-                holding = {
-                    r[0]
-                    for r in conn.execute(
-                        f"SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH ? AND rowid BETWEEN ? AND ?", (must, lo, hi)
-                    )
-                }
-                chunk = [item for item in chunk if item[0] in holding]
+        for chunk in _chunks(ranked, RESOLVE_CHUNKS):
+            if must:
+                chunk = _holding(conn, chunk, must, include_tools)
                 if not chunk:
                     continue
             marks = ",".join("?" * len(chunk))
