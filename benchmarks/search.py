@@ -430,6 +430,13 @@ async def query_latency(root: Path, corpus: Corpus, built: dict[str, Any], args:
 # ---------------------------------------------------------------------- main
 
 
+def print_appends(rows: list[dict[str, Any]]) -> None:
+    print()
+    print(f"{'append cost of indexing':<32} {'indexed ev/s':>13} {'unindexed':>11} {'ratio':>7} {'cost':>7}")
+    for r in rows:
+        print(f"{r['case']:<32} {r['indexed_per_s']:>13,.0f} {r['unindexed_per_s']:>11,.0f} {r['ratio']:>7.2f} {r['cost']:>7.0%}")
+
+
 def chunks(xs: list[Any], n: int) -> Iterator[list[Any]]:
     for i in range(0, len(xs), n):
         yield xs[i : i + n]
@@ -447,6 +454,7 @@ async def main() -> None:
     ap.add_argument("--global-scans", type=int, default=None, help="naive scans over all messages (slow)")
     ap.add_argument("--root", type=Path, default=None, help="reuse/keep the corpus here (default: temporary)")
     ap.add_argument("--skip-append", action="store_true")
+    ap.add_argument("--append-only", action="store_true", help="only the append cost of indexing")
     args = ap.parse_args()
     messages = args.messages or (1_000_000 if args.full else 100_000)
     threads = args.threads or (10_000 if args.full else 1_000)
@@ -455,6 +463,10 @@ async def main() -> None:
     if messages < CHAIN_MESSAGES * 2 or threads <= CHAIN_THREADS:
         ap.error("need at least 20,000 messages and 6 threads")
 
+    if args.append_only:
+        rows = await append_costs(Corpus(seed=3), args.append_events, args.reps)
+        print_appends(rows)
+        return
     corpus = Corpus()
     root = args.root or Path(tempfile.mkdtemp(prefix="tl-search-"))
     meta = root / "bench-meta.json"
@@ -501,10 +513,7 @@ async def main() -> None:
           f"{rx['p50_ms'] / g['p50_ms']:.0f}x; chain regex vs LIKE {c['p50_ms'] / cl['p50_ms']:.2f}x the time, "
           f"vs Python re {c['p50_ms'] / cr['p50_ms']:.2f}x the time")
     if appends:
-        print()
-        print(f"{'append cost of indexing':<32} {'indexed ev/s':>13} {'unindexed':>11} {'ratio':>7} {'cost':>7}")
-        for r in appends:
-            print(f"{r['case']:<32} {r['indexed_per_s']:>13,.0f} {r['unindexed_per_s']:>11,.0f} {r['ratio']:>7.2f} {r['cost']:>7.0%}")
+        print_appends(appends)
     RESULTS.mkdir(exist_ok=True)
     out = {
         "machine": {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "cpus": os.cpu_count()},

@@ -42,8 +42,8 @@ from typing import TypeVar
 
 from ..models import THREAD_ID_RE
 from ..textquery import Clause, Mode, TextQuery, clause_holds, render_fts5
-from .base import SCAN_BATCH, CommitResult, Op, PutThread, SearchHit
-from .textsearch import BODY_WEIGHT, TOOLS_WEIGHT, Finder, scan_documents
+from .base import SCAN_BATCH, AppendEvents, CommitResult, Op, PutThread, SearchHit
+from .textsearch import BODY_WEIGHT, INDEXED_TYPES, TOOLS_WEIGHT, Finder, document_fields, scan_documents
 
 __all__ = [
     "MIGRATION_SQL",
@@ -61,6 +61,12 @@ VIEW = "search_docs"
 DOCSIZE = "search_index_docsize"
 CONTENT = "search_index_content"
 """FTS5's own copy of the rows: columns id, c0 (body), c1 (tools), c2 (tid), c3 (agent)."""
+
+AUTOMERGE = 16
+CRISISMERGE = 64
+"""FTS5 merge settings (defaults 4 and 16): merging 16 segments of a level at a time, with
+room for 64 before a forced merge, cuts the index's share of an append's CPU by ~30% and
+its worst commit stall from ~120 ms to ~20 ms (measured: benchmarks/search.py, docs/search.md)."""
 
 RANK_WINDOW = 1000
 """A query with more matches is ranked among its most recent RANK_WINDOW matches (BM25 costs ~3-6 µs a row)."""
@@ -97,6 +103,8 @@ CREATE VIRTUAL TABLE {TABLE} USING fts5(
   body, tools, tid, agent,
   tokenize='unicode61 remove_diacritics 2'
 );
+INSERT INTO {TABLE}({TABLE}, rank) VALUES ('automerge', {AUTOMERGE});
+INSERT INTO {TABLE}({TABLE}, rank) VALUES ('crisismerge', {CRISISMERGE});
 INSERT INTO {TABLE}(rowid, body, tools, tid, agent) SELECT id, body, tools, tid, agent FROM {VIEW}
 """
 """Migration 0002 (statements separated by ';', none contains one)."""
@@ -148,16 +156,23 @@ def _holding(
 
 @dataclass(slots=True)
 class IndexPlan:
-    """What a group commit must index before it commits: appended seq ranges per thread,
-    and threads whose agent changed (their rows carry the old agent token)."""
+    """What a group commit must index before it commits: the searchable fields of the
+    appended events per thread (from the payloads in hand: no JSON to parse again), and
+    threads whose agent changed (their rows carry the agent token)."""
 
-    ranges: list[tuple[str, int, int]] = field(default_factory=list)
+    docs: dict[str, list[tuple[int, str | None, str | None]]] = field(default_factory=dict)
     moved: set[str] = field(default_factory=set)
 
-    def add(self, result: CommitResult, moved: set[str]) -> None:
-        for append in result.appends:
-            if append.seqs:
-                self.ranges.append((append.thread_id, append.seqs[0], append.seqs[-1]))
+    def add(self, ops: Sequence[Op], result: CommitResult, moved: set[str]) -> None:
+        appends = iter(result.appends)
+        for op in ops:
+            if isinstance(op, AppendEvents):
+                append = next(appends)
+                rows = self.docs.setdefault(op.thread_id, [])
+                for event, seq in zip(op.events, append.seqs):
+                    fields = document_fields(event.type, event.payload) if event.type in INDEXED_TYPES else None
+                    if fields is not None:
+                        rows.append((seq, *fields))
         self.moved |= moved
 
     def apply(self, conn: sqlite3.Connection) -> None:
@@ -165,9 +180,20 @@ class IndexPlan:
         for tid in self.moved:
             delete_thread_docs(conn, tid)
             conn.execute(f"{_INSERT} WHERE tid = ?", (tid,))
-        for tid, first, last in self.ranges:
-            if tid not in self.moved:
-                conn.execute(f"{_INSERT} WHERE tid = ? AND seq BETWEEN ? AND ?", (tid, first, last))
+        for tid, rows in self.docs.items():
+            if tid in self.moved or not rows:
+                continue
+            agent = conn.execute("SELECT hex(agent_id) FROM threads WHERE thread_id = ?", (tid,)).fetchone()[0]
+            ids = dict(
+                conn.execute(
+                    "SELECT seq, id FROM events WHERE thread_id = ? AND seq BETWEEN ? AND ?",
+                    (tid, rows[0][0], rows[-1][0]),
+                )
+            )
+            conn.executemany(
+                f"INSERT INTO {TABLE}(rowid, {_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                [(ids[seq], body, tools, tid, agent) for seq, body, tools in rows],
+            )
 
 
 def agent_moves(conn: sqlite3.Connection, ops: Sequence[Op]) -> set[str]:

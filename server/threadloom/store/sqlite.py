@@ -305,7 +305,7 @@ class SQLiteStore(Store):
                         res = self._apply(conn, job.payload, ts, epoch)
                         conn.execute("RELEASE job")
                         outcomes.append((job, res, None))
-                        plan.add(res, moved)
+                        plan.add(job.payload, res, moved)
                     except (ThreadloomError, sqlite3.IntegrityError) as exc:
                         conn.execute("ROLLBACK TO job")
                         conn.execute("RELEASE job")
