@@ -238,11 +238,12 @@ def index_size(path: Path) -> dict[str, float]:
 # ------------------------------------------------------------ append cost
 
 
-async def append_rate(case: str, corpus: Corpus, n: int) -> float:
-    """Events/s of one append case on a fresh root preloaded with 5,000 messages."""
+async def append_rate(case: str, corpus: Corpus, n: int) -> tuple[float, float]:
+    """(events/s, process CPU µs per event) of one append case on a fresh root preloaded
+    with 5,000 messages. CPU time is steadier than wall time on a shared machine."""
     root = Path(tempfile.mkdtemp(prefix="tl-search-append-"))
     durability = "full" if case == "single, mirrors, full" else "normal"
-    mirrors = "mirrors" in case or case == "service.append"
+    mirrors = "no mirrors" not in case
     store = SQLiteStore(root, durability=durability, mirrors=mirrors)
     async with ThreadService(store, Settings(root=root, durability=durability)) as svc:
         writers = 16 if "16 writers" in case else 1
@@ -265,9 +266,10 @@ async def append_rate(case: str, corpus: Corpus, n: int) -> float:
                     evs = events_for(chunk, i)
                     await store.commit([AppendEvents(tids[w], evs)])
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*(work(w) for w in range(writers)))
-        return per_writer * writers * batch / (time.perf_counter() - t0)
+        count = per_writer * writers * batch
+        return count / (time.perf_counter() - t0), (time.process_time() - c0) / count * 1e6
 
 
 APPEND_CASES = [
@@ -289,9 +291,22 @@ async def append_costs(corpus: Corpus, n: int, reps: int) -> list[dict[str, Any]
             with_idx.append(await append_rate(case, corpus, count))
             with NoIndex():
                 without.append(await append_rate(case, corpus, count))
-        w, wo = statistics.median(with_idx), statistics.median(without)
-        rows.append({"case": case, "indexed_per_s": w, "unindexed_per_s": wo, "ratio": w / wo, "cost": 1 - w / wo})
-        print(f"  append {case}: {w:,.0f} vs {wo:,.0f} ev/s", file=sys.stderr)
+        w, wo = statistics.median(x[0] for x in with_idx), statistics.median(x[0] for x in without)
+        cw, cwo = statistics.median(x[1] for x in with_idx), statistics.median(x[1] for x in without)
+        rows.append(
+            {
+                "case": case,
+                "indexed_per_s": w,
+                "unindexed_per_s": wo,
+                "ratio": w / wo,
+                "cost": 1 - w / wo,
+                "indexed_cpu_us": cw,
+                "unindexed_cpu_us": cwo,
+                "cpu_ratio": cwo / cw,
+                "cpu_cost": 1 - cwo / cw,
+            }
+        )
+        print(f"  append {case}: {w:,.0f} vs {wo:,.0f} ev/s; {cw:.0f} vs {cwo:.0f} CPU µs/event", file=sys.stderr)
     return rows
 
 
@@ -432,9 +447,16 @@ async def query_latency(root: Path, corpus: Corpus, built: dict[str, Any], args:
 
 def print_appends(rows: list[dict[str, Any]]) -> None:
     print()
-    print(f"{'append cost of indexing':<32} {'indexed ev/s':>13} {'unindexed':>11} {'ratio':>7} {'cost':>7}")
+    print(
+        f"{'append cost of indexing':<30} {'indexed ev/s':>12} {'unindexed':>10} {'ratio':>6} {'cost':>6}"
+        f" {'CPU µs/ev idx':>14} {'unidx':>6} {'ratio':>6} {'cost':>6}"
+    )
     for r in rows:
-        print(f"{r['case']:<32} {r['indexed_per_s']:>13,.0f} {r['unindexed_per_s']:>11,.0f} {r['ratio']:>7.2f} {r['cost']:>7.0%}")
+        print(
+            f"{r['case']:<30} {r['indexed_per_s']:>12,.0f} {r['unindexed_per_s']:>10,.0f} {r['ratio']:>6.2f}"
+            f" {r['cost']:>6.0%} {r['indexed_cpu_us']:>14,.0f} {r['unindexed_cpu_us']:>6,.0f}"
+            f" {r['cpu_ratio']:>6.2f} {r['cpu_cost']:>6.0%}"
+        )
 
 
 def chunks(xs: list[Any], n: int) -> Iterator[list[Any]]:

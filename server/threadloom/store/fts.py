@@ -18,7 +18,7 @@ every job's savepoint is released (FTS5 flushes its pending terms at each savepo
 so indexing inside them would write one index segment per job). Deleting a thread
 deletes its rows before its events.
 
-Ranking: FTS5's BM25 must visit every match of a query to rank it (~2.5 µs each), and
+Ranking: FTS5's BM25 must visit every match of a query to rank it (a few µs each), and
 walks each term's whole posting list to count its documents for the IDF. So:
 
 - a query that matches more than :data:`RANK_WINDOW` events is ranked among its
