@@ -29,6 +29,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -242,6 +243,13 @@ async def append_rate(case: str, corpus: Corpus, n: int) -> tuple[float, float]:
     """(events/s, process CPU µs per event) of one append case on a fresh root preloaded
     with 5,000 messages. CPU time is steadier than wall time on a shared machine."""
     root = Path(tempfile.mkdtemp(prefix="tl-search-append-"))
+    try:
+        return await _append_rate(root, case, corpus, n)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _append_rate(root: Path, case: str, corpus: Corpus, n: int) -> tuple[float, float]:
     durability = "full" if case == "single, mirrors, full" else "normal"
     mirrors = "no mirrors" not in case
     store = SQLiteStore(root, durability=durability, mirrors=mirrors)
@@ -491,6 +499,14 @@ async def main() -> None:
         return
     corpus = Corpus()
     root = args.root or Path(tempfile.mkdtemp(prefix="tl-search-"))
+    try:
+        await run(args, corpus, root, messages, threads)
+    finally:
+        if args.root is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+async def run(args: argparse.Namespace, corpus: Corpus, root: Path, messages: int, threads: int) -> None:
     meta = root / "bench-meta.json"
     if meta.exists():
         built = json.loads(meta.read_text())

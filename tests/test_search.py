@@ -495,3 +495,38 @@ async def test_sqlite_filters_a_large_agent_after_the_index(tmp_path, monkeypatc
         assert [r.thread_id for r in (await svc.search_threads("kiwi", agent_id="bob")).results] == [b.thread_id]
         res = await svc.chain_search(a.thread_id, "kiwi")
         assert {r.thread_id for r in res.results} == {a.thread_id, c.thread_id}
+
+
+TRANSCRIPT = [
+    ("user", "Please run the test suite and fix whatever fails."),
+    ("assistant", "Running pytest now. I will look at the failures one by one."),
+    ("assistant", "tests/test_db.py::test_pool failed: psycopg.OperationalError: connection timeout after 30s"),
+    ("user", "Is the database container up? Check docker ps."),
+    ("assistant", "The postgres container was restarting in a loop because its volume was full."),
+    ("assistant", "Freed the volume; the connection timeout is gone and test_pool passes."),
+    ("user", "Great. Now bump the version and update the changelog."),
+    ("assistant", "Bumped the version to 2.4.1 and added a changelog entry for the pool fix."),
+]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected_first"),
+    [
+        ("where did the connection timeout first show up", {4, 7}),  # stopwords left out
+        ("OperationalError", {4}),
+        ("postgres container restarting", {6}),
+        ('"connection timeout" gone', {7}),
+        ("changelog entry", {9}),
+        ("volume full", {6}),
+        ("is the database up", {5}),
+        ("the", {8}),  # only stopwords: searched as they are (two "the" in a short message)
+    ],
+)
+async def test_the_expected_message_of_a_transcript_comes_first(
+    service: ThreadService, query: str, expected_first: set[int]
+) -> None:
+    t = await service.create_thread(title="fix the tests")
+    await service.append(t.thread_id, [msg(text, role) for role, text in TRANSCRIPT])
+    await thread_with(service, ["the version of the docker image", "a timeout in another project"])
+    res = await service.chain_search(t.thread_id, query)
+    assert res.results[0].seq in expected_first

@@ -377,7 +377,9 @@ async def _ranked(
     include_tools: bool = False,
     best_per_thread: bool = False,
 ) -> list[SearchHit]:
-    """Hits holding every word first, then (if short of ``limit``) hits holding some."""
+    """Hits holding every word first, then (if short of ``limit``) hits holding some.
+    Stopwords are left out when the query has other words."""
+    query = query.content_words()
     kwargs: dict[str, Any] = dict(
         thread_ids=thread_ids, agent_id=agent_id, include_tools=include_tools, best_per_thread=best_per_thread
     )

@@ -36,12 +36,25 @@ __all__ = [
     "render_fts5",
     "clause_positions",
     "clause_holds",
+    "STOPWORDS",
 ]
 
 MAX_QUERY_CHARS = 1000
 MAX_CLAUSES = 32
 MIN_PREFIX_CHARS = 3
 """A shorter prefix expands to too many index terms to be answered quickly."""
+
+STOPWORDS = frozenset(
+    """a about above after again against all am an and any are as at be because been before
+    being below between both but by can could did do does doing down during each few for from
+    further had has have having he her here hers herself him himself his how i if in into is it
+    its itself just me more most my myself of off on once only or other our ours ourselves out
+    over own same she should so some such than that the their theirs them themselves then there
+    these they this those through to too under until up very was we were what when where which
+    while who whom why will with would you your yours yourself""".split()
+)
+"""English function words: left out of a query that has other words (a natural-language
+question searches by its content words). 'no' and 'not' stay: they matter in error text."""
 
 Mode = Literal["all", "any"]
 """``all``: a match holds every positive clause; ``any``: at least one."""
@@ -95,6 +108,11 @@ class TextQuery:
 
     def with_positive(self, clauses: Sequence[Clause]) -> TextQuery:
         return TextQuery(self.text, tuple(clauses), self.negative)
+
+    def content_words(self) -> TextQuery:
+        """The query without single-word stopword clauses, unless nothing else would remain."""
+        kept = [c for c in self.positive if c.prefix or len(c.tokens) > 1 or c.tokens[0] not in STOPWORDS]
+        return self.with_positive(kept) if kept and len(kept) < len(self.positive) else self
 
 
 def _clause(raw: str, *, phrase: bool, where: str) -> Clause | None:

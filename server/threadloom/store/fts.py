@@ -215,7 +215,6 @@ def delete_thread_docs(conn: sqlite3.Connection, thread_id: str) -> int:
     return cur.rowcount
 
 
-
 # --------------------------------------------------------------------- reads
 
 
