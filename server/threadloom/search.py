@@ -417,7 +417,7 @@ async def chain_search(
     _check_range("limit", limit, 1, MAX_CHAIN_LIMIT)
     _check_range("context", context, 0, MAX_CONTEXT)
     if search_type == "text":
-        parsed = parse_query(query)
+        parsed = parse_query(query).content_words()
         snippet: Callable[[str], str | None] = lambda text: text_snippet(text, parsed)  # noqa: E731
     else:
         finder = RegexFinder(query)
@@ -448,7 +448,7 @@ async def search_threads(
         check_agent_id(agent_id)
     _check_range("limit", limit, 1, MAX_THREADS_LIMIT)
     _check_range("context", context, 0, MAX_CONTEXT)
-    parsed = parse_query(query)
+    parsed = parse_query(query).content_words()
     hits = await _ranked(store, parsed, limit=limit, agent_id=agent_id, best_per_thread=True)
     threads = await store.get_threads([h.thread_id for h in hits])
     results = await _present(store, hits, context, lambda text: text_snippet(text, parsed), False)
