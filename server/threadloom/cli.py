@@ -12,10 +12,11 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import anyio
 import typer
@@ -29,6 +30,9 @@ from .models import Status, StoredEvent, Thread, check_thread_id
 from .service import MAX_LIST, ThreadService
 
 T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from .store.base import ReindexStats
 
 app = typer.Typer(
     name="threadloom",
@@ -865,6 +869,49 @@ def delete(
     for tid in outcome.missing:
         out.note(f"{tid} does not exist (nothing to delete)")
 
+
+
+@app.command()
+def reindex(root: RootOpt = None) -> None:
+    """Bring the full-text search index up to date with the events.
+
+    Indexes the events the index lacks (after importing old transcripts, for example)
+    and removes rows whose events are gone. Idempotent: a second run has nothing to do.
+    Safe while a server uses the same root.
+    """
+    settings = settings_from(root=root)
+    if settings.store == "sqlite" and not (settings.root / "threads.db").exists():
+        fail(f"no threadloom database at {settings.root / 'threads.db'} (give --root or set THREADLOOM_HOME)", 2)
+    try:
+        stats, seconds = anyio.run(_reindex, settings)
+    except ThreadloomError as exc:
+        fail(exc.message, 2)
+    typer.echo(
+        f"search index: {stats.added} event(s) added, {stats.removed} row(s) removed; "
+        f"{stats.documents} events indexed ({seconds:.1f} s)"
+    )
+
+
+async def _reindex(settings: Settings) -> tuple[ReindexStats, float]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .service import ThreadService
+    from .store import make_store
+
+    console = Console(stderr=True)
+    started = time.perf_counter()
+    async with ThreadService(make_store(settings), settings) as service:
+        if console.is_terminal:
+            columns = (TextColumn("indexing events"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            with Progress(*columns, console=console, transient=True) as bar:
+                task = bar.add_task("reindex", total=None)
+                stats = await service.reindex(
+                    progress=lambda done, total: bar.update(task, completed=done, total=total)
+                )
+        else:
+            stats = await service.reindex()
+    return stats, time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from .messages import FORMATS
 from .models import Budget, Limits, Thread, check_thread_id
 from .results import AppendOutcome, ChainView, EventPage, DeleteOutcome, HandoffInfo, ResumeOutcome, ThreadPage, WaitResult
 from .schema_flat import flatten_tool_schemas
+from .search import ChainSearchResults, ThreadSearchResults
 from .service import ThreadService
 from .verify import VerifyReport
 
@@ -368,6 +369,59 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
             reported under `missing`.
             """
             return await service.delete_threads([thread_id], chain=chain)
+
+    @server.tool(annotations=READ_ONLY)
+    @tool_errors
+    async def chain_search(
+        thread_id: ThreadId,
+        query: Annotated[
+            str,
+            Field(
+                description=(
+                    "text: words (all preferred, any accepted), \"exact phrase\", prefix* (3+ letters), "
+                    "-excluded; regex: an RE2 pattern (no backreferences or lookaround; (?i) for any case)"
+                )
+            ),
+        ],
+        search_type: Annotated[
+            Literal["text", "regex"], Field(description="text (ranked, full-text index) or regex (in order)")
+        ] = "text",
+        limit: Annotated[int, Field(description="most hits to return, 1-100")] = 20,
+        context: Annotated[int, Field(description="events to show before and after each hit, 0-10")] = 3,
+        include_tools: Annotated[
+            bool, Field(description="also search tool call inputs and tool outputs")
+        ] = False,
+    ) -> ChainSearchResults:
+        """Search every thread of a continuation chain (give any thread of it) for earlier events.
+
+        Use it to find where something happened in a long run that was handed off across
+        threads, e.g. where an error first appeared. Text hits come best first (events
+        holding every word before those holding some); regex hits come in chain order,
+        oldest first. Each hit has thread_id, seq, role, ts, a snippet with matches between
+        ** markers, and the events before/after it; read more with read_events.
+        """
+        return await service.chain_search(
+            thread_id, query, search_type=search_type, limit=limit, context=context, include_tools=include_tools
+        )
+
+    @server.tool(annotations=READ_ONLY)
+    @tool_errors
+    async def search_threads(
+        query: Annotated[
+            str,
+            Field(description='words (all preferred, any accepted), "exact phrase", prefix* (3+ letters), -excluded'),
+        ],
+        agent_id: Annotated[str | None, Field(description="only this agent's threads")] = None,
+        limit: Annotated[int, Field(description="most threads to return, 1-50")] = 5,
+        context: Annotated[int, Field(description="events to show before and after each hit, 0-10")] = 3,
+    ) -> ThreadSearchResults:
+        """Search past threads' messages ("have I solved something like this before?").
+
+        Returns the best-matching threads, best first, one hit each (its best message) with
+        the thread's title, status, a snippet with matches between ** markers and the
+        events around the hit. Pass agent_id to search only that agent's threads.
+        """
+        return await service.search_threads(query, agent_id=agent_id, limit=limit, context=context)
 
     # -------------------------------------------------------------- resources
 

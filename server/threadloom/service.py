@@ -73,6 +73,7 @@ from .mirror import manifest_bytes
 from .store.apply import request_hash
 from .waiting import wait_threads
 from .wake import WakeHub
+from .search import ChainSearchResults, ThreadSearchResults, chain_search, search_threads
 from .store.base import (
     AppendEvents,
     CreateThread,
@@ -81,6 +82,8 @@ from .store.base import (
     NewEvent,
     Op,
     PutThread,
+    ReindexProgress,
+    ReindexStats,
     Store,
 )
 from .verify import VerificationFailed, VerifyReport, lagging, verify_snapshot
@@ -1034,6 +1037,43 @@ class ThreadService:
         reindex = getattr(self, "reindex", None)
         if reindex is not None:
             await reindex()
+
+    # ------------------------------------------------------------------- search
+
+    async def chain_search(
+        self,
+        thread_id: str,
+        query: str,
+        *,
+        search_type: str = "text",
+        limit: int = 20,
+        context: int = 3,
+        include_tools: bool = False,
+    ) -> ChainSearchResults:
+        """Search every thread of ``thread_id``'s continuation chain.
+
+        ``text``: the full-text index, best BM25 first; ``regex``: RE2 over the chain's
+        events in order. Each hit has a snippet and ``context`` events either side.
+        """
+        return await chain_search(
+            self.store,
+            thread_id,
+            query,
+            search_type=search_type,
+            limit=limit,
+            context=context,
+            include_tools=include_tools,
+        )
+
+    async def search_threads(
+        self, query: str, *, agent_id: str | None = None, limit: int = 5, context: int = 3
+    ) -> ThreadSearchResults:
+        """The threads (of ``agent_id`` when given) that best match ``query``, one hit each."""
+        return await search_threads(self.store, query, agent_id=agent_id, limit=limit, context=context)
+
+    async def reindex(self, *, progress: ReindexProgress | None = None) -> ReindexStats:
+        """Bring the search index up to date with the events (idempotent, incremental)."""
+        return await self.store.reindex(progress=progress)
 
     # ------------------------------------------------------------------ sweeper
 

@@ -18,10 +18,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ThreadloomError
+from ..errors import NotFoundError, ThreadloomError
 from ..integrity import Signer
 from ..mirror import MirrorFiles
 from ..models import BudgetState, Status, StoredEvent, Thread, Usage, UsageDelta
+from ..textquery import Mode, TextQuery
+from .textsearch import Finder, PythonIndex, event_document, scan_documents
 
 __all__ = [
     "NewEvent",
@@ -38,6 +40,9 @@ __all__ = [
     "IdempotentReplay",
     "Store",
     "CommitListener",
+    "SearchHit",
+    "ReindexStats",
+    "ReindexProgress",
 ]
 
 
@@ -187,8 +192,38 @@ class IdempotentReplay(ThreadloomError):
         self.record = record
 
 
+SCAN_BATCH = 2000
+"""Events handed to a scan's ``find`` at a time."""
+
 CommitListener = Callable[[frozenset[str]], None]
 """Called on the event loop after a commit, with the ids of the threads it touched."""
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """An event that matched a search: where it is and how well it matched.
+
+    ``score`` is the BM25 relevance (higher is better) for text search, None for scans.
+    """
+
+    thread_id: str
+    seq: int
+    score: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReindexStats:
+    """What :meth:`Store.reindex` did: events added to the index, index rows removed
+    (rows whose event is gone or whose thread changed agent), and how many events the
+    index holds afterwards."""
+
+    added: int = 0
+    removed: int = 0
+    documents: int = 0
+
+
+ReindexProgress = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` while a reindex runs (possibly from a worker thread)."""
 
 
 class Store(abc.ABC):
@@ -316,6 +351,112 @@ class Store(abc.ABC):
         thread = await self.get_thread(thread_id)
         events = await self.read_events(thread_id)
         return IntegritySnapshot(thread, events, None, None)
+
+    # -------------------------------------------------------------------- search
+    #
+    # Text search over the searchable text of events (textsearch.document_fields): the
+    # body (messages of every role, assistant_text) and, on request, the tools field
+    # (tool_use name and input, tool_result output). These defaults are the reference
+    # engine over the read primitives (fine for the memory store and small data); a
+    # backend with a full-text engine overrides them and keeps the semantics.
+
+    async def search_text(
+        self,
+        query: TextQuery,
+        *,
+        mode: Mode = "all",
+        thread_ids: Sequence[str] | None = None,
+        agent_id: str | None = None,
+        include_tools: bool = False,
+        limit: int = 20,
+        best_per_thread: bool = False,
+    ) -> list[SearchHit]:
+        """Events matching ``query``, best BM25 score first, at most ``limit``.
+
+        ``mode='all'``: an event must hold every positive clause; ``'any'``: at least one.
+        No event may hold a negative clause. Scope: only ``thread_ids`` when given, only
+        threads of ``agent_id`` when given. ``include_tools`` also searches the tools
+        field (weighted half). ``best_per_thread``: only the best hit of each thread.
+        Statistics (IDF, average length) are over the whole index, not the scope. An
+        event is searchable as soon as its append committed. A backend may rank only
+        the most recent matches of a query that matches very many events (documented
+        per backend); very common words may count as matched by every event.
+        """
+        threads = await self._all_threads()
+        agents = {t.thread_id: t.agent_id for t in threads}
+        events: list[StoredEvent] = []
+        for t in threads:
+            events += await self.read_events(t.thread_id)
+        allowed = set(thread_ids) if thread_ids is not None else None
+        index = PythonIndex.from_events(events)
+        ranked = index.search(
+            query,
+            mode,
+            include_tools=include_tools,
+            keep=lambda d: (allowed is None or d.thread_id in allowed)
+            and (agent_id is None or agents.get(d.thread_id) == agent_id),
+        )
+        hits: list[SearchHit] = []
+        seen: set[str] = set()
+        for score, doc in ranked:
+            if best_per_thread:
+                if doc.thread_id in seen:
+                    continue
+                seen.add(doc.thread_id)
+            hits.append(SearchHit(doc.thread_id, doc.seq, score))
+            if len(hits) >= limit:
+                break
+        return hits
+
+    async def scan_text(
+        self,
+        thread_ids: Sequence[str],
+        find: Finder,
+        *,
+        include_tools: bool = False,
+        limit: int = 20,
+    ) -> list[SearchHit]:
+        """The first ``limit`` events, in the order of ``thread_ids`` then seq, whose body
+        (or tools field, with ``include_tools``) ``find`` accepts.
+
+        ``find`` receives the texts of a batch of events and yields the indexes of those
+        that match; it may run on a worker thread, so it must be thread-safe and bounded in
+        time (e.g. RE2). Unknown thread ids are skipped.
+        """
+        hits: list[SearchHit] = []
+        for tid in thread_ids:
+            try:
+                events = await self.read_events(tid)
+            except NotFoundError:
+                continue
+            docs = [(ev.seq, *fields) for ev in events if (fields := event_document(ev)) is not None]
+            for i in range(0, len(docs), SCAN_BATCH):
+                for seq in scan_documents(docs[i : i + SCAN_BATCH], find, include_tools):
+                    hits.append(SearchHit(tid, seq))
+                    if len(hits) >= limit:
+                        return hits
+        return hits
+
+    async def reindex(self, *, progress: ReindexProgress | None = None) -> ReindexStats:
+        """Bring the search index up to date with the events: add what is missing, remove
+        rows whose event is gone. Idempotent; a second run finds nothing to do.
+        A store without a separate index has nothing to do and reports its documents."""
+        count = 0
+        for t in await self._all_threads():
+            count += sum(1 for ev in await self.read_events(t.thread_id) if event_document(ev) is not None)
+        if progress is not None:
+            progress(0, 0)
+        return ReindexStats(documents=count)
+
+    async def _all_threads(self) -> list[Thread]:
+        out: list[Thread] = []
+        before: tuple[str, str] | None = None
+        while True:
+            page = await self.list_threads(limit=500, before=before)
+            out += page
+            if len(page) < 500:
+                return out
+            before = (page[-1].created_at, page[-1].thread_id)
 
     async def reconcile_mirrors(self) -> int:
         """Repair file mirrors from the database; returns how many threads were fixed."""

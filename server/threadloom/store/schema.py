@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 
 from ..errors import StoreUnavailableError
+from .fts import MIGRATION_SQL as SEARCH_INDEX_SQL
 
 SQLITE_MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -69,6 +70,7 @@ SQLITE_MIGRATIONS: list[tuple[str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    ("0003_search_index", SEARCH_INDEX_SQL),
 ]
 
 

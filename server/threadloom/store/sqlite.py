@@ -23,6 +23,8 @@ from ..errors import ConflictError, IntegrityError, StoreUnavailableError, Threa
 from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes, chain_next
 from ..mirror import Mirror
 from ..models import Status, StoredEvent, Thread, Usage, parse_iso, render_line
+from ..textquery import Mode, TextQuery
+from . import fts
 from .apply import (
     check_count_guard,
     accounts_doc,
@@ -51,9 +53,13 @@ from .base import (
     Op,
     PutThread,
     PutUsage,
+    ReindexProgress,
+    ReindexStats,
+    SearchHit,
     Store,
 )
 from .schema import SQLITE_MIGRATIONS, apply_sqlite_migrations
+from .textsearch import Finder
 from .workers import Job, WorkerPool, resolve
 
 log = logging.getLogger("threadloom.store")
@@ -130,6 +136,7 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._rconns: list[sqlite3.Connection] = []
         self._rlock = threading.Lock()
+        self._search = fts.SearchEngine()
 
     # ----------------------------------------------------------- connections
 
@@ -335,6 +342,7 @@ class SQLiteStore(Store):
                 try:
                     gone = []
                     for tid in ids:
+                        fts.delete_thread_docs(conn, tid)
                         if conn.execute("DELETE FROM threads WHERE thread_id = ?", (tid,)).rowcount:
                             gone.append(tid)
                         conn.execute("DELETE FROM events WHERE thread_id = ?", (tid,))
@@ -386,14 +394,17 @@ class SQLiteStore(Store):
                 conn.execute("BEGIN IMMEDIATE")
                 ts, epoch = now_pair()
                 alone = len(batch) == 1  # no savepoint needed: the transaction is the job
+                plan = fts.IndexPlan()
                 for job in batch:
                     if not alone:
                         conn.execute("SAVEPOINT job")
                     try:
+                        moved = fts.agent_moves(conn, job.payload)
                         res = self._apply(conn, job.payload, ts, epoch)
                         if not alone:
                             conn.execute("RELEASE job")
                         outcomes.append((job, res, None))
+                        plan.add(job.payload, res, moved)
                     except sqlite3.OperationalError:
                         raise  # busy or I/O: retry or fail the whole batch below
                     except Exception as exc:  # this job fails alone; a bug must not leave a txn open
@@ -404,6 +415,7 @@ class SQLiteStore(Store):
                             conn.execute("RELEASE job")
                         outcomes.append((job, None, _translate(exc)))
                 if conn.in_transaction:
+                    plan.apply(conn)  # searchable in the same transaction, one index flush per group
                     conn.execute("COMMIT")
                     for view in self._txn_views:
                         view.publish()
@@ -645,6 +657,83 @@ class SQLiteStore(Store):
         )
         view.extend(tid, state.count, [line])
         state.last.events.append(StoredEvent(tid, seq, ts, event.type, line, state.head))
+    # ----------------------------------------------------------------- search
+
+    async def search_text(
+        self,
+        query: TextQuery,
+        *,
+        mode: Mode = "all",
+        thread_ids: Sequence[str] | None = None,
+        agent_id: str | None = None,
+        include_tools: bool = False,
+        limit: int = 20,
+        best_per_thread: bool = False,
+    ) -> list[SearchHit]:
+        return await self._read(
+            lambda c: self._search.search(
+                c,
+                query,
+                mode=mode,
+                thread_ids=thread_ids,
+                agent_id=agent_id,
+                include_tools=include_tools,
+                limit=limit,
+                best_per_thread=best_per_thread,
+            )
+        )
+
+    async def scan_text(
+        self,
+        thread_ids: Sequence[str],
+        find: Finder,
+        *,
+        include_tools: bool = False,
+        limit: int = 20,
+    ) -> list[SearchHit]:
+        ids = list(thread_ids)
+        return await self._read(
+            lambda c: fts.SearchEngine.scan(c, ids, find, include_tools=include_tools, limit=limit)
+        )
+
+    async def reindex(self, *, progress: ReindexProgress | None = None) -> ReindexStats:
+        """Removes stale rows, then indexes missing events, in batches of one transaction
+        each (appends interleave with them)."""
+        if self._writer is None:
+            raise StoreUnavailableError("the store is not open")
+        writer = self._writer
+
+        def batch(work: Callable[[sqlite3.Connection, list[int]], int], ids: list[int]) -> Callable[[sqlite3.Connection], int]:
+            def run(conn: sqlite3.Connection) -> int:
+                def txn() -> int:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        n = work(conn, ids)
+                        conn.execute("COMMIT")
+                        return n
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+
+                return _retry_busy(txn)
+
+            return run
+
+        done = 0
+        counts = {}
+        for phase, find, work in (("removed", fts.stale_ids, fts.remove_ids), ("added", fts.missing_ids, fts.index_ids)):
+            ids: list[int] = await self._read(find)
+            total = done + len(ids)
+            if progress is not None:
+                progress(done, total)
+            counts[phase] = 0
+            for i in range(0, len(ids), fts.REINDEX_BATCH):
+                part = ids[i : i + fts.REINDEX_BATCH]
+                counts[phase] += await writer.submit(batch(work, part))
+                done += len(part)
+                if progress is not None:
+                    progress(done, total)
+        return ReindexStats(added=counts["added"], removed=counts["removed"], documents=await self._read(fts.count_documents))
 
     # ------------------------------------------------------------ maintenance
 

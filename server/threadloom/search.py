@@ -1,0 +1,468 @@
+"""Search: ``chain_search`` (one continuation chain) and ``search_threads`` (across threads).
+
+Text search goes to the store's full-text index (BM25). A query is first run
+requiring every word (``all``); when that finds fewer hits than asked for, it is run
+again accepting any word and the new hits follow, so an event holding every word
+always ranks above one holding some of them. Regex search scans the chain's events
+in order with RE2, whose matching time is linear in the text: no pattern can stall
+the server. Each hit carries a highlighted snippet and the ``context`` conversational
+events (messages, assistant text, tool calls and results) before and after it in
+its thread.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal
+
+import anyio
+import re2
+from pydantic import BaseModel, Field
+
+from .errors import InvalidInputError, NotFoundError
+from .models import Status, StoredEvent, check_agent_id, check_thread_id
+from .store.base import SearchHit, Store
+from .store.textsearch import INDEXED_TYPES, document_fields
+from .textquery import TextQuery, clause_positions, parse_query, tokens_with_spans
+
+__all__ = [
+    "ContextMessage",
+    "SearchResult",
+    "ThreadSearchResult",
+    "ChainSearchResults",
+    "ThreadSearchResults",
+    "chain_search",
+    "search_threads",
+    "compile_pattern",
+    "RegexFinder",
+    "text_snippet",
+]
+
+SearchType = Literal["text", "regex"]
+
+MAX_CHAIN_LIMIT = 100
+MAX_THREADS_LIMIT = 50
+MAX_CONTEXT = 10
+MAX_PATTERN_CHARS = 1000
+RE2_MAX_MEM = 64 << 20
+"""Memory RE2 may use for one compiled pattern; a bigger program is refused as invalid."""
+CONTEXT_TEXT_CHARS = 1000
+"""Context messages are cut to this many characters (read_events has the whole event)."""
+SNIPPET_TOKENS = 24
+SNIPPET_MAX_CHARS = 400
+REGEX_SNIPPET_SIDE = 80
+MARK = "**"
+"""Highlight marker around matched text in snippets (Markdown bold)."""
+ELLIPSIS = "…"
+
+
+# -------------------------------------------------------------------- results
+
+
+class ContextMessage(BaseModel):
+    """An event next to a hit: its seq, type, role and (possibly cut) text."""
+
+    seq: int
+    type: str
+    role: str | None
+    ts: str
+    text: str
+
+
+class SearchResult(BaseModel):
+    """One matching event with a highlighted snippet and the events around it."""
+
+    thread_id: str
+    seq: int
+    type: str = Field(description="message, assistant_text, tool_use or tool_result")
+    role: str | None = Field(description="user/assistant/system; assistant for tool_use, tool for tool_result")
+    ts: str
+    snippet: str = Field(description=f"the matching text with matches between {MARK} markers")
+    score: float | None = Field(description="BM25 relevance, higher is better (text search); null for regex")
+    before: list[ContextMessage] = Field(description="up to `context` events before the hit, oldest first")
+    after: list[ContextMessage] = Field(description="up to `context` events after the hit, oldest first")
+
+
+class ThreadSearchResult(SearchResult):
+    """The best hit of one thread, with the thread's title, agent and status."""
+
+    title: str | None
+    agent_id: str
+    status: Status
+
+
+class ChainSearchResults(BaseModel):
+    """Hits across every thread of a continuation chain."""
+
+    thread_id: str = Field(description="the thread the search was asked for")
+    chain_root_id: str
+    threads: list[str] = Field(description="the chain's thread ids searched, oldest first")
+    query: str
+    search_type: SearchType
+    results: list[SearchResult] = Field(
+        description="text: best first (events holding every word first); regex: in chain order"
+    )
+
+
+class ThreadSearchResults(BaseModel):
+    """The best hit of each matching thread, best first."""
+
+    query: str
+    agent_id: str | None
+    results: list[ThreadSearchResult]
+
+
+# ------------------------------------------------------------------ validation
+
+
+def _check_range(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not (low <= value <= high):
+        raise InvalidInputError(f"{name} must be an integer from {low} to {high}; got {value!r}", rule=f"{name}_range")
+    return value
+
+
+def compile_pattern(pattern: object) -> Any:
+    """Compile a regex for RE2 (linear-time matching, bounded memory).
+
+    Raises:
+        InvalidInputError: the pattern is empty, too long, or not valid RE2 syntax.
+    """
+    if not isinstance(pattern, str) or not pattern:
+        raise InvalidInputError(f"query must be a non-empty regex; got {pattern!r}", rule="regex_empty")
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise InvalidInputError(
+            f"regex is {len(pattern)} characters; the limit is {MAX_PATTERN_CHARS}", rule="regex_length"
+        )
+    return _re2(pattern)
+
+
+def _re2(pattern: str | bytes) -> Any:
+    options = re2.Options()
+    options.max_mem = RE2_MAX_MEM
+    options.log_errors = False
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise InvalidInputError(
+            f"regex {pattern!r:.200} is not valid RE2 syntax: {reason}. RE2 has no backreferences "
+            r"or lookaround; escape literal characters such as ( [ . * with a backslash",
+            rule="regex_invalid",
+        ) from None
+
+
+# A pattern that tests the start or end of the whole text, or turns multi-line mode off,
+# would see a batch joined by newlines differently from each text alone.
+_UNJOINABLE = re.compile(r"\\[Az]|\(\?[a-zA-Z]*-")
+
+
+class RegexFinder:
+    """Which texts of a batch match a pattern, at RE2's DFA speed.
+
+    The batch is joined by newlines and searched with the pattern in multi-line mode
+    (so ``^`` and ``$`` hold at each text's edges): a text without a match in the joined
+    string has none on its own, so one pass skips every non-matching text. The texts a
+    match touches are then checked alone with the pattern itself, and the search goes on
+    from the next text, so each text costs at most one extra search.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        self.compiled = compile_pattern(pattern)
+        self._alone = _re2(pattern.encode())
+        self._joined = None if _UNJOINABLE.search(pattern) else _re2(("(?m)" + pattern).encode())
+
+    def __call__(self, texts: Sequence[str]) -> Iterator[int]:
+        encoded = [t.encode() for t in texts]
+        if not encoded:
+            return
+        if self._joined is None:
+            yield from (i for i, b in enumerate(encoded) if self._alone.search(b) is not None)
+            return
+        starts, pos = [], 0
+        for b in encoded:
+            starts.append(pos)
+            pos += len(b) + 1
+        joined = b"\n".join(encoded)
+        pos = 0
+        while True:
+            m = self._joined.search(joined, pos)
+            if m is None:
+                return
+            first = bisect_right(starts, m.start()) - 1
+            last = bisect_right(starts, max(m.start(), m.end() - 1)) - 1
+            for i in range(first, last + 1):
+                if self._alone.search(encoded[i]) is not None:
+                    yield i
+            if last + 1 >= len(starts):
+                return
+            pos = starts[last + 1]
+
+
+# -------------------------------------------------------------------- snippets
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+def text_snippet(text: str, query: TextQuery, *, width: int = SNIPPET_TOKENS) -> str | None:
+    """A window of ``width`` tokens of ``text`` holding the most distinct query clauses,
+    matched tokens between markers; None if no clause matches."""
+    spans = tokens_with_spans(text)
+    tokens = [t for t, _, _ in spans]
+    owner: dict[int, set[int]] = {}
+    for ci, clause in enumerate(query.positive):
+        for i in clause_positions(tokens, clause):
+            for j in range(i, i + len(clause.tokens)):
+                owner.setdefault(j, set()).add(ci)
+    if not owner:
+        return None
+    marked = sorted(owner)
+    best, best_key = 0, (-1, -1)
+    for m in marked:
+        start = max(0, m - width // 4)
+        inside = [j for j in marked if start <= j < start + width]
+        key = (len(set().union(*(owner[j] for j in inside))), len(inside))
+        if key > best_key:
+            best, best_key = start, key
+    end = min(len(spans), best + width)
+    lo = 0 if best == 0 else spans[best][1]
+    hi = len(text) if end == len(spans) else spans[end - 1][2]
+    parts: list[str] = [ELLIPSIS] if lo > 0 else []
+    pos, j = lo, best
+    while j < end:
+        if j not in owner:
+            j += 1
+            continue
+        k = j
+        while k + 1 < end and k + 1 in owner:
+            k += 1  # consecutive matched tokens share one highlight
+        parts += [text[pos : spans[j][1]], MARK, text[spans[j][1] : spans[k][2]], MARK]
+        pos, j = spans[k][2], k + 1
+    parts.append(text[pos:hi])
+    if hi < len(text):
+        parts.append(ELLIPSIS)
+    snippet = _squash("".join(parts))
+    if len(snippet) > SNIPPET_MAX_CHARS:
+        snippet = snippet[: SNIPPET_MAX_CHARS - 1]
+        if snippet.count(MARK) % 2:
+            snippet += MARK
+        snippet += ELLIPSIS
+    return snippet
+
+
+def regex_snippet(text: str, pattern: Any) -> str | None:
+    """The first match of ``pattern`` in ``text`` with up to 80 characters either side."""
+    m = pattern.search(text)
+    if m is None:
+        return None
+    start, end = m.span()
+    end = min(end, start + SNIPPET_MAX_CHARS // 2)
+    lo = max(0, start - REGEX_SNIPPET_SIDE)
+    hi = min(len(text), end + REGEX_SNIPPET_SIDE)
+    hit = text[start:end]
+    middle = f"{MARK}{hit}{MARK}" if hit else ""
+    snippet = (ELLIPSIS if lo > 0 else "") + text[lo:start] + middle + text[end:hi] + (ELLIPSIS if hi < len(text) else "")
+    return _squash(snippet)
+
+
+# ------------------------------------------------------------------- helpers
+
+
+def _role(event: StoredEvent, data: dict[str, Any]) -> str | None:
+    if event.type == "message":
+        return data.get("role")
+    if event.type in ("assistant_text", "tool_use"):
+        return "assistant"
+    if event.type == "tool_result":
+        return "tool"
+    return None
+
+
+def _fields(event: StoredEvent, data: dict[str, Any]) -> tuple[str | None, str | None]:
+    return document_fields(event.type, data) or (None, None)
+
+
+def _context_message(event: StoredEvent) -> ContextMessage:
+    data = event.data()
+    body, tools = _fields(event, data)
+    text = body if body is not None else (tools or "")
+    if len(text) > CONTEXT_TEXT_CHARS:
+        text = text[: CONTEXT_TEXT_CHARS - 1] + ELLIPSIS
+    return ContextMessage(seq=event.seq, type=event.type, role=_role(event, data), ts=event.ts, text=text)
+
+
+Window = tuple[StoredEvent, list[StoredEvent], list[StoredEvent]]
+
+
+async def _window(store: Store, thread_id: str, seq: int, context: int) -> Window | None:
+    """The hit event and up to ``context`` conversational events each side of it."""
+    span = 2 * context + 4
+    while True:
+        first = max(0, seq - 1 - span)
+        try:
+            events = await store.read_events(thread_id, after_seq=first, limit=2 * span + 1)
+        except NotFoundError:
+            return None  # deleted since the search
+        hit = next((e for e in events if e.seq == seq), None)
+        if hit is None:
+            return None
+        talk = [e for e in events if e.type in INDEXED_TYPES]
+        before = [e for e in talk if e.seq < seq][-context:] if context else []
+        after = [e for e in talk if e.seq > seq][:context]
+        short_before = len(before) < context and first > 0
+        short_after = len(after) < context and len(events) == 2 * span + 1
+        if not (short_before or short_after) or span > 4096:
+            return hit, before, after
+        span *= 4
+
+
+async def _present(
+    store: Store,
+    hits: Sequence[SearchHit],
+    context: int,
+    snippet: Callable[[str], str | None],
+    include_tools: bool,
+) -> list[SearchResult]:
+    windows: list[Window | None] = [None] * len(hits)
+
+    async def load(i: int, h: SearchHit) -> None:
+        windows[i] = await _window(store, h.thread_id, h.seq, context)
+
+    async with anyio.create_task_group() as tg:  # the store's readers work in parallel
+        for i, h in enumerate(hits):
+            tg.start_soon(load, i, h)
+    out: list[SearchResult] = []
+    for h, window in zip(hits, windows):
+        if window is None:
+            continue
+        event, before, after = window
+        data = event.data()
+        body, tools = _fields(event, data)
+        text = None
+        for field in (body, tools if include_tools else None):
+            if field:
+                text = snippet(field)
+                if text is not None:
+                    break
+        if text is None:  # matched by the index's own tokenizer only: show the start
+            text = _squash((body or tools or "")[:SNIPPET_MAX_CHARS])
+        out.append(
+            SearchResult(
+                thread_id=h.thread_id,
+                seq=h.seq,
+                type=event.type,
+                role=_role(event, data),
+                ts=event.ts,
+                snippet=text,
+                score=h.score,
+                before=[_context_message(e) for e in before],
+                after=[_context_message(e) for e in after],
+            )
+        )
+    return out
+
+
+async def _ranked(
+    store: Store,
+    query: TextQuery,
+    *,
+    limit: int,
+    thread_ids: Sequence[str] | None = None,
+    agent_id: str | None = None,
+    include_tools: bool = False,
+    best_per_thread: bool = False,
+) -> list[SearchHit]:
+    """Hits holding every word first, then (if short of ``limit``) hits holding some.
+    Stopwords are left out when the query has other words."""
+    query = query.content_words()
+    kwargs: dict[str, Any] = dict(
+        thread_ids=thread_ids, agent_id=agent_id, include_tools=include_tools, best_per_thread=best_per_thread
+    )
+    hits = await store.search_text(query, mode="all", limit=limit, **kwargs)
+    if len(hits) >= limit or len(query.positive) < 2:
+        return hits
+    taken = {h.thread_id if best_per_thread else (h.thread_id, h.seq) for h in hits}
+    for h in await store.search_text(query, mode="any", limit=limit + len(hits), **kwargs):
+        key = h.thread_id if best_per_thread else (h.thread_id, h.seq)
+        if key not in taken:
+            taken.add(key)
+            hits.append(h)
+            if len(hits) >= limit:
+                break
+    return hits
+
+
+# ---------------------------------------------------------------------- entry points
+
+
+async def chain_search(
+    store: Store,
+    thread_id: str,
+    query: str,
+    *,
+    search_type: str = "text",
+    limit: int = 20,
+    context: int = 3,
+    include_tools: bool = False,
+) -> ChainSearchResults:
+    """Search every thread of ``thread_id``'s continuation chain (see module docstring)."""
+    check_thread_id(thread_id)
+    if search_type not in ("text", "regex"):
+        raise InvalidInputError(f"search_type must be 'text' or 'regex'; got {search_type!r}", rule="search_type")
+    _check_range("limit", limit, 1, MAX_CHAIN_LIMIT)
+    _check_range("context", context, 0, MAX_CONTEXT)
+    if search_type == "text":
+        parsed = parse_query(query).content_words()
+        snippet: Callable[[str], str | None] = lambda text: text_snippet(text, parsed)  # noqa: E731
+    else:
+        finder = RegexFinder(query)
+        snippet = lambda text: regex_snippet(text, finder.compiled)  # noqa: E731
+    thread = await store.get_thread(thread_id)
+    chain = [t.thread_id for t in await store.list_chain(thread.chain_root_id)]
+    if thread_id not in chain:
+        chain.append(thread_id)
+    if search_type == "text":
+        hits = await _ranked(store, parsed, limit=limit, thread_ids=chain, include_tools=include_tools)
+    else:
+        hits = await store.scan_text(chain, finder, include_tools=include_tools, limit=limit)
+    return ChainSearchResults(
+        thread_id=thread_id,
+        chain_root_id=thread.chain_root_id,
+        threads=chain,
+        query=query,
+        search_type=search_type,  # type: ignore[arg-type]
+        results=await _present(store, hits, context, snippet, include_tools),
+    )
+
+
+async def search_threads(
+    store: Store, query: str, *, agent_id: str | None = None, limit: int = 5, context: int = 3
+) -> ThreadSearchResults:
+    """The best-matching threads (one hit each, best first), of one agent when given."""
+    if agent_id is not None:
+        check_agent_id(agent_id)
+    _check_range("limit", limit, 1, MAX_THREADS_LIMIT)
+    _check_range("context", context, 0, MAX_CONTEXT)
+    parsed = parse_query(query).content_words()
+    hits = await _ranked(store, parsed, limit=limit, agent_id=agent_id, best_per_thread=True)
+    threads = await store.get_threads([h.thread_id for h in hits])
+    results = await _present(store, hits, context, lambda text: text_snippet(text, parsed), False)
+    return ThreadSearchResults(
+        query=query,
+        agent_id=agent_id,
+        results=[
+            ThreadSearchResult(
+                **r.model_dump(),
+                title=threads[r.thread_id].title,
+                agent_id=threads[r.thread_id].agent_id,
+                status=threads[r.thread_id].status,
+            )
+            for r in results
+            if r.thread_id in threads
+        ],
+    )
