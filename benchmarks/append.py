@@ -98,7 +98,8 @@ async def store_append(
     root = Path(tempfile.mkdtemp())
     settings = Settings(root=root, durability=durability)
     async with ThreadService(make_store(kind, durability, root), settings) as svc:
-        tids = [(await svc.create_thread()).thread_id for _ in range(1 if same_thread else writers)]
+        # a window large enough that no handoff interrupts the measurement
+        tids = [(await svc.create_thread(context_window=10_000_000)).thread_id for _ in range(1 if same_thread else writers)]
         for tid in tids:
             await svc.append(tid, [event(0)])
         per = n // writers // batch
