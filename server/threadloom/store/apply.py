@@ -6,6 +6,8 @@ Written once here so that each backend only moves bytes; the rules of a commit
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import hashlib
 import json
 import time
@@ -187,3 +189,22 @@ def check_import(op: ImportThread) -> None:
             f"{len(op.events)} events",
             rule="import_seq",
         )
+
+
+def row_to_thread(row: Sequence[Any]) -> Thread:
+    """A Thread from a stored row: (thread_id, doc, status, updated_at, heartbeat_at,
+    event_count, text_chars, input_tokens, version[, accounts]); columns win over the doc."""
+    _tid, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version = row[:9]
+    data = json.loads(doc)
+    data.pop("budget", None)  # a pre-accounts document kept the asked-for budget here
+    data.update(accounts_from_doc(row[9] if len(row) > 9 else None))
+    data.update(
+        status=status,
+        updated_at=updated_at,
+        heartbeat_at=heartbeat_at,
+        event_count=event_count,
+        text_chars=text_chars,
+        input_tokens=input_tokens,
+        version=version,
+    )
+    return Thread.model_validate(data)

@@ -24,6 +24,7 @@ from ..errors import ConflictError, IntegrityError, StoreUnavailableError, Threa
 from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes, chain_next
 from ..models import Status, StoredEvent, Thread, Usage, parse_iso, render_line
 from .apply import (
+    row_to_thread,
     accounts_doc,
     accounts_from_doc,
     add_usage_doc,
@@ -82,21 +83,7 @@ class _Appended:
     last: AppendResult
 
 
-def _row_to_thread(row: Sequence[Any]) -> Thread:
-    _tid, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version = row[:9]
-    data = json.loads(doc)
-    data.pop("budget", None)
-    data.update(accounts_from_doc(row[9] if len(row) > 9 else None))
-    data.update(
-        status=status,
-        updated_at=updated_at,
-        heartbeat_at=heartbeat_at,
-        event_count=event_count,
-        text_chars=text_chars,
-        input_tokens=input_tokens,
-        version=version,
-    )
-    return Thread.model_validate(data)
+_row_to_thread = row_to_thread
 
 
 class PostgresStore(Store):

@@ -26,6 +26,7 @@ from ..models import Status, StoredEvent, Thread, Usage, parse_iso, render_line
 from ..textquery import Mode, TextQuery
 from . import fts
 from .apply import (
+    row_to_thread,
     check_count_guard,
     accounts_doc,
     accounts_from_doc,
@@ -77,21 +78,7 @@ _THREAD_COLS = (
 )
 
 
-def _row_to_thread(row: sqlite3.Row | tuple[Any, ...]) -> Thread:
-    _tid, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version = row[:9]
-    data = json.loads(doc)
-    data.pop("budget", None)  # a pre-accounts document kept the asked-for budget here
-    data.update(accounts_from_doc(row[9] if len(row) > 9 else None))
-    data.update(
-        status=status,
-        updated_at=updated_at,
-        heartbeat_at=heartbeat_at,
-        event_count=event_count,
-        text_chars=text_chars,
-        input_tokens=input_tokens,
-        version=version,
-    )
-    return Thread.model_validate(data)
+_row_to_thread = row_to_thread
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
