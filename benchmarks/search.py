@@ -96,7 +96,7 @@ class Corpus:
         names: set[str] = set()
         while len(names) < synthetic:
             names.add("".join(self.rng.choices(SYLLABLES, k=self.rng.randint(2, 4))))
-        numbers = [str(i) for i in range(0, 2000)]
+        numbers = [str(i) for i in range(2000)]
         rest = sorted(names | set(numbers))
         self.rng.shuffle(rest)
         self.vocab = COMMON + [w for w in TECH if w not in COMMON] + rest
@@ -112,9 +112,13 @@ class Corpus:
         if self.rng.random() < 0.04:
             r = self.rng
             err = r.choice(ERRORS).format(
-                ip=f"10.0.{r.randint(0, 9)}.{r.randint(1, 250)}", port=r.choice([5432, 6379, 443, 8080]),
-                n=r.randint(1, 120), m=r.randint(1, 120), code=r.randint(1000, 1999),
-                word=r.choice(self.vocab[200:3000]), status=r.choice([404, 500, 502, 503]),
+                ip=f"10.0.{r.randint(0, 9)}.{r.randint(1, 250)}",
+                port=r.choice([5432, 6379, 443, 8080]),
+                n=r.randint(1, 120),
+                m=r.randint(1, 120),
+                code=r.randint(1000, 1999),
+                word=r.choice(self.vocab[200:3000]),
+                status=r.choice([404, 500, 502, 503]),
             )
             words.insert(r.randint(0, len(words)), err)
         return " ".join(words)
@@ -132,9 +136,17 @@ def new_thread(chain_root: str | None = None, previous: str | None = None) -> Th
     now = iso(utc_now())
     tid = new_thread_id()
     return Thread(
-        thread_id=tid, agent_id=f"agent{random.randint(0, 49)}", title=f"task {tid}", context_window=200_000,
-        stale_after=3600.0, status=Status.RUNNING, chain_root_id=chain_root or tid, continuation_of=previous,
-        created_at=now, updated_at=now, heartbeat_at=now,
+        thread_id=tid,
+        agent_id=f"agent{random.randint(0, 49)}",
+        title=f"task {tid}",
+        context_window=200_000,
+        stale_after=3600.0,
+        status=Status.RUNNING,
+        chain_root_id=chain_root or tid,
+        continuation_of=previous,
+        created_at=now,
+        updated_at=now,
+        heartbeat_at=now,
     )
 
 
@@ -143,7 +155,7 @@ def new_thread(chain_root: str | None = None, previous: str | None = None) -> Th
 
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(p * (len(xs) - 1)))]
 
 
 async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
@@ -314,7 +326,10 @@ async def append_costs(corpus: Corpus, n: int, reps: int) -> list[dict[str, Any]
                 "cpu_cost": 1 - cwo / cw,
             }
         )
-        print(f"  append {case}: {w:,.0f} vs {wo:,.0f} ev/s; {cw:.0f} vs {cwo:.0f} CPU µs/event", file=sys.stderr)
+        print(
+            f"  append {case}: {w:,.0f} vs {wo:,.0f} ev/s; {cw:.0f} vs {cwo:.0f} CPU µs/event",
+            file=sys.stderr,
+        )
     return rows
 
 
@@ -337,7 +352,9 @@ def text_queries(corpus: Corpus, sample: list[str], n: int, rng: random.Random) 
             out.append((kind, rng.choice(content[5000:])))
         elif kind == "phrase":  # two neighbouring words, at least one of them not a function word
             pairs = [text[j : j + 2] for j in range(len(text) - 1)]
-            pairs = [p for p in pairs if max(corpus.rank.get(w, 10**6) for w in p) > 100] or pairs or [text * 2]
+            pairs = (
+                [p for p in pairs if max(corpus.rank.get(w, 10**6) for w in p) > 100] or pairs or [text * 2]
+            )
             out.append((kind, '"' + " ".join(rng.choice(pairs)) + '"'))
         elif kind == "prefix":  # the stem of an engineering word or of a name
             w = rng.choice([w for w in TECH if len(w) >= 6] + [w for w in content[100:3000] if len(w) >= 6])
@@ -370,7 +387,9 @@ def like_scan(conn: sqlite3.Connection, word: str, thread_ids: list[str] | None)
 
 def python_re_scan(conn: sqlite3.Connection, pattern: str, thread_ids: list[str] | None) -> int:
     rx = re.compile(pattern)
-    sql = "SELECT line FROM events" + (f" WHERE thread_id IN ({','.join('?' * len(thread_ids))})" if thread_ids else "")
+    sql = "SELECT line FROM events" + (
+        f" WHERE thread_id IN ({','.join('?' * len(thread_ids))})" if thread_ids else ""
+    )
     hits = 0
     for (line,) in conn.execute(sql, thread_ids or []):
         if rx.search(json.loads(line).get("text", "")):
@@ -382,7 +401,9 @@ def summary(xs: list[float]) -> dict[str, float]:
     return {"p50_ms": pct(xs, 0.5), "p99_ms": pct(xs, 0.99), "max_ms": max(xs), "n": len(xs)}
 
 
-async def query_latency(root: Path, corpus: Corpus, built: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+async def query_latency(
+    root: Path, corpus: Corpus, built: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
     rng = random.Random(11)
     store = SQLiteStore(root, durability="normal", mirrors=False)
     out: dict[str, Any] = {}
@@ -395,11 +416,11 @@ async def query_latency(root: Path, corpus: Corpus, built: dict[str, Any], args:
         slowest: list[tuple[float, str, str]] = []
         for kind, q in queries:
             parsed = parse_query(q)
-            ms = await timed(lambda: store.search_text(parsed, limit=5, best_per_thread=True))
+            ms = await timed(lambda parsed=parsed: store.search_text(parsed, limit=5, best_per_thread=True))
             store_ms.append(ms)
             by_class.setdefault(kind, []).append(ms)
             slowest = sorted([*slowest, (ms, kind, q)], reverse=True)[:10]
-            service_ms.append(await timed(lambda: svc.search_threads(q, limit=5, context=3)))
+            service_ms.append(await timed(lambda q=q: svc.search_threads(q, limit=5, context=3)))
         out["global_text_store"] = summary(store_ms)
         out["global_text_search_threads"] = summary(service_ms)
         out["global_text_by_class"] = {k: summary(v) for k, v in by_class.items()}
@@ -407,13 +428,18 @@ async def query_latency(root: Path, corpus: Corpus, built: dict[str, Any], args:
 
         chain = built["chain"]
         chain_queries = text_queries(corpus, built["chain_texts"], max(50, args.queries // 2), rng)
-        text_ms = [await timed(lambda: svc.chain_search(chain[-1], q, limit=20, context=3)) for _, q in chain_queries]
+        text_ms = [
+            await timed(lambda q=q: svc.chain_search(chain[-1], q, limit=20, context=3))
+            for _, q in chain_queries
+        ]
         out["chain_text"] = summary(text_ms)
         regex_ms: dict[str, list[float]] = {p: [] for p in REGEXES}
         for _ in range(args.regex_reps):
             for p in REGEXES:
                 regex_ms[p].append(
-                    await timed(lambda: svc.chain_search(chain[-1], p, search_type="regex", limit=20, context=3))
+                    await timed(
+                        lambda p=p: svc.chain_search(chain[-1], p, search_type="regex", limit=20, context=3)
+                    )
                 )
         out["chain_regex"] = summary([x for xs in regex_ms.values() for x in xs])
         out["chain_regex_by_pattern"] = {p: statistics.median(v) for p, v in regex_ms.items()}
@@ -522,9 +548,15 @@ async def run(args: argparse.Namespace, corpus: Corpus, root: Path, messages: in
     appends = [] if args.skip_append else await append_costs(Corpus(seed=3), args.append_events, args.reps)
 
     print()
-    print(f"corpus: {built['messages']:,} messages, {built['threads']:,} threads; chain {CHAIN_THREADS} threads / {CHAIN_MESSAGES:,} messages")
-    print(f"build (batches of {BUILD_BATCH}, indexed in each commit): {built['build_seconds']:.1f} s = {built['build_events_per_s']:,.0f} ev/s")
-    print(f"index size: {size['index_mb']:.1f} MB (events table {size['events_mb']:.1f} MB; ratio {size['index_vs_events']:.2f}); file {size['file_mb']:.1f} MB")
+    print(
+        f"corpus: {built['messages']:,} messages, {built['threads']:,} threads; chain {CHAIN_THREADS} threads / {CHAIN_MESSAGES:,} messages"
+    )
+    print(
+        f"build (batches of {BUILD_BATCH}, indexed in each commit): {built['build_seconds']:.1f} s = {built['build_events_per_s']:,.0f} ev/s"
+    )
+    print(
+        f"index size: {size['index_mb']:.1f} MB (events table {size['events_mb']:.1f} MB; ratio {size['index_vs_events']:.2f}); file {size['file_mb']:.1f} MB"
+    )
     print()
     print(f"{'query latency':<44} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9} {'n':>5}")
     rows = [
@@ -544,17 +576,32 @@ async def run(args: argparse.Namespace, corpus: Corpus, root: Path, messages: in
     print(f"{'text query class (store)':<44} {'p50 ms':>9} {'p99 ms':>9}")
     for kind, s in latency["global_text_by_class"].items():
         print(f"  {kind:<42} {s['p50_ms']:>9.2f} {s['p99_ms']:>9.2f}")
-    print("slowest text queries: " + "; ".join(f"{x['query']} ({x['class']}) {x['ms']:.0f} ms" for x in latency["global_text_slowest"][:5]))
-    g, like, rx = latency["global_text_store"], latency["global_like_baseline"], latency["global_python_re_baseline"]
+    print(
+        "slowest text queries: "
+        + "; ".join(
+            f"{x['query']} ({x['class']}) {x['ms']:.0f} ms" for x in latency["global_text_slowest"][:5]
+        )
+    )
+    g, like, rx = (
+        latency["global_text_store"],
+        latency["global_like_baseline"],
+        latency["global_python_re_baseline"],
+    )
     c, cl, cr = latency["chain_regex"], latency["chain_like_baseline"], latency["chain_python_re_baseline"]
-    print(f"ratios (p50): index vs LIKE all threads {like['p50_ms'] / g['p50_ms']:.0f}x faster, vs Python re "
-          f"{rx['p50_ms'] / g['p50_ms']:.0f}x; chain regex vs LIKE {c['p50_ms'] / cl['p50_ms']:.2f}x the time, "
-          f"vs Python re {c['p50_ms'] / cr['p50_ms']:.2f}x the time")
+    print(
+        f"ratios (p50): index vs LIKE all threads {like['p50_ms'] / g['p50_ms']:.0f}x faster, vs Python re "
+        f"{rx['p50_ms'] / g['p50_ms']:.0f}x; chain regex vs LIKE {c['p50_ms'] / cl['p50_ms']:.2f}x the time, "
+        f"vs Python re {c['p50_ms'] / cr['p50_ms']:.2f}x the time"
+    )
     if appends:
         print_appends(appends)
     RESULTS.mkdir(exist_ok=True)
     out = {
-        "machine": {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "cpus": os.cpu_count()},
+        "machine": {
+            "python": platform.python_version(),
+            "sqlite": sqlite3.sqlite_version,
+            "cpus": os.cpu_count(),
+        },
         "messages": built["messages"],
         "threads": built["threads"],
         "chain": {"threads": CHAIN_THREADS, "messages": CHAIN_MESSAGES},

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import anyio
 import pytest
 
 from conftest import PYTHON
@@ -84,7 +85,9 @@ async def test_reindex_removes_rows_of_threads_deleted_behind_the_stores_back(tm
         await service.close()
 
 
-async def test_reindex_moves_rows_of_a_thread_whose_agent_changed_behind_the_stores_back(tmp_path: Path) -> None:
+async def test_reindex_moves_rows_of_a_thread_whose_agent_changed_behind_the_stores_back(
+    tmp_path: Path,
+) -> None:
     store, service, ids = await seeded(tmp_path / "root")
     try:
         sql(store, "UPDATE threads SET agent_id = 'zed' WHERE thread_id = ?", (ids[1],))
@@ -100,7 +103,7 @@ async def test_reindex_moves_rows_of_a_thread_whose_agent_changed_behind_the_sto
 
 async def test_opening_a_database_made_before_the_index_indexes_its_events(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    store, service, ids = await seeded(root)
+    store, service, _ = await seeded(root)
     await service.close()
     # turn it back into a database made before the search index
     sql(store, f"DROP TABLE {fts.TABLE}")
@@ -120,15 +123,19 @@ async def test_opening_a_database_made_before_the_index_indexes_its_events(tmp_p
 async def test_reindex_command_reports_what_it_did(tmp_path: Path, cli_env: dict[str, str]) -> None:
     root = tmp_path / "root"
     store, service, ids = await seeded(root)
-    sql(store, f"DELETE FROM {fts.TABLE} WHERE rowid IN (SELECT id FROM events WHERE thread_id = ?)", (ids[0],))
+    sql(
+        store,
+        f"DELETE FROM {fts.TABLE} WHERE rowid IN (SELECT id FROM events WHERE thread_id = ?)",
+        (ids[0],),
+    )
     await service.close()
     cmd = [PYTHON, "-m", "threadloom", "reindex", "--root", str(root)]
-    first = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=120)
-    assert first.returncode == 0, first.stderr
-    assert "5 event(s) added, 0 row(s) removed; 15 events indexed" in first.stdout
-    forced = subprocess.run(cmd, env={**cli_env, "FORCE_COLOR": "1"}, capture_output=True, text=True, timeout=120)
-    assert forced.returncode == 0, forced.stderr
-    assert "0 event(s) added, 0 row(s) removed; 15 events indexed" in forced.stdout
+    first = await anyio.run_process(cmd, env=cli_env, check=False)
+    assert first.returncode == 0, first.stderr.decode()
+    assert "5 event(s) added, 0 row(s) removed; 15 events indexed" in first.stdout.decode()
+    forced = await anyio.run_process(cmd, env={**cli_env, "FORCE_COLOR": "1"}, check=False)
+    assert forced.returncode == 0, forced.stderr.decode()
+    assert "0 event(s) added, 0 row(s) removed; 15 events indexed" in forced.stdout.decode()
 
 
 def test_reindex_command_refuses_a_root_without_a_database(tmp_path: Path, cli_env: dict[str, str]) -> None:
@@ -138,6 +145,7 @@ def test_reindex_command_refuses_a_root_without_a_database(tmp_path: Path, cli_e
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
     assert out.returncode == 2
     assert "no threadloom database" in out.stderr and "Traceback" not in out.stderr

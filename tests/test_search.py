@@ -26,7 +26,9 @@ def msg(text: str, role: str = "user") -> dict:
 
 async def thread_with(service: ThreadService, texts: list[str], **kwargs) -> Thread:
     t = await service.create_thread(**kwargs)
-    await service.append(t.thread_id, [msg(x, "user" if i % 2 == 0 else "assistant") for i, x in enumerate(texts)])
+    await service.append(
+        t.thread_id, [msg(x, "user" if i % 2 == 0 else "assistant") for i, x in enumerate(texts)]
+    )
     return t
 
 
@@ -123,9 +125,9 @@ async def test_tool_inputs_and_outputs_are_searched_only_with_include_tools(serv
     tools = await service.chain_search(t.thread_id, "widgets", include_tools=True)
     assert [(r.seq, r.type, r.role) for r in tools.results] == [(4, "tool_result", "tool")]
     assert "**widgets**" in tools.results[0].snippet
-    assert [r.type for r in (await service.chain_search(t.thread_id, "alembic", include_tools=True)).results] == [
-        "tool_use"
-    ]
+    assert [
+        r.type for r in (await service.chain_search(t.thread_id, "alembic", include_tools=True)).results
+    ] == ["tool_use"]
 
 
 @pytest.mark.parametrize(
@@ -276,7 +278,9 @@ async def test_a_catastrophic_regex_returns_promptly(service: ThreadService) -> 
 
 
 @pytest.mark.parametrize("pattern", [r"(a)\1", r"(?=x)", "[", "a{2,1}", "(?P<n>x)(?P=n)", ""])
-async def test_invalid_regex_patterns_are_refused_with_the_reason(service: ThreadService, pattern: str) -> None:
+async def test_invalid_regex_patterns_are_refused_with_the_reason(
+    service: ThreadService, pattern: str
+) -> None:
     t = await thread_with(service, ["text"])
     with pytest.raises(InvalidInputError) as err:
         await service.chain_search(t.thread_id, pattern, search_type="regex")
@@ -327,9 +331,13 @@ async def test_search_threads_sees_only_the_given_agents_threads(service: Thread
 async def test_a_thread_moved_to_another_agent_is_found_under_its_new_agent(service: ThreadService) -> None:
     t = await thread_with(service, ["quarterly report numbers"], agent_id="alice")
     cur = await service.store.get_thread(t.thread_id)
-    await service.store.commit([PutThread(cur.model_copy(update={"agent_id": "bob"}), expect_version=cur.version)])
+    await service.store.commit(
+        [PutThread(cur.model_copy(update={"agent_id": "bob"}), expect_version=cur.version)]
+    )
     assert (await service.search_threads("quarterly", agent_id="alice")).results == []
-    assert [r.thread_id for r in (await service.search_threads("quarterly", agent_id="bob")).results] == [t.thread_id]
+    assert [r.thread_id for r in (await service.search_threads("quarterly", agent_id="bob")).results] == [
+        t.thread_id
+    ]
 
 
 # ------------------------------------------------------------- maintenance
@@ -372,18 +380,27 @@ async def test_search_tools_over_mcp(service: ThreadService, mode: str) -> None:
         assert {"chain_search", "search_threads"} <= tools.keys()
         props = tools["chain_search"].input_schema["properties"]
         assert {"thread_id", "query", "search_type", "limit", "context", "include_tools"} <= props.keys()
-        assert {"query", "agent_id", "limit", "context"} <= tools["search_threads"].input_schema["properties"].keys()
+        assert {"query", "agent_id", "limit", "context"} <= tools["search_threads"].input_schema[
+            "properties"
+        ].keys()
 
-        r = await c.call_tool("chain_search", {"thread_id": a.thread_id, "query": "stampede"})
+        r = await c.call_tool(
+            "chain_search", {"thread_id": a.thread_id, "query": "stampede", "context": 1, "limit": 5}
+        )
         assert not r.is_error
         hit = r.structured_content["results"][0]
+        assert hit["before"] == [] and hit["after"] == []
         assert (hit["thread_id"], hit["seq"], hit["role"]) == (a.thread_id, 2, "user")
         assert "**stampede**" in hit["snippet"] and hit["ts"].endswith("Z")
 
-        r = await c.call_tool("chain_search", {"thread_id": a.thread_id, "query": "sta(mp", "search_type": "regex"})
+        r = await c.call_tool(
+            "chain_search", {"thread_id": a.thread_id, "query": "sta(mp", "search_type": "regex"}
+        )
         assert r.is_error and "[regex_invalid]" in r.content[0].text and "sta(mp" in r.content[0].text
 
-        r = await c.call_tool("search_threads", {"query": "cache noon", "agent_id": "ops"})
+        r = await c.call_tool(
+            "search_threads", {"query": "cache noon", "agent_id": "ops", "limit": 3, "context": 0}
+        )
         assert not r.is_error
         assert [x["title"] for x in r.structured_content["results"]] == ["cache work"]
 
@@ -405,7 +422,7 @@ async def test_memory_and_sqlite_rank_alike(tmp_path) -> None:
     results = []
     for store in (MemoryStore(), SQLiteStore(tmp_path / "db", durability="normal")):
         async with ThreadService(store) as svc:
-            t = await thread_with(svc, corpus)
+            await thread_with(svc, corpus)
             t2 = await thread_with(svc, corpus[::-1])
             hits = await store.search_text(parse_query("upload retry"), mode="any")
             assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
@@ -435,9 +452,12 @@ async def test_python_and_sql_agree_on_what_text_is_indexed(tmp_path) -> None:
         stored = await store.read_events(t.thread_id)
     conn = sqlite3.connect(store.path)
     try:
-        sql = {seq: (body, None if tools is None else str(tools)) for seq, body, tools in conn.execute(
-            f"SELECT seq, body, tools FROM {fts.VIEW} WHERE tid = ?", (t.thread_id,)
-        )}
+        sql = {
+            seq: (body, None if tools is None else str(tools))
+            for seq, body, tools in conn.execute(
+                f"SELECT seq, body, tools FROM {fts.VIEW} WHERE tid = ?", (t.thread_id,)
+            )
+        }
     finally:
         conn.close()
     python = {e.seq: event_document(e) for e in stored if event_document(e) is not None}
@@ -461,7 +481,9 @@ async def test_sqlite_ranks_within_the_most_recent_window_and_sets_common_words_
 ) -> None:
     store = SQLiteStore(tmp_path / "db", durability="normal")
     async with ThreadService(store) as svc:
-        t = await thread_with(svc, [f"the report {i}" for i in range(12)] + ["the rare report", "a rare bird"])
+        t = await thread_with(
+            svc, [f"the report {i}" for i in range(12)] + ["the rare report", "a rare bird"]
+        )
         monkeypatch.setattr(fts, "RANK_WINDOW", 4)
         hits = await store.search_text(parse_query("report"), thread_ids=[t.thread_id], limit=20)
         assert sorted(h.seq for h in hits) == [11, 12, 13, 14]  # the 4 newest matches, ranked
@@ -482,7 +504,9 @@ async def test_sqlite_ranks_within_the_most_recent_window_and_sets_common_words_
         assert [r.seq for r in res.results] == [14, 15]
 
 
-async def test_sqlite_filters_a_large_agent_after_the_index(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_sqlite_filters_a_large_agent_after_the_index(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(fts, "SMALL_STORE_THREADS", 0)
     monkeypatch.setattr(fts, "AGENT_TERM_MAX_SHARE", 0.0)
     monkeypatch.setattr(fts, "MAX_SCOPE_TERMS", 1)
@@ -492,7 +516,9 @@ async def test_sqlite_filters_a_large_agent_after_the_index(tmp_path, monkeypatc
         b = await thread_with(svc, ["kiwi tart"], agent_id="bob")
         c = await continue_chain(svc, a)
         await svc.append(c.thread_id, [msg("kiwi again")])
-        assert [r.thread_id for r in (await svc.search_threads("kiwi", agent_id="bob")).results] == [b.thread_id]
+        assert [r.thread_id for r in (await svc.search_threads("kiwi", agent_id="bob")).results] == [
+            b.thread_id
+        ]
         res = await svc.chain_search(a.thread_id, "kiwi")
         assert {r.thread_id for r in res.results} == {a.thread_id, c.thread_id}
 
@@ -500,7 +526,10 @@ async def test_sqlite_filters_a_large_agent_after_the_index(tmp_path, monkeypatc
 TRANSCRIPT = [
     ("user", "Please run the test suite and fix whatever fails."),
     ("assistant", "Running pytest now. I will look at the failures one by one."),
-    ("assistant", "tests/test_db.py::test_pool failed: psycopg.OperationalError: connection timeout after 30s"),
+    (
+        "assistant",
+        "tests/test_db.py::test_pool failed: psycopg.OperationalError: connection timeout after 30s",
+    ),
     ("user", "Is the database container up? Check docker ps."),
     ("assistant", "The postgres container was restarting in a loop because its volume was full."),
     ("assistant", "Freed the volume; the connection timeout is gone and test_pool passes."),

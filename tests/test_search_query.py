@@ -57,11 +57,17 @@ def test_any_user_input_either_parses_into_valid_fts5_or_is_refused_cleanly(text
         assert exc.rule.startswith("query_")
         return
     for mode in ("all", "any"):
-        conn.execute("SELECT rowid FROM f WHERE f MATCH ?", (render_fts5(q, mode, columns=["body"]),)).fetchall()
+        conn.execute(
+            "SELECT rowid FROM f WHERE f MATCH ?", (render_fts5(q, mode, columns=["body"]),)
+        ).fetchall()
 
 
 def test_snippets_highlight_matches_inside_a_window() -> None:
-    text = " ".join(f"w{i}" for i in range(100)) + " the Timeout Error here " + " ".join(f"v{i}" for i in range(50))
+    text = (
+        " ".join(f"w{i}" for i in range(100))
+        + " the Timeout Error here "
+        + " ".join(f"v{i}" for i in range(50))
+    )
     s = text_snippet(text, parse_query("timeout error"))
     assert s is not None
     assert "**Timeout Error**" in s
@@ -106,8 +112,23 @@ def test_oversized_regex_programs_are_refused() -> None:
 
 
 JOIN_PATTERNS = [
-    "^abc", "abc$", r"\bfoo\b", "a[^x]*b", "x*", r"\A", r"foo\z", "(?-m)^b", "(?s)a.*b", r"\n",
-    "^$", "b\nc", "(?i)FOO", "é", r"\s+", "^a$", ".",
+    "^abc",
+    "abc$",
+    r"\bfoo\b",
+    "a[^x]*b",
+    "x*",
+    r"\A",
+    r"foo\z",
+    "(?-m)^b",
+    "(?s)a.*b",
+    r"\n",
+    "^$",
+    "b\nc",
+    "(?i)FOO",
+    "é",
+    r"\s+",
+    "^a$",
+    ".",
 ]
 
 
@@ -119,7 +140,10 @@ def test_the_joined_regex_scan_finds_exactly_the_texts_that_match_alone(pattern:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.text(alphabet="ab\n é", max_size=8), max_size=12), st.sampled_from(JOIN_PATTERNS + ["a+b", "^b+$", "ab|ba"]))
+@given(
+    st.lists(st.text(alphabet="ab\n é", max_size=8), max_size=12),
+    st.sampled_from(JOIN_PATTERNS + ["a+b", "^b+$", "ab|ba"]),
+)
 def test_the_joined_regex_scan_agrees_with_searching_each_text(texts: list[str], pattern: str) -> None:
     finder = RegexFinder(pattern)
     assert list(finder(texts)) == [i for i, t in enumerate(texts) if finder.compiled.search(t)]
@@ -134,4 +158,6 @@ def test_the_fast_clause_check_agrees_with_tokenizing(text: str, query: str) -> 
     from threadloom.textquery import clause_holds, clause_positions
 
     for clause in parse_query(query).positive:
-        assert clause_holds(text, clause) == (next(clause_positions(tokenize(text), clause), None) is not None)
+        assert clause_holds(text, clause) == (
+            next(clause_positions(tokenize(text), clause), None) is not None
+        )

@@ -881,7 +881,8 @@ def reindex(root: RootOpt = None) -> None:
     """
     settings = settings_from(root=root)
     if settings.store == "sqlite" and not (settings.root / "threads.db").exists():
-        fail(f"no threadloom database at {settings.root / 'threads.db'} (give --root or set THREADLOOM_HOME)", 2)
+        db = settings.root / "threads.db"
+        fail(f"no threadloom database at {db} (give --root or set THREADLOOM_HOME)", 2)
     try:
         stats, seconds = anyio.run(_reindex, settings)
     except ThreadloomError as exc:
@@ -903,8 +904,8 @@ async def _reindex(settings: Settings) -> tuple[ReindexStats, float]:
     started = time.perf_counter()
     async with ThreadService(make_store(settings), settings) as service:
         if console.is_terminal:
-            columns = (TextColumn("indexing events"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-            with Progress(*columns, console=console, transient=True) as bar:
+            columns = (TextColumn("indexing events"), BarColumn(), MofNCompleteColumn())
+            with Progress(*columns, TimeRemainingColumn(), console=console, transient=True) as bar:
                 task = bar.add_task("reindex", total=None)
                 stats = await service.reindex(
                     progress=lambda done, total: bar.update(task, completed=done, total=total)

@@ -401,7 +401,12 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
         ** markers, and the events before/after it; read more with read_events.
         """
         return await service.chain_search(
-            thread_id, query, search_type=search_type, limit=limit, context=context, include_tools=include_tools
+            thread_id,
+            query,
+            search_type=search_type,
+            limit=limit,
+            context=context,
+            include_tools=include_tools,
         )
 
     @server.tool(annotations=READ_ONLY)
@@ -409,7 +414,9 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
     async def search_threads(
         query: Annotated[
             str,
-            Field(description='words (all preferred, any accepted), "exact phrase", prefix* (3+ letters), -excluded'),
+            Field(
+                description='words (all preferred, any accepted), "exact phrase", prefix* (3+ letters), -excluded'
+            ),
         ],
         agent_id: Annotated[str | None, Field(description="only this agent's threads")] = None,
         limit: Annotated[int, Field(description="most threads to return, 1-50")] = 5,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import anyio
@@ -77,7 +78,9 @@ class SearchResult(BaseModel):
     thread_id: str
     seq: int
     type: str = Field(description="message, assistant_text, tool_use or tool_result")
-    role: str | None = Field(description="user/assistant/system; assistant for tool_use, tool for tool_result")
+    role: str | None = Field(
+        description="user/assistant/system; assistant for tool_use, tool for tool_result"
+    )
     ts: str
     snippet: str = Field(description=f"the matching text with matches between {MARK} markers")
     score: float | None = Field(description="BM25 relevance, higher is better (text search); null for regex")
@@ -119,7 +122,9 @@ class ThreadSearchResults(BaseModel):
 
 def _check_range(name: str, value: object, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not (low <= value <= high):
-        raise InvalidInputError(f"{name} must be an integer from {low} to {high}; got {value!r}", rule=f"{name}_range")
+        raise InvalidInputError(
+            f"{name} must be an integer from {low} to {high}; got {value!r}", rule=f"{name}_range"
+        )
     return value
 
 
@@ -266,7 +271,13 @@ def regex_snippet(text: str, pattern: Any) -> str | None:
     hi = min(len(text), end + REGEX_SNIPPET_SIDE)
     hit = text[start:end]
     middle = f"{MARK}{hit}{MARK}" if hit else ""
-    snippet = (ELLIPSIS if lo > 0 else "") + text[lo:start] + middle + text[end:hi] + (ELLIPSIS if hi < len(text) else "")
+    snippet = (
+        (ELLIPSIS if lo > 0 else "")
+        + text[lo:start]
+        + middle
+        + text[end:hi]
+        + (ELLIPSIS if hi < len(text) else "")
+    )
     return _squash(snippet)
 
 
@@ -380,9 +391,12 @@ async def _ranked(
     """Hits holding every word first, then (if short of ``limit``) hits holding some.
     Stopwords are left out when the query has other words."""
     query = query.content_words()
-    kwargs: dict[str, Any] = dict(
-        thread_ids=thread_ids, agent_id=agent_id, include_tools=include_tools, best_per_thread=best_per_thread
-    )
+    kwargs: dict[str, Any] = {
+        "thread_ids": thread_ids,
+        "agent_id": agent_id,
+        "include_tools": include_tools,
+        "best_per_thread": best_per_thread,
+    }
     hits = await store.search_text(query, mode="all", limit=limit, **kwargs)
     if len(hits) >= limit or len(query.positive) < 2:
         return hits
@@ -413,15 +427,17 @@ async def chain_search(
     """Search every thread of ``thread_id``'s continuation chain (see module docstring)."""
     check_thread_id(thread_id)
     if search_type not in ("text", "regex"):
-        raise InvalidInputError(f"search_type must be 'text' or 'regex'; got {search_type!r}", rule="search_type")
+        raise InvalidInputError(
+            f"search_type must be 'text' or 'regex'; got {search_type!r}", rule="search_type"
+        )
     _check_range("limit", limit, 1, MAX_CHAIN_LIMIT)
     _check_range("context", context, 0, MAX_CONTEXT)
     if search_type == "text":
         parsed = parse_query(query).content_words()
-        snippet: Callable[[str], str | None] = lambda text: text_snippet(text, parsed)  # noqa: E731
+        snippet: Callable[[str], str | None] = partial(text_snippet, query=parsed)
     else:
         finder = RegexFinder(query)
-        snippet = lambda text: regex_snippet(text, finder.compiled)  # noqa: E731
+        snippet = partial(regex_snippet, pattern=finder.compiled)
     thread = await store.get_thread(thread_id)
     chain = [t.thread_id for t in await store.list_chain(thread.chain_root_id)]
     if thread_id not in chain:
@@ -451,7 +467,7 @@ async def search_threads(
     parsed = parse_query(query).content_words()
     hits = await _ranked(store, parsed, limit=limit, agent_id=agent_id, best_per_thread=True)
     threads = await store.get_threads([h.thread_id for h in hits])
-    results = await _present(store, hits, context, lambda text: text_snippet(text, parsed), False)
+    results = await _present(store, hits, context, partial(text_snippet, query=parsed), False)
     return ThreadSearchResults(
         query=query,
         agent_id=agent_id,

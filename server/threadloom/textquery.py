@@ -192,9 +192,7 @@ def parse_query(text: object) -> TextQuery:
     return TextQuery(text, tuple(positive), tuple(negative))
 
 
-def render_fts5(
-    query: TextQuery, mode: Mode, *, columns: Sequence[str], scope: Sequence[str] = ()
-) -> str:
+def render_fts5(query: TextQuery, mode: Mode, *, columns: Sequence[str], scope: Sequence[str] = ()) -> str:
     """The FTS5 MATCH expression for ``query`` restricted to ``columns``.
 
     ``scope`` expressions (already valid FTS5, built from trusted tokens) are ANDed in front.

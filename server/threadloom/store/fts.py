@@ -170,7 +170,9 @@ class IndexPlan:
                 append = next(appends)
                 rows = self.docs.setdefault(op.thread_id, [])
                 for event, seq in zip(op.events, append.seqs):
-                    fields = document_fields(event.type, event.payload) if event.type in INDEXED_TYPES else None
+                    fields = (
+                        document_fields(event.type, event.payload) if event.type in INDEXED_TYPES else None
+                    )
                     if fields is not None:
                         rows.append((seq, *fields))
         self.moved |= moved
@@ -183,7 +185,9 @@ class IndexPlan:
         for tid, rows in self.docs.items():
             if tid in self.moved or not rows:
                 continue
-            agent = conn.execute("SELECT hex(agent_id) FROM threads WHERE thread_id = ?", (tid,)).fetchone()[0]
+            agent = conn.execute("SELECT hex(agent_id) FROM threads WHERE thread_id = ?", (tid,)).fetchone()[
+                0
+            ]
             ids = dict(
                 conn.execute(
                     "SELECT seq, id FROM events WHERE thread_id = ? AND seq BETWEEN ? AND ?",
@@ -201,7 +205,9 @@ def agent_moves(conn: sqlite3.Connection, ops: Sequence[Op]) -> set[str]:
     moved: set[str] = set()
     for op in ops:
         if isinstance(op, PutThread):
-            row = conn.execute("SELECT agent_id FROM threads WHERE thread_id = ?", (op.thread.thread_id,)).fetchone()
+            row = conn.execute(
+                "SELECT agent_id FROM threads WHERE thread_id = ?", (op.thread.thread_id,)
+            ).fetchone()
             if row is not None and row[0] != op.thread.agent_id:
                 moved.add(op.thread.thread_id)
     return moved
@@ -420,7 +426,9 @@ def missing_ids(conn: sqlite3.Connection) -> list[int]:
 
 def remove_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> int:
     """Delete these rows from the index (inside the caller's transaction)."""
-    return conn.execute(f"DELETE FROM {TABLE} WHERE rowid IN ({','.join('?' * len(ids))})", list(ids)).rowcount
+    return conn.execute(
+        f"DELETE FROM {TABLE} WHERE rowid IN ({','.join('?' * len(ids))})", list(ids)
+    ).rowcount
 
 
 def index_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> int:

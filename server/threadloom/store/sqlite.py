@@ -690,7 +690,9 @@ class SQLiteStore(Store):
             raise StoreUnavailableError("the store is not open")
         writer = self._writer
 
-        def batch(work: Callable[[sqlite3.Connection, list[int]], int], ids: list[int]) -> Callable[[sqlite3.Connection], int]:
+        Work = Callable[[sqlite3.Connection, list[int]], int]
+
+        def batch(work: Work, ids: list[int]) -> Callable[[sqlite3.Connection], int]:
             def run(conn: sqlite3.Connection) -> int:
                 def txn() -> int:
                     conn.execute("BEGIN IMMEDIATE")
@@ -707,8 +709,9 @@ class SQLiteStore(Store):
             return run
 
         done = 0
-        counts = {}
-        for phase, find, work in (("removed", fts.stale_ids, fts.remove_ids), ("added", fts.missing_ids, fts.index_ids)):
+        counts: dict[str, int] = {}
+        phases = (("removed", fts.stale_ids, fts.remove_ids), ("added", fts.missing_ids, fts.index_ids))
+        for phase, find, work in phases:
             ids: list[int] = await self._read(find)
             total = done + len(ids)
             if progress is not None:
@@ -720,7 +723,8 @@ class SQLiteStore(Store):
                 done += len(part)
                 if progress is not None:
                     progress(done, total)
-        return ReindexStats(added=counts["added"], removed=counts["removed"], documents=await self._read(fts.count_documents))
+        documents = await self._read(fts.count_documents)
+        return ReindexStats(added=counts["added"], removed=counts["removed"], documents=documents)
 
     # ------------------------------------------------------------ maintenance
 

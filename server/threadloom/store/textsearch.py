@@ -124,9 +124,7 @@ class PythonIndex:
             fields = event_document(ev)
             if fields is not None:
                 body, tools = fields
-                index.docs.append(
-                    Document(ev.thread_id, ev.seq, tokenize(body or ""), tokenize(tools or ""))
-                )
+                index.docs.append(Document(ev.thread_id, ev.seq, tokenize(body or ""), tokenize(tools or "")))
         return index
 
     def _freq(self, doc: Document, clause: Clause, include_tools: bool) -> float:
