@@ -158,7 +158,7 @@ async def _serve(settings: Settings, http: bool, allow_delete: bool = False) -> 
             tg.cancel_scope.cancel()
 
 
-@app.command()
+@app.command(rich_help_panel=MAINTAIN)
 def verify(
     thread_id: Annotated[Optional[str], typer.Argument(help="the thread to verify (12 hex digits)")] = None,
     all_threads: Annotated[bool, typer.Option("--all", help="verify every thread of the root")] = False,
@@ -871,7 +871,7 @@ def delete(
 
 
 
-@app.command()
+@app.command(rich_help_panel=MAINTAIN)
 def reindex(root: RootOpt = None) -> None:
     """Bring the full-text search index up to date with the events.
 
