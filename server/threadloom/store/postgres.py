@@ -195,6 +195,14 @@ class PostgresStore(Store):
             except pgerrors.UniqueViolation as exc:
                 raise ConflictError(f"the write conflicts with existing data: {exc}", rule="constraint") from exc
             except _RETRYABLE as exc:
+                safe = isinstance(exc, (pgerrors.SerializationFailure, pgerrors.DeadlockDetected))
+                if write and not safe:
+                    # a connection lost mid-write (perhaps during COMMIT) may have committed:
+                    # retrying could append twice, so say so instead (an idempotency_key makes
+                    # the client's own retry safe)
+                    raise StoreUnavailableError(
+                        f"PostgreSQL connection failed during a write; it may or may not have committed: {exc}"
+                    ) from exc
                 if attempt == MAX_RETRIES:
                     raise StoreUnavailableError(f"PostgreSQL kept failing after {attempt + 1} tries: {exc}") from exc
                 await asyncio.sleep(min(0.005 * 2**attempt, 0.5))
