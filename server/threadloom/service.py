@@ -570,7 +570,6 @@ class ThreadService:
             )
             index = sum(isinstance(op, AppendEvents) for op in ops)
             ops.append(append_op)
-            exceeded = None
             if accounted:
                 assert delta is not None
                 more, exceeded = await self._spend_ops(running, delta)

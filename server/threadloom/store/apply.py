@@ -208,3 +208,31 @@ def row_to_thread(row: Sequence[Any]) -> Thread:
         version=version,
     )
     return Thread.model_validate(data)
+
+
+def list_threads_query(
+    columns: str,
+    *,
+    agent_id: str | None,
+    parent_id: str | None,
+    status: Status | None,
+    limit: int,
+    before: tuple[str, str] | None,
+    mark: str,
+) -> tuple[str, list[object]]:
+    """The SQL and arguments of ``Store.list_threads`` (``mark``: the driver's placeholder)."""
+    where: list[str] = []
+    args: list[object] = []
+    for col, val in (("agent_id", agent_id), ("parent_id", parent_id), ("status", status)):
+        if val is not None:
+            where.append(f"{col} = {mark}")
+            args.append(str(val))
+    if before is not None:
+        where.append(f"(created_at, thread_id) < ({mark}, {mark})")
+        args.extend(before)
+    q = f"SELECT {columns} FROM threads"
+    if where:
+        q += " WHERE " + " AND ".join(where)
+    q += f" ORDER BY created_at DESC, thread_id DESC LIMIT {mark}"
+    args.append(limit)
+    return q, args

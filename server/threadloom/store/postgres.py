@@ -24,6 +24,7 @@ from ..errors import ConflictError, IntegrityError, StoreUnavailableError, Threa
 from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes, chain_next
 from ..models import Status, StoredEvent, Thread, Usage, parse_iso, render_line
 from .apply import (
+    list_threads_query,
     row_to_thread,
     accounts_doc,
     accounts_from_doc,
@@ -511,19 +512,9 @@ class PostgresStore(Store):
         limit: int = 50,
         before: tuple[str, str] | None = None,
     ) -> list[Thread]:
-        where, args = [], []
-        for col, val in (("agent_id", agent_id), ("parent_id", parent_id), ("status", status)):
-            if val is not None:
-                where.append(f"{col} = %s")
-                args.append(str(val))
-        if before is not None:
-            where.append("(created_at, thread_id) < (%s, %s)")
-            args.extend(before)
-        q = f"SELECT {_THREAD_COLS} FROM threads"
-        if where:
-            q += " WHERE " + " AND ".join(where)
-        q += " ORDER BY created_at DESC, thread_id DESC LIMIT %s"
-        args.append(limit)
+        q, args = list_threads_query(
+            _THREAD_COLS, agent_id=agent_id, parent_id=parent_id, status=status, limit=limit, before=before, mark="%s"
+        )
         return [_row_to_thread(r) for r in await self._fetch(q, args)]
 
     async def read_events(

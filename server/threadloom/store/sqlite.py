@@ -26,6 +26,7 @@ from ..models import Status, StoredEvent, Thread, Usage, parse_iso, render_line
 from ..textquery import Mode, TextQuery
 from . import fts
 from .apply import (
+    list_threads_query,
     row_to_thread,
     check_count_guard,
     accounts_doc,
@@ -246,19 +247,9 @@ class SQLiteStore(Store):
         limit: int = 50,
         before: tuple[str, str] | None = None,
     ) -> list[Thread]:
-        where, args = [], []
-        for col, val in (("agent_id", agent_id), ("parent_id", parent_id), ("status", status)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                args.append(str(val))
-        if before is not None:
-            where.append("(created_at, thread_id) < (?, ?)")
-            args.extend(before)
-        q = f"SELECT {_THREAD_COLS} FROM threads"
-        if where:
-            q += " WHERE " + " AND ".join(where)
-        q += " ORDER BY created_at DESC, thread_id DESC LIMIT ?"
-        args.append(limit)
+        q, args = list_threads_query(
+            _THREAD_COLS, agent_id=agent_id, parent_id=parent_id, status=status, limit=limit, before=before, mark="?"
+        )
         return await self._read(lambda c: [_row_to_thread(r) for r in c.execute(q, args)])
 
     async def read_events(
