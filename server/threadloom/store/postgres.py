@@ -1,10 +1,11 @@
 """PostgreSQL backend: the same contract on a database shared by several servers.
 
-psycopg 3 async with a connection pool. Each commit is one transaction; appends lock
-their thread's row (``SELECT ... FOR UPDATE``) so seqs stay gapless under any
-concurrency; after each commit a ``NOTIFY threadloom`` wakes every server's one
-listening connection. Serialization failures, deadlocks and
-dropped connections are retried a bounded number of times.
+psycopg 3 async with a pool of autocommit connections. Each commit is one transaction;
+appends lock their thread's row (``UPDATE ... RETURNING``) so seqs stay gapless under
+any concurrency, and a plain append is a single call of a SQL function
+(store/pgappend.py). After commits, a batched ``NOTIFY threadloom`` wakes every
+server's one listening connection. Serialization failures and deadlocks are retried a
+bounded number of times; a write whose connection failed is not (it may have committed).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import anyio
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg_pool import AsyncConnectionPool
@@ -42,6 +44,7 @@ from .apply import (
     not_found,
     now_pair,
 )
+from . import pgappend
 from .base import (
     AppendEvents,
     AppendResult,
@@ -62,6 +65,11 @@ T = TypeVar("T")
 
 CHANNEL = "threadloom"
 MAX_RETRIES = 8
+FAST_TRIES = 3
+CONNECT_TIMEOUT = 10
+"""Seconds to reach the database at start-up before giving up with its error."""
+"""One-call append attempts before taking the general path (each retry follows a tail
+another writer moved; the general path locks the row first, so it cannot be overtaken)."""
 MIGRATION_LOCK = 0x7468726561646C6F  # "threadlo": one advisory lock for every server
 _THREAD_COLS = (
     "thread_id, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version, accounts"
@@ -114,6 +122,7 @@ class PostgresStore(Store):
         self._to_announce: set[str] = set()
         self._announce_ready = asyncio.Event()
         self._announcer: asyncio.Task[None] | None = None
+        self._tails = pgappend.Tails()
 
     # ------------------------------------------------------------- life cycle
 
@@ -126,13 +135,23 @@ class PostgresStore(Store):
         if self._pool is not None:
             return
         pool = AsyncConnectionPool(
-            self.dsn, min_size=1, max_size=self._pool_size, open=False, configure=self._configure, timeout=30
+            self.dsn,
+            min_size=1,
+            max_size=self._pool_size,
+            open=False,
+            configure=self._configure,
+            timeout=30,
+            kwargs={"autocommit": True},
         )
         try:
-            await pool.open(wait=True, timeout=30)
-            async with pool.connection() as conn:
+            # one direct connection first: a wrong address, database or password fails now,
+            # with the server's own words, instead of as a pool timeout 30 s later
+            async with await psycopg.AsyncConnection.connect(
+                self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+            ) as conn:
                 await _migrate(conn)
                 await self._load_key(conn)
+            await pool.open(wait=True, timeout=30)
         except SchemaTooNew as exc:
             await pool.close()
             raise StoreUnavailableError(str(exc), rule="schema_too_new") from None
@@ -182,13 +201,18 @@ class PostgresStore(Store):
             await self._pool.close()
             self._pool = None
 
-    async def _run(self, fn: Callable[[psycopg.AsyncConnection], Awaitable[T]], *, write: bool) -> T:
-        """Run ``fn`` in a transaction; retry transient failures; translate driver errors."""
+    async def _run(
+        self, fn: Callable[[psycopg.AsyncConnection], Awaitable[T]], *, write: bool, txn: bool = True
+    ) -> T:
+        """Run ``fn`` in a transaction (or, ``txn=False``, as autocommit statements: one
+        statement is its own transaction); retry transient failures; translate driver errors."""
         if self._pool is None:
             raise StoreUnavailableError("the store is not open")
         for attempt in range(MAX_RETRIES + 1):
             try:
                 async with self._pool.connection() as conn:
+                    if not txn:
+                        return await fn(conn)
                     async with conn.transaction():
                         return await fn(conn)
             except ThreadloomError:
@@ -214,7 +238,60 @@ class PostgresStore(Store):
     # ------------------------------------------------------------------ writes
 
     async def commit(self, ops: Sequence[Op]) -> CommitResult:
+        # a commit that reached the database finishes even if its caller is cancelled, so
+        # what committed is also announced (and the tail cache stays true)
+        with anyio.CancelScope(shield=True):
+            result = None
+            op = pgappend.fits(ops, self.checkpoints)
+            if op is not None:
+                result = await self._append_one(op)
+            if result is None:
+                result = await self._commit(ops)
+        await self._announce(result.threads)
+        self._notify(frozenset(result.threads))
+        return result
+
+    async def _append_one(self, op: AppendEvents) -> CommitResult | None:
+        """A lone append in one call of ``threadloom_append``; None when the thread's tail
+        kept moving under it (the general path then locks the row first)."""
+        for _ in range(FAST_TRIES):
+            count, head = self._tails.get(op.thread_id) or (-1, None)
+            ts, epoch = now_pair()
+            r = pgappend.render(op, count, head, ts, epoch, chain_hashes)
+
+            async def call(conn: psycopg.AsyncConnection, args: tuple[object, ...] = r.args) -> tuple[Any, ...]:
+                cur = await conn.execute(pgappend.CALL, args)
+                return await cur.fetchone()  # type: ignore[return-value]
+
+            row = await self._run(call, write=True, txn=False)
+            outcome = row[0]
+            if outcome == "not_found":
+                raise not_found(op.thread_id)
+            if outcome == "stale":
+                self._tails.put(op.thread_id, row[6], row[11])
+                continue
+            if outcome == "status_guard":
+                check_status_guard(op, Status(row[3]))
+            elif outcome == "count_guard":
+                check_count_guard(op, row[6])
+            elif outcome == "idempotent":
+                check_idempotency(op, IdempotencyRecord(op.thread_id, op.idempotency_key or "", row[12], json.loads(row[13])))
+            if outcome != "ok":
+                raise AssertionError(f"threadloom_append returned {outcome!r}")
+            self._tails.put(op.thread_id, row[6], r.head)
+            view = self._hashes.view()
+            view.extend(op.thread_id, count, r.lines)
+            view.publish()
+            result = CommitResult()
+            result.appends.append(AppendResult(op.thread_id, [e.seq for e in r.stored], r.stored))
+            result.threads[op.thread_id] = _row_to_thread(row[1:11])
+            return result
+        return None
+
+    async def _commit(self, ops: Sequence[Op]) -> CommitResult:
+        """Any commit, as one transaction of statements."""
         views: list[HashView] = []
+        tails: dict[str, tuple[int, str | None]] = {}
 
         async def txn(conn: psycopg.AsyncConnection) -> CommitResult:
             ts, epoch = now_pair()
@@ -222,9 +299,12 @@ class PostgresStore(Store):
             reread: set[str] = set()
             view = self._hashes.view()
             views[:] = [view]
+            tails.clear()
             appended: dict[str, _Appended] = {}
             for op in ops:
                 await self._apply(conn, op, ts, epoch, result, reread, view, appended)
+                if isinstance(op, (CreateThread, ImportThread)):
+                    tails[op.thread.thread_id] = (0, None) if isinstance(op, CreateThread) else (-1, None)
             if self.checkpoints:
                 for tid, state in appended.items():
                     status = state.status
@@ -236,13 +316,18 @@ class PostgresStore(Store):
                         reread.add(tid)
             for tid in reread:
                 result.threads[tid] = await _get_thread(conn, tid)
+            for tid, state in appended.items():
+                tails[tid] = (state.count, state.head)
             return result
 
         result = await self._run(txn, write=True)
         for view in views:
             view.publish()
-        await self._announce(result.threads)
-        self._notify(frozenset(result.threads))
+        for tid, (count, head) in tails.items():
+            if count < 0:
+                self._tails.forget(tid)
+            else:
+                self._tails.put(tid, count, head)
         return result
 
     async def _announce(self, thread_ids: Sequence[str]) -> None:
@@ -449,6 +534,7 @@ class PostgresStore(Store):
         )
         view.extend(tid, state.count, [line])
         state.last.events.append(StoredEvent(tid, seq, ts, event.type, line, state.head))
+        state.count, state.head = seq, chain_next(state.head, line)
 
     async def read_integrity(self, thread_id: str) -> IntegritySnapshot:
         async def fn(conn: psycopg.AsyncConnection) -> IntegritySnapshot:
@@ -478,6 +564,8 @@ class PostgresStore(Store):
             return gone
 
         gone = await self._run(txn, write=True)
+        for tid in ids:
+            self._tails.forget(tid)
         if gone:
             await self._announce(gone)
             self._notify(frozenset(gone))
@@ -490,7 +578,7 @@ class PostgresStore(Store):
             cur = await conn.execute(q, args)
             return await cur.fetchall()
 
-        return await self._run(fn, write=False)
+        return await self._run(fn, write=False, txn=False)
 
     async def get_thread(self, thread_id: str) -> Thread:
         rows = await self._fetch(f"SELECT {_THREAD_COLS} FROM threads WHERE thread_id = %s", (thread_id,))
@@ -533,13 +621,13 @@ class PostgresStore(Store):
                     raise not_found(thread_id)
             return [StoredEvent(thread_id, *r) for r in rows]
 
-        return await self._run(fn, write=False)
+        return await self._run(fn, write=False, txn=False)
 
     async def find_idempotency(self, thread_id: str, key: str) -> IdempotencyRecord | None:
         async def fn(conn: psycopg.AsyncConnection) -> IdempotencyRecord | None:
             return await _find_idem(conn, thread_id, key)
 
-        return await self._run(fn, write=False)
+        return await self._run(fn, write=False, txn=False)
 
     async def list_stale(self, now: float, *, limit: int = 100) -> list[Thread]:
         q = (

@@ -10,6 +10,7 @@ import sqlite3
 
 from ..errors import StoreUnavailableError
 from .fts import MIGRATION_SQL as SEARCH_INDEX_SQL
+from .pgappend import FUNCTION_SQL as APPEND_FUNCTION_SQL
 
 SQLITE_MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -175,3 +176,5 @@ POSTGRES_MIGRATIONS.append(
         ],
     )
 )
+
+POSTGRES_MIGRATIONS.append(("0003_append_function", [APPEND_FUNCTION_SQL]))

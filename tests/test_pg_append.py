@@ -1,0 +1,134 @@
+"""PostgreSQL's one-call append (store/pgappend.py) against writers it does not know about.
+
+Each store remembers the tail (event count, chain head) of the threads it wrote; these
+tests make that memory wrong on purpose (a second store on the same database, many
+racing writers, cancelled appends) and check that seqs stay gapless, the hash chain and
+checkpoints still verify, and every guard still refuses what it should.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+
+from conftest import pg_schema, pg_unreachable
+from threadloom.config import Settings
+from threadloom.errors import ConflictError, NotFoundError
+from threadloom.integrity import Signer
+from threadloom.models import Status
+from threadloom.service import ThreadService
+from threadloom.store.base import AppendEvents, NewEvent
+
+pytestmark = pytest.mark.anyio
+
+
+def msg(text: str, role: str = "user") -> dict:
+    return {"type": "message", "role": role, "text": text}
+
+
+@asynccontextmanager
+async def two_services(tmp_path: Path) -> AsyncIterator[tuple[ThreadService, ThreadService]]:
+    """Two services, each with its own PostgresStore (own pool and tail cache), on one schema
+    and one signing key: two servers sharing a database."""
+    problem = pg_unreachable()
+    if problem:
+        pytest.skip(problem)
+    from threadloom.store.postgres import PostgresStore
+
+    signer = Signer.ephemeral()
+    with pg_schema() as dsn:
+        settings = Settings(root=tmp_path / "root", durability="normal")
+        a = ThreadService(PostgresStore(dsn, pool_size=4, signer=signer), settings)
+        b = ThreadService(PostgresStore(dsn, pool_size=4, signer=signer), settings)
+        async with a, b:
+            yield a, b
+
+
+async def seqs_of(svc: ThreadService, tid: str) -> list[int]:
+    return [e.seq for e in await svc.store.read_events(tid)]
+
+
+async def test_appends_alternating_between_two_servers_stay_gapless_and_verify(tmp_path: Path) -> None:
+    async with two_services(tmp_path) as (a, b):
+        tid = (await a.create_thread(title="shared")).thread_id
+        got = []
+        for i in range(6):
+            svc = a if i % 2 == 0 else b  # each append finds the tail the other one moved
+            got.append((await svc.append(tid, [msg(f"m{i}")], single=True)).seq)
+        events = await a.store.read_events(tid)
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        assert got == [e.seq for e in events if e.type == "message"]
+        report = await b.verify_thread(tid)
+        assert report.ok, report.summary
+
+
+async def test_racing_writers_on_two_servers_keep_one_gapless_chain(tmp_path: Path) -> None:
+    async with two_services(tmp_path) as (a, b):
+        tid = (await a.create_thread(title="race")).thread_id
+        acked: list[int] = []
+
+        async def writer(svc: ThreadService, w: int) -> None:
+            for i in range(15):
+                acked.append((await svc.append(tid, [msg(f"w{w} {i}")], single=True)).seq)
+
+        async with anyio.create_task_group() as tg:
+            for w in range(8):
+                tg.start_soon(writer, a if w % 2 else b, w)
+        seqs = await seqs_of(a, tid)
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert len(acked) == 120 and len(set(acked)) == 120 and set(acked) <= set(seqs)
+        thread = await b.get_thread(tid)
+        assert thread.event_count == len(seqs)
+        assert (await a.verify_thread(tid)).ok
+
+
+async def test_the_guards_refuse_on_the_one_call_path(tmp_path: Path) -> None:
+    async with two_services(tmp_path) as (a, b):
+        tid = (await a.create_thread()).thread_id
+        await a.append(tid, [msg("first")])
+        first = await a.append(tid, [msg("keyed")], idempotency_key="k-1", single=True)
+        # an idempotent retry through the other server returns the original seq
+        again = await b.append(tid, [msg("keyed")], idempotency_key="k-1", single=True)
+        assert again.seq == first.seq
+        with pytest.raises(ConflictError) as info:
+            await b.append(tid, [msg("other content")], idempotency_key="k-1")
+        assert info.value.rule == "idempotency_key_reused"
+        # the count guard is checked by the function, before anything is written
+        count = (await a.get_thread(tid)).event_count
+        op = AppendEvents(tid, (NewEvent("message", msg("late")),), allowed_statuses=frozenset({Status.RUNNING}),
+                          expect_event_count=count - 1)  # fmt: skip
+        with pytest.raises(ConflictError) as info:
+            await b.store.commit([op])
+        assert info.value.rule == "count_guard"
+        with pytest.raises(NotFoundError):
+            await a.store.commit([AppendEvents("nosuchthread", op.events, allowed_statuses=op.allowed_statuses)])
+        # the status guard: the thread ended through the other server
+        await b.update_thread(tid, status="completed", result="done")
+        with pytest.raises(ConflictError) as info:
+            await a.store.commit([AppendEvents(tid, op.events, allowed_statuses=op.allowed_statuses)])
+        assert info.value.rule == "status_guard"
+        seqs = await seqs_of(a, tid)
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert (await a.verify_thread(tid)).ok
+
+
+async def test_cancelled_appends_either_commit_whole_or_not_at_all(tmp_path: Path) -> None:
+    async with two_services(tmp_path) as (a, _b):
+        tid = (await a.create_thread()).thread_id
+        await a.append(tid, [msg("start")])
+        acked = 0
+        for i in range(40):
+            with anyio.move_on_after(0.0005 * (i % 8)):  # cancel at varying points of the round trip
+                await a.append(tid, [msg(f"maybe {i}")])
+                acked += 1
+        after = await a.append(tid, [msg("after")], single=True)
+        events = await a.store.read_events(tid)
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        assert after.seq == events[-1].seq
+        texts = [e.data().get("text") for e in events if e.type == "message"]
+        assert sum(t.startswith("maybe") for t in texts) >= acked  # every acknowledged append is there
+        assert (await a.verify_thread(tid)).ok
