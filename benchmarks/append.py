@@ -7,13 +7,17 @@ normal; single appends and batches of 100; 1 and 4 concurrent writers), next to 
 ``sqlite3`` inserting the same rows one transaction each (1 and 4 threads), and the
 per-call latency of ``append_event`` over a real stdio MCP session next to the
 no-op tool on the same server; with ``--store both``, 1/4/8 concurrent writers on SQLite
-and PostgreSQL side by side. Prints a table and writes benchmarks/results/append.json.
+and PostgreSQL side by side, both as tasks of one server process and as separate server
+processes sharing the store (what a team running several servers does).
+``--compare-only`` runs just that comparison. Prints a table and writes
+benchmarks/results/append.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import sqlite3
@@ -29,6 +33,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 
 from threadloom.config import Settings  # noqa: E402
+from threadloom.integrity import Signer  # noqa: E402
 from threadloom.models import canonical_json  # noqa: E402
 from threadloom.service import ThreadService  # noqa: E402
 from threadloom.store import SQLiteStore  # noqa: E402
@@ -71,12 +76,14 @@ def raw_sqlite(durability: str, n: int, writers: int) -> float:
     return per * writers / (time.perf_counter() - t0)
 
 
-def make_store(kind: str, durability: str, root: Path) -> Any:
+def make_store(kind: str, durability: str, root: Path, dsn: str | None = None, pool_size: int = 16) -> Any:
     if kind == "sqlite":
         return SQLiteStore(root, durability=durability)
     from threadloom.store.postgres import PostgresStore
 
-    return PostgresStore(fresh_pg_schema(), durability=durability, pool_size=16)
+    return PostgresStore(
+        dsn or fresh_pg_schema(), durability=durability, pool_size=pool_size, signer=Signer.for_root(root)
+    )
 
 
 def fresh_pg_schema() -> str:
@@ -114,6 +121,55 @@ async def store_append(
             for w in range(writers):
                 tg.start_soon(work, w)
         return per * batch * writers / (time.perf_counter() - t0)
+
+
+def _writer_process(kind: str, root: str, dsn: str | None, per: int, start: Any, ends: Any) -> None:
+    """One server process: its own store on the shared root / database, one thread, ``per`` appends."""
+
+    async def run() -> None:
+        settings = Settings(root=Path(root), durability="full")
+        async with ThreadService(make_store(kind, "full", Path(root), dsn, pool_size=2), settings) as svc:
+            tid = (await svc.create_thread(context_window=10_000_000)).thread_id
+            await svc.append(tid, [event(0)])
+            start.wait()
+            for i in range(per):
+                await svc.append(tid, [event(i)])
+        ends.put(time.perf_counter())
+
+    anyio.run(run)
+
+
+def process_append(kind: str, n: int, writers: int) -> float:
+    """Events/s of ``writers`` server processes appending at once to one shared store."""
+    root = tempfile.mkdtemp()
+    dsn = fresh_pg_schema() if kind == "postgres" else None
+    if kind == "sqlite":
+        anyio.run(_prepare_sqlite, root)
+    else:
+        anyio.run(_prepare_pg, root, dsn)  # migrations and the key, before the race
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(writers + 1)
+    ends = ctx.Queue()
+    per = n // writers
+    procs = [ctx.Process(target=_writer_process, args=(kind, root, dsn, per, start, ends)) for _ in range(writers)]
+    for p in procs:
+        p.start()
+    start.wait()
+    t0 = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
+    last = max(ends.get(timeout=600) for _ in procs)
+    for p in procs:
+        p.join()
+    return per * writers / (last - t0)
+
+
+async def _prepare_sqlite(root: str) -> None:
+    async with SQLiteStore(Path(root), durability="full"):
+        pass
+
+
+async def _prepare_pg(root: str, dsn: str) -> None:
+    async with make_store("postgres", "full", Path(root), dsn, pool_size=1):
+        pass
 
 
 async def stdio_latency(calls: int, durability: str) -> dict[str, float]:
@@ -158,10 +214,13 @@ async def main() -> None:
         default="sqlite",
         help="also compare concurrent writers on PostgreSQL ($THREADLOOM_BENCH_PG) next to SQLite",
     )
+    ap.add_argument("--compare-only", action="store_true", help="only the SQLite / PostgreSQL comparison")
     args = ap.parse_args()
+    if args.compare_only and args.store == "sqlite":
+        args.store = "both"
     n = args.events
     rows: list[dict[str, Any]] = []
-    for durability in ("full", "normal"):
+    for durability in ("full", "normal") if not args.compare_only else ():
         raw1 = raw_sqlite(durability, n, 1)
         raw4 = raw_sqlite(durability, n, 4)
         cases = [
@@ -177,28 +236,42 @@ async def main() -> None:
             count = n * (10 if batch > 1 else 1)
             eps = await store_append(durability, count, writers, batch, same)
             rows.append({"durability": durability, "case": f"threadloom {name}", "events_per_s": eps, "ratio": eps / base})
-    latency = {d: await stdio_latency(args.stdio_calls, d) for d in ("full", "normal")}
+    latency = {} if args.compare_only else {d: await stdio_latency(args.stdio_calls, d) for d in ("full", "normal")}
     compare: list[dict[str, Any]] = []
     if args.store != "sqlite":
         kinds = ["sqlite", "postgres"] if args.store == "both" else ["postgres"]
         for writers in (1, 4, 8):
             for kind in kinds:
                 eps = await store_append("full", n, writers, 1, False, kind)
-                compare.append({"store": kind, "writers": writers, "events_per_s": eps})
+                compare.append({"store": kind, "how": "tasks of one process", "writers": writers, "events_per_s": eps})
+        for writers in (4, 8):
+            for kind in kinds:
+                eps = await anyio.to_thread.run_sync(process_append, kind, n, writers)
+                compare.append({"store": kind, "how": "separate processes", "writers": writers, "events_per_s": eps})
 
     print(f"{'durability':<10} {'case':<42} {'events/s':>10} {'vs raw':>8}")
     for r in rows:
         print(f"{r['durability']:<10} {r['case']:<42} {r['events_per_s']:>10,.0f} {r['ratio']:>7.2f}x")
-    print()
-    print(f"{'stdio, per call':<26} {'no-op tool':>18} {'append_event':>18} {'get_thread':>18}")
+    if latency:
+        print()
+        print(f"{'stdio, per call':<26} {'no-op tool':>18} {'append_event':>18} {'get_thread':>18}")
     for d, lat in latency.items():
         cells = [f"{lat[f'{n}_p50_ms']:.2f} / {lat[f'{n}_p99_ms']:.2f} ms" for n in ("noop", "append_event", "get_thread")]
         print(f"{'durability ' + d + ' p50/p99':<26} {cells[0]:>18} {cells[1]:>18} {cells[2]:>18}")
     if compare:
         print()
-        print(f"{'store (durability full, single appends)':<42} {'writers':>8} {'events/s':>10}")
-        for r in compare:
-            print(f"{r['store']:<42} {r['writers']:>8} {r['events_per_s']:>10,.0f}")
+        print(f"{'durability full, single appends':<22} {'writers':<22} {'sqlite ev/s':>12} {'postgres ev/s':>14} {'pg/sqlite':>10}")
+        for how in ("tasks of one process", "separate processes"):
+            for writers in (1, 4, 8):
+                got = {r["store"]: r["events_per_s"] for r in compare if r["how"] == how and r["writers"] == writers}
+                if not got:
+                    continue
+                sq, pg = got.get("sqlite"), got.get("postgres")
+                ratio = f"{pg / sq:.2f}x" if sq and pg else "-"
+                print(
+                    f"{'':<22} {f'{writers} {how}':<22} {f'{sq:,.0f}' if sq else '-':>12}"
+                    f" {f'{pg:,.0f}' if pg else '-':>14} {ratio:>10}"
+                )
     RESULTS.mkdir(exist_ok=True)
     out = {
         "store_compare": compare,
@@ -207,8 +280,9 @@ async def main() -> None:
         "throughput": rows,
         "stdio_latency": latency,
     }
-    (RESULTS / "append.json").write_text(json.dumps(out, indent=2))
-    print(f"wrote {RESULTS / 'append.json'}")
+    path = RESULTS / ("append-compare.json" if args.compare_only else "append.json")
+    path.write_text(json.dumps(out, indent=2))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -123,6 +124,9 @@ class PostgresStore(Store):
         self._announce_ready = asyncio.Event()
         self._announcer: asyncio.Task[None] | None = None
         self._tails = pgappend.Tails()
+        self._closing = False
+        self._instance = uuid.uuid4().hex[:16]
+        self._group = pgappend.GroupCommit(self._tails, self._call_group, chain_hashes)
 
     # ------------------------------------------------------------- life cycle
 
@@ -187,19 +191,20 @@ class PostgresStore(Store):
             )
 
     async def close(self) -> None:
+        await self._group.drain()
         if self._announcer is not None:
-            if self._to_announce:  # flush what is queued before the pool goes
-                self._announce_ready.set()
-                await asyncio.sleep(0)
-                for _ in range(100):
-                    if not self._to_announce:
-                        break
-                    await asyncio.sleep(0.01)
+            # let the announcer send what is queued and stop between NOTIFYs: cancelling it
+            # mid-statement would only cost a connection
+            self._closing = True
+            self._announce_ready.set()
+            with anyio.move_on_after(2):
+                await asyncio.shield(self._announcer)
             self._announcer.cancel()
             self._announcer = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+        self._closing = False
 
     async def _run(
         self, fn: Callable[[psycopg.AsyncConnection], Awaitable[T]], *, write: bool, txn: bool = True
@@ -252,41 +257,46 @@ class PostgresStore(Store):
         return result
 
     async def _append_one(self, op: AppendEvents) -> CommitResult | None:
-        """A lone append in one call of ``threadloom_append``; None when the thread's tail
-        kept moving under it (the general path then locks the row first)."""
+        """A lone append through the group commit (one call of ``threadloom_append``); None
+        when the thread's tail kept moving under it (the general path then locks the row first)."""
         for _ in range(FAST_TRIES):
-            count, head = self._tails.get(op.thread_id) or (-1, None)
-            ts, epoch = now_pair()
-            r = pgappend.render(op, count, head, ts, epoch, chain_hashes)
-
-            async def call(conn: psycopg.AsyncConnection, args: tuple[object, ...] = r.args) -> tuple[Any, ...]:
-                cur = await conn.execute(pgappend.CALL, args)
-                return await cur.fetchone()  # type: ignore[return-value]
-
-            row = await self._run(call, write=True, txn=False)
+            row, r = await self._group.submit(op)
             outcome = row[0]
             if outcome == "not_found":
                 raise not_found(op.thread_id)
             if outcome == "stale":
-                self._tails.put(op.thread_id, row[6], row[11])
                 continue
             if outcome == "status_guard":
                 check_status_guard(op, Status(row[3]))
             elif outcome == "count_guard":
                 check_count_guard(op, row[6])
             elif outcome == "idempotent":
-                check_idempotency(op, IdempotencyRecord(op.thread_id, op.idempotency_key or "", row[12], json.loads(row[13])))
+                record = IdempotencyRecord(op.thread_id, op.idempotency_key or "", row[12], json.loads(row[13]))
+                check_idempotency(op, record)
             if outcome != "ok":
                 raise AssertionError(f"threadloom_append returned {outcome!r}")
-            self._tails.put(op.thread_id, row[6], r.head)
             view = self._hashes.view()
-            view.extend(op.thread_id, count, r.lines)
+            view.extend(op.thread_id, r.stored[0].seq - 1, r.lines)
             view.publish()
             result = CommitResult()
             result.appends.append(AppendResult(op.thread_id, [e.seq for e in r.stored], r.stored))
             result.threads[op.thread_id] = _row_to_thread(row[1:11])
             return result
         return None
+
+    async def _call_group(self, args: list[tuple[object, ...]]) -> list[tuple[Any, ...]]:
+        """``threadloom_append`` once per argument tuple, in one transaction and one round trip."""
+
+        async def run(conn: psycopg.AsyncConnection) -> list[tuple[Any, ...]]:
+            if len(args) == 1:  # one statement is its own transaction
+                cur = await conn.execute(pgappend.CALL, args[0])
+                return [await cur.fetchone()]  # type: ignore[list-item]
+            async with conn.pipeline():
+                async with conn.transaction():
+                    cursors = [await conn.execute(pgappend.CALL, a) for a in args]
+            return [await cur.fetchone() for cur in cursors]  # type: ignore[misc]
+
+        return await self._run(run, write=True, txn=False)
 
     async def _commit(self, ops: Sequence[Op]) -> CommitResult:
         """Any commit, as one transaction of statements."""
@@ -347,15 +357,18 @@ class PostgresStore(Store):
 
     async def _announce_loop(self) -> None:
         while self._pool is not None:
-            await self._announce_ready.wait()
+            if not self._closing:
+                await self._announce_ready.wait()
             self._announce_ready.clear()
             ids, self._to_announce = self._to_announce, set()
             if not ids:
+                if self._closing:
+                    return
                 continue
             try:
                 async with self._pool.connection() as conn:
-                    await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, ",".join(sorted(ids))[:7000]))
-                    await conn.commit()
+                    payload = f"{self._instance}|" + ",".join(sorted(ids))
+                    await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload[:7000]))
             except Exception as exc:  # the commit stands; waiters elsewhere catch up at their next wake
                 log.warning("could not NOTIFY other servers: %s", exc)
 
@@ -651,8 +664,10 @@ class PostgresStore(Store):
     # ------------------------------------------------------------------- watch
 
     def watch_external(self, on_change: Callable[[], None]) -> Callable[[], None]:
-        """One LISTEN connection per caller: every commit anywhere NOTIFYs ``threadloom``."""
+        """One LISTEN connection per caller: every commit anywhere NOTIFYs ``threadloom``
+        with ``<server instance>|<thread ids>``; this server's own notices are skipped."""
         loop = asyncio.get_running_loop()
+        own = f"{self._instance}|"
 
         async def listen() -> None:
             while True:
@@ -661,8 +676,9 @@ class PostgresStore(Store):
                     try:
                         await conn.execute(f"LISTEN {CHANNEL}")
                         on_change()  # anything missed while (re)connecting
-                        async for _ in conn.notifies():
-                            on_change()
+                        async for note in conn.notifies():
+                            if not note.payload.startswith(own):  # this process's listeners knew already
+                                on_change()
                     finally:
                         await conn.close()
                 except asyncio.CancelledError:
