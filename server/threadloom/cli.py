@@ -545,7 +545,12 @@ def tail(
             thread = await svc.get_thread(thread_id)
             after = 0 if lines == 0 else max(0, thread.event_count - lines)
             if follow_:
-                await follow(svc, thread_id, on_event, on_hop, after_seq=after, until_done=until_done)
+                # Ctrl-C / SIGTERM end the follow as a cancellation, so the store closes in order
+                # (a KeyboardInterrupt could land inside the store's shutdown and hang it)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_cancel_on_signal, tg.cancel_scope)
+                    await follow(svc, thread_id, on_event, on_hop, after_seq=after, until_done=until_done)
+                    tg.cancel_scope.cancel()
                 return
             for ev in await svc.store.read_events(thread_id, after_seq=after):
                 on_event(ev)
@@ -556,6 +561,16 @@ def tail(
         run(body)
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
+
+
+async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
+    """Cancel ``scope`` at the first SIGINT or SIGTERM."""
+    import signal
+
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
 
 
 @app.command(rich_help_panel=INSPECT)
