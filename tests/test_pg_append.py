@@ -132,3 +132,35 @@ async def test_cancelled_appends_either_commit_whole_or_not_at_all(tmp_path: Pat
         texts = [e.data().get("text") for e in events if e.type == "message"]
         assert sum(t.startswith("maybe") for t in texts) >= acked  # every acknowledged append is there
         assert (await a.verify_thread(tid)).ok
+
+
+async def test_servers_with_their_own_keys_folders_share_the_database_key(tmp_path: Path) -> None:
+    """Servers on different machines have different roots: the first one's key is shared
+    through the database, so each verifies and resumes what the other signed."""
+    problem = pg_unreachable()
+    if problem:
+        pytest.skip(problem)
+    from threadloom.store.postgres import PostgresStore
+
+    with pg_schema() as dsn:
+        services = [
+            ThreadService(
+                PostgresStore(dsn, pool_size=2, signer=Signer.for_root(tmp_path / name)),
+                Settings(root=tmp_path / name, durability="normal"),
+            )
+            for name in ("one", "two")
+        ]
+        async with services[0] as a, services[1] as b:
+            assert a.store.signer.key_id == b.store.signer.key_id
+            tid = (await a.create_thread(title="signed here")).thread_id
+            await a.append(tid, [msg("question")])
+            await a.update_thread(tid, status="completed", result="answer")
+            report = await b.verify_thread(tid)
+            assert report.ok and report.checkpoints >= 1, report.summary
+            resumed = await b.resume(tid, "one more thing")  # verifies before rebuilding
+            assert (await a.verify_thread(resumed.thread.thread_id)).ok
+        # a later server with yet another keys folder adopts the same key
+        later = PostgresStore(dsn, pool_size=1, signer=Signer.for_root(tmp_path / "three"))
+        async with later:
+            assert later.signer.key_id == a.store.signer.key_id
+        assert not (tmp_path / "three" / "keys").exists()  # nothing written to its disk

@@ -172,6 +172,21 @@ class Signer:
         raw = self.public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return hashlib.sha256(raw).hexdigest()[:16]
 
+    @property
+    def private_pem(self) -> bytes:
+        """The private key as unencrypted PKCS#8 PEM (to share it through a database)."""
+        return self._key().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    def adopt(self, pem: bytes) -> None:
+        """Sign and verify from now on with the private key ``pem`` (kept in memory only)."""
+        key = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise IntegrityError("the shared signing key is not an Ed25519 key", rule="signing_key_unreadable")
+        self._private = key
+        self._public = key.public_key()
+
     def sign(self, data: bytes) -> str:
         """Base64 of the Ed25519 signature of ``data``."""
         return base64.b64encode(self._key().sign(data)).decode("ascii")

@@ -167,27 +167,38 @@ class PostgresStore(Store):
         self._pool = pool
 
     async def _load_key(self, conn: psycopg.AsyncConnection) -> None:
-        """Load the signing key; refuse one that is not the key the database's threads carry."""
+        """Sign with the database's key, so every server sharing it signs alike.
+
+        The first server to open a database stores its key there (table ``meta``); later
+        servers adopt that key whatever their own ``keys/`` hold. A database from before
+        the key was shared is refused when this server's key is not the one its threads
+        were signed with.
+        """
         async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            cur = await conn.execute("SELECT key, value FROM meta WHERE key IN ('signing_key', 'signing_key_id')")
+            meta = dict(await cur.fetchall())
+            if "signing_key" in meta:
+                if self.signer.loaded and self.signer.key_id != meta.get("signing_key_id"):
+                    log.info("signing with the database's shared key, not this server's own")
+                self.signer.adopt(meta["signing_key"].encode())
+                return
             cur = await conn.execute("SELECT EXISTS (SELECT 1 FROM threads)")
             has_threads = bool((await cur.fetchone())[0])  # type: ignore[index]
-            cur = await conn.execute("SELECT value FROM meta WHERE key = 'signing_key_id'")
-            row = await cur.fetchone()
-            recorded = row[0] if row else None
+            recorded = meta.get("signing_key_id")
             signed = has_threads and recorded is not None
             self.signer.load(allow_create=not signed)
-            if recorded == self.signer.key_id:
-                return
-            if signed:
+            if signed and recorded != self.signer.key_id:
                 raise IntegrityError(
                     f"this server's signing key (id {self.signer.key_id}) is not the key the threads in the "
-                    f"database were signed with (id {recorded}): give every server the same keys/ folder",
+                    f"database were signed with (id {recorded}): start one server with that key's keys/ "
+                    "folder once, and it will share it with the others through the database",
                     rule="signing_key_mismatch",
                 )
             await conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('signing_key_id', %s)"
+                "INSERT INTO meta (key, value) VALUES ('signing_key_id', %s), ('signing_key', %s)"
                 " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                (self.signer.key_id,),
+                (self.signer.key_id, self.signer.private_pem.decode()),
             )
 
     async def close(self) -> None:
