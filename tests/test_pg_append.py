@@ -1,9 +1,11 @@
-"""PostgreSQL's one-call append (store/pgappend.py) against writers it does not know about.
+"""What is particular to PostgreSQL: the one-call append, the shared key, the transcript bytes.
 
 Each store remembers the tail (event count, chain head) of the threads it wrote; these
 tests make that memory wrong on purpose (a second store on the same database, many
 racing writers, cancelled appends) and check that seqs stay gapless, the hash chain and
-checkpoints still verify, and every guard still refuses what it should.
+checkpoints still verify, and every guard still refuses what it should. Servers with
+their own keys folders sign with the database's key; the transcript resource rendered
+from PostgreSQL is the SQLite mirror's bytes for the same events.
 """
 
 from __future__ import annotations
@@ -164,3 +166,29 @@ async def test_servers_with_their_own_keys_folders_share_the_database_key(tmp_pa
         async with later:
             assert later.signer.key_id == a.store.signer.key_id
         assert not (tmp_path / "three" / "keys").exists()  # nothing written to its disk
+
+
+async def test_the_transcript_resource_on_postgres_is_the_sqlite_mirror_byte_for_byte(tmp_path: Path) -> None:
+    """The same events (moved with export/import) render as the same transcript bytes."""
+    problem = pg_unreachable()
+    if problem:
+        pytest.skip(problem)
+    from threadloom.bundle import collect_chains, export_bundle, import_files
+    from threadloom.store import SQLiteStore
+    from threadloom.store.postgres import PostgresStore
+
+    root = tmp_path / "lite"
+    async with ThreadService(SQLiteStore(root, durability="normal"), Settings(root=root)) as lite:
+        tid = (await lite.create_thread(title="bytes")).thread_id
+        await lite.append(tid, [msg("naïve café — 日本語 \"quotes\" \\ back\nslash"), msg("ok", "assistant")])
+        await lite.append(tid, [{"type": "tool_use", "id": "c1", "name": "grep", "input": {"q": "a\tb", "n": 1.5}}])
+        await lite.append(tid, [{"type": "tool_result", "tool_use_id": "c1", "output": {"z": [1, None, True], "a": "é"}}])
+        await lite.update_thread(tid, status="completed", result="done")
+        mirror = (root / "threads" / tid / "transcript.jsonl").read_bytes()
+        bundle = tmp_path / "b.jsonl"
+        with bundle.open("w") as out:
+            await export_bundle(lite, await collect_chains(lite, [tid]), out)
+    with pg_schema() as dsn:
+        async with ThreadService(PostgresStore(dsn, pool_size=2), Settings(root=tmp_path / "pg")) as pg:
+            await import_files(pg, [bundle])
+            assert (await pg.transcript(tid)).encode() == mirror
