@@ -103,7 +103,8 @@ $fn$
 """
 """Migration statement: the append function (its arguments are rendered by :func:`render`)."""
 
-CALL = "SELECT * FROM threadloom_append(" + ",".join(["%s"] * 17) + ")"
+CALL = "SELECT * FROM threadloom_append(" + ",".join(["%b"] * 17) + ")"
+"""Binary parameters: text arrays need no quoting (in text format psycopg escapes every element)."""
 
 MAX_GROUP = 64
 """Most appends sharing one transaction."""
