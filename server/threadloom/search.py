@@ -445,7 +445,7 @@ async def chain_search(
     if search_type == "text":
         hits = await _ranked(store, parsed, limit=limit, thread_ids=chain, include_tools=include_tools)
     else:
-        hits = await store.scan_text(chain, finder, include_tools=include_tools, limit=limit)
+        hits = await store.scan_text(chain, finder, include_tools=include_tools, limit=limit, pattern=query)
     return ChainSearchResults(
         thread_id=thread_id,
         chain_root_id=thread.chain_root_id,

@@ -415,13 +415,16 @@ class Store(abc.ABC):
         *,
         include_tools: bool = False,
         limit: int = 20,
+        pattern: str | None = None,
     ) -> list[SearchHit]:
         """The first ``limit`` events, in the order of ``thread_ids`` then seq, whose body
         (or tools field, with ``include_tools``) ``find`` accepts.
 
         ``find`` receives the texts of a batch of events and yields the indexes of those
         that match; it may run on a worker thread, so it must be thread-safe and bounded in
-        time (e.g. RE2). Unknown thread ids are skipped.
+        time (e.g. RE2). Unknown thread ids are skipped. ``pattern``: the RE2 source of
+        ``find``, when it is one; a backend may use it to pre-filter rows in the database
+        (PostgreSQL does), never to decide a hit. Others ignore it.
         """
         hits: list[SearchHit] = []
         for tid in thread_ids:
