@@ -22,7 +22,7 @@ from threadloom.service import ThreadService
 from threadloom.store import SQLiteStore, pgsearch
 from threadloom.store.base import AppendEvents, NewEvent
 from threadloom.store.pgregex import PgRegex, Untranslatable, to_postgres, translate
-from threadloom.textquery import clause_holds, parse_query
+from threadloom.textquery import clause_holds, parse_query, tokenize
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -82,7 +82,9 @@ def test_the_tsquery_is_rendered_from_tokens_with_phrases_prefixes_negatives_and
     assert pgsearch.render_tsquery(parse_query("a-b abc*"), "any", include_tools=True) == (
         "(('a':AB <-> 'b':AB) | 'abc':*AB)"
     )
-    assert pgsearch.rank_tsquery(q) == "'timeout' | 'connection' | 'reset' | 'connect':* | 'file' | 'py' | 'naive'"
+    assert pgsearch.rank_tsquery(q) == (
+        "'timeout' | 'connection' | 'reset' | 'connect':* | 'file' | 'py' | 'naive'"
+    )
     # FTS syntax typed by a user stays words
     assert pgsearch.render_tsquery(parse_query("a' | !b & c:*"), "all", include_tools=False) == (
         "('a':A & 'b':A & 'c':A)"
@@ -118,7 +120,9 @@ WORDS = ["alpha", "beta", "gamma", "Délta", "delta", "file.py", "foo-bar", "x1"
         max_size=6,
     ),
     items=st.lists(
-        st.tuples(st.sampled_from(["", "-"]), st.sampled_from(["w", "phrase", "prefix"]), st.sampled_from(WORDS)),
+        st.tuples(
+            st.sampled_from(["", "-"]), st.sampled_from(["word", "phrase", "prefix"]), st.sampled_from(WORDS)
+        ),
         min_size=1,
         max_size=4,
     ),
@@ -147,7 +151,8 @@ def test_postgres_matches_exactly_what_the_query_language_matches(
 
     need = all if mode == "all" else any
     expected = [
-        need(holds(b, t, c) for c in q.positive) and not any(holds(b, t, c) for c in q.negative) for b, t in docs
+        need(holds(b, t, c) for c in q.positive) and not any(holds(b, t, c) for c in q.negative)
+        for b, t in docs
     ]
     got = pg_conn.execute(
         "SELECT v::tsvector @@ %s::tsquery FROM unnest(%s::text[]) WITH ORDINALITY AS x(v, n) ORDER BY n",
@@ -156,10 +161,33 @@ def test_postgres_matches_exactly_what_the_query_language_matches(
     assert [r[0] for r in got] == expected, (q, tsq)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200), st.text(max_size=80))
+def test_the_fast_tsvector_path_equals_the_general_one(body: str, tools: str) -> None:
+    fields = [(pgsearch._BODY, tokenize(body)), (pgsearch._TOOLS, tokenize(tools))]
+    general = pgsearch._lexemes(fields, pgsearch.LAST_POSITION)
+    rendered = " ".join(f"'{k}':{','.join(e.positions)}" for k, e in general.items())
+    assert pgsearch.tsvector_text(body, tools) == rendered
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(max_size=120), st.text(max_size=60))
+def test_any_text_gives_a_tsvector_holding_each_of_its_tokens(
+    pg_conn: psycopg.Connection, body: str, tools: str
+) -> None:
+    tsv = pgsearch.tsvector_text(body, tools)
+    probes = [(t, "A") for t in tokenize(body)] + [(t, "B") for t in tokenize(tools)]
+    for token, weight in probes:
+        q = f"'{token}':{weight}"
+        assert pg_conn.execute("SELECT %s::tsvector @@ %s::tsquery", (tsv, q)).fetchone()[0], (tsv, q)
+
+
 # ------------------------------------------------------------------ the index
 
 
-async def test_a_rare_word_is_found_through_the_gin_index(svc: ThreadService, pg_conn: psycopg.Connection) -> None:
+async def test_a_rare_word_is_found_through_the_gin_index(
+    svc: ThreadService, pg_conn: psycopg.Connection
+) -> None:
     # 50,000 rows of common words (written straight in SQL: quick), then one rare word
     pg_conn.execute(
         "INSERT INTO search_docs (thread_id, seq, body, tsv) SELECT 'ffffffffffff', g, 'filler',"
@@ -198,12 +226,16 @@ async def test_scores_are_positive_best_first_and_ties_are_ordered(svc: ThreadSe
         tools_only.thread_id,
         [{"type": "tool_result", "tool_use_id": "t", "output": "kiwi"}],
     )
-    hits = await svc.store.search_text(parse_query("kiwi"), include_tools=True, thread_ids=[tools_only.thread_id])
+    hits = await svc.store.search_text(
+        parse_query("kiwi"), include_tools=True, thread_ids=[tools_only.thread_id]
+    )
     assert len(hits) == 1 and hits[0].score > 0
     assert tid not in {h.thread_id for h in hits}
 
 
-async def test_only_the_newest_matches_are_ranked(svc: ThreadService, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_only_the_newest_matches_are_ranked(
+    svc: ThreadService, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tid = await thread_with(svc, [f"report {i}" for i in range(10)])
     monkeypatch.setattr(pgsearch, "RANK_WINDOW", 3)
     hits = await svc.store.search_text(parse_query("report"), thread_ids=[tid], limit=20)
@@ -217,12 +249,12 @@ async def test_long_texts_are_indexed_without_error_and_every_word_stays_findabl
     huge_word = "ж" * 1100  # 2,200 bytes: longer than a PostgreSQL lexeme
     t = await svc.create_thread()
     await svc.append(t.thread_id, [msg(long_text), msg(f"see {huge_word} there")])
-    await svc.store.commit(
-        [AppendEvents(t.thread_id, (NewEvent("tool_result", {"type": "tool_result", "tool_use_id": "x", "output": blob}),))]
-    )
+    output = NewEvent("tool_result", {"type": "tool_result", "tool_use_id": "x", "output": blob})
+    await svc.store.commit([AppendEvents(t.thread_id, (output,))])  # past max_event_bytes: straight in
 
     async def seqs(query: str, **kw) -> list[int]:
-        return [h.seq for h in await svc.store.search_text(parse_query(query), thread_ids=[t.thread_id], **kw)]
+        hits = await svc.store.search_text(parse_query(query), thread_ids=[t.thread_id], **kw)
+        return [h.seq for h in hits]
 
     assert await seqs("omega") == [2]  # past position 16,383
     assert await seqs('"opening phrase"') == [2]
@@ -259,7 +291,9 @@ async def test_a_database_at_schema_version_2_is_indexed_when_migrated(pg_dsn: s
     async with ThreadService(PostgresStore(pg_dsn, pool_size=2, signer=signer), settings) as service:
         first = await thread_with(service, ["walrus alpha", "walrus beta"])
         second = await thread_with(service, ["walrus gamma"])
-        await service.append(second, [{"type": "tool_use", "id": "1", "name": "grep", "input": {"q": "walrus"}}])
+        await service.append(
+            second, [{"type": "tool_use", "id": "1", "name": "grep", "input": {"q": "walrus"}}]
+        )
     with psycopg.connect(pg_dsn, autocommit=True) as conn:  # back to a version-2 database
         conn.execute("DROP TABLE search_docs")
         conn.execute("DELETE FROM schema_migrations WHERE version = 3")
@@ -276,7 +310,8 @@ async def test_a_database_at_schema_version_2_is_indexed_when_migrated(pg_dsn: s
             "SELECT d.thread_id, d.seq FROM search_docs d JOIN events e USING (thread_id, seq) ORDER BY d.id"
         ).fetchall()
         by_time = conn.execute(
-            "SELECT thread_id, seq FROM events WHERE type IN ('message', 'tool_use') ORDER BY ts, thread_id, seq"
+            "SELECT thread_id, seq FROM events WHERE type IN ('message', 'tool_use')"
+            " ORDER BY ts, thread_id, seq"
         ).fetchall()
         assert order == by_time  # recency order follows the events' time
 
@@ -372,6 +407,16 @@ def test_patterns_outside_the_safe_subset_are_refused(pattern: str) -> None:
     assert translate(pattern) is None
 
 
+def candidates(conn: psycopg.Connection, rx: PgRegex, texts: list[str]) -> list[bool]:
+    """Whether PostgreSQL's regex accepts each text (as the store's scan runs it)."""
+    rows = conn.execute(
+        f'SELECT t COLLATE "C" {rx.operator} %s'
+        " FROM unnest(%s::text[]) WITH ORDINALITY AS x(t, n) ORDER BY n",
+        (rx.pattern, texts),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
 ALPHABET = "aAkKsS\u212a\u017féÉ_09 \n\t.-[]{}\\x\u00e0\x00\ufffdyzb!"
 PATTERNS = [
     r"a+",
@@ -403,31 +448,31 @@ def test_postgres_candidates_include_every_re2_match(pg_conn: psycopg.Connection
     stored = [t.replace("\x00", "\ufffd") for t in texts]  # what search_docs holds
     for pattern in PATTERNS:
         rx = to_postgres(pattern)
-        got = pg_conn.execute(
-            f"SELECT t COLLATE \"C\" {rx.operator} %s FROM unnest(%s::text[]) WITH ORDINALITY AS x(t, n) ORDER BY n",
-            (rx.pattern, stored),
-        ).fetchall()
-        for text, (candidate,) in zip(texts, got):
+        for text, candidate in zip(texts, candidates(pg_conn, rx, stored)):
             if re2.search(pattern, text):
                 assert candidate, (pattern, rx, text)
 
 
 PIECES = [
-    "a", "k", "s", "é", ".", r"\w", r"\W", r"\d", r"\s", r"\b", r"\B", "^", "$", "[a-k]", "[^s]", "[[:alpha:]]",
-    r"\.", " ", r"\x{17f}",
+    *("a", "k", "s", "é", ".", " ", "^", "$", "[a-k]", "[^s]", "[[:alpha:]]"),
+    *(r"\w", r"\W", r"\d", r"\s", r"\b", r"\B", r"\.", r"\x{17f}"),
 ]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     parts=st.lists(
-        st.tuples(st.sampled_from(PIECES), st.sampled_from(["", "*", "+", "?", "{2}", "{1,3}"])), min_size=1, max_size=5
+        st.tuples(st.sampled_from(PIECES), st.sampled_from(["", "*", "+", "?", "{2}", "{1,3}"])),
+        min_size=1,
+        max_size=5,
     ),
     alt=st.booleans(),
     fold=st.booleans(),
     texts=st.lists(st.text(alphabet=ALPHABET, max_size=10), min_size=1, max_size=20),
 )
-def test_generated_patterns_never_lose_a_match_in_postgres(pg_conn: psycopg.Connection, parts, alt, fold, texts) -> None:
+def test_generated_patterns_never_lose_a_match_in_postgres(
+    pg_conn: psycopg.Connection, parts, alt, fold, texts
+) -> None:
     body = "".join(f"(?:{p}){q}" if q else p for p, q in parts)
     pattern = ("(?i)" if fold else "") + (f"({body})|x" if alt else body)
     try:
@@ -439,13 +484,10 @@ def test_generated_patterns_never_lose_a_match_in_postgres(pg_conn: psycopg.Conn
         return
     stored = [t.replace("\x00", "\ufffd") for t in texts]
     try:
-        got = pg_conn.execute(
-            f"SELECT t COLLATE \"C\" {rx.operator} %s FROM unnest(%s::text[]) WITH ORDINALITY AS x(t, n) ORDER BY n",
-            (rx.pattern, stored),
-        ).fetchall()
+        got = candidates(pg_conn, rx, stored)
     except psycopg.DataError:
         return  # PostgreSQL refuses it: the scan runs in Python
-    for text, (candidate,) in zip(texts, got):
+    for text, candidate in zip(texts, got):
         if re2.search(pattern, text):
             assert candidate, (pattern, rx, text)
 
@@ -512,7 +554,8 @@ async def test_regex_results_equal_sqlites_for_every_pattern(pg_dsn: str, tmp_pa
     ]
     tool = {"type": "tool_result", "tool_use_id": "t", "output": "deadlock in tool output"}
     patterns = [
-        r"ECONN\w+", r"a\x00b", r"a.b", r"(?i)k", r"(?i)école", r"^line$", r"(?m)^line$", r"\pL+é", r"\x{fffd}",
+        *(r"ECONN\w+", r"a\x00b", r"a.b", r"(?i)k", r"(?i)école", r"^line$", r"(?m)^line$", r"\pL+é"),
+        r"\x{fffd}",
         r"x*", r"(?i)5k", r"\bme\b", r"\bdead\b.*rollback", r"dead\s?lock", r"[^\x00-\x7f]",
     ]
     results = {}
@@ -546,7 +589,8 @@ async def test_text_search_matches_the_same_events_as_sqlite(pg_dsn: str, tmp_pa
         "nothing to see",
     ]
     tool = {"type": "tool_use", "id": "1", "name": "bash", "input": {"cmd": "cat file.py | grep reset"}}
-    queries = ["reset", '"connection reset"', "resume", "conn*", "file.py", "reset -peer", "pool résumé", "grep"]
+    queries = ["reset", '"connection reset"', "resume", "conn*", "file.py", "reset -peer", "pool résumé"]
+    queries.append("grep")
     found = {}
     for name, store in [
         ("sqlite", SQLiteStore(tmp_path / "sqlite", durability="normal")),

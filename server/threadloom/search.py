@@ -83,7 +83,9 @@ class SearchResult(BaseModel):
     )
     ts: str
     snippet: str = Field(description=f"the matching text with matches between {MARK} markers")
-    score: float | None = Field(description="BM25 relevance, higher is better (text search); null for regex")
+    score: float | None = Field(
+        description="relevance, higher is better (text search: BM25, ts_rank on PostgreSQL); null for regex"
+    )
     before: list[ContextMessage] = Field(description="up to `context` events before the hit, oldest first")
     after: list[ContextMessage] = Field(description="up to `context` events after the hit, oldest first")
 

@@ -203,7 +203,8 @@ CommitListener = Callable[[frozenset[str]], None]
 class SearchHit:
     """An event that matched a search: where it is and how well it matched.
 
-    ``score`` is the BM25 relevance (higher is better) for text search, None for scans.
+    ``score`` is the relevance (higher is better; BM25, or ts_rank on PostgreSQL) for text
+    search, None for scans.
     """
 
     thread_id: str
@@ -371,7 +372,7 @@ class Store(abc.ABC):
         limit: int = 20,
         best_per_thread: bool = False,
     ) -> list[SearchHit]:
-        """Events matching ``query``, best BM25 score first, at most ``limit``.
+        """Events matching ``query``, best score first (BM25; PostgreSQL: ts_rank), at most ``limit``.
 
         ``mode='all'``: an event must hold every positive clause; ``'any'``: at least one.
         No event may hold a negative clause. Scope: only ``thread_ids`` when given, only

@@ -30,7 +30,7 @@ import logging
 from array import array
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -58,7 +58,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("threadloom.store")
-T = TypeVar("T")
 
 TABLE = "search_docs"
 LAST_POSITION = 16_381
@@ -355,8 +354,9 @@ def search_sql(
     )
     weights = f"{{0,0,{TOOLS_WEIGHT if include_tools else 0},1}}"  # D, C, B (tools), A (body)
     ranked = (
-        f"SELECT thread_id, seq, GREATEST(ts_rank(%s::real[], tsv, %s::tsquery, {RANK_NORMALIZATION})::float8,"
-        f" {MIN_SCORE}::float8) AS score FROM ({window}) AS m"
+        "SELECT thread_id, seq, GREATEST("
+        f"ts_rank(%s::real[], tsv, %s::tsquery, {RANK_NORMALIZATION})::float8, {MIN_SCORE}::float8)"
+        f" AS score FROM ({window}) AS m"
     )
     args = [weights, rank_tsquery(query), *args, limit]
     if best_per_thread:
@@ -394,7 +394,9 @@ async def search(
         limit=limit,
         best_per_thread=best_per_thread,
     )
-    cur = await conn.execute(sql, args)
+    # never a prepared statement: a generic plan cannot see the words, so it would walk the id
+    # index for every query (right for common words, a full scan for rare ones)
+    cur = await conn.execute(sql, args, prepare=False)
     return [SearchHit(tid, seq, score) for tid, seq, score in await cur.fetchall()]
 
 
@@ -427,7 +429,8 @@ async def _restore(
     cur = await conn.execute(
         "SELECT seq, type, line FROM events WHERE thread_id = %s AND seq = ANY(%s)", (thread_id, odd)
     )
-    exact = {seq: document_fields(etype, json.loads(line)) or (None, None) for seq, etype, line in await cur.fetchall()}
+    found = await cur.fetchall()
+    exact = {seq: document_fields(etype, json.loads(line)) or (None, None) for seq, etype, line in found}
     return [(r[0], *exact[r[0]]) if r[0] in exact else r for r in rows]
 
 
@@ -491,7 +494,9 @@ async def scan(
     if regex is not None:
         try:
             async with conn.transaction():  # a savepoint: a cancelled query leaves the transaction usable
-                await conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(REGEX_TIMEOUT_MS),))
+                await conn.execute(
+                    "SELECT set_config('statement_timeout', %s, true)", (str(REGEX_TIMEOUT_MS),)
+                )
                 await _scan_pages(
                     conn, ids, find, include_tools=include_tools, limit=limit, regex=regex, state=state
                 )
@@ -623,4 +628,5 @@ async def reindex(run: Run, *, progress: ReindexProgress | None = None) -> Reind
             done += len(batch[1])
             if progress is not None:
                 progress(done, total)
-    return ReindexStats(added=counts["added"], removed=counts["removed"], documents=await run(count_docs, write=False))
+    documents = await run(count_docs, write=False)
+    return ReindexStats(added=counts["added"], removed=counts["removed"], documents=documents)

@@ -617,7 +617,12 @@ class PostgresStore(Store):
             if self._regex_ok is None:
                 self._regex_ok = await pgsearch.regex_in_database(conn)
             return await pgsearch.scan(
-                conn, thread_ids, find, include_tools=include_tools, limit=limit, pattern=pattern,
+                conn,
+                thread_ids,
+                find,
+                include_tools=include_tools,
+                limit=limit,
+                pattern=pattern,
                 regex_ok=self._regex_ok,
             )
 
