@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from conftest import pg_schema, pg_unreachable
 from threadloom.config import Settings
 from threadloom.integrity import Signer
-from threadloom.search import RegexFinder
 from threadloom.service import ThreadService
 from threadloom.store import SQLiteStore, pgsearch
 from threadloom.store.base import AppendEvents, NewEvent
