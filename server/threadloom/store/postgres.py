@@ -24,6 +24,7 @@ from ..errors import ConflictError, IntegrityError, StoreUnavailableError, Threa
 from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes, chain_next
 from ..models import Status, StoredEvent, Thread, Usage, parse_iso, render_line
 from ..textquery import Mode, TextQuery
+from . import pgsearch
 from .apply import (
     list_threads_query,
     row_to_thread,
@@ -43,7 +44,6 @@ from .apply import (
     not_found,
     now_pair,
 )
-from . import pgsearch
 from .base import (
     AppendEvents,
     AppendResult,
