@@ -2,10 +2,13 @@
 
     PYTHONPATH=server python benchmarks/search.py            # 100,000 messages / 1,000 threads
     PYTHONPATH=server python benchmarks/search.py --full     # 1,000,000 messages / 10,000 threads
+    PYTHONPATH=server python benchmarks/search.py --store postgres   # PostgreSQL (50,000 messages)
+    PYTHONPATH=server python benchmarks/search.py --store both       # one after the other
 
 Generates agent-transcript-like messages (Zipf-distributed words: English function
-words, engineering terms, identifiers, numbers, error lines) into a SQLite store, one
-5-thread continuation chain of 10,000 messages among them, then measures:
+words, engineering terms, identifiers, numbers, error lines) into a SQLite store (or a
+fresh schema of a PostgreSQL database, ``--pg-dsn``), one 5-thread continuation chain of
+10,000 messages among them, then measures:
 
 - build: events/s of bulk appends (batches of 200, index maintained in each commit);
 - index size (pages of the FTS5 tables) next to the events table;
@@ -16,7 +19,8 @@ words, engineering terms, identifiers, numbers, error lines) into a SQLite store
   context), chain_search text and regex on the chain, next to ``LIKE '%word%'`` and a
   Python ``re`` scan of the same rows.
 
-Prints a table and writes benchmarks/results/search.json.
+Prints a table and writes benchmarks/results/search.json (search_postgres.json). On
+PostgreSQL the append cases are the ones that apply there (no mirrors or durability modes).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 from threadloom.config import Settings  # noqa: E402
 from threadloom.models import Status, Thread, iso, new_thread_id, utc_now  # noqa: E402
 from threadloom.service import ThreadService  # noqa: E402
-from threadloom.store import SQLiteStore, fts  # noqa: E402
-from threadloom.store.base import AppendEvents, CreateThread, NewEvent  # noqa: E402
+from threadloom.store import SQLiteStore, fts, pgsearch  # noqa: E402
+from threadloom.store.base import AppendEvents, CreateThread, NewEvent, Store  # noqa: E402
 from threadloom.textquery import parse_query  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -165,22 +170,138 @@ async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
 
 
 class NoIndex:
-    """Switch FTS maintenance off for the baseline (the same store code otherwise)."""
+    """Switch index maintenance off for the baseline (the same store code otherwise)."""
 
     def __enter__(self) -> None:
-        self.saved = fts.IndexPlan.apply
+        self.saved = fts.IndexPlan.apply, pgsearch.insert_docs
         fts.IndexPlan.apply = lambda self, conn: None  # type: ignore[method-assign]
 
+        async def no_docs(conn: Any, thread_id: str, rows: Any) -> None:
+            return None
+
+        pgsearch.insert_docs = no_docs  # type: ignore[assignment]
+
     def __exit__(self, *exc: object) -> None:
-        fts.IndexPlan.apply = self.saved  # type: ignore[method-assign]
+        fts.IndexPlan.apply, pgsearch.insert_docs = self.saved  # type: ignore[method-assign]
+
+
+class Bench:
+    """One backend under test: how to open its store, measure its index, run the naive scans."""
+
+    name = "sqlite"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def store(self) -> Store:
+        return SQLiteStore(self.root, durability="normal", mirrors=False)
+
+    def index_size(self) -> dict[str, float]:
+        return index_size(self.root / "threads.db")
+
+    def like_scan(self, word: str, thread_ids: list[str] | None) -> int:
+        conn = sqlite3.connect(self.root / "threads.db")
+        try:
+            return like_scan(conn, word, thread_ids)
+        finally:
+            conn.close()
+
+    def python_re_scan(self, pattern: str, thread_ids: list[str] | None) -> int:
+        conn = sqlite3.connect(self.root / "threads.db")
+        try:
+            return python_re_scan(conn, pattern, thread_ids)
+        finally:
+            conn.close()
+
+    def append_store(self, root: Path, durability: str, mirrors: bool) -> Store:
+        return SQLiteStore(root, durability=durability, mirrors=mirrors)
+
+    def drop(self) -> None:
+        return None
+
+
+class PgBench(Bench):
+    """PostgreSQL: the corpus lives in its own schema of ``dsn``'s database (dropped at the end)."""
+
+    name = "postgres"
+
+    def __init__(self, root: Path, dsn: str) -> None:
+        super().__init__(root)
+        import psycopg
+
+        self.psycopg = psycopg
+        self.base_dsn = dsn
+        self.schemas: list[str] = []
+        self.dsn = self.new_schema()
+
+    def new_schema(self) -> str:
+        name = f"tl_bench_{uuid.uuid4().hex[:10]}"
+        with self.psycopg.connect(self.base_dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {name}")
+        self.schemas.append(name)
+        sep = "&" if "?" in self.base_dsn else "?"
+        return f"{self.base_dsn}{sep}options=-csearch_path%3D{name}"
+
+    def store(self) -> Store:
+        from threadloom.store.postgres import PostgresStore
+
+        from threadloom.integrity import Signer
+
+        return PostgresStore(self.dsn, durability="normal", pool_size=4, signer=Signer.for_root(self.root))
+
+    def index_size(self) -> dict[str, float]:
+        with self.psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE search_docs")
+            conn.execute("VACUUM ANALYZE events")
+            docs, events, gin = conn.execute(
+                "SELECT pg_total_relation_size('search_docs'), pg_total_relation_size('events'),"
+                " pg_relation_size('search_docs_tsv')"
+            ).fetchone()
+        return {
+            "index_mb": docs / 1e6,
+            "gin_mb": gin / 1e6,
+            "events_mb": events / 1e6,
+            "index_vs_events": docs / max(1, events),
+            "file_mb": (docs + events) / 1e6,
+        }
+
+    def like_scan(self, word: str, thread_ids: list[str] | None) -> int:
+        with self.psycopg.connect(self.dsn, autocommit=True) as conn:
+            sql = "SELECT thread_id, seq FROM events WHERE line LIKE %s"
+            args: list[Any] = [f"%{word}%"]
+            if thread_ids:
+                sql += " AND thread_id = ANY(%s)"
+                args.append(thread_ids)
+            return len(conn.execute(sql, args).fetchall())
+
+    def python_re_scan(self, pattern: str, thread_ids: list[str] | None) -> int:
+        rx = re.compile(pattern)
+        with self.psycopg.connect(self.dsn, autocommit=True) as conn:
+            sql = "SELECT line FROM events" + (" WHERE thread_id = ANY(%s)" if thread_ids else "")
+            return sum(
+                1
+                for (line,) in conn.execute(sql, [thread_ids] if thread_ids else [])
+                if rx.search(json.loads(line).get("text", ""))
+            )
+
+    def append_store(self, root: Path, durability: str, mirrors: bool) -> Store:
+        from threadloom.store.postgres import PostgresStore
+
+        return PostgresStore(self.new_schema(), durability=durability, pool_size=17)
+
+    def drop(self) -> None:
+        with self.psycopg.connect(self.base_dsn, autocommit=True) as conn:
+            for name in self.schemas:
+                conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        self.schemas.clear()
 
 
 # --------------------------------------------------------------------- build
 
 
-async def build(root: Path, corpus: Corpus, messages: int, threads: int) -> dict[str, Any]:
+async def build(bench: Bench, corpus: Corpus, messages: int, threads: int) -> dict[str, Any]:
     """Fill a store; return the chain ids, a sample of texts (for queries) and timings."""
-    store = SQLiteStore(root, durability="normal", mirrors=False)
+    store = bench.store()
     await store.open()
     chain: list[Thread] = []
     root_thread = new_thread()
@@ -251,23 +372,24 @@ def index_size(path: Path) -> dict[str, float]:
 # ------------------------------------------------------------ append cost
 
 
-async def append_rate(case: str, corpus: Corpus, n: int) -> tuple[float, float]:
+async def append_rate(bench: Bench, case: str, corpus: Corpus, n: int) -> tuple[float, float]:
     """(events/s, process CPU µs per event) of one append case on a fresh root preloaded
     with 5,000 messages. CPU time is steadier than wall time on a shared machine."""
     root = Path(tempfile.mkdtemp(prefix="tl-search-append-"))
     try:
-        return await _append_rate(root, case, corpus, n)
+        return await _append_rate(bench, root, case, corpus, n)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def _append_rate(root: Path, case: str, corpus: Corpus, n: int) -> tuple[float, float]:
+async def _append_rate(bench: Bench, root: Path, case: str, corpus: Corpus, n: int) -> tuple[float, float]:
     durability = "full" if case == "single, mirrors, full" else "normal"
     mirrors = "no mirrors" not in case
-    store = SQLiteStore(root, durability=durability, mirrors=mirrors)
+    store = bench.append_store(root, durability, mirrors)
     async with ThreadService(store, Settings(root=root, durability=durability)) as svc:
         writers = 16 if "16 writers" in case else 1
-        tids = [(await svc.create_thread()).thread_id for _ in range(writers)]
+        # a context window the preloaded messages cannot fill: no handoff in the middle of a measurement
+        tids = [(await svc.create_thread(context_window=10_000_000)).thread_id for _ in range(writers)]
         for tid in tids:
             await svc.append(tid, [{"type": "message", "role": "user", "text": "start"}])
         pre = [corpus.message() for _ in range(5000)]
@@ -300,17 +422,23 @@ APPEND_CASES = [
     "batch 100, no mirrors",
     "service.append",
 ]
+PG_APPEND_CASES = [
+    "single, no mirrors",
+    "single, no mirrors, 16 writers",
+    "batch 100, no mirrors",
+    "service.append",
+]
 
 
-async def append_costs(corpus: Corpus, n: int, reps: int) -> list[dict[str, Any]]:
+async def append_costs(bench: Bench, corpus: Corpus, n: int, reps: int) -> list[dict[str, Any]]:
     rows = []
-    for case in APPEND_CASES:
+    for case in PG_APPEND_CASES if isinstance(bench, PgBench) else APPEND_CASES:
         count = n * 20 if "batch" in case else n
         with_idx, without = [], []
         for _ in range(reps):  # alternate to spread the shared machine's noise evenly
-            with_idx.append(await append_rate(case, corpus, count))
+            with_idx.append(await append_rate(bench, case, corpus, count))
             with NoIndex():
-                without.append(await append_rate(case, corpus, count))
+                without.append(await append_rate(bench, case, corpus, count))
         w, wo = statistics.median(x[0] for x in with_idx), statistics.median(x[0] for x in without)
         cw, cwo = statistics.median(x[1] for x in with_idx), statistics.median(x[1] for x in without)
         rows.append(
@@ -402,10 +530,10 @@ def summary(xs: list[float]) -> dict[str, float]:
 
 
 async def query_latency(
-    root: Path, corpus: Corpus, built: dict[str, Any], args: argparse.Namespace
+    bench: Bench, corpus: Corpus, built: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
     rng = random.Random(11)
-    store = SQLiteStore(root, durability="normal", mirrors=False)
+    store = bench.store()
     out: dict[str, Any] = {}
     async with ThreadService(store) as svc:
         queries = text_queries(corpus, built["sample"], args.queries, rng)
@@ -444,35 +572,31 @@ async def query_latency(
         out["chain_regex"] = summary([x for xs in regex_ms.values() for x in xs])
         out["chain_regex_by_pattern"] = {p: statistics.median(v) for p, v in regex_ms.items()}
 
-    conn = sqlite3.connect(store.path)
-    try:
-        words = [q for _, q in chain_queries if " " not in q and "*" not in q and '"' not in q][:20]
-        like_chain = []
-        for w in words:
-            t0 = time.perf_counter()
-            like_scan(conn, w, chain)
-            like_chain.append((time.perf_counter() - t0) * 1000)
-        out["chain_like_baseline"] = summary(like_chain)
-        re_chain = []
-        for p in REGEXES[:-1]:  # Python re never returns on the catastrophic pattern
-            t0 = time.perf_counter()
-            python_re_scan(conn, p, chain)
-            re_chain.append((time.perf_counter() - t0) * 1000)
-        out["chain_python_re_baseline"] = summary(re_chain)
-        like_global = []
-        for w in words[: args.global_scans]:
-            t0 = time.perf_counter()
-            like_scan(conn, w, None)
-            like_global.append((time.perf_counter() - t0) * 1000)
-        out["global_like_baseline"] = summary(like_global)
-        re_global = []
-        for p in REGEXES[:2][: max(1, args.global_scans // 4)]:
-            t0 = time.perf_counter()
-            python_re_scan(conn, p, None)
-            re_global.append((time.perf_counter() - t0) * 1000)
-        out["global_python_re_baseline"] = summary(re_global)
-    finally:
-        conn.close()
+    words = [q for _, q in chain_queries if " " not in q and "*" not in q and '"' not in q][:20]
+    like_chain = []
+    for w in words:
+        t0 = time.perf_counter()
+        bench.like_scan(w, chain)
+        like_chain.append((time.perf_counter() - t0) * 1000)
+    out["chain_like_baseline"] = summary(like_chain)
+    re_chain = []
+    for p in REGEXES[:-1]:  # Python re never returns on the catastrophic pattern
+        t0 = time.perf_counter()
+        bench.python_re_scan(p, chain)
+        re_chain.append((time.perf_counter() - t0) * 1000)
+    out["chain_python_re_baseline"] = summary(re_chain)
+    like_global = []
+    for w in words[: args.global_scans]:
+        t0 = time.perf_counter()
+        bench.like_scan(w, None)
+        like_global.append((time.perf_counter() - t0) * 1000)
+    out["global_like_baseline"] = summary(like_global)
+    re_global = []
+    for p in REGEXES[:2][: max(1, args.global_scans // 4)]:
+        t0 = time.perf_counter()
+        bench.python_re_scan(p, None)
+        re_global.append((time.perf_counter() - t0) * 1000)
+    out["global_python_re_baseline"] = summary(re_global)
     return out
 
 
@@ -501,53 +625,64 @@ def chunks(xs: list[Any], n: int) -> Iterator[list[Any]]:
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="1,000,000 messages over 10,000 threads")
-    ap.add_argument("--messages", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--store", choices=["sqlite", "postgres", "both"], default="sqlite")
+    ap.add_argument(
+        "--pg-dsn",
+        default=os.environ.get("THREADLOOM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test"),
+        help="database for --store postgres (a schema is created in it and dropped afterwards)",
+    )
+    ap.add_argument("--messages", type=int, default=None, help="default 100,000; 50,000 on PostgreSQL")
+    ap.add_argument("--threads", type=int, default=None, help="default 1,000 (SQLite), 500 (PostgreSQL)")
     ap.add_argument("--queries", type=int, default=None, help="text queries across all threads")
     ap.add_argument("--append-events", type=int, default=1500, help="events per single-append measurement")
     ap.add_argument("--reps", type=int, default=3, help="alternating repetitions of each append case")
     ap.add_argument("--regex-reps", type=int, default=10)
     ap.add_argument("--global-scans", type=int, default=None, help="naive scans over all messages (slow)")
-    ap.add_argument("--root", type=Path, default=None, help="reuse/keep the corpus here (default: temporary)")
+    ap.add_argument("--root", type=Path, default=None, help="reuse/keep the SQLite corpus here")
     ap.add_argument("--skip-append", action="store_true")
     ap.add_argument("--append-only", action="store_true", help="only the append cost of indexing")
     args = ap.parse_args()
-    messages = args.messages or (1_000_000 if args.full else 100_000)
-    threads = args.threads or (10_000 if args.full else 1_000)
     args.queries = args.queries or (700 if args.full else 350)
     args.global_scans = args.global_scans if args.global_scans is not None else (4 if args.full else 8)
-    if messages < CHAIN_MESSAGES * 2 or threads <= CHAIN_THREADS:
-        ap.error("need at least 20,000 messages and 6 threads")
+    for kind in ["sqlite", "postgres"] if args.store == "both" else [args.store]:
+        pg = kind == "postgres"
+        messages = args.messages or (1_000_000 if args.full else 50_000 if pg else 100_000)
+        threads = args.threads or (10_000 if args.full else 500 if pg else 1_000)
+        if messages < CHAIN_MESSAGES * 2 or threads <= CHAIN_THREADS:
+            ap.error("need at least 20,000 messages and 6 threads")
+        root = (None if pg else args.root) or Path(tempfile.mkdtemp(prefix="tl-search-"))
+        bench = PgBench(root, args.pg_dsn) if pg else Bench(root)
+        try:
+            if args.append_only:
+                print(f"{kind}:")
+                print_appends(await append_costs(bench, Corpus(seed=3), args.append_events, args.reps))
+            else:
+                await run(args, Corpus(), bench, messages, threads)
+        finally:
+            bench.drop()
+            if pg or args.root is None:
+                shutil.rmtree(root, ignore_errors=True)
 
-    if args.append_only:
-        rows = await append_costs(Corpus(seed=3), args.append_events, args.reps)
-        print_appends(rows)
-        return
-    corpus = Corpus()
-    root = args.root or Path(tempfile.mkdtemp(prefix="tl-search-"))
-    try:
-        await run(args, corpus, root, messages, threads)
-    finally:
-        if args.root is None:
-            shutil.rmtree(root, ignore_errors=True)
 
-
-async def run(args: argparse.Namespace, corpus: Corpus, root: Path, messages: int, threads: int) -> None:
-    meta = root / "bench-meta.json"
+async def run(args: argparse.Namespace, corpus: Corpus, bench: Bench, messages: int, threads: int) -> None:
+    meta = bench.root / "bench-meta.json"
     if meta.exists():
         built = json.loads(meta.read_text())
-        print(f"reusing the corpus in {root}", file=sys.stderr)
+        print(f"reusing the corpus in {bench.root}", file=sys.stderr)
     else:
-        print(f"building {messages:,} messages over {threads:,} threads in {root}", file=sys.stderr)
-        built = await build(root, corpus, messages, threads)
+        print(f"building {messages:,} messages over {threads:,} threads ({bench.name})", file=sys.stderr)
+        built = await build(bench, corpus, messages, threads)
         built["messages"], built["threads"] = messages, threads
         meta.write_text(json.dumps(built))
-    size = index_size(root / "threads.db")
+    size = bench.index_size()
     print("measuring queries", file=sys.stderr)
-    latency = await query_latency(root, corpus, built, args)
-    appends = [] if args.skip_append else await append_costs(Corpus(seed=3), args.append_events, args.reps)
+    latency = await query_latency(bench, corpus, built, args)
+    appends = []
+    if not args.skip_append:
+        appends = await append_costs(bench, Corpus(seed=3), args.append_events, args.reps)
 
     print()
+    print(f"store: {bench.name}")
     print(
         f"corpus: {built['messages']:,} messages, {built['threads']:,} threads; chain {CHAIN_THREADS} threads / {CHAIN_MESSAGES:,} messages"
     )
@@ -610,9 +745,14 @@ async def run(args: argparse.Namespace, corpus: Corpus, root: Path, messages: in
         "index_size": size,
         "latency": latency,
         "append": appends,
-        "settings": {"rank_window": fts.RANK_WINDOW, "common_docs": fts.COMMON_DOCS},
+        "settings": (
+            {"rank_window": pgsearch.RANK_WINDOW, "regex_timeout_ms": pgsearch.REGEX_TIMEOUT_MS}
+            if isinstance(bench, PgBench)
+            else {"rank_window": fts.RANK_WINDOW, "common_docs": fts.COMMON_DOCS}
+        ),
     }
-    name = "search_full.json" if args.full else "search.json"
+    stem = "search_postgres" if isinstance(bench, PgBench) else "search"
+    name = stem + ("_full" if args.full else "") + ".json"
     (RESULTS / name).write_text(json.dumps(out, indent=2))
     print(f"wrote {RESULTS / name}")
 

@@ -10,6 +10,7 @@ from PostgreSQL is the SQLite mirror's bytes for the same events.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -192,3 +193,38 @@ async def test_the_transcript_resource_on_postgres_is_the_sqlite_mirror_byte_for
         async with ThreadService(PostgresStore(dsn, pool_size=2), Settings(root=tmp_path / "pg")) as pg:
             await import_files(pg, [bundle])
             assert (await pg.transcript(tid)).encode() == mirror
+
+
+def test_appends_never_wait_for_a_flusher_that_has_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one flusher allowed, an append queued while the flusher stops must start another
+    (a flusher counted as busy until its task's done-callback ran left such appends waiting
+    forever). Commits are shielded from cancellation, so the scenario runs on its own event
+    loop in a thread, and a hang shows as that thread still running."""
+    from threadloom.store import pgappend
+
+    problem = pg_unreachable()
+    if problem:
+        pytest.skip(problem)
+    monkeypatch.setattr(pgappend, "FLUSHERS", 1)
+    counts: list[int] = []
+
+    async def scenario() -> None:
+        async with two_services(tmp_path) as (a, _b):
+            tids = [(await a.create_thread(context_window=10_000_000)).thread_id for _ in range(8)]
+            for tid in tids:  # running: from here on every append takes the one-call path
+                await a.append(tid, [msg("first")])
+
+            async def writer(tid: str) -> None:
+                for i in range(40):
+                    await a.append(tid, [msg(f"m{i}")])
+
+            async with anyio.create_task_group() as tg:
+                for tid in tids:
+                    tg.start_soon(writer, tid)
+            counts.extend([(await a.get_thread(tid)).event_count for tid in tids])
+
+    runner = threading.Thread(target=anyio.run, args=(scenario,), daemon=True)
+    runner.start()
+    runner.join(90)
+    assert not runner.is_alive(), "appends were left waiting for a flusher that had stopped"
+    assert counts == [42] * 8  # the status event, then 41 messages each

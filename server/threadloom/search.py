@@ -83,7 +83,9 @@ class SearchResult(BaseModel):
     )
     ts: str
     snippet: str = Field(description=f"the matching text with matches between {MARK} markers")
-    score: float | None = Field(description="BM25 relevance, higher is better (text search); null for regex")
+    score: float | None = Field(
+        description="relevance, higher is better (text search: BM25, ts_rank on PostgreSQL); null for regex"
+    )
     before: list[ContextMessage] = Field(description="up to `context` events before the hit, oldest first")
     after: list[ContextMessage] = Field(description="up to `context` events after the hit, oldest first")
 
@@ -445,7 +447,7 @@ async def chain_search(
     if search_type == "text":
         hits = await _ranked(store, parsed, limit=limit, thread_ids=chain, include_tools=include_tools)
     else:
-        hits = await store.scan_text(chain, finder, include_tools=include_tools, limit=limit)
+        hits = await store.scan_text(chain, finder, include_tools=include_tools, limit=limit, pattern=query)
     return ChainSearchResults(
         thread_id=thread_id,
         chain_root_id=thread.chain_root_id,

@@ -203,7 +203,8 @@ CommitListener = Callable[[frozenset[str]], None]
 class SearchHit:
     """An event that matched a search: where it is and how well it matched.
 
-    ``score`` is the BM25 relevance (higher is better) for text search, None for scans.
+    ``score`` is the relevance (higher is better; BM25, or ts_rank on PostgreSQL) for text
+    search, None for scans.
     """
 
     thread_id: str
@@ -371,7 +372,7 @@ class Store(abc.ABC):
         limit: int = 20,
         best_per_thread: bool = False,
     ) -> list[SearchHit]:
-        """Events matching ``query``, best BM25 score first, at most ``limit``.
+        """Events matching ``query``, best score first (BM25; PostgreSQL: ts_rank), at most ``limit``.
 
         ``mode='all'``: an event must hold every positive clause; ``'any'``: at least one.
         No event may hold a negative clause. Scope: only ``thread_ids`` when given, only
@@ -415,13 +416,16 @@ class Store(abc.ABC):
         *,
         include_tools: bool = False,
         limit: int = 20,
+        pattern: str | None = None,
     ) -> list[SearchHit]:
         """The first ``limit`` events, in the order of ``thread_ids`` then seq, whose body
         (or tools field, with ``include_tools``) ``find`` accepts.
 
         ``find`` receives the texts of a batch of events and yields the indexes of those
         that match; it may run on a worker thread, so it must be thread-safe and bounded in
-        time (e.g. RE2). Unknown thread ids are skipped.
+        time (e.g. RE2). Unknown thread ids are skipped. ``pattern``: the RE2 source of
+        ``find``, when it is one; a backend may use it to pre-filter rows in the database
+        (PostgreSQL does), never to decide a hit. Others ignore it.
         """
         hits: list[SearchHit] = []
         for tid in thread_ids:

@@ -3,7 +3,9 @@
 A plain append (no usage to account, no checkpoint, nothing else in the commit) is
 sent as one ``SELECT * FROM threadloom_append(...)`` in autocommit mode: the function
 locks the thread's row, checks every guard, and inserts the events, the search rows
-and the idempotency record in the one implicit transaction. The transcript lines and
+(store/pgsearch.py) and the idempotency record in the one implicit transaction. Its
+common path is one guarded ``UPDATE`` and the inserts; only when the ``UPDATE`` matched
+nothing does it read the row to say which guard refused. The transcript lines and
 their hash chain are rendered in Python (one renderer for every backend) from the
 thread's tail as this process last saw it, ``(event_count, chain_head)``; when another
 writer moved the tail, the function writes nothing and returns the tail it found, and
@@ -29,6 +31,7 @@ from typing import Any
 from ..models import ENDED, StoredEvent, render_line
 from .apply import counters_after, now_pair
 from .base import AppendEvents
+from .pgsearch import doc_rows
 
 __all__ = ["FUNCTION_SQL", "CALL", "Tails", "Rendered", "render", "fits", "GroupCommit"]
 
@@ -37,37 +40,17 @@ CREATE OR REPLACE FUNCTION threadloom_append(
     p_thread TEXT, p_base BIGINT, p_head TEXT, p_ts TEXT, p_epoch DOUBLE PRECISION,
     p_statuses TEXT[], p_expect BIGINT, p_idem TEXT, p_request_hash TEXT, p_idem_seqs TEXT,
     p_types TEXT[], p_lines TEXT[], p_prevs TEXT[], p_new_head TEXT, p_nbytes BIGINT,
-    p_text_delta BIGINT, p_input_tokens BIGINT
+    p_text_delta BIGINT, p_input_tokens BIGINT,
+    p_doc_seqs BIGINT[], p_doc_bodies TEXT[], p_doc_tools TEXT[], p_doc_tsvs TEXT[]
 ) RETURNS TABLE (
     r_outcome TEXT, r_thread_id TEXT, r_doc TEXT, r_status TEXT, r_updated_at TEXT,
     r_heartbeat_at TEXT, r_event_count BIGINT, r_text_chars BIGINT, r_input_tokens BIGINT,
     r_version BIGINT, r_accounts TEXT, r_chain_head TEXT, r_idem_hash TEXT, r_idem_seqs TEXT
 ) LANGUAGE plpgsql AS $fn$
-DECLARE
-    t threads%ROWTYPE;
-    n BIGINT := cardinality(p_lines);
 BEGIN
-    SELECT * INTO t FROM threads WHERE thread_id = p_thread FOR UPDATE;
-    IF NOT FOUND THEN
-        r_outcome := 'not_found';
-        RETURN NEXT;
-        RETURN;
-    END IF;
-    r_thread_id := t.thread_id; r_doc := t.doc; r_status := t.status; r_updated_at := t.updated_at;
-    r_heartbeat_at := t.heartbeat_at; r_event_count := t.event_count; r_text_chars := t.text_chars;
-    r_input_tokens := t.input_tokens; r_version := t.version; r_accounts := t.accounts;
-    r_chain_head := t.chain_head;
-    IF p_statuses IS NOT NULL AND NOT (t.status = ANY (p_statuses)) THEN
-        r_outcome := 'status_guard';
-        RETURN NEXT;
-        RETURN;
-    END IF;
-    IF p_expect IS NOT NULL AND t.event_count <> p_expect THEN
-        r_outcome := 'count_guard';
-        RETURN NEXT;
-        RETURN;
-    END IF;
     IF p_idem IS NOT NULL THEN
+        -- under the row lock, so concurrent retries of one key serialize
+        PERFORM 1 FROM threads WHERE thread_id = p_thread FOR UPDATE;
         SELECT request_hash, seqs INTO r_idem_hash, r_idem_seqs
             FROM idempotency WHERE thread_id = p_thread AND key = p_idem;
         IF FOUND THEN
@@ -76,26 +59,49 @@ BEGIN
             RETURN;
         END IF;
     END IF;
-    IF t.event_count <> p_base OR t.chain_head IS DISTINCT FROM p_head THEN
-        r_outcome := 'stale';
+    -- the common case in one statement: every guard is in the WHERE clause
+    UPDATE threads SET event_count = event_count + cardinality(p_lines),
+        text_chars = text_chars + p_text_delta, input_tokens = COALESCE(p_input_tokens, input_tokens),
+        updated_at = p_ts, heartbeat_at = p_ts, heartbeat_epoch = p_epoch,
+        transcript_bytes = transcript_bytes + p_nbytes, chain_head = p_new_head
+        WHERE thread_id = p_thread AND event_count = p_base AND chain_head IS NOT DISTINCT FROM p_head
+          AND (p_statuses IS NULL OR status = ANY (p_statuses))
+          AND (p_expect IS NULL OR event_count = p_expect)
+        RETURNING thread_id, doc, status, updated_at, heartbeat_at, event_count, text_chars,
+                  input_tokens, version, accounts, chain_head
+        INTO r_thread_id, r_doc, r_status, r_updated_at, r_heartbeat_at, r_event_count,
+             r_text_chars, r_input_tokens, r_version, r_accounts, r_chain_head;
+    IF NOT FOUND THEN
+        -- nothing written: say why (any later state is as good an answer as the one it met)
+        SELECT thread_id, status, event_count, chain_head
+            INTO r_thread_id, r_status, r_event_count, r_chain_head
+            FROM threads WHERE thread_id = p_thread;
+        IF NOT FOUND THEN
+            r_outcome := 'not_found';
+        ELSIF p_statuses IS NOT NULL AND NOT (r_status = ANY (p_statuses)) THEN
+            r_outcome := 'status_guard';
+        ELSIF p_expect IS NOT NULL AND r_event_count <> p_expect THEN
+            r_outcome := 'count_guard';
+        ELSE
+            r_outcome := 'stale';
+        END IF;
         RETURN NEXT;
         RETURN;
     END IF;
     INSERT INTO events (thread_id, seq, ts, type, line, prev_hash)
         SELECT p_thread, p_base + u.i, p_ts, u.ty, u.li, u.pr
         FROM unnest(p_types, p_lines, p_prevs) WITH ORDINALITY AS u(ty, li, pr, i);
+    IF cardinality(p_doc_seqs) > 0 THEN
+        INSERT INTO search_docs (thread_id, seq, body, tools, tsv)
+            SELECT p_thread, d.s, d.b, d.t, d.v::tsvector
+            FROM unnest(p_doc_seqs, p_doc_bodies, p_doc_tools, p_doc_tsvs) AS d(s, b, t, v)
+            ON CONFLICT (thread_id, seq) DO UPDATE
+            SET body = EXCLUDED.body, tools = EXCLUDED.tools, tsv = EXCLUDED.tsv;
+    END IF;
     IF p_idem IS NOT NULL THEN
         INSERT INTO idempotency (thread_id, key, request_hash, seqs, created_at)
             VALUES (p_thread, p_idem, p_request_hash, p_idem_seqs, p_ts);
     END IF;
-    UPDATE threads SET event_count = event_count + n, text_chars = text_chars + p_text_delta,
-        input_tokens = COALESCE(p_input_tokens, input_tokens), updated_at = p_ts,
-        heartbeat_at = p_ts, heartbeat_epoch = p_epoch, transcript_bytes = transcript_bytes + p_nbytes,
-        chain_head = p_new_head
-        WHERE thread_id = p_thread
-        RETURNING updated_at, heartbeat_at, event_count, text_chars, input_tokens
-        INTO r_updated_at, r_heartbeat_at, r_event_count, r_text_chars, r_input_tokens;
-    r_chain_head := p_new_head;
     r_outcome := 'ok';
     RETURN NEXT;
 END
@@ -103,7 +109,7 @@ $fn$
 """
 """Migration statement: the append function (its arguments are rendered by :func:`render`)."""
 
-CALL = "SELECT * FROM threadloom_append(" + ",".join(["%b"] * 17) + ")"
+CALL = "SELECT * FROM threadloom_append(" + ",".join(["%b"] * 21) + ")"
 """Binary parameters: text arrays need no quoting (in text format psycopg escapes every element)."""
 
 MAX_GROUP = 64
@@ -162,6 +168,7 @@ def render(
     ]
     text_delta, last_tokens = counters_after(op.events, 0, None)
     seqs = [e.seq for e in stored]
+    docs = doc_rows(op.events, seqs)
     args = (
         op.thread_id, base, head, ts, epoch,
         None if op.allowed_statuses is None else sorted(s.value for s in op.allowed_statuses),
@@ -170,6 +177,7 @@ def render(
         json.dumps(seqs) if op.idempotency_key is not None else None,
         [e.type for e in stored], lines, prevs, new_head,
         sum(len(line.encode()) + 1 for line in lines), text_delta, last_tokens,
+        [d.seq for d in docs], [d.body for d in docs], [d.tools for d in docs], [d.tsv for d in docs],
     )  # fmt: skip
     return Rendered(stored, lines, new_head, args)
 
@@ -216,12 +224,14 @@ class GroupCommit:
         self._chain = chain
         self._queue: list[_Job] = []
         self._flushers: set[asyncio.Task[None]] = set()
+        self._active = 0  # flushers that may still take jobs (counted down as they stop taking)
         self._predicted: dict[str, tuple[int, str | None]] = {}
 
     async def submit(self, op: AppendEvents) -> tuple[tuple[Any, ...], Rendered]:
         job = _Job(op)
         self._queue.append(job)
-        if len(self._flushers) < FLUSHERS:
+        if self._active < FLUSHERS:
+            self._active += 1
             task = asyncio.get_running_loop().create_task(self._flush_all())
             self._flushers.add(task)
             task.add_done_callback(self._flushers.discard)
@@ -233,9 +243,14 @@ class GroupCommit:
             await asyncio.wait(set(self._flushers))
 
     async def _flush_all(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
-            await self._flush(batch)
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
+                await self._flush(batch)
+        finally:
+            # no await between the empty-queue check and this: a job queued after it
+            # finds a free slot and starts a flusher of its own
+            self._active -= 1
 
     async def _flush(self, batch: list[_Job]) -> None:
         batch.sort(key=lambda j: j.op.thread_id)  # one lock order for every server; stable per thread

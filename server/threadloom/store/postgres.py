@@ -26,6 +26,8 @@ from psycopg_pool import AsyncConnectionPool
 from ..errors import ConflictError, IntegrityError, StoreUnavailableError, ThreadloomError
 from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes, chain_next
 from ..models import Status, StoredEvent, Thread, Usage, parse_iso, render_line
+from ..textquery import Mode, TextQuery
+from . import pgsearch
 from .apply import (
     list_threads_query,
     row_to_thread,
@@ -57,9 +59,13 @@ from .base import (
     Op,
     PutThread,
     PutUsage,
+    ReindexProgress,
+    ReindexStats,
+    SearchHit,
     Store,
 )
-from .schema import POSTGRES_MIGRATIONS, SchemaTooNew
+from .schema import POSTGRES_MIGRATIONS, POSTGRES_SEARCH_VERSION, SchemaTooNew
+from .textsearch import Finder
 
 log = logging.getLogger("threadloom.store")
 T = TypeVar("T")
@@ -127,6 +133,7 @@ class PostgresStore(Store):
         self._closing = False
         self._instance = uuid.uuid4().hex[:16]
         self._group = pgappend.GroupCommit(self._tails, self._call_group, chain_hashes)
+        self._regex_ok: bool | None = None
 
     # ------------------------------------------------------------- life cycle
 
@@ -452,6 +459,7 @@ class PostgresStore(Store):
                         " VALUES (%s,%s,%s,%s,%s)",
                         (op.thread_id, op.idempotency_key, op.request_hash or "", json.dumps(seqs), ts),
                     )
+                await pgsearch.insert_docs(conn, op.thread_id, pgsearch.doc_rows(op.events, seqs))
             res = AppendResult(op.thread_id, seqs, stored)
             result.appends.append(res)
             prior = appended.get(op.thread_id)
@@ -527,6 +535,7 @@ class PostgresStore(Store):
                             + ",".join(["(%s,%s,%s,%s,%s,%s)"] * len(part)),
                             [v for r in part for v in r],
                         )
+                    await pgsearch.insert_docs(conn, t.thread_id, pgsearch.stored_doc_rows(op.events))
             reread.add(t.thread_id)
             result.threads[t.thread_id] = t
 
@@ -585,6 +594,7 @@ class PostgresStore(Store):
             gone = [r[0] for r in await cur.fetchall()]
             await conn.execute("DELETE FROM events WHERE thread_id = ANY(%s)", (ids,))
             await conn.execute("DELETE FROM idempotency WHERE thread_id = ANY(%s)", (ids,))
+            await pgsearch.delete_docs(conn, ids)
             return gone
 
         gone = await self._run(txn, write=True)
@@ -672,6 +682,68 @@ class PostgresStore(Store):
         q = f"SELECT {_THREAD_COLS} FROM threads WHERE chain_root_id = %s ORDER BY created_at, thread_id"
         return [_row_to_thread(r) for r in await self._fetch(q, (chain_root_id,))]
 
+    # ------------------------------------------------------------------ search
+    #
+    # PostgreSQL's own full-text search and server-side regex pre-filtering: store/pgsearch.py.
+
+    async def search_text(
+        self,
+        query: TextQuery,
+        *,
+        mode: Mode = "all",
+        thread_ids: Sequence[str] | None = None,
+        agent_id: str | None = None,
+        include_tools: bool = False,
+        limit: int = 20,
+        best_per_thread: bool = False,
+    ) -> list[SearchHit]:
+        """Ranked by ts_rank among the newest matches (docs/search.md, PostgreSQL)."""
+
+        async def fn(conn: psycopg.AsyncConnection) -> list[SearchHit]:
+            return await pgsearch.search(
+                conn,
+                query,
+                mode=mode,
+                thread_ids=thread_ids,
+                agent_id=agent_id,
+                include_tools=include_tools,
+                limit=limit,
+                best_per_thread=best_per_thread,
+            )
+
+        return await self._run(fn, write=False)
+
+    async def scan_text(
+        self,
+        thread_ids: Sequence[str],
+        find: Finder,
+        *,
+        include_tools: bool = False,
+        limit: int = 20,
+        pattern: str | None = None,
+    ) -> list[SearchHit]:
+        """With a translatable RE2 ``pattern``, PostgreSQL pre-filters the rows (bounded by a
+        statement timeout); RE2 decides every hit either way."""
+
+        async def fn(conn: psycopg.AsyncConnection) -> list[SearchHit]:
+            if self._regex_ok is None:
+                self._regex_ok = await pgsearch.regex_in_database(conn)
+            return await pgsearch.scan(
+                conn,
+                thread_ids,
+                find,
+                include_tools=include_tools,
+                limit=limit,
+                pattern=pattern,
+                regex_ok=self._regex_ok,
+            )
+
+        return await self._run(fn, write=False)
+
+    async def reindex(self, *, progress: ReindexProgress | None = None) -> ReindexStats:
+        """Removes rows whose event is gone, then indexes events lacking a row, in batches."""
+        return await pgsearch.reindex(self._run, progress=progress)
+
     # ------------------------------------------------------------------- watch
 
     def watch_external(self, on_change: Callable[[], None]) -> Callable[[], None]:
@@ -737,4 +809,6 @@ async def _migrate(conn: psycopg.AsyncConnection) -> int:
             for statement in statements:
                 await conn.execute(statement)
             await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
+        if current < POSTGRES_SEARCH_VERSION:  # events written before the index: searchable at once
+            await pgsearch.backfill(conn)
     return len(POSTGRES_MIGRATIONS)

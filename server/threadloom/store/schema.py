@@ -177,4 +177,26 @@ POSTGRES_MIGRATIONS.append(
     )
 )
 
-POSTGRES_MIGRATIONS.append(("0003_append_function", [APPEND_FUNCTION_SQL]))
+POSTGRES_MIGRATIONS.append(
+    (
+        "0003_search_index",
+        [
+            # one row per event of an indexed type; tsv is built in Python (store/pgsearch.py)
+            """CREATE TABLE search_docs (
+                thread_id TEXT NOT NULL,
+                seq       BIGINT NOT NULL,
+                id        BIGINT GENERATED ALWAYS AS IDENTITY,
+                body      TEXT,
+                tools     TEXT,
+                tsv       tsvector NOT NULL,
+                PRIMARY KEY (thread_id, seq)
+            )""",
+            "CREATE INDEX search_docs_tsv ON search_docs USING gin (tsv)",
+            "CREATE INDEX search_docs_id ON search_docs (id)",
+        ],
+    )
+)
+POSTGRES_SEARCH_VERSION = len(POSTGRES_MIGRATIONS)
+"""The migration that creates ``search_docs``: applying it also indexes the events already there."""
+
+POSTGRES_MIGRATIONS.append(("0004_append_function", [APPEND_FUNCTION_SQL]))

@@ -668,8 +668,9 @@ class SQLiteStore(Store):
         *,
         include_tools: bool = False,
         limit: int = 20,
+        pattern: str | None = None,
     ) -> list[SearchHit]:
-        ids = list(thread_ids)
+        ids = list(thread_ids)  # ``pattern`` is not needed: RE2 scans the index's own text
         return await self._read(
             lambda c: fts.SearchEngine.scan(c, ids, find, include_tools=include_tools, limit=limit)
         )
