@@ -1031,8 +1031,11 @@ class ThreadService:
         """Bring the search index up to date after imports, when this build has one.
 
         Imports bypass the append path that indexes messages, so the search feature's
-        incremental ``reindex`` (only what is missing) is run instead.
+        incremental ``reindex`` (only what is missing) is run instead, unless the store
+        indexed them in the import's own commit.
         """
+        if self.store.imports_indexed:
+            return
         reindex = getattr(self, "reindex", None)
         if reindex is not None:
             await reindex()

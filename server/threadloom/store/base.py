@@ -233,6 +233,8 @@ class Store(abc.ABC):
     name: str = "abstract"
     signer: Signer
     """The key that signs checkpoints, ``thread.json`` and ``capabilities.md``."""
+    imports_indexed: bool = False
+    """True when an ``ImportThread`` commit also indexes the events for search (no reindex needed)."""
 
     def __init__(self) -> None:
         self._listeners: list[CommitListener] = []

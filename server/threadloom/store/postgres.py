@@ -106,6 +106,7 @@ class PostgresStore(Store):
     """Threads and events in PostgreSQL; several server processes may share one database."""
 
     name = "postgres"
+    imports_indexed = True
 
     def __init__(
         self,
