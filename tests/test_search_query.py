@@ -29,6 +29,17 @@ def test_tokens_are_folded_like_the_index_tokenizer() -> None:
     assert fold("Straße") == "straße"
 
 
+@given(st.text(alphabet=st.characters(max_codepoint=0x17F), max_size=120))
+def test_the_ascii_shortcut_tokenizes_like_folding_each_token(text: str) -> None:
+    import re
+
+    slow = [fold(m.group()) for m in re.finditer(r"[^\W_]+", text)]
+    assert tokenize(text) == slow
+    assert tokenize(text.encode("ascii", "ignore").decode()) == [
+        fold(m.group()) for m in re.finditer(r"[^\W_]+", text.encode("ascii", "ignore").decode())
+    ]
+
+
 def test_repeated_clauses_count_once() -> None:
     assert parse_query("error Error ERROR").positive == (Clause(("error",)),)
 

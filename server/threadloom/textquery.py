@@ -74,6 +74,8 @@ def fold(token: str) -> str:
 
 def tokenize(text: str) -> list[str]:
     """The folded tokens of ``text``, in order."""
+    if text.isascii():  # the common case: folding is lower-casing, done once for the whole text
+        return _TOKEN_RE.findall(text.lower())
     return [fold(m.group()) for m in _TOKEN_RE.finditer(text)]
 
 

@@ -73,6 +73,8 @@ T = TypeVar("T")
 CHANNEL = "threadloom"
 MAX_RETRIES = 8
 FAST_TRIES = 3
+APPEND_NOTICE_DELAY = 0.02
+"""Seconds a plain append's NOTIFY may wait to be sent with later ones (see ``_announce``)."""
 CONNECT_TIMEOUT = 10
 """Seconds to reach the database at start-up before giving up with its error."""
 """One-call append attempts before taking the general path (each retry follows a tail
@@ -132,6 +134,7 @@ class PostgresStore(Store):
         self._announcer: asyncio.Task[None] | None = None
         self._tails = pgappend.Tails()
         self._closing = False
+        self._announce_later: asyncio.TimerHandle | None = None
         self._instance = uuid.uuid4().hex[:16]
         self._group = pgappend.GroupCommit(self._tails, self._call_group, chain_hashes)
         self._regex_ok: bool | None = None
@@ -215,6 +218,9 @@ class PostgresStore(Store):
             # let the announcer send what is queued and stop between NOTIFYs: cancelling it
             # mid-statement would only cost a connection
             self._closing = True
+            if self._announce_later is not None:
+                self._announce_later.cancel()
+                self._announce_later = None
             self._announce_ready.set()
             with anyio.move_on_after(2):
                 await asyncio.shield(self._announcer)
@@ -271,7 +277,7 @@ class PostgresStore(Store):
                 result = await self._append_one(op)
             if result is None:
                 result = await self._commit(ops)
-        await self._announce(result.threads)
+        await self._announce(result.threads, soon=op is None)
         self._notify(frozenset(result.threads))
         return result
 
@@ -359,18 +365,27 @@ class PostgresStore(Store):
                 self._tails.put(tid, count, head)
         return result
 
-    async def _announce(self, thread_ids: Sequence[str]) -> None:
+    async def _announce(self, thread_ids: Sequence[str], *, soon: bool = True) -> None:
         """Queue a NOTIFY to the other servers, sent after the commit by one background task.
 
         Inside the commit, NOTIFY would hold PostgreSQL's global notify-queue lock across
         the WAL flush and serialize every concurrent commit; batching also sends one NOTIFY
-        for many commits. If this process dies before it is sent, other servers' waiters
-        see the change at their next wake-up.
+        for many commits. A plain append (``soon=False``: no status changed, so no waiter
+        settles) waits up to :data:`APPEND_NOTICE_DELAY` to share a NOTIFY with the appends
+        after it; a status change goes at once. If this process dies before it is sent,
+        other servers' waiters see the change at their next wake-up.
         """
         if not thread_ids:
             return
         self._to_announce.update(thread_ids)
-        self._announce_ready.set()
+        if soon:
+            self._announce_ready.set()
+        elif self._announce_later is None:
+            def due() -> None:
+                self._announce_later = None
+                self._announce_ready.set()
+
+            self._announce_later = asyncio.get_running_loop().call_later(APPEND_NOTICE_DELAY, due)
         if self._announcer is None or self._announcer.done():
             self._announcer = asyncio.get_running_loop().create_task(self._announce_loop())
 
