@@ -61,6 +61,8 @@ Mode = Literal["all", "any"]
 
 # unicode61: a token is a run of letters and numbers; everything else separates.
 _TOKEN_RE = re.compile(r"[^\W_]+")
+_ASCII_TOKEN_RE = re.compile(r"[a-z0-9]+")
+"""The same tokens on lower-cased ASCII text (where letters and digits are [a-z0-9])."""
 _QUERY_ITEM_RE = re.compile(r'(-?)"([^"]*)("?)|(\S+)')
 
 
@@ -75,7 +77,7 @@ def fold(token: str) -> str:
 def tokenize(text: str) -> list[str]:
     """The folded tokens of ``text``, in order."""
     if text.isascii():  # the common case: folding is lower-casing, done once for the whole text
-        return _TOKEN_RE.findall(text.lower())
+        return _ASCII_TOKEN_RE.findall(text.lower())
     return [fold(m.group()) for m in _TOKEN_RE.finditer(text)]
 
 

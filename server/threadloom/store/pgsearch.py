@@ -173,16 +173,16 @@ def _plain(fields: Sequence[tuple[int, list[str]]]) -> dict[str, list[str]] | No
     pos = 0
     for flag, tokens in fields:
         letter = "A" if flag == _BODY else "B"
-        for token in tokens:
-            pos += 1
-            positions = out.get(token)
-            if positions is None:
-                out[token] = [f"{pos}{letter}"]
-            elif len(positions) < MAX_POSITIONS:
-                positions.append(f"{pos}{letter}")
-            else:
+        at: dict[str, list[int]] = {}
+        for i, token in enumerate(tokens, pos + 1):  # ints here, text once per word below
+            at.setdefault(token, []).append(i)
+        pos += len(tokens) + 1
+        joiner = letter + ","
+        for token, positions in at.items():
+            kept = out.setdefault(token, [])
+            if len(kept) + len(positions) > MAX_POSITIONS:
                 return None
-        pos += 1
+            kept.append(joiner.join(map(str, positions)) + letter)
     return out if pos - 1 <= LAST_POSITION else None
 
 
