@@ -14,17 +14,19 @@ import time
 from typing import Any
 
 from ..errors import ConflictError, InvalidInputError, NotFoundError
-from ..integrity import Signer, checkpoint_payload
+from ..integrity import Signer, chain_hashes, checkpoint_payload
 from ..models import (
     ENDED,
     MANIFEST_FIELDS,
     BudgetState,
     Status,
+    StoredEvent,
     Thread,
     Usage,
     UsageDelta,
     canonical_json,
     iso,
+    render_line,
     utc_now,
 )
 from .base import AppendEvents, IdempotencyRecord, IdempotentReplay, ImportThread, NewEvent, PutThread, PutUsage
@@ -92,6 +94,21 @@ def check_idempotency(op: AppendEvents, record: IdempotencyRecord | None) -> Non
         f"for different events (seqs {record.seqs}); use a new key for new content",
         rule="idempotency_key_reused",
     )
+
+
+def rendered_events(
+    thread_id: str, events: Sequence[NewEvent], base: int, head: str | None, ts: str
+) -> tuple[list[str], list[StoredEvent], str]:
+    """Events appended after seq ``base`` and chain head ``head``: their transcript lines,
+    the stored events (with ``prev_hash``) and the new chain head. One renderer for every
+    backend, so the same events are the same bytes everywhere."""
+    lines = [render_line(base + 1 + i, ts, ev.payload) for i, ev in enumerate(events)]
+    prevs, new_head = chain_hashes(head, lines)
+    stored = [
+        StoredEvent(thread_id, base + 1 + i, ts, ev.type, line, prev)
+        for i, (ev, line, prev) in enumerate(zip(events, lines, prevs))
+    ]
+    return lines, stored, new_head
 
 
 def counters_after(events: tuple[NewEvent, ...], text_chars: int, input_tokens: int | None) -> tuple[int, int | None]:

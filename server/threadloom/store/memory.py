@@ -10,7 +10,7 @@ import anyio.lowlevel
 
 from ..errors import ConflictError
 from ..integrity import Signer, TranscriptHashes, chain_hashes
-from ..models import Status, StoredEvent, Thread, parse_iso, render_line
+from ..models import Status, StoredEvent, Thread, parse_iso
 from .apply import (
     check_count_guard,
     add_usage,
@@ -21,6 +21,7 @@ from .apply import (
     check_version_guard,
     checkpoint_event,
     counters_after,
+    rendered_events,
     not_found,
     now_pair,
     wants_checkpoint,
@@ -83,12 +84,9 @@ class MemoryStore(Store):
 
         def append(t: Thread, events: tuple[NewEvent, ...], usage: Any) -> list[StoredEvent]:
             tid = t.thread_id
-            lines = [render_line(t.event_count + 1 + i, ts, ev.payload) for i, ev in enumerate(events)]
-            prevs, heads[tid] = chain_hashes(heads.get(tid) or self._heads.get(tid), lines)
-            stored = [
-                StoredEvent(tid, t.event_count + 1 + i, ts, ev.type, line, prev)
-                for i, (ev, line, prev) in enumerate(zip(events, lines, prevs))
-            ]
+            lines, stored, heads[tid] = rendered_events(
+                tid, events, t.event_count, heads.get(tid) or self._heads.get(tid), ts
+            )
             view.extend(tid, t.event_count, lines)
             text_chars, input_tokens = counters_after(events, t.text_chars, t.input_tokens)
             threads[tid] = t.model_copy(

@@ -28,8 +28,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..models import ENDED, StoredEvent, render_line
-from .apply import counters_after, now_pair
+from ..models import ENDED, StoredEvent
+from .apply import counters_after, now_pair, rendered_events
 from .base import AppendEvents
 from .pgsearch import doc_rows
 
@@ -153,19 +153,10 @@ class Rendered:
     args: tuple[object, ...]
 
 
-def render(
-    op: AppendEvents, base: int, head: str | None, ts: str, epoch: float, chain: object
-) -> Rendered:
-    """Render ``op`` as if the thread held ``base`` events ending in chain head ``head``.
-
-    ``chain`` is :func:`integrity.chain_hashes` (passed in to keep this module free of keys).
-    """
-    lines = [render_line(base + 1 + i, ts, ev.payload) for i, ev in enumerate(op.events)]
-    prevs, new_head = chain(head, lines)  # type: ignore[operator]
-    stored = [
-        StoredEvent(op.thread_id, base + 1 + i, ts, ev.type, line, prev)
-        for i, (ev, line, prev) in enumerate(zip(op.events, lines, prevs))
-    ]
+def render(op: AppendEvents, base: int, head: str | None, ts: str, epoch: float) -> Rendered:
+    """Render ``op`` as if the thread held ``base`` events ending in chain head ``head``."""
+    lines, stored, new_head = rendered_events(op.thread_id, op.events, base, head, ts)
+    prevs = [e.prev_hash for e in stored]
     text_delta, last_tokens = counters_after(op.events, 0, None)
     seqs = [e.seq for e in stored]
     docs = doc_rows(op.events, seqs)
@@ -195,7 +186,6 @@ def fits(ops: Sequence[object], checkpoints: bool) -> AppendEvents | None:
     return op
 
 
-Chain = Callable[[str | None, Sequence[str]], tuple[list[str], str]]
 Execute = Callable[[list[tuple[object, ...]]], Awaitable[list[tuple[Any, ...]]]]
 """Runs the function once per argument tuple, all in one transaction; returns the rows in order."""
 
@@ -218,10 +208,9 @@ class GroupCommit:
     append: ``(row, rendered)``.
     """
 
-    def __init__(self, tails: Tails, execute: Execute, chain: Chain) -> None:
+    def __init__(self, tails: Tails, execute: Execute) -> None:
         self._tails = tails
         self._execute = execute
-        self._chain = chain
         self._queue: list[_Job] = []
         self._flushers: set[asyncio.Task[None]] = set()
         self._active = 0  # flushers that may still take jobs (counted down as they stop taking)
@@ -260,7 +249,7 @@ class GroupCommit:
         for job in batch:
             tid = job.op.thread_id
             base, head = self._predicted.get(tid) or self._tails.get(tid) or (-1, None)
-            r = render(job.op, base, head, ts, epoch, self._chain)
+            r = render(job.op, base, head, ts, epoch)
             rendered.append(r)
             if base >= 0:
                 mine[tid] = self._predicted[tid] = (base + len(job.op.events), r.head)

@@ -27,7 +27,7 @@ from ..errors import ConflictError, IntegrityError, StoreUnavailableError, Threa
 from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes, chain_next
 from ..models import Status, StoredEvent, Thread, Usage, parse_iso, render_line
 from ..textquery import Mode, TextQuery
-from . import pgsearch
+from . import pgappend, pgsearch
 from .apply import (
     list_threads_query,
     row_to_thread,
@@ -43,11 +43,11 @@ from .apply import (
     check_status_guard,
     check_version_guard,
     counters_after,
+    rendered_events,
     manifest_doc,
     not_found,
     now_pair,
 )
-from . import pgappend
 from .base import (
     AppendEvents,
     AppendResult,
@@ -73,12 +73,12 @@ T = TypeVar("T")
 CHANNEL = "threadloom"
 MAX_RETRIES = 8
 FAST_TRIES = 3
+"""One-call append attempts before taking the general path (each retry follows a tail
+another writer moved; the general path locks the row first, so it cannot be overtaken)."""
 APPEND_NOTICE_DELAY = 0.02
 """Seconds a plain append's NOTIFY may wait to be sent with later ones (see ``_announce``)."""
 CONNECT_TIMEOUT = 10
 """Seconds to reach the database at start-up before giving up with its error."""
-"""One-call append attempts before taking the general path (each retry follows a tail
-another writer moved; the general path locks the row first, so it cannot be overtaken)."""
 MIGRATION_LOCK = 0x7468726561646C6F  # "threadlo": one advisory lock for every server
 _THREAD_COLS = (
     "thread_id, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version, accounts"
@@ -136,7 +136,7 @@ class PostgresStore(Store):
         self._closing = False
         self._announce_later: asyncio.TimerHandle | None = None
         self._instance = uuid.uuid4().hex[:16]
-        self._group = pgappend.GroupCommit(self._tails, self._call_group, chain_hashes)
+        self._group = pgappend.GroupCommit(self._tails, self._call_group)
         self._regex_ok: bool | None = None
 
     # ------------------------------------------------------------- life cycle
@@ -448,12 +448,7 @@ class PostgresStore(Store):
             check_count_guard(op, base)
             if op.idempotency_key is not None:  # checked under the row lock: concurrent retries serialize
                 check_idempotency(op, await _find_idem(conn, op.thread_id, op.idempotency_key))
-            lines = [render_line(base + 1 + i, ts, ev.payload) for i, ev in enumerate(op.events)]
-            prevs, head = chain_hashes(row[10], lines)
-            stored = [
-                StoredEvent(op.thread_id, base + 1 + i, ts, ev.type, line, prev)
-                for i, (ev, line, prev) in enumerate(zip(op.events, lines, prevs))
-            ]
+            lines, stored, head = rendered_events(op.thread_id, op.events, base, row[10], ts)
             view.extend(op.thread_id, base, lines)
             nbytes = sum(len(line.encode()) + 1 for line in lines)
             seqs = [e.seq for e in stored]

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from ..errors import ConflictError, IntegrityError, StoreUnavailableError, ThreadloomError
 from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes, chain_next
@@ -39,6 +39,7 @@ from .apply import (
     check_version_guard,
     checkpoint_event,
     counters_after,
+    rendered_events,
     manifest_doc,
     not_found,
     now_pair,
@@ -581,12 +582,7 @@ class SQLiteStore(Store):
         check_count_guard(op, count)
         if op.idempotency_key is not None:
             check_idempotency(op, _find_idem(conn, op.thread_id, op.idempotency_key))
-        lines = [render_line(count + 1 + i, ts, ev.payload) for i, ev in enumerate(op.events)]
-        prevs, head = chain_hashes(head, lines)
-        stored = [
-            StoredEvent(op.thread_id, count + 1 + i, ts, ev.type, line, prev)
-            for i, (ev, line, prev) in enumerate(zip(op.events, lines, prevs))
-        ]
+        lines, stored, head = rendered_events(op.thread_id, op.events, count, head, ts)
         nbytes = sum(len(line.encode()) + 1 for line in lines)
         view.extend(op.thread_id, count, lines)
         conn.executemany(
