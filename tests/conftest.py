@@ -78,16 +78,30 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(root=tmp_path / "root", durability="normal")
 
 
+@contextmanager
+def pg_test_schema() -> Iterator[str]:
+    """:func:`pg_schema`, or skip the test saying why when PostgreSQL is unreachable."""
+    problem = pg_unreachable()
+    if problem:
+        pytest.skip(problem)
+    with pg_schema() as dsn:
+        yield dsn
+
+
 @pytest.fixture
 def backend_dsn(backend: str) -> Iterator[str | None]:
     """A private PostgreSQL schema for postgres runs (skipped, saying why, when unreachable)."""
     if backend != "postgres":
         yield None
         return
-    problem = pg_unreachable()
-    if problem:
-        pytest.skip(problem)
-    with pg_schema() as dsn:
+    with pg_test_schema() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def pg_dsn() -> Iterator[str]:
+    """A private PostgreSQL schema for a PostgreSQL-only test."""
+    with pg_test_schema() as dsn:
         yield dsn
 
 

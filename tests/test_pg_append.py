@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from conftest import pg_schema, pg_unreachable
+from conftest import pg_test_schema, pg_unreachable
 from threadloom.config import Settings
 from threadloom.errors import ConflictError, NotFoundError
 from threadloom.integrity import Signer
@@ -37,13 +37,10 @@ def msg(text: str, role: str = "user") -> dict:
 async def two_services(tmp_path: Path) -> AsyncIterator[tuple[ThreadService, ThreadService]]:
     """Two services, each with its own PostgresStore (own pool and tail cache), on one schema
     and one signing key: two servers sharing a database."""
-    problem = pg_unreachable()
-    if problem:
-        pytest.skip(problem)
     from threadloom.store.postgres import PostgresStore
 
     signer = Signer.ephemeral()
-    with pg_schema() as dsn:
+    with pg_test_schema() as dsn:
         settings = Settings(root=tmp_path / "root", durability="normal")
         a = ThreadService(PostgresStore(dsn, pool_size=4, signer=signer), settings)
         b = ThreadService(PostgresStore(dsn, pool_size=4, signer=signer), settings)
@@ -140,12 +137,9 @@ async def test_cancelled_appends_either_commit_whole_or_not_at_all(tmp_path: Pat
 async def test_servers_with_their_own_keys_folders_share_the_database_key(tmp_path: Path) -> None:
     """Servers on different machines have different roots: the first one's key is shared
     through the database, so each verifies and resumes what the other signed."""
-    problem = pg_unreachable()
-    if problem:
-        pytest.skip(problem)
     from threadloom.store.postgres import PostgresStore
 
-    with pg_schema() as dsn:
+    with pg_test_schema() as dsn:
         services = [
             ThreadService(
                 PostgresStore(dsn, pool_size=2, signer=Signer.for_root(tmp_path / name)),
@@ -171,9 +165,6 @@ async def test_servers_with_their_own_keys_folders_share_the_database_key(tmp_pa
 
 async def test_the_transcript_resource_on_postgres_is_the_sqlite_mirror_byte_for_byte(tmp_path: Path) -> None:
     """The same events (moved with export/import) render as the same transcript bytes."""
-    problem = pg_unreachable()
-    if problem:
-        pytest.skip(problem)
     from threadloom.bundle import collect_chains, export_bundle, import_files
     from threadloom.store import SQLiteStore
     from threadloom.store.postgres import PostgresStore
@@ -189,7 +180,7 @@ async def test_the_transcript_resource_on_postgres_is_the_sqlite_mirror_byte_for
         bundle = tmp_path / "b.jsonl"
         with bundle.open("w") as out:
             await export_bundle(lite, await collect_chains(lite, [tid]), out)
-    with pg_schema() as dsn:
+    with pg_test_schema() as dsn:
         async with ThreadService(PostgresStore(dsn, pool_size=2), Settings(root=tmp_path / "pg")) as pg:
             await import_files(pg, [bundle])
             assert (await pg.transcript(tid)).encode() == mirror

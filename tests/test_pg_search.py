@@ -14,7 +14,6 @@ import re2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import pg_schema, pg_unreachable
 from threadloom.config import Settings
 from threadloom.errors import InvalidInputError
 from threadloom.integrity import Signer
@@ -32,15 +31,6 @@ pytestmark = pytest.mark.anyio
 
 def msg(text: str, role: str = "user") -> dict:
     return {"type": "message", "role": role, "text": text}
-
-
-@pytest.fixture
-def pg_dsn() -> Iterator[str]:
-    problem = pg_unreachable()
-    if problem:
-        pytest.skip(problem)
-    with pg_schema() as dsn:
-        yield dsn
 
 
 @pytest.fixture
