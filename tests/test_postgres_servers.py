@@ -109,3 +109,20 @@ async def test_a_wait_in_one_server_is_woken_by_a_completion_through_the_other(t
             await call(b, "update_thread", {"thread_id": tid, "status": "completed", "result": {"via": "b"}})
         assert result["settled"] is True
         assert result["threads"][0]["result"] == {"via": "b"}
+
+
+async def test_a_thread_finished_through_one_server_verifies_and_resumes_through_the_other(
+    two_servers: list[str],
+) -> None:
+    """The servers have their own roots (their own keys folders): the database's shared key
+    makes each one's checkpoints verify on the other, so resume (which verifies) works."""
+    async with connect(two_servers[0]) as a, connect(two_servers[1]) as b:
+        tid = (await call(a, "create_thread", {"title": "signed by a"}))["thread_id"]
+        await call(a, "append_event", {"thread_id": tid, "event": {"role": "user", "text": "question"}})
+        await call(a, "append_event", {"thread_id": tid, "event": {"role": "assistant", "text": "answer"}})
+        await call(a, "update_thread", {"thread_id": tid, "status": "completed", "result": "done"})
+        report = await call(b, "verify_thread", {"thread_id": tid})
+        assert report["ok"] is True and report["checkpoints"] >= 1, report["summary"]
+        resumed = await call(b, "resume_thread", {"thread_id": tid, "message": "and one more thing"})
+        new_id = resumed["thread"]["thread_id"]
+        assert (await call(a, "verify_thread", {"thread_id": new_id}))["ok"] is True
