@@ -11,6 +11,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from chain_helpers import CEILING, filler, msg, result, small, snapshot, use
+from mcp_helpers import call, call_error
 from provider_shapes import check_anthropic, check_openai
 from threadloom.config import Settings
 from threadloom.mcp_server import build_server
@@ -27,19 +28,6 @@ CHAIN_TOOLS = {"handoff_thread", "get_chain", "resume_thread"}
 async def client(request: pytest.FixtureRequest, store: Store, settings: Settings) -> AsyncIterator[Client]:
     async with Client(build_server(ThreadService(store, small(settings))), mode=request.param) as c:
         yield c
-
-
-async def call(client: Client, name: str, args: dict[str, Any]) -> dict[str, Any]:
-    r = await client.call_tool(name, args)
-    assert not r.is_error, r.content
-    assert r.structured_content is not None
-    return r.structured_content
-
-
-async def call_error(client: Client, name: str, args: dict[str, Any]) -> str:
-    r = await client.call_tool(name, args)
-    assert r.is_error, r.structured_content
-    return r.content[0].text  # type: ignore[union-attr]
 
 
 async def read(client: Client, uri: str) -> Any:

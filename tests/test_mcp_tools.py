@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
+from mcp_helpers import call, call_error
 from threadloom.mcp_server import build_server
 from threadloom.service import ThreadService
 
@@ -22,19 +22,6 @@ TOOLS = {"create_thread", "append_event", "get_thread", "list_threads", "read_ev
 async def client(request: pytest.FixtureRequest, service: ThreadService) -> AsyncIterator[Client]:
     async with Client(build_server(service), mode=request.param) as c:
         yield c
-
-
-async def call(client: Client, name: str, args: dict[str, Any]) -> dict[str, Any]:
-    r = await client.call_tool(name, args)
-    assert not r.is_error, r.content
-    assert r.structured_content is not None
-    return r.structured_content
-
-
-async def call_error(client: Client, name: str, args: dict[str, Any]) -> str:
-    r = await client.call_tool(name, args)
-    assert r.is_error, r.structured_content
-    return r.content[0].text  # type: ignore[union-attr]
 
 
 async def test_every_tool_is_listed_with_a_description_and_schemas(client: Client) -> None:

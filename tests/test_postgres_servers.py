@@ -15,6 +15,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from conftest import PYTHON, pg_schema, pg_unreachable
+from mcp_helpers import call
 from test_transports import free_port, wait_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -55,12 +56,6 @@ async def connect(url: str):  # type: ignore[no-untyped-def]
     async with httpx2.AsyncClient(timeout=60) as http:
         async with Client(streamable_http_client(url, http_client=http)) as client:
             yield client
-
-
-async def call(client: Client, name: str, args: dict[str, Any]) -> dict[str, Any]:
-    r = await client.call_tool(name, args)
-    assert not r.is_error, r.content
-    return r.structured_content  # type: ignore[return-value]
 
 
 async def test_appends_through_two_servers_keep_seqs_gapless(two_servers: list[str]) -> None:
