@@ -56,6 +56,12 @@ def main(argv: list[str]) -> int:
     if cmd == "run":
         exe = BIN / rest[0] if (BIN / rest[0]).exists() else rest[0]
         os.execv(str(exe), [str(exe), *rest[1:]])
+    if not rest:  # the whole suite: lint and format checks first (they take a second)
+        for check in (["ruff", "check", "."], ["ruff", "format", "--check", "."]):
+            say("running " + " ".join(check))
+            if subprocess.call([str(BIN / check[0]), *check[1:]], cwd=HERE) != 0:
+                say(f"{' '.join(check)} failed")
+                return 1
     code = subprocess.call([str(PY), "-m", "pytest", *rest], cwd=HERE)
     if code == 5:
         say("pytest collected no tests: that is a failure here")

@@ -53,7 +53,9 @@ def raw_sqlite(durability: str, n: int, writers: int) -> float:
     path = os.path.join(d, "raw.db")
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, thread_id TEXT, seq INTEGER, ts TEXT, type TEXT, line TEXT, UNIQUE(thread_id, seq))")
+    conn.execute(
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, thread_id TEXT, seq INTEGER, ts TEXT, type TEXT, line TEXT, UNIQUE(thread_id, seq))"
+    )
     conn.close()
     per = n // writers
 
@@ -63,7 +65,10 @@ def raw_sqlite(durability: str, n: int, writers: int) -> float:
         for i in range(per):
             line = canonical_json({**event(i), "seq": i + 1, "ts": "2026-01-01T00:00:00.000000Z"})
             c.execute("BEGIN IMMEDIATE")
-            c.execute("INSERT INTO events (thread_id, seq, ts, type, line) VALUES (?,?,?,?,?)", (f"t{w}", i + 1, "ts", "message", line))
+            c.execute(
+                "INSERT INTO events (thread_id, seq, ts, type, line) VALUES (?,?,?,?,?)",
+                (f"t{w}", i + 1, "ts", "message", line),
+            )
             c.execute("COMMIT")
         c.close()
 
@@ -106,7 +111,10 @@ async def store_append(
     settings = Settings(root=root, durability=durability)
     async with ThreadService(make_store(kind, durability, root), settings) as svc:
         # a window large enough that no handoff interrupts the measurement
-        tids = [(await svc.create_thread(context_window=10_000_000)).thread_id for _ in range(1 if same_thread else writers)]
+        tids = [
+            (await svc.create_thread(context_window=10_000_000)).thread_id
+            for _ in range(1 if same_thread else writers)
+        ]
         for tid in tids:
             await svc.append(tid, [event(0)])
         per = n // writers // batch
@@ -151,7 +159,9 @@ def process_append(kind: str, n: int, writers: int) -> float:
     start = ctx.Barrier(writers + 1)
     ends = ctx.Queue()
     per = n // writers
-    procs = [ctx.Process(target=_writer_process, args=(kind, root, dsn, per, start, ends)) for _ in range(writers)]
+    procs = [
+        ctx.Process(target=_writer_process, args=(kind, root, dsn, per, start, ends)) for _ in range(writers)
+    ]
     for p in procs:
         p.start()
     start.wait()
@@ -178,7 +188,9 @@ async def stdio_latency(calls: int, durability: str) -> dict[str, float]:
 
     root = tempfile.mkdtemp()
     script = str(Path(__file__).resolve().with_name("stdio_server.py"))
-    params = StdioServerParameters(command=sys.executable, args=[script, root, durability], env=dict(os.environ))
+    params = StdioServerParameters(
+        command=sys.executable, args=[script, root, durability], env=dict(os.environ)
+    )
     samples: dict[str, list[float]] = {"noop": [], "append_event": [], "get_thread": []}
     async with Client(params, mode="legacy") as client:
         tid = (await client.call_tool("create_thread", {})).structured_content["thread_id"]
@@ -230,24 +242,51 @@ async def main() -> None:
             ("batch 100, 1 writer", 1, 100, True, raw1),
             ("batch 100, 4 writers", 4, 100, False, raw4),
         ]
-        rows.append({"durability": durability, "case": "raw sqlite3, 1 txn/event, 1 writer", "events_per_s": raw1, "ratio": 1.0})
-        rows.append({"durability": durability, "case": "raw sqlite3, 1 txn/event, 4 writers", "events_per_s": raw4, "ratio": 1.0})
+        rows.append(
+            {
+                "durability": durability,
+                "case": "raw sqlite3, 1 txn/event, 1 writer",
+                "events_per_s": raw1,
+                "ratio": 1.0,
+            }
+        )
+        rows.append(
+            {
+                "durability": durability,
+                "case": "raw sqlite3, 1 txn/event, 4 writers",
+                "events_per_s": raw4,
+                "ratio": 1.0,
+            }
+        )
         for name, writers, batch, same, base in cases:
             count = n * (10 if batch > 1 else 1)
             eps = await store_append(durability, count, writers, batch, same)
-            rows.append({"durability": durability, "case": f"threadloom {name}", "events_per_s": eps, "ratio": eps / base})
-    latency = {} if args.compare_only else {d: await stdio_latency(args.stdio_calls, d) for d in ("full", "normal")}
+            rows.append(
+                {
+                    "durability": durability,
+                    "case": f"threadloom {name}",
+                    "events_per_s": eps,
+                    "ratio": eps / base,
+                }
+            )
+    latency = (
+        {} if args.compare_only else {d: await stdio_latency(args.stdio_calls, d) for d in ("full", "normal")}
+    )
     compare: list[dict[str, Any]] = []
     if args.store != "sqlite":
         kinds = ["sqlite", "postgres"] if args.store == "both" else ["postgres"]
         for writers in (1, 4, 8):
             for kind in kinds:
                 eps = await store_append("full", n, writers, 1, False, kind)
-                compare.append({"store": kind, "how": "tasks of one process", "writers": writers, "events_per_s": eps})
+                compare.append(
+                    {"store": kind, "how": "tasks of one process", "writers": writers, "events_per_s": eps}
+                )
         for writers in (4, 8):
             for kind in kinds:
                 eps = await anyio.to_thread.run_sync(process_append, kind, n, writers)
-                compare.append({"store": kind, "how": "separate processes", "writers": writers, "events_per_s": eps})
+                compare.append(
+                    {"store": kind, "how": "separate processes", "writers": writers, "events_per_s": eps}
+                )
 
     print(f"{'durability':<10} {'case':<42} {'events/s':>10} {'vs raw':>8}")
     for r in rows:
@@ -256,14 +295,23 @@ async def main() -> None:
         print()
         print(f"{'stdio, per call':<26} {'no-op tool':>18} {'append_event':>18} {'get_thread':>18}")
     for d, lat in latency.items():
-        cells = [f"{lat[f'{n}_p50_ms']:.2f} / {lat[f'{n}_p99_ms']:.2f} ms" for n in ("noop", "append_event", "get_thread")]
+        cells = [
+            f"{lat[f'{n}_p50_ms']:.2f} / {lat[f'{n}_p99_ms']:.2f} ms"
+            for n in ("noop", "append_event", "get_thread")
+        ]
         print(f"{'durability ' + d + ' p50/p99':<26} {cells[0]:>18} {cells[1]:>18} {cells[2]:>18}")
     if compare:
         print()
-        print(f"{'durability full, single appends':<22} {'writers':<22} {'sqlite ev/s':>12} {'postgres ev/s':>14} {'pg/sqlite':>10}")
+        print(
+            f"{'durability full, single appends':<22} {'writers':<22} {'sqlite ev/s':>12} {'postgres ev/s':>14} {'pg/sqlite':>10}"
+        )
         for how in ("tasks of one process", "separate processes"):
             for writers in (1, 4, 8):
-                got = {r["store"]: r["events_per_s"] for r in compare if r["how"] == how and r["writers"] == writers}
+                got = {
+                    r["store"]: r["events_per_s"]
+                    for r in compare
+                    if r["how"] == how and r["writers"] == writers
+                }
                 if not got:
                     continue
                 sq, pg = got.get("sqlite"), got.get("postgres")
@@ -275,7 +323,11 @@ async def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out = {
         "store_compare": compare,
-        "machine": {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "cpus": os.cpu_count()},
+        "machine": {
+            "python": platform.python_version(),
+            "sqlite": sqlite3.sqlite_version,
+            "cpus": os.cpu_count(),
+        },
         "events": n,
         "throughput": rows,
         "stdio_latency": latency,

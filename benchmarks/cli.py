@@ -58,7 +58,10 @@ async def fill(root: Path, threads: int, events: int) -> None:
     async with service(root) as svc:
         for i in range(threads):
             tid = (await svc.create_thread(title=f"thread {i}", agent_id=f"agent{i % 5}")).thread_id
-            batch = [{"type": "message", "role": "user" if j % 2 else "assistant", "text": f"{j} {TEXT}"} for j in range(events)]
+            batch = [
+                {"type": "message", "role": "user" if j % 2 else "assistant", "text": f"{j} {TEXT}"}
+                for j in range(events)
+            ]
             await svc.append(tid, batch)
             await svc.update_thread(tid, status="completed")
 
@@ -89,7 +92,11 @@ def tail_latency(root: Path, samples: int) -> list[float]:
     tid = anyio.run(new_thread)
     proc = subprocess.Popen(
         [sys.executable, "-m", "threadloom", "tail", tid, "-f", "--json", "-n", "0", "--root", str(root)],
-        env=env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        bufsize=1,
     )
     lines: queue.Queue[tuple[float, str]] = queue.Queue()
 
@@ -135,7 +142,9 @@ def poll_latency(root: Path, samples: int) -> list[float]:
         conn = sqlite3.connect(root / "threads.db")
         last = 0
         while not stop.is_set():
-            n = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events WHERE thread_id = ?", (tid,)).fetchone()[0]
+            n = conn.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE thread_id = ?", (tid,)
+            ).fetchone()[0]
             if n > last:
                 for _ in range(n - last):
                     seen.put(time.perf_counter())
@@ -177,7 +186,11 @@ def main() -> None:
     if args.full:
         args.threads, args.samples = 2000, 200
     rows: list[tuple[str, str, str, str]] = []
-    result: dict[str, Any] = {"machine": platform.platform(), "python": sys.version.split()[0], "args": vars(args)}
+    result: dict[str, Any] = {
+        "machine": platform.platform(),
+        "python": sys.version.split()[0],
+        "args": vars(args),
+    }
     with tempfile.TemporaryDirectory() as d:
         src, dst = Path(d) / "src", Path(d) / "dst"
         anyio.run(fill, src, args.threads, args.events)
@@ -191,7 +204,12 @@ def main() -> None:
         rows += [
             ("start-up", "python -c pass", f"{base * 1000:.0f} ms", "baseline"),
             ("start-up", "python -c 'import mcp'", f"{with_mcp * 1000:.0f} ms", f"{with_mcp / base:.1f}x"),
-            ("start-up", f"threadloom ls --json ({args.threads} threads)", f"{ls * 1000:.0f} ms", f"{ls / base:.1f}x"),
+            (
+                "start-up",
+                f"threadloom ls --json ({args.threads} threads)",
+                f"{ls * 1000:.0f} ms",
+                f"{ls / base:.1f}x",
+            ),
         ]
 
         tail = tail_latency(src, args.samples)
@@ -201,19 +219,36 @@ def main() -> None:
             "poll_500ms": {"p50": pct(poll, 50), "p99": pct(poll, 99), "n": len(poll)},
         }
         rows += [
-            ("wake", "poll every 500 ms: p50 / p99", f"{pct(poll, 50):.1f} / {pct(poll, 99):.1f} ms", "baseline"),
-            ("wake", "tail -f across processes: p50 / p99", f"{pct(tail, 50):.1f} / {pct(tail, 99):.1f} ms",
-             f"{pct(poll, 50) / max(pct(tail, 50), 1e-3):.0f}x faster (p50)"),
+            (
+                "wake",
+                "poll every 500 ms: p50 / p99",
+                f"{pct(poll, 50):.1f} / {pct(poll, 99):.1f} ms",
+                "baseline",
+            ),
+            (
+                "wake",
+                "tail -f across processes: p50 / p99",
+                f"{pct(tail, 50):.1f} / {pct(tail, 99):.1f} ms",
+                f"{pct(poll, 50) / max(pct(tail, 50), 1e-3):.0f}x faster (p50)",
+            ),
         ]
 
         bundle = Path(d) / "all.jsonl"
         t0 = time.perf_counter()
-        subprocess.run(py + ["-m", "threadloom", "export", "--all", "-o", str(bundle), "--root", str(src)],
-                       env=env(), check=True, capture_output=True)
+        subprocess.run(
+            py + ["-m", "threadloom", "export", "--all", "-o", str(bundle), "--root", str(src)],
+            env=env(),
+            check=True,
+            capture_output=True,
+        )
         t_export = time.perf_counter() - t0
         t0 = time.perf_counter()
-        subprocess.run(py + ["-m", "threadloom", "import", str(bundle), "--root", str(dst)],
-                       env=env(), check=True, capture_output=True)
+        subprocess.run(
+            py + ["-m", "threadloom", "import", str(bundle), "--root", str(dst)],
+            env=env(),
+            check=True,
+            capture_output=True,
+        )
         t_import = time.perf_counter() - t0
         t0 = time.perf_counter()
         a = sqlite3.connect(src / "threads.db")
@@ -222,12 +257,27 @@ def main() -> None:
         a.close()
         b.close()
         t_backup = time.perf_counter() - t0
-        result["transfer"] = {"events": total, "export_s": t_export, "import_s": t_import, "sqlite_backup_s": t_backup,
-                              "bundle_bytes": bundle.stat().st_size}
+        result["transfer"] = {
+            "events": total,
+            "export_s": t_export,
+            "import_s": t_import,
+            "sqlite_backup_s": t_backup,
+            "bundle_bytes": bundle.stat().st_size,
+        }
         rows += [
             ("transfer", f"sqlite3 backup API ({total} events)", f"{total / t_backup:,.0f} ev/s", "baseline"),
-            ("transfer", "threadloom export --all (incl. start-up)", f"{total / t_export:,.0f} ev/s", f"{t_export / t_backup:.1f}x the time"),
-            ("transfer", "threadloom import (incl. start-up, mirrors)", f"{total / t_import:,.0f} ev/s", f"{t_import / t_backup:.1f}x the time"),
+            (
+                "transfer",
+                "threadloom export --all (incl. start-up)",
+                f"{total / t_export:,.0f} ev/s",
+                f"{t_export / t_backup:.1f}x the time",
+            ),
+            (
+                "transfer",
+                "threadloom import (incl. start-up, mirrors)",
+                f"{total / t_import:,.0f} ev/s",
+                f"{t_import / t_backup:.1f}x the time",
+            ),
         ]
 
     width = max(len(r[1]) for r in rows)

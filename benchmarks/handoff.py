@@ -76,7 +76,11 @@ async def measure(events: int, repeats: int, durability: str, size: str) -> dict
         probe = await build(svc, events, 10_000_000, sentences)
         used = (await svc.get_thread(probe)).context().used
         window = int(used / 0.895)  # just under 0.9: the crossing event below takes it past
-        crossing = {"type": "message", "role": "assistant", "text": "z" * (used // 20 + 4000)}  # > 0.5% of the window
+        crossing = {
+            "type": "message",
+            "role": "assistant",
+            "text": "z" * (used // 20 + 4000),
+        }  # > 0.5% of the window
         for _ in range(repeats):
             hot = await build(svc, events, window, sentences)
             cold = await build(svc, events, 10_000_000, sentences)  # twin: same size, far from its threshold
@@ -87,7 +91,9 @@ async def measure(events: int, repeats: int, durability: str, size: str) -> dict
             c0, t0 = time.process_time(), time.perf_counter()
             out = await svc.append(hot, [crossing])
             trigger_ms.append((time.perf_counter() - t0) * 1000)
-            trigger_cpu_ms.append((time.process_time() - c0) * 1000)  # all threads: less sensitive to neighbours
+            trigger_cpu_ms.append(
+                (time.process_time() - c0) * 1000
+            )  # all threads: less sensitive to neighbours
             assert out.handoff is not None, out.warning
             carried.append(out.handoff.carried_messages)
             new_events.append((await svc.get_thread(out.handoff.thread_id)).event_count)
@@ -121,17 +127,25 @@ async def main() -> None:
         for size in SIZES:
             for n in sizes:
                 rows.append(await measure(n, args.repeats, durability, size))
-    print(f"{'durability':<10} {'events':>8} {'size':<8} {'handoff append':>15} {'max':>8} {'cpu':>8} {'plain append':>13} "
-          f"{'ratio':>7} {'carried':>8}  goal <{GOAL_MS:.0f} ms")
+    print(
+        f"{'durability':<10} {'events':>8} {'size':<8} {'handoff append':>15} {'max':>8} {'cpu':>8} {'plain append':>13} "
+        f"{'ratio':>7} {'carried':>8}  goal <{GOAL_MS:.0f} ms"
+    )
     for r in rows:
-        print(f"{r['durability']:<10} {r['events']:>8,} {r['event_size']:<8} {r['handoff_append_ms_median']:>12.1f} ms "
-              f"{r['handoff_append_ms_max']:>5.1f} ms {r['handoff_append_cpu_ms_median']:>5.1f} ms"
-              f" {r['plain_append_ms_median']:>10.2f} ms {r['ratio']:>6.1f}x {r['carried_messages']:>8.0f}  "
-              f"{'yes' if r['meets_goal'] else 'NO'}")
+        print(
+            f"{r['durability']:<10} {r['events']:>8,} {r['event_size']:<8} {r['handoff_append_ms_median']:>12.1f} ms "
+            f"{r['handoff_append_ms_max']:>5.1f} ms {r['handoff_append_cpu_ms_median']:>5.1f} ms"
+            f" {r['plain_append_ms_median']:>10.2f} ms {r['ratio']:>6.1f}x {r['carried_messages']:>8.0f}  "
+            f"{'yes' if r['meets_goal'] else 'NO'}"
+        )
     RESULTS.mkdir(exist_ok=True)
     out = {
-        "machine": {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "cpus": os.cpu_count(),
-                    "load_average": os.getloadavg()},
+        "machine": {
+            "python": platform.python_version(),
+            "sqlite": sqlite3.sqlite_version,
+            "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
+        },
         "rows": rows,
     }
     (RESULTS / "handoff.json").write_text(json.dumps(out, indent=2))

@@ -110,7 +110,9 @@ async def measure(durability: str, events: int, rounds: int, batch: bool) -> dic
         "events_per_s": rate,
         "median_turn_us": median_turn_us,
         "checkpoint_cost": 1 - rate["turns, checkpoints"] / rate["turns, no checkpoints"],
-        "checkpoint_cost_median": median_turn_us["turns, checkpoints"] / median_turn_us["turns, no checkpoints"] - 1,
+        "checkpoint_cost_median": median_turn_us["turns, checkpoints"]
+        / median_turn_us["turns, no checkpoints"]
+        - 1,
         "accounting_and_checkpoint_cost": 1 - rate["turns, checkpoints"] / rate["messages"],
         "checkpoint_writer_us_median": statistics.median(CHECKPOINT_TIMES) * 1e6,
         "checkpoints": len(CHECKPOINT_TIMES),
@@ -163,7 +165,9 @@ def measure_sign(n: int = 2000) -> dict[str, float]:
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--events", type=int, default=3000, help="events per round, shared by the three arms (default 3000)")
+    ap.add_argument(
+        "--events", type=int, default=3000, help="events per round, shared by the three arms (default 3000)"
+    )
     ap.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported (default 3)")
     ap.add_argument("--durability", choices=["normal", "full"], default="normal")
     ap.add_argument("--full", action="store_true", help="full size: 30000 events per round, 5 rounds")
@@ -185,15 +189,21 @@ async def main() -> None:
         "verify": verify,
         "ed25519": sign,
     }
-    print(f"checkpoint cost on appends (SQLite, durability={args.durability}, medians of {args.rounds} rounds)")
-    print(f"{'mode':<22} {'arm':<24} {'events/s':>10} {'median turn':>12} {'vs no checkpoints':>18} {'vs messages':>12}")
+    print(
+        f"checkpoint cost on appends (SQLite, durability={args.durability}, medians of {args.rounds} rounds)"
+    )
+    print(
+        f"{'mode':<22} {'arm':<24} {'events/s':>10} {'median turn':>12} {'vs no checkpoints':>18} {'vs messages':>12}"
+    )
     for res in (single, batched):
         med = res["events_per_s"]
         for name in ARMS:
             r1 = med[name] / med["turns, no checkpoints"]
             r2 = med[name] / med["messages"]
             turn_us = res["median_turn_us"][name]
-            print(f"{res['mode']:<22} {name:<24} {med[name]:>10.0f} {turn_us:>10.0f}us {r1:>17.3f}x {r2:>11.3f}x")
+            print(
+                f"{res['mode']:<22} {name:<24} {med[name]:>10.0f} {turn_us:>10.0f}us {r1:>17.3f}x {r2:>11.3f}x"
+            )
         print(
             f"{'':<22} checkpoint cost {res['checkpoint_cost'] * 100:5.1f}% (on medians "
             f"{res['checkpoint_cost_median'] * 100:.1f}%); accounting + checkpoint cost "

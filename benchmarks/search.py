@@ -243,9 +243,8 @@ class PgBench(Bench):
         return f"{self.base_dsn}{sep}options=-csearch_path%3D{name}"
 
     def store(self) -> Store:
-        from threadloom.store.postgres import PostgresStore
-
         from threadloom.integrity import Signer
+        from threadloom.store.postgres import PostgresStore
 
         return PostgresStore(self.dsn, durability="normal", pool_size=4, signer=Signer.for_root(self.root))
 

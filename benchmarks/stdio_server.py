@@ -1,6 +1,6 @@
 """threadloom over stdio plus a no-op tool, so benchmarks can compare against the SDK's floor.
 
-    python benchmarks/stdio_server.py ROOT [full|normal]
+python benchmarks/stdio_server.py ROOT [full|normal]
 """
 
 from __future__ import annotations

@@ -208,7 +208,9 @@ async def main() -> None:
     for kind in kinds:
         res = out[kind]
         push, poll = res[f"cross-process, push ({WATCH[kind]})"], res["cross-process, poll every 500 ms"]
-        print(f"{kind}: cross-process p50: push is {poll['p50_ms'] / max(push['p50_ms'], 1e-6):.0f}x faster than the 500 ms poll")
+        print(
+            f"{kind}: cross-process p50: push is {poll['p50_ms'] / max(push['p50_ms'], 1e-6):.0f}x faster than the 500 ms poll"
+        )
         for n, q in res["reads_per_commit"].items():
             print(f"{kind}: database reads per commit with {n:>4} waiter(s): {q:.0f}")
     RESULTS.mkdir(exist_ok=True)

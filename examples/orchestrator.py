@@ -78,11 +78,16 @@ def say(tag: str, text: str) -> None:
 
 async def summarise(client: Client, thread_id: str, tools: set[str], tag: str) -> None:
     """Finish the turn and complete with a result."""
-    await call(client, "append_event", thread_id=thread_id, events=[
-        {"type": "tool_result", "tool_use_id": "call-1", "output": "412 lines of logs"},
-        {"type": "message", "role": "assistant", "text": "- deploy ok\n- 2 retries\n- no rollbacks"},
-        {"type": "result", "cost": 0.004, "turns": 1, "input_tokens": 900, "output_tokens": 60},
-    ])
+    await call(
+        client,
+        "append_event",
+        thread_id=thread_id,
+        events=[
+            {"type": "tool_result", "tool_use_id": "call-1", "output": "412 lines of logs"},
+            {"type": "message", "role": "assistant", "text": "- deploy ok\n- 2 retries\n- no rollbacks"},
+            {"type": "result", "cost": 0.004, "turns": 1, "input_tokens": 900, "output_tokens": 60},
+        ],
+    )
     result = {"bullets": ["deploy ok", "2 retries", "no rollbacks"]}
     await call(client, "update_thread", thread_id=thread_id, status="completed", result=result, cost=0.004)
     say(tag, "completed")
@@ -90,33 +95,57 @@ async def summarise(client: Client, thread_id: str, tools: set[str], tag: str) -
 
 async def fetch(client: Client, thread_id: str, tools: set[str], tag: str) -> None:
     """The tool call fails upstream: end the thread in ``error`` with the reason."""
-    await call(client, "append_event", thread_id=thread_id,
-               event={"type": "tool_result", "tool_use_id": "call-1", "output": "HTTP 503", "is_error": True})
+    await call(
+        client,
+        "append_event",
+        thread_id=thread_id,
+        event={"type": "tool_result", "tool_use_id": "call-1", "output": "HTTP 503", "is_error": True},
+    )
     reason = "upstream tracker returned HTTP 503 three times"
-    await call(client, "update_thread", thread_id=thread_id, status="error", reason=reason,
-               result={"error": "HTTP 503"}, cost=0.001)
+    await call(
+        client,
+        "update_thread",
+        thread_id=thread_id,
+        status="error",
+        reason=reason,
+        result={"error": "HTTP 503"},
+        cost=0.001,
+    )
     say(tag, "failed (status error)")
 
 
 async def analyse(client: Client, thread_id: str, tools: set[str], tag: str) -> None:
     """Hand off mid-way (when the server can), go on in the continuation, complete there."""
-    await call(client, "append_event", thread_id=thread_id, events=[
-        {"type": "tool_result", "tool_use_id": "call-1", "output": "37 flaky runs in 30 days"},
-        {"type": "message", "role": "assistant", "text": "Half the flakes are in test_timeouts.py."},
-    ])
+    await call(
+        client,
+        "append_event",
+        thread_id=thread_id,
+        events=[
+            {"type": "tool_result", "tool_use_id": "call-1", "output": "37 flaky runs in 30 days"},
+            {"type": "message", "role": "assistant", "text": "Half the flakes are in test_timeouts.py."},
+        ],
+    )
     current = thread_id
     if "handoff_thread" in tools:
         summary = "Counted 37 flaky runs; half are in test_timeouts.py. Next: propose fixes."
         current = (await call(client, "handoff_thread", thread_id=thread_id, summary=summary))["thread_id"]
         say(tag, f"handed off to {current}; going on there")
     else:
-        say(tag, "this server has no handoff_thread tool (the handoff work is not in it): "
-            "completing without a handoff")
-    await call(client, "append_event", thread_id=current, events=[
-        {"type": "message", "role": "user", "text": "Propose the fixes."},
-        {"type": "message", "role": "assistant", "text": "Use fake clocks in test_timeouts.py."},
-        {"type": "result", "cost": 0.007, "turns": 2, "input_tokens": 1500, "output_tokens": 120},
-    ])
+        say(
+            tag,
+            "this server has no handoff_thread tool (the handoff work is not in it): "
+            "completing without a handoff",
+        )
+    await call(
+        client,
+        "append_event",
+        thread_id=current,
+        events=[
+            {"type": "message", "role": "user", "text": "Propose the fixes."},
+            {"type": "message", "role": "assistant", "text": "Use fake clocks in test_timeouts.py."},
+            {"type": "result", "cost": 0.007, "turns": 2, "input_tokens": 1500, "output_tokens": 120},
+        ],
+    )
     result = {"fix": "fake clocks in test_timeouts.py", "handed_off": current != thread_id}
     await call(client, "update_thread", thread_id=current, status="completed", result=result, cost=0.007)
     say(tag, "completed" + (" (in the continuation)" if current != thread_id else ""))
@@ -134,10 +163,16 @@ async def worker(root: str, thread_id: str, role: str, work_seconds: float, cras
     async with Client(server_params(root)) as client:
         tools = {t.name for t in (await client.list_tools()).tools}
         child = await call(client, "get_thread", thread_id=thread_id)
-        await call(client, "append_event", thread_id=thread_id, idempotency_key=f"{thread_id}-start", events=[
-            {"type": "message", "role": "user", "text": child.get("directive") or ROLES[role]},
-            {"type": "tool_use", "id": "call-1", "name": "shell", "input": {"cmd": f"run-{role}"}},
-        ])
+        await call(
+            client,
+            "append_event",
+            thread_id=thread_id,
+            idempotency_key=f"{thread_id}-start",
+            events=[
+                {"type": "message", "role": "user", "text": child.get("directive") or ROLES[role]},
+                {"type": "tool_use", "id": "call-1", "name": "shell", "input": {"cmd": f"run-{role}"}},
+            ],
+        )
         say(tag, "started (2 events appended)")
         await anyio.sleep(work_seconds)  # the "work"
         if crash:
@@ -150,12 +185,30 @@ async def worker(root: str, thread_id: str, role: str, work_seconds: float, cras
 # ---------------------------------------------------------------------- parent
 
 
-async def run_worker(client: Client, root: str, thread_id: str, role: str, work_seconds: float,
-                     crash: bool, codes: dict[str, int]) -> None:
+async def run_worker(
+    client: Client,
+    root: str,
+    thread_id: str,
+    role: str,
+    work_seconds: float,
+    crash: bool,
+    codes: dict[str, int],
+) -> None:
     """Run one worker process; if it dies before ending its thread, end the thread as error
     (that commit wakes the parent's wait, so a crashed worker never leaves it hanging)."""
-    cmd = [sys.executable, os.path.abspath(__file__), "worker", "--root", root, "--thread-id", thread_id,
-           "--role", role, "--work-seconds", str(work_seconds)] + (["--crash", role] if crash else [])
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "worker",
+        "--root",
+        root,
+        "--thread-id",
+        thread_id,
+        "--role",
+        role,
+        "--work-seconds",
+        str(work_seconds),
+    ] + (["--crash", role] if crash else [])
     async with await anyio.open_process(cmd, stdin=None, stdout=None, stderr=None) as proc:  # our terminal
         codes[role] = await proc.wait()
     if codes[role] != 0:
@@ -168,11 +221,20 @@ async def run_worker(client: Client, root: str, thread_id: str, role: str, work_
 
 async def spawn_children(client: Client) -> tuple[str, dict[str, str]]:
     """The parent's own thread and one child thread per role (role -> thread id)."""
-    parent = await call(client, "create_thread", agent_id="orchestrator-demo", title="release prep",
-                        directive="Prepare the release: logs, notes, flaky tests.")
+    parent = await call(
+        client,
+        "create_thread",
+        agent_id="orchestrator-demo",
+        title="release prep",
+        directive="Prepare the release: logs, notes, flaky tests.",
+    )
     pid = parent["thread_id"]
-    await call(client, "append_event", thread_id=pid,
-               event={"type": "message", "role": "assistant", "text": "Spawning three workers."})
+    await call(
+        client,
+        "append_event",
+        thread_id=pid,
+        event={"type": "message", "role": "assistant", "text": "Spawning three workers."},
+    )
     children = {}
     for role, directive in ROLES.items():
         child = await call(client, "create_thread", parent_id=pid, title=role, directive=directive)
@@ -192,8 +254,10 @@ def print_outcomes(
         item = by_id[tid]
         detail = item.get("result") if item["status"] == "completed" else item.get("status_reason")
         cost = "-" if item.get("cost") is None else item["cost"]
-        print(f"  {role:<10} {tid:<13} {item['resolved_thread_id']:<13} {item['status']:<10} {cost:>6}  "
-              f"{json.dumps(detail)}")
+        print(
+            f"  {role:<10} {tid:<13} {item['resolved_thread_id']:<13} {item['status']:<10} {cost:>6}  "
+            f"{json.dumps(detail)}"
+        )
         rows.append({"role": role, "worker_exit": codes.get(role), **item})
     return rows
 
@@ -206,12 +270,18 @@ async def orchestrate(
     async with Client(server_params(root)) as client:
         tools = {t.name for t in (await client.list_tools()).tools}
         if "wait_threads" not in tools:
-            print("orchestrator: this threadloom server has no wait_threads tool; "
-                  "it is too old for this example", file=sys.stderr)
+            print(
+                "orchestrator: this threadloom server has no wait_threads tool; "
+                "it is too old for this example",
+                file=sys.stderr,
+            )
             return 2
         pid, children = await spawn_children(client)
-        print(f"orchestrator: parent thread {pid}; children "
-              + ", ".join(f"{role}={tid}" for role, tid in children.items()), flush=True)
+        print(
+            f"orchestrator: parent thread {pid}; children "
+            + ", ".join(f"{role}={tid}" for role, tid in children.items()),
+            flush=True,
+        )
 
         progress_seen: list[tuple[float, float | None]] = []
 
@@ -243,10 +313,19 @@ async def orchestrate(
         cost = round(sum(row.get("cost") or 0 for row in rows), 6)
         summary = {s: sum(1 for row in rows if row["status"] == s) for s in ("completed", "error")}
         outputs = {row["role"]: row["resolved_thread_id"] for row in rows}
-        final = await call(client, "update_thread", thread_id=pid, status="completed", result=summary,
-                           outputs=outputs, cost=cost)
-        print(f"parent {pid}: {final['status']} with result {json.dumps(summary)}, cost {cost}; waited "
-              f"{waited.get('waited_ms')} ms in wait_threads, {time.monotonic() - started:.1f} s in all")
+        final = await call(
+            client,
+            "update_thread",
+            thread_id=pid,
+            status="completed",
+            result=summary,
+            outputs=outputs,
+            cost=cost,
+        )
+        print(
+            f"parent {pid}: {final['status']} with result {json.dumps(summary)}, cost {cost}; waited "
+            f"{waited.get('waited_ms')} ms in wait_threads, {time.monotonic() - started:.1f} s in all"
+        )
 
     if json_path:
         outcome = {

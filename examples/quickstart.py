@@ -24,7 +24,9 @@ async def main() -> None:
         tools = [t.name for t in (await client.list_tools()).tools]
         print(f"connected; tools: {', '.join(tools)}")
 
-        thread = (await client.call_tool("create_thread", {"title": "quickstart", "directive": "Count files"})).structured_content
+        thread = (
+            await client.call_tool("create_thread", {"title": "quickstart", "directive": "Count files"})
+        ).structured_content
         tid = thread["thread_id"]
         print(f"created thread {tid} (status {thread['status']})")
 
@@ -35,16 +37,35 @@ async def main() -> None:
             {"type": "message", "role": "assistant", "text": "There are 2 files."},
             {"type": "result", "cost": 0.0021, "input_tokens": 512, "output_tokens": 40, "turns": 1},
         ]
-        out = (await client.call_tool("append_event", {"thread_id": tid, "events": events, "idempotency_key": "turn-1"})).structured_content
-        print(f"appended seqs {out['seqs']}; context {out['context']['used']}/{out['context']['window']} tokens")
+        out = (
+            await client.call_tool(
+                "append_event", {"thread_id": tid, "events": events, "idempotency_key": "turn-1"}
+            )
+        ).structured_content
+        print(
+            f"appended seqs {out['seqs']}; context {out['context']['used']}/{out['context']['window']} tokens"
+        )
 
-        again = (await client.call_tool("append_event", {"thread_id": tid, "events": events, "idempotency_key": "turn-1"})).structured_content
-        print(f"retried the same append: seqs {again['seqs']}, replayed={again['replayed']} (nothing written twice)")
+        again = (
+            await client.call_tool(
+                "append_event", {"thread_id": tid, "events": events, "idempotency_key": "turn-1"}
+            )
+        ).structured_content
+        print(
+            f"retried the same append: seqs {again['seqs']}, replayed={again['replayed']} (nothing written twice)"
+        )
 
-        bad = await client.call_tool("append_event", {"thread_id": tid, "event": {"type": "message", "role": "robot", "text": "?"}})
+        bad = await client.call_tool(
+            "append_event", {"thread_id": tid, "event": {"type": "message", "role": "robot", "text": "?"}}
+        )
         print(f"a bad event is refused: {bad.content[0].text}")
 
-        done = (await client.call_tool("update_thread", {"thread_id": tid, "status": "completed", "result": {"files": 2}, "cost": 0.0021})).structured_content
+        done = (
+            await client.call_tool(
+                "update_thread",
+                {"thread_id": tid, "status": "completed", "result": {"files": 2}, "cost": 0.0021},
+            )
+        ).structured_content
         print(f"thread {tid} is {done['status']} with result {json.dumps(done['result'])}")
 
         transcript = (await client.read_resource(f"thread://{tid}/transcript")).contents[0].text

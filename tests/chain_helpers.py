@@ -10,8 +10,8 @@ from typing import Any
 from threadloom.config import Settings
 from threadloom.service import ThreadService
 from threadloom.store import MemoryStore, SQLiteStore
-from threadloom.store.postgres import PostgresStore
 from threadloom.store.base import Store
+from threadloom.store.postgres import PostgresStore
 
 WINDOW = 1000  # the smallest window a thread may have: 900 tokens (3600 chars) to the threshold
 CEILING = 100  # tokens a handoff carries (400 characters)
@@ -48,7 +48,11 @@ async def fill_to(svc: ThreadService, tid: str, ratio: float = 0.85) -> None:
 
 
 async def conversation_events(svc: ThreadService, tid: str) -> list[dict[str, Any]]:
-    return [e.data() for e in await svc.all_events(tid) if e.type in ("message", "tool_use", "tool_result", "assistant_text")]
+    return [
+        e.data()
+        for e in await svc.all_events(tid)
+        if e.type in ("message", "tool_use", "tool_result", "assistant_text")
+    ]
 
 
 def snapshot(store: Store) -> Any:

@@ -49,8 +49,18 @@ async def hand_off(svc: ThreadService, old_id: str, reason: str = "explicit") ->
     now = iso(utc_now())
     new = Thread(
         **{
-            **old.model_dump(include={"agent_id", "title", "directive", "parent_id", "model", "context_window",
-                                      "stale_after", "metadata"}),
+            **old.model_dump(
+                include={
+                    "agent_id",
+                    "title",
+                    "directive",
+                    "parent_id",
+                    "model",
+                    "context_window",
+                    "stale_after",
+                    "metadata",
+                }
+            ),
             "thread_id": new_thread_id(),
             "status": Status.RUNNING,
             "continuation_of": old.thread_id,
@@ -63,20 +73,42 @@ async def hand_off(svc: ThreadService, old_id: str, reason: str = "explicit") ->
     )
     moved = old.model_copy(update={"status": Status.CONTINUED, "continuation_thread_id": new.thread_id})
     status = StatusEvent(**{"from": old.status, "to": Status.CONTINUED, "reason": "handoff"})
-    await svc.store.commit([
-        CreateThread(new),
-        PutThread(moved, expect_version=old.version),
-        AppendEvents(old.thread_id, (
-            NewEvent("status", event_payload(status)),
-            NewEvent("handoff", {"type": "handoff", "to_thread_id": new.thread_id, "trailing_count": 1,
-                                 "reason": reason}),
-        )),
-        AppendEvents(new.thread_id, (
-            NewEvent("continued_from", {"type": "continued_from", "from_thread_id": old.thread_id,
-                                        "reason": reason, "carried_count": 1}),
-            NewEvent("message", msg("carry on"), text_chars=8),
-        )),
-    ])
+    await svc.store.commit(
+        [
+            CreateThread(new),
+            PutThread(moved, expect_version=old.version),
+            AppendEvents(
+                old.thread_id,
+                (
+                    NewEvent("status", event_payload(status)),
+                    NewEvent(
+                        "handoff",
+                        {
+                            "type": "handoff",
+                            "to_thread_id": new.thread_id,
+                            "trailing_count": 1,
+                            "reason": reason,
+                        },
+                    ),
+                ),
+            ),
+            AppendEvents(
+                new.thread_id,
+                (
+                    NewEvent(
+                        "continued_from",
+                        {
+                            "type": "continued_from",
+                            "from_thread_id": old.thread_id,
+                            "reason": reason,
+                            "carried_count": 1,
+                        },
+                    ),
+                    NewEvent("message", msg("carry on"), text_chars=8),
+                ),
+            ),
+        ]
+    )
     return new.thread_id
 
 
@@ -88,12 +120,15 @@ async def populate(root: Path) -> dict[str, str]:
         p = parent.thread_id
         await svc.append(p, [msg("ship it"), msg("spawning two workers", "assistant")])
         a = (await svc.create_thread(parent_id=p, title="build docs")).thread_id
-        await svc.append(a, [
-            msg("build the docs"),
-            {"type": "tool_use", "id": "t1", "name": "sh", "input": {"cmd": "make docs"}},
-            {"type": "tool_result", "tool_use_id": "t1", "output": "ok"},
-            {"type": "result", "cost": 0.25, "input_tokens": 1200, "output_tokens": 80},
-        ])
+        await svc.append(
+            a,
+            [
+                msg("build the docs"),
+                {"type": "tool_use", "id": "t1", "name": "sh", "input": {"cmd": "make docs"}},
+                {"type": "tool_result", "tool_use_id": "t1", "output": "ok"},
+                {"type": "result", "cost": 0.25, "input_tokens": 1200, "output_tokens": 80},
+            ],
+        )
         b = (await svc.create_thread(parent_id=p, title="run the tests")).thread_id
         await svc.append(b, [msg("run the tests"), {"type": "x-note", "detail": "flaky"}])
         await svc.update_thread(b, status="error", reason="tests failed", result={"failed": 3})

@@ -122,7 +122,9 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     """Environment for subprocesses: the package importable, the root in tmp."""
     env = dict(os.environ)
     env["THREADLOOM_HOME"] = str(tmp_path / "root")
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "server") + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = (
+        str(Path(__file__).resolve().parents[1] / "server") + os.pathsep + env.get("PYTHONPATH", "")
+    )
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

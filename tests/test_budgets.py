@@ -168,7 +168,9 @@ async def test_children_racing_for_the_last_budget_never_oversubscribe(
 
 async def test_siblings_spending_at_once_are_all_counted(service: ThreadService) -> None:
     parent = await service.create_thread(budget={"max_spend": 100})
-    kids = [await service.create_thread(parent_id=parent.thread_id, budget={"max_spend": 10}) for _ in range(5)]
+    kids = [
+        await service.create_thread(parent_id=parent.thread_id, budget={"max_spend": 10}) for _ in range(5)
+    ]
 
     async def work(tid: str) -> None:
         for _ in range(4):
@@ -183,7 +185,9 @@ async def test_siblings_spending_at_once_are_all_counted(service: ThreadService)
 # -------------------------------------------------------------------- exceeding
 
 
-async def test_spend_over_the_budget_is_recorded_and_moves_the_thread_to_error(service: ThreadService) -> None:
+async def test_spend_over_the_budget_is_recorded_and_moves_the_thread_to_error(
+    service: ThreadService,
+) -> None:
     parent = await service.create_thread(budget={"max_spend": 10})
     child = await service.create_thread(parent_id=parent.thread_id, budget={"max_spend": 2})
     await service.append(child.thread_id, spend(1.5))
@@ -213,7 +217,9 @@ async def test_an_unbudgeted_child_is_stopped_by_its_ancestors_budget(service: T
     assert (await get(service, root.thread_id)).status == Status.CREATED  # the ancestor itself goes on
 
 
-async def test_a_budget_already_over_is_not_blamed_on_an_append_that_spends_nothing(service: ThreadService) -> None:
+async def test_a_budget_already_over_is_not_blamed_on_an_append_that_spends_nothing(
+    service: ThreadService,
+) -> None:
     root = await service.create_thread(budget={"max_spend": 1})
     a = await service.create_thread(parent_id=root.thread_id)
     b = await service.create_thread(parent_id=root.thread_id)
@@ -244,9 +250,16 @@ async def test_get_thread_over_mcp_shows_the_budget_position(service: ThreadServ
         r = await c.call_tool("append_event", {"thread_id": cid, "event": {"type": "result", "cost": 3}})
         out = r.structured_content
         assert out is not None and out["status"] == "error"
-        assert out["exceeded"]["reason"] == "budget_exceeded" and "moved to error" in out["exceeded"]["message"]
+        assert (
+            out["exceeded"]["reason"] == "budget_exceeded" and "moved to error" in out["exceeded"]["message"]
+        )
         got = (await c.call_tool("get_thread", {"thread_id": pid})).structured_content
     assert got is not None
     assert got["budget"] == {
-        "max_spend": 5.0, "reserved": 0.0, "actual_spend": 3.0, "remaining": 2.0, "reserved_from": None, "held": 0.0,
+        "max_spend": 5.0,
+        "reserved": 0.0,
+        "actual_spend": 3.0,
+        "remaining": 2.0,
+        "reserved_from": None,
+        "held": 0.0,
     }

@@ -53,18 +53,24 @@ def test_export_then_import_into_an_empty_root_gives_identical_threads_events_an
     before, after = anyio.run(snapshot, src), anyio.run(snapshot, dst)
     assert after == before
     assert after[ids["a"]]["chain"] == [ids["a"], ids["a2"]]
-    for tid, snap in after.items():  # the mirror files are written too, byte-equal to the DB
+    for _tid, snap in after.items():  # the mirror files are written too, byte-equal to the DB
         assert snap["mirror"] == "".join(line + "\n" for line in snap["lines"])
 
 
-def test_bundles_hold_whole_chains_and_children_only_when_asked(source: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+def test_bundles_hold_whole_chains_and_children_only_when_asked(
+    source: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
     src, ids = source
     one = cli_json(src, "export", ids["a2"], "-o", str(tmp_path / "one.jsonl"))
     assert sorted(one["thread_ids"]) == sorted([ids["a"], ids["a2"]])
     family = cli_json(src, "export", ids["parent"], "--children", "-o", str(tmp_path / "family.jsonl"))
     assert sorted(family["thread_ids"]) == sorted(ids.values())
     records = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
-    assert records[0]["kind"] == "threadloom-bundle" and records[-1] == {"kind": "end", "threads": 2, "events": one["events"]}
+    assert records[0]["kind"] == "threadloom-bundle" and records[-1] == {
+        "kind": "end",
+        "threads": 2,
+        "events": one["events"],
+    }
     assert {"kind": "chain", "chain_root_id": ids["a"], "thread_ids": [ids["a"], ids["a2"]]} in records
 
 
@@ -76,7 +82,9 @@ def test_export_without_output_writes_the_bundle_to_stdout(source: tuple[Path, d
     assert kinds[0] == "threadloom-bundle" and kinds[-1] == "end" and kinds.count("thread") == 1
 
 
-def test_importing_the_same_bundle_again_changes_nothing(source: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+def test_importing_the_same_bundle_again_changes_nothing(
+    source: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
     src, ids = source
     bundle = tmp_path / "run.jsonl"
     cli_json(src, "export", "--all", "-o", str(bundle))
@@ -88,7 +96,9 @@ def test_importing_the_same_bundle_again_changes_nothing(source: tuple[Path, dic
     assert anyio.run(snapshot, dst) == first
 
 
-def test_a_conflicting_thread_is_refused_unless_renamed(source: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+def test_a_conflicting_thread_is_refused_unless_renamed(
+    source: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
     src, ids = source
     bundle = tmp_path / "run.jsonl"
     cli_json(src, "export", "--all", "-o", str(bundle))
@@ -113,7 +123,9 @@ def test_a_conflicting_thread_is_refused_unless_renamed(source: tuple[Path, dict
     assert got["thread"]["parent_id"] == ids["parent"]  # the parent was not renamed: the link stays
 
 
-def test_renaming_a_chain_rewrites_its_links_and_server_events(source: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+def test_renaming_a_chain_rewrites_its_links_and_server_events(
+    source: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
     src, ids = source
     bundle = tmp_path / "chain.jsonl"
     cli_json(src, "export", ids["a"], "-o", str(bundle))
@@ -129,16 +141,24 @@ def test_renaming_a_chain_rewrites_its_links_and_server_events(source: tuple[Pat
     assert [t["thread_id"] for t in chain] == [new_a, new_a2]
     assert chain[0]["continuation_thread_id"] == new_a2 and chain[1]["continuation_of"] == new_a
     assert {t["chain_root_id"] for t in chain} == {new_a}
-    events = [json.loads(line)["event"] for line in cli(src, "tail", new_a, "--json", "-n", "0").stdout.splitlines()]
+    events = [
+        json.loads(line)["event"] for line in cli(src, "tail", new_a, "--json", "-n", "0").stdout.splitlines()
+    ]
     assert [e["to_thread_id"] for e in events if e["type"] == "handoff"] == [new_a2]
 
 
-def test_a_malformed_line_refuses_its_thread_and_names_file_and_line(source: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+def test_a_malformed_line_refuses_its_thread_and_names_file_and_line(
+    source: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
     src, ids = source
     bundle = tmp_path / "run.jsonl"
     cli_json(src, "export", "--all", "-o", str(bundle))
     lines = bundle.read_text().splitlines()
-    bad = next(i for i, line in enumerate(lines) if json.loads(line).get("thread_id") == ids["b"] and '"seq":2' in line)
+    bad = next(
+        i
+        for i, line in enumerate(lines)
+        if json.loads(line).get("thread_id") == ids["b"] and '"seq":2' in line
+    )
     lines[bad] = lines[bad][:40]  # cut mid-object: not JSON any more
     bundle.write_text("\n".join(lines) + "\n")
     dst = tmp_path / "dst"
@@ -153,7 +173,9 @@ def test_a_malformed_line_refuses_its_thread_and_names_file_and_line(source: tup
     assert f"{bundle}:{bad + 1}" in human.stderr and human.exit_code == 1
 
 
-def test_a_bad_event_in_a_chain_refuses_the_whole_chain(source: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+def test_a_bad_event_in_a_chain_refuses_the_whole_chain(
+    source: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
     src, ids = source
     bundle = tmp_path / "run.jsonl"
     cli_json(src, "export", ids["a"], "-o", str(bundle))
@@ -171,7 +193,9 @@ def test_a_bad_event_in_a_chain_refuses_the_whole_chain(source: tuple[Path, dict
     assert by_id[ids["a2"]]["where"] == f"{bundle}:{bad + 1}" and "telepathy" in by_id[ids["a2"]]["error"]
 
 
-def test_a_truncated_bundle_imports_only_complete_chains(source: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+def test_a_truncated_bundle_imports_only_complete_chains(
+    source: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
     src, ids = source
     bundle = tmp_path / "run.jsonl"
     cli_json(src, "export", "--all", "-o", str(bundle))
@@ -185,8 +209,15 @@ def test_a_truncated_bundle_imports_only_complete_chains(source: tuple[Path, dic
 
 
 LEGACY = [
-    {"agentId": "coder", "createdAt": "2025-03-01T10:00:00Z", "updatedAt": "2025-03-01T10:05:00Z",
-     "title": "fix the build", "taskId": "T-42", "status": "completed", "runtime": "old-agent 2.1"},
+    {
+        "agentId": "coder",
+        "createdAt": "2025-03-01T10:00:00Z",
+        "updatedAt": "2025-03-01T10:05:00Z",
+        "title": "fix the build",
+        "taskId": "T-42",
+        "status": "completed",
+        "runtime": "old-agent 2.1",
+    },
     {"role": "user", "content": "the build is red", "timestamp": "2025-03-01T10:00:01Z"},
     {"role": "assistant", "text": "looking at the log"},
     {"type": "tool_use", "id": "c1", "name": "sh", "input": {"cmd": "make"}},
@@ -207,30 +238,53 @@ def test_a_legacy_jsonl_file_imports_with_untyped_lines_as_messages(tmp_path: Pa
     assert report["ok"] and len(report["imported"]) == 1
     tid = report["imported"][0]
     thread = cli_json(root, "show", tid)["thread"]
-    assert thread["agent_id"] == "coder" and thread["title"] == "fix the build" and thread["status"] == "completed"
-    assert thread["created_at"] == "2025-03-01T10:00:00.000000Z" and thread["updated_at"] == "2025-03-01T10:05:00.000000Z"
+    assert (
+        thread["agent_id"] == "coder"
+        and thread["title"] == "fix the build"
+        and thread["status"] == "completed"
+    )
+    assert (
+        thread["created_at"] == "2025-03-01T10:00:00.000000Z"
+        and thread["updated_at"] == "2025-03-01T10:05:00.000000Z"
+    )
     assert thread["metadata"] == {"task_id": "T-42", "legacy": {"runtime": "old-agent 2.1"}}
-    events = [json.loads(line)["event"] for line in cli(root, "tail", tid, "--json", "-n", "0").stdout.splitlines()]
+    events = [
+        json.loads(line)["event"] for line in cli(root, "tail", tid, "--json", "-n", "0").stdout.splitlines()
+    ]
     assert [(e["seq"], e["type"]) for e in events] == [
-        (1, "message"), (2, "message"), (3, "tool_use"), (4, "tool_result"), (5, "message")]
-    assert events[0] == {"seq": 1, "ts": "2025-03-01T10:00:01.000000Z", "type": "message", "role": "user",
-                         "text": "the build is red"}
+        (1, "message"),
+        (2, "message"),
+        (3, "tool_use"),
+        (4, "tool_result"),
+        (5, "message"),
+    ]
+    assert events[0] == {
+        "seq": 1,
+        "ts": "2025-03-01T10:00:01.000000Z",
+        "type": "message",
+        "role": "user",
+        "text": "the build is red",
+    }
     assert events[1]["ts"] == events[0]["ts"]  # no time of its own: the previous line's
     assert events[4]["text"] == "fixed the include" and events[4]["ts"] == "2025-03-01T10:05:00.000000Z"
-    assert thread["text_chars"] == sum(len(e.get("text", "")) for e in events if e["type"] == "message") + len("sh") + len(
-        '{"cmd":"make"}') + len("error: missing header")
+    assert thread["text_chars"] == sum(
+        len(e.get("text", "")) for e in events if e["type"] == "message"
+    ) + len("sh") + len('{"cmd":"make"}') + len("error: missing header")
     again = cli_json(root, "import", str(legacy))
     assert again["skipped"] == [tid] and again["imported"] == []
 
 
 def test_a_malformed_legacy_line_refuses_that_file_only(tmp_path: Path) -> None:
     good = write_jsonl(tmp_path / "good.jsonl", LEGACY)
-    bad = write_jsonl(tmp_path / "bad.jsonl", [
-        {"agentId": "coder", "createdAt": "2025-03-02T10:00:00Z", "title": "broken"},
-        {"role": "user", "text": "fine"},
-        {"role": "robot", "text": "not a role"},
-        {"role": "user", "text": "never read"},
-    ])
+    bad = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [
+            {"agentId": "coder", "createdAt": "2025-03-02T10:00:00Z", "title": "broken"},
+            {"role": "user", "text": "fine"},
+            {"role": "robot", "text": "not a role"},
+            {"role": "user", "text": "never read"},
+        ],
+    )
     res = cli(tmp_path / "root", "import", str(bad), str(good), "--json")
     assert res.exit_code == 1
     report = json.loads(res.stdout)
@@ -247,7 +301,9 @@ def test_a_malformed_legacy_line_refuses_that_file_only(tmp_path: Path) -> None:
         (b'{"kind": "threadloom-bundle", "format": 99}\n', "format 99 is not supported"),
     ],
 )
-def test_an_unreadable_file_is_one_line_and_imports_nothing(tmp_path: Path, content: bytes, message: str) -> None:
+def test_an_unreadable_file_is_one_line_and_imports_nothing(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
     path = tmp_path / "in.jsonl"
     path.write_bytes(content)
     other = write_jsonl(tmp_path / "ok.jsonl", LEGACY)
@@ -263,7 +319,6 @@ def test_a_missing_file_is_named(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------- the store op
-
 
 
 @pytest.mark.anyio
@@ -296,6 +351,13 @@ async def test_import_threads_refuses_gaps_and_writes_nothing(service: ThreadSer
     assert err.value.rule == "import_seq"
     line = render_line(1, events[0].ts, {"type": "message", "role": "user", "text": "x"})
     with pytest.raises(InvalidInputError):  # the count disagrees: and the first op must not stay either
-        await service.import_threads([(t, events), (t.model_copy(update={"thread_id": "0123456789ab"}),
-                                                    [StoredEvent("0123456789ab", 1, events[0].ts, "message", line)])])
+        await service.import_threads(
+            [
+                (t, events),
+                (
+                    t.model_copy(update={"thread_id": "0123456789ab"}),
+                    [StoredEvent("0123456789ab", 1, events[0].ts, "message", line)],
+                ),
+            ]
+        )
     assert set((await service.store.get_threads([t.thread_id, "0123456789ab", other])).keys()) == {other}

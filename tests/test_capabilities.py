@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from integrity_helpers import CAPS
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
+from integrity_helpers import CAPS
 from threadloom import capabilities as caps_md
 from threadloom.config import Settings
 from threadloom.errors import InvalidInputError, NotFoundError
@@ -53,7 +53,9 @@ async def test_the_capabilities_are_kept_in_the_manifest(service: ThreadService)
     assert (await service.get_thread(t.thread_id)).capabilities == CAPS
 
 
-async def test_capabilities_md_holds_the_tools_and_the_tree_and_is_signed(sq: ThreadService, settings: Settings) -> None:
+async def test_capabilities_md_holds_the_tools_and_the_tree_and_is_signed(
+    sq: ThreadService, settings: Settings
+) -> None:
     t = await sq.create_thread(capabilities=CAPS)
     data = (settings.root / "threads" / t.thread_id / "capabilities.md").read_bytes()
     text = data.decode()
@@ -76,7 +78,9 @@ async def test_capabilities_md_is_written_once(sq: ThreadService, settings: Sett
     assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
 
 
-async def test_a_thread_without_capabilities_has_no_file_and_no_resource(sq: ThreadService, settings: Settings) -> None:
+async def test_a_thread_without_capabilities_has_no_file_and_no_resource(
+    sq: ThreadService, settings: Settings
+) -> None:
     t = await sq.create_thread()
     assert not (settings.root / "threads" / t.thread_id / "capabilities.md").exists()
     with pytest.raises(NotFoundError, match="has no capabilities"):
@@ -84,7 +88,9 @@ async def test_a_thread_without_capabilities_has_no_file_and_no_resource(sq: Thr
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
-async def test_capabilities_go_in_through_create_thread_and_out_as_a_resource(service: ThreadService, mode: str) -> None:
+async def test_capabilities_go_in_through_create_thread_and_out_as_a_resource(
+    service: ThreadService, mode: str
+) -> None:
     async with Client(build_server(service), mode=mode) as c:
         r = await c.call_tool("create_thread", {"title": "caps", "capabilities": CAPS})
         assert not r.is_error, r.content
@@ -101,7 +107,9 @@ async def test_capabilities_go_in_through_create_thread_and_out_as_a_resource(se
 
 def test_a_text_tree_is_kept_verbatim_and_fences_outgrow_backticks() -> None:
     signer = Signer.ephemeral()
-    data = caps_md.render("0123456789ab", {"tools": [{"name": "t", "description": "uses ``` inside"}], "tree": "a\n  b"}, signer)
+    data = caps_md.render(
+        "0123456789ab", {"tools": [{"name": "t", "description": "uses ``` inside"}], "tree": "a\n  b"}, signer
+    )
     text = data.decode()
     assert "````json\n" in text and "\n````\n" in text  # a longer fence than the content's ```
     assert "```text\na\n  b\n```" in text

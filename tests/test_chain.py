@@ -48,7 +48,12 @@ async def test_a_chain_of_four_reads_the_same_from_every_member(svc: ThreadServi
         assert view.end_thread_id == ids[3] and view.end_status == Status.RUNNING
         assert view.problems == []
     v = views[0]
-    assert [t.status for t in v.threads] == [Status.CONTINUED, Status.CONTINUED, Status.COMPLETED, Status.RUNNING]
+    assert [t.status for t in v.threads] == [
+        Status.CONTINUED,
+        Status.CONTINUED,
+        Status.COMPLETED,
+        Status.RUNNING,
+    ]
     assert [t.link_reason for t in v.threads] == [None, "handoff", "handoff", "resume"]
     assert [t.continuation_of for t in v.threads] == [None, *ids[:3]]
     assert [t.continuation_thread_id for t in v.threads] == [*ids[1:], None]
@@ -78,8 +83,12 @@ async def test_a_cycle_written_into_the_db_ends_resolution_instead_of_hanging(sv
     for t in (a, b, c):
         await svc.append(t, [msg("x")])
     await _link(svc.store, a, continuation_thread_id=b, status=Status.CONTINUED)
-    await _link(svc.store, b, continuation_thread_id=c, continuation_of=a, chain_root_id=a, status=Status.CONTINUED)
-    await _link(svc.store, c, continuation_thread_id=a, continuation_of=b, chain_root_id=a, status=Status.CONTINUED)
+    await _link(
+        svc.store, b, continuation_thread_id=c, continuation_of=a, chain_root_id=a, status=Status.CONTINUED
+    )
+    await _link(
+        svc.store, c, continuation_thread_id=a, continuation_of=b, chain_root_id=a, status=Status.CONTINUED
+    )
     for t in (a, b, c):
         view = await svc.get_chain(t)
         assert [x.thread_id for x in view.threads] == [a, b, c]
@@ -146,8 +155,14 @@ def test_trim_keeps_a_user_first_run_without_split_tool_pairs(specs: list, kept:
 def test_conversation_chars_matches_the_context_estimate() -> None:
     from threadloom.models import event_text_chars, parse_event
 
-    for data in (msg("héllo"), use("c1", "grep", pattern="x", n=3), result("c1", {"hits": [1, 2]}), result("c", "out"),
-                 {"type": "assistant_text", "text": "hmm"}, {"type": "result", "input_tokens": 5}):
+    for data in (
+        msg("héllo"),
+        use("c1", "grep", pattern="x", n=3),
+        result("c1", {"hits": [1, 2]}),
+        result("c", "out"),
+        {"type": "assistant_text", "text": "hmm"},
+        {"type": "result", "input_tokens": 5},
+    ):
         assert chain.conversation_chars(data) == event_text_chars(parse_event(data))
 
 

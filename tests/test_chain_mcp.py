@@ -76,7 +76,11 @@ async def test_an_agent_crosses_the_threshold_and_continues_where_it_is_told(cli
 
 async def test_explicit_handoff_with_a_summary_through_the_tool(client: Client) -> None:
     a = (await call(client, "create_thread", {"directive": "d"}))["thread_id"]
-    await call(client, "append_event", {"thread_id": a, "events": [msg("q"), use("c1"), result("c1"), msg("a", "assistant")]})
+    await call(
+        client,
+        "append_event",
+        {"thread_id": a, "events": [msg("q"), use("c1"), result("c1"), msg("a", "assistant")]},
+    )
     h = await call(client, "handoff_thread", {"thread_id": a, "summary": "asked q, got a"})
     assert h["reason"] == "explicit" and h["carried_messages"] == 4
     msgs = await read(client, f"thread://{h['thread_id']}/messages?format=anthropic")
@@ -90,7 +94,11 @@ async def test_explicit_handoff_with_a_summary_through_the_tool(client: Client) 
 
 async def test_resume_through_the_tool_returns_the_thread_and_ready_messages(client: Client) -> None:
     a = (await call(client, "create_thread", {"directive": "d"}))["thread_id"]
-    await call(client, "append_event", {"thread_id": a, "events": [msg("q"), use("c1"), result("c1", {"x": 1}), msg("a", "assistant")]})
+    await call(
+        client,
+        "append_event",
+        {"thread_id": a, "events": [msg("q"), use("c1"), result("c1", {"x": 1}), msg("a", "assistant")]},
+    )
     running = await call_error(client, "resume_thread", {"thread_id": a, "message": "more"})
     assert running.count("[resume_not_finished]") == 1 and "running" in running
     await call(client, "update_thread", {"thread_id": a, "status": "completed"})
@@ -116,7 +124,9 @@ async def test_a_long_chain_resumed_when_huge_carries_only_its_tail(client: Clie
     more = await call(client, "append_event", {"thread_id": h2, "events": filler((3560 - used) // 90)})
     assert more["handoff"] is None  # just under the threshold
     await call(client, "update_thread", {"thread_id": h2, "status": "error", "reason": "crashed"})
-    out = await call(client, "resume_thread", {"thread_id": h1, "message": "try again " * 20, "format": "anthropic"})
+    out = await call(
+        client, "resume_thread", {"thread_id": h1, "message": "try again " * 20, "format": "anthropic"}
+    )
     assert out["previous_thread_id"] == h2 and out["context"]["ratio"] < 0.9 and out["trimmed"]
     assert out["carried_messages"] * 90 <= CEILING * 4
     check_anthropic(out["system"], out["messages"])
@@ -153,25 +163,41 @@ async def started(client: Client) -> str:
 
 async def test_reported_input_tokens_cross_the_threshold_over_mcp(client: Client) -> None:
     tid = await started(client)
-    out = await call(client, "append_event", {"thread_id": tid, "event": {"type": "result", "input_tokens": 930}})
+    out = await call(
+        client, "append_event", {"thread_id": tid, "event": {"type": "result", "input_tokens": 930}}
+    )
     assert out["context"]["used"] == 930 and out["handoff"]["thread_id"]
 
 
-async def test_the_carry_over_mcp_is_user_first_within_the_ceiling_with_whole_tool_pairs(client: Client) -> None:
+async def test_the_carry_over_mcp_is_user_first_within_the_ceiling_with_whole_tool_pairs(
+    client: Client,
+) -> None:
     tid = await started(client)
     await call(client, "append_event", {"thread_id": tid, "events": filler(35)})
     tail = [  # newest first, the ceiling (400 chars) takes c1's result but not its 315-char call
-        msg("m" * 40, "assistant"), msg("check the drawer"), use("c1", "open", path="p" * 300), result("c1", "r" * 100),
-        msg("and the basket"), use("c2", "open", path="basket"), result("c2", "two"), msg("done", "assistant"),
+        msg("m" * 40, "assistant"),
+        msg("check the drawer"),
+        use("c1", "open", path="p" * 300),
+        result("c1", "r" * 100),
+        msg("and the basket"),
+        use("c2", "open", path="basket"),
+        result("c2", "two"),
+        msg("done", "assistant"),
     ]
     out = await call(client, "append_event", {"thread_id": tid, "events": tail})
     new = out["handoff"]["thread_id"]
     body = await read(client, f"thread://{new}/messages?format=anthropic")
     check_anthropic(body.get("system"), body["messages"])
     first = body["messages"][0]["content"]
-    assert first[0]["text"].startswith("[threadloom]") and first[1]["text"] == "and the basket"  # no half c1 pair
+    assert (
+        first[0]["text"].startswith("[threadloom]") and first[1]["text"] == "and the basket"
+    )  # no half c1 pair
     neutral = await read(client, f"thread://{new}/messages")
-    carried_chars = sum(len(b.get("text", "")) + len(json.dumps(b.get("input", ""))) for m in neutral[1:] for b in m["content"])
+    carried_chars = sum(
+        len(b.get("text", "")) + len(json.dumps(b.get("input", "")))
+        for m in neutral[1:]
+        for b in m["content"]
+    )
     assert carried_chars <= CEILING * 4 and out["handoff"]["carried_messages"] == 4
 
 
@@ -191,14 +217,18 @@ async def test_a_failed_handoff_over_mcp_changes_nothing_and_says_so(
 
     async def faulty(ops: Any) -> Any:
         if any(isinstance(op, CreateThread) for op in ops):  # the handoff's commit: fail at its last step
-            return await real([*ops, AppendEvents("ffffffffffff", (NewEvent("x-poison", {"type": "x-poison"}),))])
+            return await real(
+                [*ops, AppendEvents("ffffffffffff", (NewEvent("x-poison", {"type": "x-poison"}),))]
+            )
         return await real(ops)
 
     monkeypatch.setattr(svc.store, "commit", faulty)
     before = snapshot(svc.store)
     assert "[thread_not_found]" in await call_error(client, "handoff_thread", {"thread_id": tid})
     assert snapshot(svc.store) == before
-    out = await call(client, "append_event", {"thread_id": tid, "event": {"type": "result", "input_tokens": 950}})
+    out = await call(
+        client, "append_event", {"thread_id": tid, "event": {"type": "result", "input_tokens": 950}}
+    )
     assert out["handoff"] is None and "handoff failed" in out["warning"] and out["status"] == "running"
     view = await call(client, "get_chain", {"thread_id": tid})
     assert len(view["threads"]) == 1
@@ -209,8 +239,16 @@ async def test_a_cycle_over_mcp_ends_resolution(pair: tuple[Client, ThreadServic
     a, b = await started(client), await started(client)
     for tid, nxt in ((a, b), (b, a)):
         t = await svc.store.get_thread(tid)
-        await svc.store.commit([PutThread(t.model_copy(update={"continuation_thread_id": nxt, "chain_root_id": a,
-                                                                 "status": Status.COMPLETED}), expect_version=t.version)])
+        await svc.store.commit(
+            [
+                PutThread(
+                    t.model_copy(
+                        update={"continuation_thread_id": nxt, "chain_root_id": a, "status": Status.COMPLETED}
+                    ),
+                    expect_version=t.version,
+                )
+            ]
+        )
     view = await call(client, "get_chain", {"thread_id": b})
     assert [t["thread_id"] for t in view["threads"]] == [a, b] and "cycle" in view["problems"][0]
     assert "[chain_broken]" in await call_error(client, "resume_thread", {"thread_id": a, "message": "go"})
@@ -241,7 +279,9 @@ async def test_a_chain_of_four_over_mcp_reads_the_same_from_every_member(client:
     for _ in range(2):
         ids.append((await call(client, "handoff_thread", {"thread_id": ids[-1]}))["thread_id"])
     await call(client, "update_thread", {"thread_id": ids[-1], "status": "completed"})
-    ids.append((await call(client, "resume_thread", {"thread_id": ids[0], "message": "more"}))["thread"]["thread_id"])
+    ids.append(
+        (await call(client, "resume_thread", {"thread_id": ids[0], "message": "more"}))["thread"]["thread_id"]
+    )
     for tid in ids:
         view = await call(client, "get_chain", {"thread_id": tid})
         assert [t["thread_id"] for t in view["threads"]] == ids and view["end_thread_id"] == ids[-1]

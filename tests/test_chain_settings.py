@@ -25,10 +25,20 @@ def test_the_default_template_uses_every_placeholder_and_renders() -> None:
     for name in TEMPLATE_FIELDS:
         assert "{" + name + "}" in DEFAULT_CONTINUATION_TEMPLATE
     text = render_continuation(
-        DEFAULT_CONTINUATION_TEMPLATE, directive=None, previous_thread_id="abcdefabcdef", summary=None,
-        reason="threshold", carried_count=3, omitted_count=40,
+        DEFAULT_CONTINUATION_TEMPLATE,
+        directive=None,
+        previous_thread_id="abcdefabcdef",
+        summary=None,
+        reason="threshold",
+        carried_count=3,
+        omitted_count=40,
     )
-    assert "abcdefabcdef" in text and "(none given)" in text and "last 3 messages" in text and "40 events" in text
+    assert (
+        "abcdefabcdef" in text
+        and "(none given)" in text
+        and "last 3 messages" in text
+        and "40 events" in text
+    )
 
 
 @pytest.mark.parametrize(
@@ -41,7 +51,9 @@ def test_the_default_template_uses_every_placeholder_and_renders() -> None:
         ("{summary!x}", "does not render"),
     ],
 )
-def test_a_bad_template_fails_at_start_up_naming_the_source(tmp_path: Path, template: str, pattern: str) -> None:
+def test_a_bad_template_fails_at_start_up_naming_the_source(
+    tmp_path: Path, template: str, pattern: str
+) -> None:
     (tmp_path / "config.toml").write_text(f"continuation_template = {template!r}\n".replace("'", '"'))
     with pytest.raises(InvalidInputError, match=pattern) as info:
         load_settings({"root": tmp_path}, env={})
@@ -63,14 +75,18 @@ def test_literal_braces_are_allowed_when_doubled() -> None:
         ("THREADLOOM_CONTINUATION_TEMPLATE", "{nope}", r"\{nope\}"),
     ],
 )
-def test_invalid_env_settings_fail_naming_the_variable(tmp_path: Path, var: str, value: str, pattern: str) -> None:
+def test_invalid_env_settings_fail_naming_the_variable(
+    tmp_path: Path, var: str, value: str, pattern: str
+) -> None:
     with pytest.raises(InvalidInputError, match=pattern) as info:
         load_settings({"root": tmp_path}, env={var: value})
     assert f"${var}" in info.value.message
 
 
 def test_settings_come_from_the_file_then_env_then_flags(tmp_path: Path) -> None:
-    (tmp_path / "config.toml").write_text("trigger_threshold = 0.7\nresume_ceiling_tokens = 900\ncontext_window = 50000\n")
+    (tmp_path / "config.toml").write_text(
+        "trigger_threshold = 0.7\nresume_ceiling_tokens = 900\ncontext_window = 50000\n"
+    )
     s = load_settings({"root": tmp_path}, env={"THREADLOOM_RESUME_CEILING_TOKENS": "800"})
     assert (s.trigger_threshold, s.resume_ceiling_tokens, s.context_window) == (0.7, 800, 50000)
     s = load_settings({"root": tmp_path, "trigger_threshold": 0.8}, env={})

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from integrity_helpers import turn, written_thread
 
+from integrity_helpers import turn, written_thread
 from threadloom.config import Settings
 from threadloom.errors import InvalidInputError
 from threadloom.integrity import GENESIS, TranscriptHashes
@@ -73,8 +73,19 @@ async def test_a_batch_with_a_result_gets_one_checkpoint_after_its_last_event(se
     out = await service.append(t.thread_id, turn(0) + [{"type": "message", "role": "user", "text": "more"}])
     assert out.seqs == [2, 3, 4, 5, 6, 7]  # the checkpoint is the server's, not in seqs
     kinds = types((await service.transcript(t.thread_id)).encode())
-    assert kinds == ["status", "message", "tool_use", "tool_result", "message", "result", "message", "checkpoint"]
-    nxt = await service.append(t.thread_id, [{"type": "message", "role": "user", "text": "next"}], single=True)
+    assert kinds == [
+        "status",
+        "message",
+        "tool_use",
+        "tool_result",
+        "message",
+        "result",
+        "message",
+        "checkpoint",
+    ]
+    nxt = await service.append(
+        t.thread_id, [{"type": "message", "role": "user", "text": "next"}], single=True
+    )
     assert nxt.seq == 9
 
 

@@ -46,7 +46,10 @@ class Lines:
 def start_tail(root: Path, tid: str, env: dict, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [PYTHON, "-m", "threadloom", "tail", tid, "-f", "--json", "--root", str(root), *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -169,8 +172,13 @@ async def test_follow_until_done_crosses_a_handoff_and_stops_at_the_end(service:
     got: list[tuple[str, int]] = []
     hops: list[tuple[str, str]] = []
     with anyio.fail_after(10):
-        await follow(service, tid, lambda e: got.append((e.thread_id, e.seq)), lambda o, n: hops.append((o.thread_id, n)),
-                     until_done=True)
+        await follow(
+            service,
+            tid,
+            lambda e: got.append((e.thread_id, e.seq)),
+            lambda o, n: hops.append((o.thread_id, n)),
+            until_done=True,
+        )
     assert hops == [(tid, new)]
     assert got[0] == (tid, 1) and got[-1][0] == new
     assert [s for t, s in got if t == new] == list(range(1, (await service.get_thread(new)).event_count + 1))

@@ -40,7 +40,9 @@ def test_ls_json_lists_every_thread_newest_first_with_context(run_root: tuple[Pa
         (["--limit", "1"], ["a2"]),
     ],
 )
-def test_ls_filters_by_status_agent_and_limit(run_root: tuple[Path, dict[str, str]], flags: list[str], expect: list[str]) -> None:
+def test_ls_filters_by_status_agent_and_limit(
+    run_root: tuple[Path, dict[str, str]], flags: list[str], expect: list[str]
+) -> None:
     root, ids = run_root
     got = cli_json(root, "ls", *flags)
     assert [t["thread_id"] for t in got["threads"]] == [ids[k] for k in expect]
@@ -61,16 +63,23 @@ def test_ls_human_output_is_a_table_naming_each_thread(run_root: tuple[Path, dic
     assert "run the tests" in res.stdout and "error" in res.stdout
 
 
-def test_show_json_has_manifest_chain_parent_children_and_last_events(run_root: tuple[Path, dict[str, str]]) -> None:
+def test_show_json_has_manifest_chain_parent_children_and_last_events(
+    run_root: tuple[Path, dict[str, str]],
+) -> None:
     root, ids = run_root
     got = cli_json(root, "show", ids["a"], "--events", "3")
     assert got["thread"]["thread_id"] == ids["a"] and got["thread"]["status"] == "continued"
     assert [t["thread_id"] for t in got["chain"]] == [ids["a"], ids["a2"]]
     assert got["chain"][0]["continuation_thread_id"] == ids["a2"]
     assert got["parent"]["thread_id"] == ids["parent"]
-    assert [e["seq"] for e in got["events"]] == [got["thread"]["event_count"] - 2, got["thread"]["event_count"] - 1,
-                                                  got["thread"]["event_count"]]
-    assert got["events"][-1]["type"] == "checkpoint" and got["events"][-2]["type"] == "handoff"  # ended transcripts end signed
+    assert [e["seq"] for e in got["events"]] == [
+        got["thread"]["event_count"] - 2,
+        got["thread"]["event_count"] - 1,
+        got["thread"]["event_count"],
+    ]
+    assert (
+        got["events"][-1]["type"] == "checkpoint" and got["events"][-2]["type"] == "handoff"
+    )  # ended transcripts end signed
     parent = cli_json(root, "show", ids["parent"])
     assert {t["thread_id"] for t in parent["children"]} == {ids["a"], ids["a2"], ids["b"]}
 
@@ -92,7 +101,10 @@ def test_tail_json_prints_one_event_per_line(run_root: tuple[Path, dict[str, str
     assert [r["event"]["seq"] for r in lines] == list(range(1, len(lines) + 1))
     assert {r["thread_id"] for r in lines} == {ids["a"]}
     assert lines[2]["event"] == {**lines[2]["event"], "type": "tool_use", "name": "sh"}
-    last2 = [json.loads(line)["event"]["seq"] for line in cli(root, "tail", ids["a"], "--json", "-n", "2").stdout.splitlines()]
+    last2 = [
+        json.loads(line)["event"]["seq"]
+        for line in cli(root, "tail", ids["a"], "--json", "-n", "2").stdout.splitlines()
+    ]
     assert last2 == [len(lines) - 1, len(lines)]
 
 
@@ -115,7 +127,9 @@ def test_tail_human_output_summarises_each_event(run_root: tuple[Path, dict[str,
         (["ls", "--parent", "nope"], "12 lowercase hex digits"),
     ],
 )
-def test_bad_input_is_one_line_and_a_nonzero_exit(run_root: tuple[Path, dict[str, str]], args: list[str], message: str) -> None:
+def test_bad_input_is_one_line_and_a_nonzero_exit(
+    run_root: tuple[Path, dict[str, str]], args: list[str], message: str
+) -> None:
     root, _ = run_root
     res = cli(root, *args)
     assert res.exit_code != 0
@@ -124,8 +138,17 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(run_root: tuple[Path, dict[str
     assert res.stdout == ""
 
 
-@pytest.mark.parametrize("command", [["ls"], ["show", "0123456789ab"], ["tail", "0123456789ab"], ["gc", "--older-than", "1d"],
-                                     ["export", "--all"], ["delete", "0123456789ab", "--yes"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["ls"],
+        ["show", "0123456789ab"],
+        ["tail", "0123456789ab"],
+        ["gc", "--older-than", "1d"],
+        ["export", "--all"],
+        ["delete", "0123456789ab", "--yes"],
+    ],
+)
 def test_a_missing_root_is_refused_and_not_created(tmp_path: Path, command: list[str]) -> None:
     root = tmp_path / "nowhere"
     res = cli(root, *command)

@@ -127,7 +127,9 @@ async def test_batch_is_all_or_nothing(service: ThreadService) -> None:
     t = await service.create_thread()
     await service.append(t.thread_id, [msg("ok")])
     with pytest.raises(InvalidInputError, match=r"events\[2\]\.role"):
-        await service.append(t.thread_id, [msg("a"), msg("b"), {"type": "message", "role": "robot", "text": "c"}])
+        await service.append(
+            t.thread_id, [msg("a"), msg("b"), {"type": "message", "role": "robot", "text": "c"}]
+        )
     assert (await service.get_thread(t.thread_id)).event_count == 2
 
 
@@ -207,7 +209,12 @@ async def test_legal_transitions_log_a_status_event(service: ThreadService, old:
     assert got.status == new and got.status_reason == "because"
     events = (await service.read_events(t.thread_id, limit=1000)).events
     last = [e for e in events if e["type"] != "checkpoint"][-1]  # an ended thread ends with a checkpoint
-    assert (last["type"], last["from"], last["to"], last["reason"]) == ("status", old.value, new.value, "because")
+    assert (last["type"], last["from"], last["to"], last["reason"]) == (
+        "status",
+        old.value,
+        new.value,
+        "because",
+    )
 
 
 async def _drive_to(service: ThreadService, tid: str, status: Status) -> None:
@@ -230,7 +237,9 @@ async def test_continued_status_cannot_be_set_directly(service: ThreadService) -
         await service.update_thread(t.thread_id, status="continued")
 
 
-@pytest.mark.parametrize("bad", ["../etc", "ABCDEF123456", "abcdef12345", "abcdef1234567", "", "zzzzzzzzzzzz"])
+@pytest.mark.parametrize(
+    "bad", ["../etc", "ABCDEF123456", "abcdef12345", "abcdef1234567", "", "zzzzzzzzzzzz"]
+)
 async def test_bad_thread_ids_are_refused_naming_the_rule(service: ThreadService, bad: str) -> None:
     for call in (
         service.get_thread(bad),
@@ -238,7 +247,9 @@ async def test_bad_thread_ids_are_refused_naming_the_rule(service: ThreadService
         service.read_events(bad),
         service.update_thread(bad, title="x"),
     ):
-        with pytest.raises(InvalidInputError, match=r"12 lowercase hex digits.*" + repr(bad).replace("'", "")[:3]):
+        with pytest.raises(
+            InvalidInputError, match=r"12 lowercase hex digits.*" + repr(bad).replace("'", "")[:3]
+        ):
             await call
 
 
@@ -266,7 +277,9 @@ async def test_unknown_thread_is_not_found(service: ThreadService) -> None:
         ("just a string", "must be a JSON object"),
     ],
 )
-async def test_invalid_events_are_refused_with_the_rule(service: ThreadService, event: object, pattern: str) -> None:
+async def test_invalid_events_are_refused_with_the_rule(
+    service: ThreadService, event: object, pattern: str
+) -> None:
     t = await service.create_thread()
     with pytest.raises(InvalidInputError, match=pattern):
         await service.append(t.thread_id, [event])
@@ -275,7 +288,9 @@ async def test_invalid_events_are_refused_with_the_rule(service: ThreadService, 
 
 async def test_custom_and_legacy_events_are_accepted(service: ThreadService) -> None:
     t = await service.create_thread()
-    out = await service.append(t.thread_id, [{"type": "x-note", "anything": [1, 2]}, {"role": "user", "text": "legacy"}])
+    out = await service.append(
+        t.thread_id, [{"type": "x-note", "anything": [1, 2]}, {"role": "user", "text": "legacy"}]
+    )
     events = (await service.read_events(t.thread_id, after_seq=1)).events
     assert out.seqs == [2, 3]
     assert events[0]["type"] == "x-note" and events[0]["anything"] == [1, 2]
@@ -318,7 +333,9 @@ async def test_append_to_continued_thread_names_the_chain_end(service: ThreadSer
 
 async def test_update_merges_metadata_and_sets_fields(service: ThreadService) -> None:
     t = await service.create_thread(metadata={"a": 1, "b": 2})
-    got = await service.update_thread(t.thread_id, title="new", metadata={"b": None, "c": 3}, outputs={"o": 1})
+    got = await service.update_thread(
+        t.thread_id, title="new", metadata={"b": None, "c": 3}, outputs={"o": 1}
+    )
     assert got.metadata == {"a": 1, "c": 3}
     assert got.title == "new" and got.outputs == {"o": 1}
 
@@ -392,7 +409,9 @@ async def test_a_failing_commit_leaves_the_store_usable(service: ThreadService) 
     t = await service.create_thread()
     await service.append(t.thread_id, [USER])
 
-    bad = AppendEvents(t.thread_id, (NewEvent("message", {"type": "message", "role": "user", "text": object()}),))  # type: ignore[dict-item]
+    bad = AppendEvents(
+        t.thread_id, (NewEvent("message", {"type": "message", "role": "user", "text": object()}),)
+    )  # type: ignore[dict-item]
     with pytest.raises(Exception):
         await service.store.commit([bad])
     out = await service.append(t.thread_id, [USER], single=True)

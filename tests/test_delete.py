@@ -33,14 +33,18 @@ async def test_delete_is_idempotent(service: ThreadService) -> None:
 
 
 @pytest.mark.anyio
-async def test_deleting_one_member_of_a_chain_is_refused_unless_the_chain_goes(service: ThreadService) -> None:
+async def test_deleting_one_member_of_a_chain_is_refused_unless_the_chain_goes(
+    service: ThreadService,
+) -> None:
     a = (await service.create_thread()).thread_id
     await service.append(a, [msg("x")])
     b = await hand_off(service, a)
     await service.update_thread(b, status="completed")
     with pytest.raises(InvalidStateError) as err:
         await service.delete_threads([b])
-    assert err.value.rule == "delete_partial_chain" and a in err.value.message and "--chain" in err.value.message
+    assert (
+        err.value.rule == "delete_partial_chain" and a in err.value.message and "--chain" in err.value.message
+    )
     assert set(await service.store.get_threads([a, b])) == {a, b}
     both = await service.delete_threads([b], chain=True)
     assert sorted(both.deleted) == sorted([a, b])
@@ -74,7 +78,9 @@ async def test_dry_run_reports_without_deleting(service: ThreadService) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
-async def test_the_delete_tool_exists_only_when_the_server_allows_it(service: ThreadService, mode: str) -> None:
+async def test_the_delete_tool_exists_only_when_the_server_allows_it(
+    service: ThreadService, mode: str
+) -> None:
     async with Client(build_server(service), mode=mode) as c:  # type: ignore[arg-type]
         names = {t.name for t in (await c.list_tools()).tools}
         assert "delete_thread" not in names and "create_thread" in names
@@ -130,7 +136,9 @@ async def test_serve_allow_delete_registers_the_tool_over_stdio(tmp_path: Path, 
 
     for flags, present in (([], False), (["--allow-delete"], True)):
         params = StdioServerParameters(
-            command=PYTHON, args=["-m", "threadloom", "serve", "--root", str(tmp_path / "root"), *flags], env=cli_env
+            command=PYTHON,
+            args=["-m", "threadloom", "serve", "--root", str(tmp_path / "root"), *flags],
+            env=cli_env,
         )
         async with Client(params) as c:
             names = {t.name for t in (await c.list_tools()).tools}

@@ -33,7 +33,15 @@ def test_readme_quick_start_has_the_two_commands_ci_runs() -> None:
 
 
 def test_cli_help_reads_well(cli_env: dict) -> None:
-    out = subprocess.run([PYTHON, "-m", "threadloom", "--help"], env=cli_env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [PYTHON, "-m", "threadloom", "--help"], env=cli_env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0 and "serve" in out.stdout
-    out = subprocess.run([PYTHON, "-m", "threadloom", "serve", "--help"], env=cli_env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [PYTHON, "-m", "threadloom", "serve", "--help"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and "--http" in out.stdout and "--token" in out.stdout

@@ -36,8 +36,20 @@ def test_a_healthy_root_passes_every_check(root: Path) -> None:
     code, report = doctor(root)
     assert code == 0 and report["ok"] and report["problems"] == 0
     names = {c["name"] for c in report["checks"]}
-    assert {"permissions", "disk", "sqlite", "fts5", "wal", "schema", "integrity", "mirrors", "stale"} <= names
-    assert all(c["level"] == "ok" for c in report["checks"] if c["name"] != "disk")  # disk depends on the machine
+    assert {
+        "permissions",
+        "disk",
+        "sqlite",
+        "fts5",
+        "wal",
+        "schema",
+        "integrity",
+        "mirrors",
+        "stale",
+    } <= names
+    assert all(
+        c["level"] == "ok" for c in report["checks"] if c["name"] != "disk"
+    )  # disk depends on the machine
 
 
 def test_a_drifted_mirror_is_reported_with_its_line_and_fixed_by_fix(root: Path) -> None:
@@ -69,7 +81,9 @@ def test_a_broken_key_file_is_reported(root: Path) -> None:
     keys = root / "keys"
     shutil.rmtree(keys, ignore_errors=True)  # the store made a key pair: start from none
     keys.mkdir()
-    (keys / "ed25519.key").write_text("-----BEGIN PRIVATE KEY-----\nnot base64 at all!\n-----END PRIVATE KEY-----\n")
+    (keys / "ed25519.key").write_text(
+        "-----BEGIN PRIVATE KEY-----\nnot base64 at all!\n-----END PRIVATE KEY-----\n"
+    )
     os.chmod(keys / "ed25519.key", 0o600)
     code, report = doctor(root)
     assert code == 1
@@ -86,10 +100,15 @@ def test_a_private_key_readable_by_others_is_reported_with_chmod(root: Path) -> 
     shutil.rmtree(keys, ignore_errors=True)  # the store made a key pair: start from none
     keys.mkdir()
     key = ed25519.Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     (keys / "ed25519.key").write_bytes(pem)
-    (keys / "signing.pub").write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (keys / "signing.pub").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     os.chmod(keys / "ed25519.key", 0o644)
     code, report = doctor(root)
     assert code == 1
@@ -141,7 +160,11 @@ def test_stale_running_threads_and_orphan_mirrors_are_reported_and_fixed(tmp_pat
 
 def test_a_missing_root_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     code, report = doctor(tmp_path / "nowhere")
-    assert code == 1 and report["checks"][0]["name"] == "root" and "does not exist" in report["checks"][0]["detail"]
+    assert (
+        code == 1
+        and report["checks"][0]["name"] == "root"
+        and "does not exist" in report["checks"][0]["detail"]
+    )
     assert not (tmp_path / "nowhere").exists()
 
 
@@ -162,11 +185,17 @@ def test_a_public_key_of_another_pair_is_reported(root: Path) -> None:
     shutil.rmtree(keys, ignore_errors=True)  # the store made a key pair: start from none
     keys.mkdir()
     mine, other = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
-    (keys / "ed25519.key").write_bytes(mine.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (keys / "ed25519.key").write_bytes(
+        mine.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     os.chmod(keys / "ed25519.key", 0o600)
-    (keys / "ed25519.pub").write_bytes(other.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (keys / "ed25519.pub").write_bytes(
+        other.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     code, report = doctor(root)
     assert code == 1
     assert any("does not belong to private key ed25519.key" in c["detail"] for c in by_name(report, "keys"))

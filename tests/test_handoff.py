@@ -91,14 +91,29 @@ async def test_the_per_thread_threshold_overrides_the_setting(svc: ThreadService
 async def test_the_continuation_is_a_sibling_with_the_same_settings(svc: ThreadService) -> None:
     parent = await svc.create_thread(agent_id="orch")
     t = await svc.create_thread(
-        parent_id=parent.thread_id, directive="sort", title="socks", model="m-1",
-        limits={"turns": 9}, capabilities={"tools": [{"name": "ls"}]}, metadata={"k": 1},
+        parent_id=parent.thread_id,
+        directive="sort",
+        title="socks",
+        model="m-1",
+        limits={"turns": 9},
+        capabilities={"tools": [{"name": "ls"}]},
+        metadata={"k": 1},
     )
     await svc.append(t.thread_id, [msg("go")])
     out = await svc.append(t.thread_id, [{"type": "result", "input_tokens": 990}])
     assert out.handoff is not None
     new = await svc.get_thread(out.handoff.thread_id)
-    same = ("agent_id", "parent_id", "directive", "title", "model", "limits", "capabilities", "context_window", "metadata")
+    same = (
+        "agent_id",
+        "parent_id",
+        "directive",
+        "title",
+        "model",
+        "limits",
+        "capabilities",
+        "context_window",
+        "metadata",
+    )
     assert {f: getattr(new, f) for f in same} == {f: getattr(t, f) for f in same}
     assert new.parent_id == parent.thread_id and new.agent_id == "orch"
 
@@ -106,7 +121,9 @@ async def test_the_continuation_is_a_sibling_with_the_same_settings(svc: ThreadS
 # ----------------------------------------------------------------- what is carried
 
 
-async def test_the_new_thread_is_seeded_with_continued_from_the_message_and_the_tail(svc: ThreadService) -> None:
+async def test_the_new_thread_is_seeded_with_continued_from_the_message_and_the_tail(
+    svc: ThreadService,
+) -> None:
     tid = await started(svc)
     await fill_to(svc, tid, 0.88)
     out = await svc.append(tid, [msg("the last question"), msg("y" * 200, "assistant")])
@@ -120,13 +137,19 @@ async def test_the_new_thread_is_seeded_with_continued_from_the_message_and_the_
     carried = events[2:]
     assert len(carried) == out.handoff.carried_messages >= 2
     assert carried[-1]["text"] == "y" * 200 and carried[-2]["text"] == "the last question"
-    old_tail = (await conversation_events(svc, tid))[-len(carried):]
-    strip = lambda e: {k: v for k, v in e.items() if k not in ("seq", "ts")}
+    old_tail = (await conversation_events(svc, tid))[-len(carried) :]
+
+    def strip(e):
+        return {k: v for k, v in e.items() if k not in ("seq", "ts")}
+
     assert [strip(e) for e in carried] == [strip(e) for e in old_tail]
     old_events = [e.data() for e in await svc.all_events(tid)]
     assert old_events[-1]["type"] == "checkpoint"  # a continued transcript ends signed
     last_old = [e for e in old_events if e["type"] != "checkpoint"][-2:]
-    assert last_old[0]["type"] == "status" and (last_old[0]["from"], last_old[0]["to"]) == ("running", "continued")
+    assert last_old[0]["type"] == "status" and (last_old[0]["from"], last_old[0]["to"]) == (
+        "running",
+        "continued",
+    )
     assert last_old[1]["type"] == "handoff" and last_old[1]["to_thread_id"] == out.handoff.thread_id
     assert last_old[1]["trailing_count"] == len(carried)
 
@@ -176,7 +199,9 @@ async def test_a_tool_use_is_never_carried_without_its_result_nor_the_reverse(sv
     ]
 
 
-async def test_a_pending_tool_use_is_carried_and_its_result_goes_to_the_new_thread(svc: ThreadService) -> None:
+async def test_a_pending_tool_use_is_carried_and_its_result_goes_to_the_new_thread(
+    svc: ThreadService,
+) -> None:
     tid = await started(svc)
     await fill_to(svc, tid, 0.88)
     out = await svc.append(tid, [msg("list the drawer"), use("c9", "ls", path="/drawer" + "d" * 200)])
@@ -189,7 +214,9 @@ async def test_a_pending_tool_use_is_carried_and_its_result_goes_to_the_new_thre
     assert msgs[-2]["content"][-1]["type"] == "tool_use" and msgs[-1]["content"][0]["tool_use_id"] == "c9"
 
 
-async def test_a_single_message_larger_than_the_ceiling_is_not_carried_but_pointed_to(svc: ThreadService) -> None:
+async def test_a_single_message_larger_than_the_ceiling_is_not_carried_but_pointed_to(
+    svc: ThreadService,
+) -> None:
     tid = await started(svc)
     await fill_to(svc, tid, 0.8)
     huge = msg("H" * (CEILING * 4 + 500))
@@ -249,7 +276,9 @@ async def test_explicit_handoff_needs_a_running_thread(svc: ThreadService) -> No
         await svc.handoff(info.thread_id)
 
 
-@pytest.mark.parametrize(("kwargs", "pattern"), [({"reason": ""}, "reason must be"), ({"summary": "s" * 50_001}, "summary")])
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"), [({"reason": ""}, "reason must be"), ({"summary": "s" * 50_001}, "summary")]
+)
 async def test_explicit_handoff_checks_its_arguments(svc: ThreadService, kwargs: dict, pattern: str) -> None:
     tid = await started(svc)
     with pytest.raises(InvalidInputError, match=pattern):
@@ -280,7 +309,9 @@ async def test_a_retried_append_reports_the_handoff_it_caused(svc: ThreadService
     assert again.handoff is not None and again.handoff.thread_id == first.handoff.thread_id
 
 
-async def test_concurrent_appends_past_the_threshold_hand_off_once_and_lose_nothing(svc: ThreadService) -> None:
+async def test_concurrent_appends_past_the_threshold_hand_off_once_and_lose_nothing(
+    svc: ThreadService,
+) -> None:
     tid = await started(svc)
     await fill_to(svc, tid, 0.88)
     outs: dict[int, Any] = {}
@@ -303,7 +334,7 @@ async def test_concurrent_appends_past_the_threshold_hand_off_once_and_lose_noth
     assert [t.thread_id for t in chain_view.threads] == [tid, *new_ids]
     carried = [e["text"] for e in (await conversation_events(svc, new_ids.pop()))[1:]]
     racers = [e["text"] for e in await conversation_events(svc, tid) if e["text"].startswith("racer")]
-    assert carried[-len(racers):] == racers  # every racer's event reached the carried tail
+    assert carried[-len(racers) :] == racers  # every racer's event reached the carried tail
 
 
 # ------------------------------------------------------------------- atomicity
@@ -318,13 +349,20 @@ def poison(kind: str) -> Any:
 async def _plan(svc: ThreadService, tid: str) -> chain.ContinuationPlan:
     thread = await svc.get_thread(tid)
     return await chain.plan_handoff(
-        svc.store, thread, reason="explicit", summary="s", template=svc.settings.continuation_template,
-        ceiling_tokens=CEILING, threshold=0.9,
+        svc.store,
+        thread,
+        reason="explicit",
+        summary="s",
+        template=svc.settings.continuation_template,
+        ceiling_tokens=CEILING,
+        threshold=0.9,
     )
 
 
 @pytest.mark.parametrize("kind", ["missing", "dup"])
-async def test_a_fault_at_any_step_of_the_commit_leaves_db_and_mirrors_unchanged(svc: ThreadService, kind: str) -> None:
+async def test_a_fault_at_any_step_of_the_commit_leaves_db_and_mirrors_unchanged(
+    svc: ThreadService, kind: str
+) -> None:
     tid = await started(svc)
     await svc.append(tid, [msg("a", "assistant"), use("c1"), result("c1"), msg("b")])
     plan = await _plan(svc, tid)
@@ -407,7 +445,9 @@ async def test_the_count_guard_refuses_an_append_when_events_slipped_in(store: S
     t = await svc.create_thread()
     await svc.append(t.thread_id, [msg("a")])
     with pytest.raises(ConflictError) as info:
-        await store.commit([AppendEvents(t.thread_id, (NewEvent("x-a", {"type": "x-a"}),), expect_event_count=1)])
+        await store.commit(
+            [AppendEvents(t.thread_id, (NewEvent("x-a", {"type": "x-a"}),), expect_event_count=1)]
+        )
     assert info.value.rule == "count_guard"
     await store.commit([AppendEvents(t.thread_id, (NewEvent("x-a", {"type": "x-a"}),), expect_event_count=2)])
     assert (await store.get_thread(t.thread_id)).event_count == 3

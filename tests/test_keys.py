@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON
 
+from conftest import PYTHON
 from threadloom.config import Settings
 from threadloom.errors import IntegrityError
 from threadloom.integrity import Signer
@@ -56,7 +56,13 @@ async def test_a_reopened_store_signs_with_the_same_key(settings: Settings) -> N
 def test_processes_starting_together_on_a_new_root_share_one_key(tmp_path: Path, cli_env: dict) -> None:
     root = tmp_path / "fresh"
     procs = [
-        subprocess.Popen([PYTHON, "-c", KEY_ID, str(root)], env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [PYTHON, "-c", KEY_ID, str(root)],
+            env=cli_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(4)
     ]
     outs = [p.communicate(timeout=120) for p in procs]
@@ -72,7 +78,10 @@ async def test_a_second_process_verifies_what_the_first_signed(settings: Setting
     tid = await make_thread(settings.root)
     out = subprocess.run(
         [PYTHON, "-m", "threadloom", "verify", tid, "--root", str(settings.root)],
-        env=cli_env, capture_output=True, text=True, timeout=120,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert f"{tid}: ok" in out.stdout
@@ -105,7 +114,10 @@ async def test_the_cli_reports_a_missing_key_in_one_line(settings: Settings, cli
     (settings.root / "keys" / "ed25519.key").unlink()
     out = subprocess.run(
         [PYTHON, "-m", "threadloom", "verify", "--all", "--root", str(settings.root)],
-        env=cli_env, capture_output=True, text=True, timeout=120,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 2
     assert "signing key" in out.stderr and "Traceback" not in out.stderr

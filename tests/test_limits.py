@@ -32,7 +32,11 @@ async def test_the_turn_limit_stops_the_thread_after_the_turn_that_crosses_it(se
     third = await service.append(t.thread_id, result(turns=1), single=True)
     assert third.status == Status.ERROR
     assert third.exceeded is not None
-    assert (third.exceeded.reason, third.exceeded.limit, third.exceeded.used) == ("turns_limit_exceeded", 2, 3)
+    assert (third.exceeded.reason, third.exceeded.limit, third.exceeded.used) == (
+        "turns_limit_exceeded",
+        2,
+        3,
+    )
     got = await service.get_thread(t.thread_id)
     assert (got.status_reason, got.usage.turns) == ("turns_limit_exceeded", 3)
     assert got.limits is not None and got.limits.turns == 2

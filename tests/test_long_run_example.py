@@ -13,7 +13,9 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "long_run.py"
 
 @pytest.mark.slow
 def test_the_long_run_example_crosses_the_threshold_twice_and_resumes() -> None:
-    out = subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=120, check=False)
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=120, check=False
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout
     assert text.count("-> handoff: thread") == 2

@@ -38,7 +38,9 @@ async def test_a_conversation_through_the_tools(client: Client) -> None:
     t = await call(client, "create_thread", {"agent_id": "me", "title": "demo", "directive": "say hi"})
     tid = t["thread_id"]
     assert t["status"] == "created" and t["agent_id"] == "me"
-    one = await call(client, "append_event", {"thread_id": tid, "event": {"type": "message", "role": "user", "text": "hi"}})
+    one = await call(
+        client, "append_event", {"thread_id": tid, "event": {"type": "message", "role": "user", "text": "hi"}}
+    )
     assert one["seq"] == 2 and one["seqs"] is None and one["status"] == "running"
     assert set(one["context"]) == {"used", "window", "ratio"}
     many = await call(
@@ -57,7 +59,11 @@ async def test_a_conversation_through_the_tools(client: Client) -> None:
     page = await call(client, "read_events", {"thread_id": tid, "after_seq": 1, "limit": 2})
     assert [e["seq"] for e in page["events"]] == [2, 3] and page["has_more"] is True
     assert page["next_after_seq"] == 3
-    done = await call(client, "update_thread", {"thread_id": tid, "status": "completed", "result": {"ok": True}, "cost": 0.01})
+    done = await call(
+        client,
+        "update_thread",
+        {"thread_id": tid, "status": "completed", "result": {"ok": True}, "cost": 0.01},
+    )
     assert done["status"] == "completed" and done["result"] == {"ok": True}
     got = await call(client, "get_thread", {"thread_id": tid})
     assert got["event_count"] == 7 and got["cost"] == 0.01  # 5 appended, status, the closing checkpoint
@@ -80,7 +86,11 @@ async def test_idempotent_retry_through_the_tool(client: Client) -> None:
         ("get_thread", {"thread_id": "ABCDEF123456"}, "12 lowercase hex digits"),
         ("get_thread", {"thread_id": "abcdef12345"}, "abcdef12345"),
         ("get_thread", {"thread_id": "abcdefabcdef"}, "thread_not_found"),
-        ("append_event", {"thread_id": "abcdefabcdef", "event": {"role": "user", "text": "x"}}, "does not exist"),
+        (
+            "append_event",
+            {"thread_id": "abcdefabcdef", "event": {"role": "user", "text": "x"}},
+            "does not exist",
+        ),
         ("read_events", {"thread_id": "abcdefabcdef"}, "does not exist"),
         ("update_thread", {"thread_id": "abcdefabcdef", "title": "x"}, "does not exist"),
         ("create_thread", {"parent_id": "abcdefabcdef"}, "does not exist"),
@@ -90,7 +100,9 @@ async def test_idempotent_retry_through_the_tool(client: Client) -> None:
         ("list_threads", {"cursor": "nope"}, "cursor_format"),
     ],
 )
-async def test_tool_errors_name_the_rule_and_value(client: Client, tool: str, args: dict, pattern: str) -> None:
+async def test_tool_errors_name_the_rule_and_value(
+    client: Client, tool: str, args: dict, pattern: str
+) -> None:
     assert pattern in await call_error(client, tool, args)
 
 
@@ -101,10 +113,16 @@ async def test_append_errors(client: Client) -> None:
         ({"thread_id": tid, "event": {"role": "user", "text": "a"}, "events": []}, "exactly one of 'event'"),
         ({"thread_id": tid, "event": {"type": "bogus"}}, "'bogus' is not a known event type"),
         ({"thread_id": tid, "event": {"role": "robot", "text": "a"}}, "robot"),
-        ({"thread_id": tid, "event": {"type": "status", "from": "running", "to": "completed"}}, "server only"),
+        (
+            {"thread_id": tid, "event": {"type": "status", "from": "running", "to": "completed"}},
+            "server only",
+        ),
         ({"thread_id": tid, "event": {"role": "user", "text": "x" * 1_100_000}}, "max_event_bytes"),
         ({"thread_id": tid, "events": [{"role": "user", "text": "ok"}, {"type": "nope"}]}, "events[1]"),
-        ({"thread_id": tid, "event": {"role": "user", "text": "x"}, "idempotency_key": "has space"}, "idempotency_key"),
+        (
+            {"thread_id": tid, "event": {"role": "user", "text": "x"}, "idempotency_key": "has space"},
+            "idempotency_key",
+        ),
     ]
     for args, pattern in cases:
         assert pattern in await call_error(client, "append_event", args)
@@ -117,13 +135,17 @@ async def test_status_errors(client: Client) -> None:
     await call(client, "update_thread", {"thread_id": tid, "status": "completed"})
     text = await call_error(client, "update_thread", {"thread_id": tid, "status": "running"})
     assert "completed -> running" in text and "status_transition" in text
-    text = await call_error(client, "append_event", {"thread_id": tid, "event": {"role": "user", "text": "late"}})
+    text = await call_error(
+        client, "append_event", {"thread_id": tid, "event": {"role": "user", "text": "late"}}
+    )
     assert "resume_thread" in text
     text = await call_error(client, "update_thread", {"thread_id": tid, "status": "sleeping"})
     assert "sleeping" in text
 
 
-async def test_resources_serve_transcript_manifest_and_messages(client: Client, service: ThreadService) -> None:
+async def test_resources_serve_transcript_manifest_and_messages(
+    client: Client, service: ThreadService
+) -> None:
     tid = (await call(client, "create_thread", {"title": "res"}))["thread_id"]
     await call(
         client,
@@ -147,7 +169,12 @@ async def test_resources_serve_transcript_manifest_and_messages(client: Client, 
     msgs = json.loads((await client.read_resource(f"thread://{tid}/messages")).contents[0].text)  # type: ignore[union-attr]
     assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
     assert msgs[1]["content"][0]["type"] == "tool_use"
-    assert msgs[2]["content"][0] == {"type": "tool_result", "tool_use_id": "u1", "output": "a.txt", "is_error": False}
+    assert msgs[2]["content"][0] == {
+        "type": "tool_result",
+        "tool_use_id": "u1",
+        "output": "a.txt",
+        "is_error": False,
+    }
 
 
 async def test_resource_errors(client: Client) -> None:
@@ -158,4 +185,8 @@ async def test_resource_errors(client: Client) -> None:
 
 async def test_resource_templates_are_listed(client: Client) -> None:
     templates = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}
-    assert {"thread://{thread_id}/transcript", "thread://{thread_id}/thread.json", "thread://{thread_id}/messages"} <= templates
+    assert {
+        "thread://{thread_id}/transcript",
+        "thread://{thread_id}/thread.json",
+        "thread://{thread_id}/messages",
+    } <= templates

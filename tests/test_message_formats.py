@@ -63,8 +63,14 @@ def test_an_agent_loop_has_the_exact_anthropic_shape() -> None:
         },
         {"role": "assistant", "content": [{"type": "text", "text": "2 pairs, 1 odd"}]},
         {"role": "user", "content": [{"type": "text", "text": "thanks"}]},
-        {"role": "assistant", "content": [{"type": "tool_use", "id": "c3", "name": "open", "input": {"drawer": 2}}]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "c3", "content": "stuck", "is_error": True}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "c3", "name": "open", "input": {"drawer": 2}}],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "c3", "content": "stuck", "is_error": True}],
+        },
     ]
     check_anthropic(system, messages)
 
@@ -90,7 +96,9 @@ def test_an_agent_loop_has_the_exact_openai_shape() -> None:
         {
             "role": "assistant",
             "content": None,
-            "tool_calls": [{"id": "c3", "type": "function", "function": {"name": "open", "arguments": '{"drawer":2}'}}],
+            "tool_calls": [
+                {"id": "c3", "type": "function", "function": {"name": "open", "arguments": '{"drawer":2}'}}
+            ],
         },
         {"role": "tool", "tool_call_id": "c3", "content": "[error] stuck"},
     ]

@@ -77,8 +77,9 @@ async def test_the_orchestrator_waits_for_three_worker_processes(
             assert original.continuation_thread_id == analyse["resolved_thread_id"]
         end = await svc.chain_end(original)
         assert (end.thread_id, end.status) == (analyse["resolved_thread_id"], Status.COMPLETED)
-    assert outcome["children_counts"] == ({"completed": 2, "continued": 1, "error": 1} if handed_off
-                                          else {"completed": 2, "error": 1})
+    assert outcome["children_counts"] == (
+        {"completed": 2, "continued": 1, "error": 1} if handed_off else {"completed": 2, "error": 1}
+    )
 
 
 async def test_a_crashed_worker_is_marked_error_by_the_parent_and_the_wait_ends(

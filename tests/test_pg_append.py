@@ -105,7 +105,9 @@ async def test_the_guards_refuse_on_the_one_call_path(tmp_path: Path) -> None:
             await b.store.commit([op])
         assert info.value.rule == "count_guard"
         with pytest.raises(NotFoundError):
-            await a.store.commit([AppendEvents("nosuchthread", op.events, allowed_statuses=op.allowed_statuses)])
+            await a.store.commit(
+                [AppendEvents("nosuchthread", op.events, allowed_statuses=op.allowed_statuses)]
+            )
         # the status guard: the thread ended through the other server
         await b.update_thread(tid, status="completed", result="done")
         with pytest.raises(ConflictError) as info:
@@ -172,9 +174,13 @@ async def test_the_transcript_resource_on_postgres_is_the_sqlite_mirror_byte_for
     root = tmp_path / "lite"
     async with ThreadService(SQLiteStore(root, durability="normal"), Settings(root=root)) as lite:
         tid = (await lite.create_thread(title="bytes")).thread_id
-        await lite.append(tid, [msg("naïve café — 日本語 \"quotes\" \\ back\nslash"), msg("ok", "assistant")])
-        await lite.append(tid, [{"type": "tool_use", "id": "c1", "name": "grep", "input": {"q": "a\tb", "n": 1.5}}])
-        await lite.append(tid, [{"type": "tool_result", "tool_use_id": "c1", "output": {"z": [1, None, True], "a": "é"}}])
+        await lite.append(tid, [msg('naïve café — 日本語 "quotes" \\ back\nslash'), msg("ok", "assistant")])
+        await lite.append(
+            tid, [{"type": "tool_use", "id": "c1", "name": "grep", "input": {"q": "a\tb", "n": 1.5}}]
+        )
+        await lite.append(
+            tid, [{"type": "tool_result", "tool_use_id": "c1", "output": {"z": [1, None, True], "a": "é"}}]
+        )
         await lite.update_thread(tid, status="completed", result="done")
         mirror = (root / "threads" / tid / "transcript.jsonl").read_bytes()
         bundle = tmp_path / "b.jsonl"
@@ -186,7 +192,9 @@ async def test_the_transcript_resource_on_postgres_is_the_sqlite_mirror_byte_for
             assert (await pg.transcript(tid)).encode() == mirror
 
 
-def test_appends_never_wait_for_a_flusher_that_has_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_appends_never_wait_for_a_flusher_that_has_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With one flusher allowed, an append queued while the flusher stops must start another
     (a flusher counted as busy until its task's done-callback ran left such appends waiting
     forever). Commits are shielded from cancellation, so the scenario runs on its own event

@@ -196,7 +196,12 @@ async def test_a_rare_word_is_found_through_the_gin_index(
     assert [(h.thread_id, h.seq) for h in hits] == [(needle, 2)]
     # a word in every row: the planner walks the newest rows instead (RANK_WINDOW of them)
     sql, args = pgsearch.search_sql(
-        parse_query("common"), mode="all", thread_ids=None, agent_id=None, include_tools=False, limit=5,
+        parse_query("common"),
+        mode="all",
+        thread_ids=None,
+        agent_id=None,
+        include_tools=False,
+        limit=5,
         best_per_thread=False,
     )
     plan = "\n".join(r[0] for r in pg_conn.execute("EXPLAIN " + sql, args))
@@ -296,7 +301,9 @@ async def test_a_database_at_schema_version_2_is_indexed_when_migrated(pg_dsn: s
         stats = await service.reindex()
         assert (stats.added, stats.removed, stats.documents) == (0, 0, 4)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == len(POSTGRES_MIGRATIONS)
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == len(
+            POSTGRES_MIGRATIONS
+        )
         order = conn.execute(
             "SELECT d.thread_id, d.seq FROM search_docs d JOIN events e USING (thread_id, seq) ORDER BY d.id"
         ).fetchall()
@@ -549,7 +556,12 @@ async def test_regex_results_equal_sqlites_for_every_pattern(pg_dsn: str, tmp_pa
     patterns = [
         *(r"ECONN\w+", r"a\x00b", r"a.b", r"(?i)k", r"(?i)école", r"^line$", r"(?m)^line$", r"\pL+é"),
         r"\x{fffd}",
-        r"x*", r"(?i)5k", r"\bme\b", r"\bdead\b.*rollback", r"dead\s?lock", r"[^\x00-\x7f]",
+        r"x*",
+        r"(?i)5k",
+        r"\bme\b",
+        r"\bdead\b.*rollback",
+        r"dead\s?lock",
+        r"[^\x00-\x7f]",
     ]
     results = {}
     for name, store in [

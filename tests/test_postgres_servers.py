@@ -33,7 +33,17 @@ def two_servers(tmp_path: Path, cli_env: dict) -> Iterator[list[str]]:
                 port = free_port()
                 env = dict(cli_env, THREADLOOM_STORE=dsn)
                 proc = subprocess.Popen(
-                    [PYTHON, "-m", "threadloom", "serve", "--http", "--port", str(port), "--root", str(tmp_path / f"r{i}")],
+                    [
+                        PYTHON,
+                        "-m",
+                        "threadloom",
+                        "serve",
+                        "--http",
+                        "--port",
+                        str(port),
+                        "--root",
+                        str(tmp_path / f"r{i}"),
+                    ],
                     env=env,
                     stderr=subprocess.PIPE,
                     text=True,
@@ -67,7 +77,11 @@ async def test_appends_through_two_servers_keep_seqs_gapless(two_servers: list[s
         async def writer(client: Client, name: str) -> None:
             for i in range(25):
                 text = f"{name}-{i}"
-                acked[text] = (await call(client, "append_event", {"thread_id": tid, "event": {"role": "user", "text": text}}))["seq"]
+                acked[text] = (
+                    await call(
+                        client, "append_event", {"thread_id": tid, "event": {"role": "user", "text": text}}
+                    )
+                )["seq"]
 
         async with anyio.create_task_group() as tg:
             for name, client in (("a", a), ("b", b), ("a2", a), ("b2", b)):
@@ -79,7 +93,9 @@ async def test_appends_through_two_servers_keep_seqs_gapless(two_servers: list[s
         assert all(by_text[t] == s for t, s in acked.items())
 
 
-async def test_an_idempotent_retry_through_the_other_server_returns_the_original_seq(two_servers: list[str]) -> None:
+async def test_an_idempotent_retry_through_the_other_server_returns_the_original_seq(
+    two_servers: list[str],
+) -> None:
     async with connect(two_servers[0]) as a, connect(two_servers[1]) as b:
         tid = (await call(a, "create_thread", {}))["thread_id"]
         args = {"thread_id": tid, "event": {"role": "user", "text": "once"}, "idempotency_key": "retry-1"}
@@ -89,7 +105,9 @@ async def test_an_idempotent_retry_through_the_other_server_returns_the_original
         assert (await call(b, "get_thread", {"thread_id": tid}))["event_count"] == 2
 
 
-async def test_a_wait_in_one_server_is_woken_by_a_completion_through_the_other(two_servers: list[str]) -> None:
+async def test_a_wait_in_one_server_is_woken_by_a_completion_through_the_other(
+    two_servers: list[str],
+) -> None:
     async with connect(two_servers[0]) as a, connect(two_servers[1]) as b:
         tid = (await call(a, "create_thread", {}))["thread_id"]
         await call(a, "append_event", {"thread_id": tid, "event": {"role": "user", "text": "go"}})

@@ -7,7 +7,6 @@ import signal
 import subprocess
 from pathlib import Path
 
-import anyio
 import pytest
 
 from conftest import PYTHON

@@ -19,14 +19,31 @@ from threadloom.store import MemoryStore, SQLiteStore
 
 text = st.text(min_size=0, max_size=40)
 good_event = st.one_of(
-    st.builds(lambda r, t: {"type": "message", "role": r, "text": t}, st.sampled_from(["user", "assistant", "system"]), text),
-    st.builds(lambda i, n: {"type": "tool_use", "id": "t" + i, "name": "n" + n, "input": {"q": n}}, text, text),
-    st.builds(lambda i, o, e: {"type": "tool_result", "tool_use_id": "t" + i, "output": o, "is_error": e}, text, text, st.booleans()),
+    st.builds(
+        lambda r, t: {"type": "message", "role": r, "text": t},
+        st.sampled_from(["user", "assistant", "system"]),
+        text,
+    ),
+    st.builds(
+        lambda i, n: {"type": "tool_use", "id": "t" + i, "name": "n" + n, "input": {"q": n}}, text, text
+    ),
+    st.builds(
+        lambda i, o, e: {"type": "tool_result", "tool_use_id": "t" + i, "output": o, "is_error": e},
+        text,
+        text,
+        st.booleans(),
+    ),
     st.builds(lambda t: {"type": "assistant_text", "text": t}, text),
-    st.builds(lambda c, n: {"type": "result", "cost": c, "input_tokens": n}, st.floats(0, 10), st.integers(0, 1000)),
+    st.builds(
+        lambda c, n: {"type": "result", "cost": c, "input_tokens": n}, st.floats(0, 10), st.integers(0, 1000)
+    ),
     st.builds(lambda v: {"type": "x-custom", "value": v}, st.integers()),
 )
-BAD = [{"type": "nope"}, {"type": "message", "role": "robot", "text": "x"}, {"type": "status", "from": "running", "to": "completed"}]
+BAD = [
+    {"type": "nope"},
+    {"type": "message", "role": "robot", "text": "x"},
+    {"type": "status", "from": "running", "to": "completed"},
+]
 bad_event = st.sampled_from(BAD)
 batch = st.lists(st.one_of(good_event, good_event, good_event, bad_event), min_size=1, max_size=6)
 
@@ -55,7 +72,9 @@ def test_batches_are_atomic_and_seqs_gapless(batches: list[list[dict]]) -> None:
                     want_fields = parse_event(want).model_dump(by_alias=True, exclude_none=True, mode="json")
                     assert {k: v for k, v in got.items() if k not in ("seq", "ts")} == want_fields
                 if isinstance(store, SQLiteStore):
-                    assert (root / "threads" / tid / "transcript.jsonl").read_text() == await svc.transcript(tid)
+                    assert (root / "threads" / tid / "transcript.jsonl").read_text() == await svc.transcript(
+                        tid
+                    )
 
     anyio.run(run)
 

@@ -59,7 +59,10 @@ async def test_a_finished_thread_resumes_into_a_linked_sibling(svc: ThreadServic
     assert [strip(e) for e in events[1:-1]] == CONVERSATION
     assert strip(events[-1]) == msg("now find the odd sock's pair")
     assert out.messages == await svc.messages(new.thread_id)
-    assert out.messages[-1] == {"role": "user", "content": [{"type": "text", "text": "now find the odd sock's pair"}]}
+    assert out.messages[-1] == {
+        "role": "user",
+        "content": [{"type": "text", "text": "now find the odd sock's pair"}],
+    }
     assert new.event_count == len(events) and (await svc.get_chain(old)).end_thread_id == new.thread_id
 
 
@@ -95,7 +98,9 @@ async def test_resume_checks_its_message_and_format(svc: ThreadService) -> None:
     old = await finished(svc)
     with pytest.raises(InvalidInputError, match="non-empty"):
         await svc.resume(old, "  ")
-    with pytest.raises(InvalidInputError, match="format must be one of neutral, anthropic, openai; got 'xml'"):
+    with pytest.raises(
+        InvalidInputError, match="format must be one of neutral, anthropic, openai; got 'xml'"
+    ):
         await svc.resume(old, "go", format="xml")
 
 

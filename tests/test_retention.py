@@ -97,13 +97,17 @@ async def test_a_chain_with_one_recent_member_stays_whole(service: ThreadService
 async def test_gc_skips_a_chain_that_changed_after_the_plan(service: ThreadService) -> None:
     t = (await service.create_thread()).thread_id
     await service.update_thread(t, status="completed")
-    plan = await plan_gc(service, timedelta(0), now=parse_iso((await service.get_thread(t)).updated_at) + timedelta(1))
+    plan = await plan_gc(
+        service, timedelta(0), now=parse_iso((await service.get_thread(t)).updated_at) + timedelta(1)
+    )
     await service.update_thread(t, metadata={"keep": True})
     assert await run_gc(service, plan) == (0, [t])
     assert (await service.get_thread(t)).status == Status.COMPLETED
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400), ("2w", 1209600), ("45s", 45)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400), ("2w", 1209600), ("45s", 45)]
+)
 def test_ages_take_a_unit(text: str, seconds: int) -> None:
     assert parse_age(text).total_seconds() == seconds
 

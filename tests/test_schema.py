@@ -20,8 +20,14 @@ pytestmark = pytest.mark.anyio
 def v1_thread() -> Thread:
     now = iso(utc_now())
     return Thread(
-        thread_id="0123456789ab", title="from v1", context_window=200000, stale_after=3600,
-        chain_root_id="0123456789ab", created_at=now, updated_at=now, heartbeat_at=now,
+        thread_id="0123456789ab",
+        title="from v1",
+        context_window=200000,
+        stale_after=3600,
+        chain_root_id="0123456789ab",
+        created_at=now,
+        updated_at=now,
+        heartbeat_at=now,
     )
 
 
@@ -35,11 +41,29 @@ async def test_a_v1_sqlite_database_migrates_to_current(tmp_path: Path) -> None:
     conn.execute(
         "INSERT INTO threads (thread_id, agent_id, status, created_at, updated_at, heartbeat_at, heartbeat_epoch,"
         " stale_after, chain_root_id, event_count, doc) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        (t.thread_id, t.agent_id, "running", t.created_at, t.updated_at, t.heartbeat_at, 0, 3600, t.thread_id, 1, manifest_doc(t)),
+        (
+            t.thread_id,
+            t.agent_id,
+            "running",
+            t.created_at,
+            t.updated_at,
+            t.heartbeat_at,
+            0,
+            3600,
+            t.thread_id,
+            1,
+            manifest_doc(t),
+        ),
     )
     conn.execute(
         "INSERT INTO events (thread_id, seq, ts, type, line) VALUES (?,?,?,?,?)",
-        (t.thread_id, 1, t.created_at, "message", '{"role":"user","seq":1,"text":"old","ts":"' + t.created_at + '","type":"message"}'),
+        (
+            t.thread_id,
+            1,
+            t.created_at,
+            "message",
+            '{"role":"user","seq":1,"text":"old","ts":"' + t.created_at + '","type":"message"}',
+        ),
     )
     conn.close()
     async with SQLiteStore(root) as store:
@@ -72,15 +96,30 @@ async def test_postgres_migrates_forward_and_refuses_newer() -> None:
 
     with pg_schema() as dsn:
         with psycopg.connect(dsn, autocommit=True) as conn:  # the first release's schema, by hand
-            conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+            conn.execute(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
             for statement in POSTGRES_MIGRATIONS[0][1]:
                 conn.execute(statement)
-            conn.execute("INSERT INTO schema_migrations (version, name) VALUES (1, %s)", (POSTGRES_MIGRATIONS[0][0],))
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (1, %s)", (POSTGRES_MIGRATIONS[0][0],)
+            )
             t = v1_thread()
             conn.execute(
                 "INSERT INTO threads (thread_id, agent_id, status, created_at, updated_at, heartbeat_at, heartbeat_epoch,"
                 " stale_after, chain_root_id, doc) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                (t.thread_id, t.agent_id, "created", t.created_at, t.updated_at, t.heartbeat_at, 0, 3600, t.thread_id, manifest_doc(t)),
+                (
+                    t.thread_id,
+                    t.agent_id,
+                    "created",
+                    t.created_at,
+                    t.updated_at,
+                    t.heartbeat_at,
+                    0,
+                    3600,
+                    t.thread_id,
+                    manifest_doc(t),
+                ),
             )
         async with PostgresStore(dsn) as store:
             assert (await store.get_thread(t.thread_id)).title == "from v1"

@@ -74,9 +74,10 @@ async def test_two_sweepers_on_one_root_time_a_thread_out_exactly_once(tmp_path:
     have) both list the same stale thread before either commits: one wins, one skips."""
     root = tmp_path / "root"
     settings = Settings(root=root, durability="normal")
-    async with ThreadService(SQLiteStore(root, durability="normal"), settings) as one, ThreadService(
-        SQLiteStore(root, durability="normal"), settings
-    ) as two:
+    async with (
+        ThreadService(SQLiteStore(root, durability="normal"), settings) as one,
+        ThreadService(SQLiteStore(root, durability="normal"), settings) as two,
+    ):
         tid = await stale_running_thread(one)
         listed = 0
         both_listed = anyio.Event()

@@ -22,13 +22,22 @@ TOKEN = "s3cret-token"
 
 async def exercise(client: Client) -> None:
     tools = {t.name for t in (await client.list_tools()).tools}
-    assert {"create_thread", "append_event", "get_thread", "list_threads", "read_events", "update_thread"} <= tools
+    assert {
+        "create_thread",
+        "append_event",
+        "get_thread",
+        "list_threads",
+        "read_events",
+        "update_thread",
+    } <= tools
     t = await client.call_tool("create_thread", {"title": "over the wire"})
     assert not t.is_error
     tid = t.structured_content["thread_id"]
     r = await client.call_tool("append_event", {"thread_id": tid, "event": {"role": "user", "text": "ping"}})
     assert r.structured_content["seq"] == 2
-    bad = await client.call_tool("append_event", {"thread_id": "../etc", "event": {"role": "user", "text": "x"}})
+    bad = await client.call_tool(
+        "append_event", {"thread_id": "../etc", "event": {"role": "user", "text": "x"}}
+    )
     assert bad.is_error and "thread_id_format" in bad.content[0].text
     res = await client.read_resource(f"thread://{tid}/transcript")
     assert '"text":"ping"' in res.contents[0].text
@@ -69,7 +78,19 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
 def http_server(tmp_path: Path, cli_env: dict) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
-        [PYTHON, "-m", "threadloom", "serve", "--http", "--port", str(port), "--root", str(tmp_path / "root"), "--token", TOKEN],
+        [
+            PYTHON,
+            "-m",
+            "threadloom",
+            "serve",
+            "--http",
+            "--port",
+            str(port),
+            "--root",
+            str(tmp_path / "root"),
+            "--token",
+            TOKEN,
+        ],
         env=cli_env,
         stderr=subprocess.PIPE,
         text=True,
@@ -107,7 +128,19 @@ async def test_http_without_or_with_a_wrong_token_gets_401(http_server: str, aut
 def test_http_refuses_a_public_bind_without_a_token(tmp_path: Path, cli_env: dict) -> None:
     env = {k: v for k, v in cli_env.items() if k != "THREADLOOM_TOKEN"}
     proc = subprocess.run(
-        [PYTHON, "-m", "threadloom", "serve", "--http", "--host", "0.0.0.0", "--port", str(free_port()), "--root", str(tmp_path / "r")],
+        [
+            PYTHON,
+            "-m",
+            "threadloom",
+            "serve",
+            "--http",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(free_port()),
+            "--root",
+            str(tmp_path / "r"),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -121,7 +154,13 @@ def test_http_refuses_a_public_bind_without_a_token(tmp_path: Path, cli_env: dic
 def test_invalid_settings_fail_at_start_up(tmp_path: Path, cli_env: dict) -> None:
     env = dict(cli_env, THREADLOOM_DURABILITY="sometimes")
     proc = subprocess.run(
-        [PYTHON, "-m", "threadloom", "serve", "--root", str(tmp_path / "r")], env=env, capture_output=True, text=True, timeout=60
+        [PYTHON, "-m", "threadloom", "serve", "--root", str(tmp_path / "r")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
-    assert "durability" in proc.stderr and "sometimes" in proc.stderr and "THREADLOOM_DURABILITY" in proc.stderr
+    assert (
+        "durability" in proc.stderr and "sometimes" in proc.stderr and "THREADLOOM_DURABILITY" in proc.stderr
+    )

@@ -7,10 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON
-from integrity_helpers import lines_of, transcript, write_lines, written_thread
 from mcp import Client
 
+from conftest import PYTHON
+from integrity_helpers import lines_of, transcript, write_lines, written_thread
 from threadloom.config import Settings
 from threadloom.mcp_server import build_server
 from threadloom.service import ThreadService
@@ -33,7 +33,9 @@ async def test_the_tool_reports_ok_for_an_intact_thread(service: ThreadService, 
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
-async def test_the_tool_reports_the_first_bad_line_of_a_tampered_thread(settings: Settings, mode: str) -> None:
+async def test_the_tool_reports_the_first_bad_line_of_a_tampered_thread(
+    settings: Settings, mode: str
+) -> None:
     async with ThreadService(SQLiteStore(settings.root, durability="normal"), settings) as svc:
         tid = await written_thread(svc)
         path = transcript(settings.root, tid)
@@ -59,7 +61,9 @@ async def test_the_tool_refuses_a_bad_thread_id(service: ThreadService) -> None:
 
 
 def run_cli(args: list[str], env: dict) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "threadloom", *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [PYTHON, "-m", "threadloom", *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 async def _two_threads(root: Path) -> tuple[str, str]:

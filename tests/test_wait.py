@@ -25,7 +25,9 @@ async def running(service: ThreadService, **kw: object) -> str:
     return tid
 
 
-async def finish_later(service: ThreadService, tid: str, delay: float, status: str = "completed", result: object = None) -> None:
+async def finish_later(
+    service: ThreadService, tid: str, delay: float, status: str = "completed", result: object = None
+) -> None:
     await anyio.sleep(delay)
     await service.update_thread(tid, status=status, result=result)
 
@@ -47,7 +49,10 @@ async def continue_into(service: ThreadService, tid: str) -> str:
         updated_at=now,
         heartbeat_at=now,
     )
-    ops = [CreateThread(new), *service.status_ops(old, Status.CONTINUED, "handoff", continuation_thread_id=new.thread_id)]
+    ops = [
+        CreateThread(new),
+        *service.status_ops(old, Status.CONTINUED, "handoff", continuation_thread_id=new.thread_id),
+    ]
     await service.store.commit(ops)
     await service.append(new.thread_id, [USER])
     return new.thread_id
@@ -205,7 +210,9 @@ async def test_progress_notifications_reach_an_sdk_client(service: ThreadService
         async with anyio.create_task_group() as tg:
             tg.start_soon(finish_later, service, a, 0.05)
             tg.start_soon(finish_later, service, b, 0.15)
-            r = await client.call_tool("wait_threads", {"thread_ids": [a, b], "timeout": 10}, progress_callback=on_progress)
+            r = await client.call_tool(
+                "wait_threads", {"thread_ids": [a, b], "timeout": 10}, progress_callback=on_progress
+            )
     assert not r.is_error and r.structured_content["settled"] is True
     assert [p for p, _t, _m in seen] == [0, 1, 2]
     assert all(t == 2 for _p, t, _m in seen)
@@ -261,4 +268,3 @@ async def test_a_commit_in_another_process_wakes_the_waiter(tmp_path: Path, cli_
         assert proc.returncode == 0
         assert res.settled and res.threads[0].result == {"by": "child process"}
         assert svc.hub.waiters == 0
-

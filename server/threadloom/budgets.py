@@ -83,7 +83,9 @@ def participates(thread: Thread) -> bool:
 # ---------------------------------------------------------------- reservation
 
 
-def plan_reservation(ancestors: Sequence[Thread], max_spend: float) -> tuple[BudgetState, Accounts, Thread | None]:
+def plan_reservation(
+    ancestors: Sequence[Thread], max_spend: float
+) -> tuple[BudgetState, Accounts, Thread | None]:
     """The new child's budget and the holder's accounts after reserving ``max_spend``.
 
     ``ancestors``: the child's parent first, then its parent, up to the root.
@@ -145,7 +147,11 @@ def apply_spend(path: Sequence[Thread], delta: UsageDelta) -> tuple[Accounts, Ex
 
 
 def _first_exceeded(
-    t: Thread, path: Sequence[Thread], accounts: Accounts, before: dict[str, BudgetState | None], delta: UsageDelta
+    t: Thread,
+    path: Sequence[Thread],
+    accounts: Accounts,
+    before: dict[str, BudgetState | None],
+    delta: UsageDelta,
 ) -> Exceeded | None:
     usage = accounts[t.thread_id][0]
     lim = t.limits
@@ -197,7 +203,10 @@ def release_on_end(accounts: Accounts, thread: Thread, holder: Thread) -> Accoun
     release = tb.held - keep
     out = dict(accounts)
     out[thread.thread_id] = (t_usage, _remaining(tb.model_copy(update={"held": _r(keep)})))
-    out[holder.thread_id] = (h_usage, _remaining(hb.model_copy(update={"reserved": _r(max(hb.reserved - release, 0.0))})))
+    out[holder.thread_id] = (
+        h_usage,
+        _remaining(hb.model_copy(update={"reserved": _r(max(hb.reserved - release, 0.0))})),
+    )
     return out
 
 
@@ -213,7 +222,9 @@ def continuation_budget(old: BudgetState) -> tuple[BudgetState, BudgetState]:
     new = BudgetState(
         max_spend=rest, remaining=rest, reserved_from=old.reserved_from, held=_r(max(old.held - keep, 0.0))
     )
-    kept = _remaining(old.model_copy(update={"max_spend": _r(old.actual_spend + old.reserved), "held": _r(keep)}))
+    kept = _remaining(
+        old.model_copy(update={"max_spend": _r(old.actual_spend + old.reserved), "held": _r(keep)})
+    )
     return kept, new
 
 

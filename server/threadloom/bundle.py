@@ -28,7 +28,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -65,7 +65,11 @@ PAGE = 1000
 EXPORT_FIELDS = MANIFEST_FIELDS | set(COUNTER_FIELDS)
 """What a bundle holds of a thread: the stored manifest and its counters (no derived views)."""
 LINK_FIELDS = ("thread_id", "parent_id", "continuation_of", "continuation_thread_id", "chain_root_id")
-EVENT_LINK_FIELDS = {"handoff": "to_thread_id", "continued_from": "from_thread_id", "thread_resumed": "to_thread_id"}
+EVENT_LINK_FIELDS = {
+    "handoff": "to_thread_id",
+    "continued_from": "from_thread_id",
+    "thread_resumed": "to_thread_id",
+}
 LEGACY_TS_FIELDS = ("ts", "timestamp", "createdAt", "created_at")
 
 Progress = Callable[[int], None]
@@ -132,12 +136,22 @@ async def export_bundle(
     for root in sorted(chains, key=lambda r: (chains[r][0].created_at, r)):
         # the chain as it is now (a handoff may have added a thread since it was listed)
         members = order_chain(await service.store.list_chain(root)) or chains[root]
-        out.write(canonical_json({"kind": "chain", "chain_root_id": root, "thread_ids": [t.thread_id for t in members]}) + "\n")
+        out.write(
+            canonical_json(
+                {"kind": "chain", "chain_root_id": root, "thread_ids": [t.thread_id for t in members]}
+            )
+            + "\n"
+        )
         for listed in members:
             # the manifest first, then exactly the events it counts: one consistent moment
             thread = (await service.store.get_threads([listed.thread_id])).get(listed.thread_id, listed)
             events = await _all_events(service, thread.thread_id, upto=thread.event_count)
-            out.write(canonical_json({"kind": "thread", "thread": thread.model_dump(mode="json", include=EXPORT_FIELDS)}) + "\n")
+            out.write(
+                canonical_json(
+                    {"kind": "thread", "thread": thread.model_dump(mode="json", include=EXPORT_FIELDS)}
+                )
+                + "\n"
+            )
             for ev in events:
                 out.write('{"event":' + ev.line + ',"kind":"event","thread_id":"' + ev.thread_id + '"}\n')
             summary.events += len(events)
@@ -148,7 +162,9 @@ async def export_bundle(
     return summary
 
 
-async def _all_events(service: ThreadService, thread_id: str, *, upto: int | None = None) -> list[StoredEvent]:
+async def _all_events(
+    service: ThreadService, thread_id: str, *, upto: int | None = None
+) -> list[StoredEvent]:
     """The thread's events in seq order (only seqs up to ``upto`` when given), a page at a time."""
     events: list[StoredEvent] = []
     while upto is None or len(events) < upto:
@@ -214,11 +230,11 @@ def _norm_ts(value: Any) -> str:
             raise ValueError("a boolean is not a time")
         if isinstance(value, (int, float)):
             secs = value / 1000 if value > 1e11 else value
-            dt = datetime.fromtimestamp(secs, timezone.utc)
+            dt = datetime.fromtimestamp(secs, UTC)
         elif isinstance(value, str):
             dt = parse_iso(value.strip())
             if dt.tzinfo is None:
-                dt = dt.replace(tzinfo=timezone.utc)
+                dt = dt.replace(tzinfo=UTC)
         else:
             raise ValueError(f"{type(value).__name__} is not a time")
     except (ValueError, OverflowError, OSError) as exc:
@@ -230,9 +246,13 @@ def _load_line(text: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"not valid JSON ({exc.msg} at column {exc.colno})", rule="import_json") from None
+        raise InvalidInputError(
+            f"not valid JSON ({exc.msg} at column {exc.colno})", rule="import_json"
+        ) from None
     if not isinstance(data, dict):
-        raise InvalidInputError(f"a line must be a JSON object; got {type(data).__name__}", rule="import_json")
+        raise InvalidInputError(
+            f"a line must be a JSON object; got {type(data).__name__}", rule="import_json"
+        )
     return data
 
 
@@ -301,7 +321,9 @@ class _Bundle:
             except ValidationError as exc:
                 err = exc.errors()[0]
                 loc = ".".join(str(p) for p in err["loc"]) or "thread"
-                raise InvalidInputError(f"manifest field {loc}: {err['msg']}", rule="import_manifest") from None
+                raise InvalidInputError(
+                    f"manifest field {loc}: {err['msg']}", rule="import_manifest"
+                ) from None
             if not THREAD_ID_RE.fullmatch(thread.thread_id):
                 raise InvalidInputError(f"thread_id {raw_id!r} is not 12 hex digits", rule="import_manifest")
             self.cur.thread = thread
@@ -313,7 +335,9 @@ class _Bundle:
                 return
             tid = cur.thread.thread_id
             if rec.get("thread_id") != tid:
-                raise InvalidInputError(f"event of thread {rec.get('thread_id')!r} inside thread {tid}", rule="import_shape")
+                raise InvalidInputError(
+                    f"event of thread {rec.get('thread_id')!r} inside thread {tid}", rule="import_shape"
+                )
             data = rec.get("event")
             if not isinstance(data, dict):
                 raise InvalidInputError("'event' must be a JSON object", rule="import_shape")
@@ -321,7 +345,8 @@ class _Bundle:
             seq, ts = data.pop("seq", None), data.pop("ts", None)
             if seq != len(cur.events) + 1:
                 raise InvalidInputError(
-                    f"seq {seq!r} where {len(cur.events) + 1} was expected (seqs are gapless from 1)", rule="import_seq"
+                    f"seq {seq!r} where {len(cur.events) + 1} was expected (seqs are gapless from 1)",
+                    rule="import_seq",
                 )
             if not isinstance(ts, str):
                 raise InvalidInputError("the event has no ts", rule="import_ts")
@@ -365,10 +390,14 @@ def _read_bundle(path: Path, lines: list[str], first: int) -> list[Candidate]:
         lost = [t for t in ids if t not in present]
         for cand in b.out:
             if lost and cand.thread is not None and cand.thread.chain_root_id == root:
-                cand.fail(where, f"chain {root} lists thread(s) {', '.join(lost)} that the bundle does not hold")
+                cand.fail(
+                    where, f"chain {root} lists thread(s) {', '.join(lost)} that the bundle does not hold"
+                )
     if not b.ended:
         where = f"{path}:{len(lines)}"
-        b.out.append(Candidate(None, [], where, error="the bundle has no end record (truncated?)", error_at=where))
+        b.out.append(
+            Candidate(None, [], where, error="the bundle has no end record (truncated?)", error_at=where)
+        )
     return b.out
 
 
@@ -385,10 +414,13 @@ def _legacy_text(content: Any) -> str:
             else:
                 raise InvalidInputError(
                     f"message content holds a non-text block {block!r:.80}; untyped lines are read as text "
-                    "messages (give tool calls a 'type')", rule="import_legacy"
+                    "messages (give tool calls a 'type')",
+                    rule="import_legacy",
                 )
         return "\n".join(parts)
-    raise InvalidInputError(f"message content must be text; got {type(content).__name__}", rule="import_legacy")
+    raise InvalidInputError(
+        f"message content must be text; got {type(content).__name__}", rule="import_legacy"
+    )
 
 
 def legacy_thread_id(manifest: dict[str, Any]) -> str:
@@ -405,11 +437,24 @@ def legacy_thread_id(manifest: dict[str, Any]) -> str:
 
 
 _LEGACY_MANIFEST = {
-    "agentId": "agent_id", "agent_id": "agent_id", "createdAt": "created_at", "created_at": "created_at",
-    "updatedAt": "updated_at", "updated_at": "updated_at", "title": "title", "directive": "directive",
-    "model": "model", "status": "status", "parentId": "parent_id", "parent_id": "parent_id",
-    "result": "result", "outputs": "outputs", "cost": "cost", "metadata": "metadata",
-    "taskId": "task_id", "task_id": "task_id",
+    "agentId": "agent_id",
+    "agent_id": "agent_id",
+    "createdAt": "created_at",
+    "created_at": "created_at",
+    "updatedAt": "updated_at",
+    "updated_at": "updated_at",
+    "title": "title",
+    "directive": "directive",
+    "model": "model",
+    "status": "status",
+    "parentId": "parent_id",
+    "parent_id": "parent_id",
+    "result": "result",
+    "outputs": "outputs",
+    "cost": "cost",
+    "metadata": "metadata",
+    "taskId": "task_id",
+    "task_id": "task_id",
 }
 
 
@@ -427,7 +472,9 @@ def _legacy_event(data: dict[str, Any], ts: str | None) -> tuple[dict[str, Any],
     return data, ts
 
 
-def _legacy_manifest(tid: str, head: dict[str, Any], events: list[StoredEvent], counters: tuple[int, int | None]) -> Thread:
+def _legacy_manifest(
+    tid: str, head: dict[str, Any], events: list[StoredEvent], counters: tuple[int, int | None]
+) -> Thread:
     fields: dict[str, Any] = {}
     legacy: dict[str, Any] = {}
     for key, value in head.items():
@@ -444,7 +491,9 @@ def _legacy_manifest(tid: str, head: dict[str, Any], events: list[StoredEvent], 
         created = events[0].ts
     else:
         raise InvalidInputError("the manifest has no createdAt and the file no events", rule="import_ts")
-    updated = _norm_ts(fields["updated_at"]) if "updated_at" in fields else (events[-1].ts if events else created)
+    updated = (
+        _norm_ts(fields["updated_at"]) if "updated_at" in fields else (events[-1].ts if events else created)
+    )
     status_raw = fields.get("status")
     try:
         status = Status(status_raw) if status_raw is not None else Status.COMPLETED
@@ -513,7 +562,9 @@ def _read_legacy(path: Path, lines: list[str], first: int, head: dict[str, Any])
         try:
             data, ts = _legacy_event(_load_line(lines[i]), ts)
             if ts is None:
-                raise InvalidInputError("the event has no time and the manifest no createdAt", rule="import_ts")
+                raise InvalidInputError(
+                    "the event has no time and the manifest no createdAt", rule="import_ts"
+                )
             stored, ev = _stored(tid, len(cand.events) + 1, ts, data)
         except ThreadloomError as exc:
             cand.fail(where, exc.message)
@@ -551,7 +602,9 @@ def _same(existing: Thread, cand: Thread) -> bool:
     return a == b
 
 
-def _rename(thread: Thread, events: list[StoredEvent], ids: dict[str, str]) -> tuple[Thread, list[StoredEvent]]:
+def _rename(
+    thread: Thread, events: list[StoredEvent], ids: dict[str, str]
+) -> tuple[Thread, list[StoredEvent]]:
     """Rewrite every thread id in ``ids`` inside a manifest and its server events."""
     changes = {f: ids[v] for f in LINK_FIELDS if (v := getattr(thread, f)) in ids}
     thread = thread.model_copy(update=changes)
@@ -594,8 +647,14 @@ async def import_files(
             first = good[c.thread.thread_id]
             assert first.thread is not None
             if not (_same(first.thread, c.thread) and _lines(first.events) == _lines(c.events)):
-                c.fail(c.where, f"thread {c.raw_id} appears again with different content (first at {first.where})")
-                first.fail(first.where, f"thread {c.raw_id} appears twice with different content (again at {c.where})")
+                c.fail(
+                    c.where,
+                    f"thread {c.raw_id} appears again with different content (first at {first.where})",
+                )
+                first.fail(
+                    first.where,
+                    f"thread {c.raw_id} appears twice with different content (again at {c.where})",
+                )
                 report.refused.append(first.refusal())
             else:
                 continue  # the same thread in two files: import it once
@@ -619,7 +678,9 @@ async def import_files(
         ids = [t.thread_id for t in members]
         if root in bad_roots:
             for tid in ids:
-                report.refused.append(_refusal(tid, good[tid].where, f"another thread of chain {root} was refused"))
+                report.refused.append(
+                    _refusal(tid, good[tid].where, f"another thread of chain {root} was refused")
+                )
             progress(len(ids))
             continue
         existing = await service.store.get_threads(ids)
@@ -627,25 +688,38 @@ async def import_files(
             plans.append(ids)
             continue
         if len(existing) == len(ids) and all(
-            [_same(existing[t], good[t].thread) and _lines(await _all_events(service, t)) == _lines(good[t].events)  # type: ignore[arg-type]
-             for t in ids]
+            [
+                _same(existing[t], good[t].thread)
+                and _lines(await _all_events(service, t)) == _lines(good[t].events)  # type: ignore[arg-type]
+                for t in ids
+            ]
         ):
             report.skipped.extend(ids)
             progress(len(ids))
             continue
         if not rename:
             for tid in ids:
-                what = "exists in this root with different content" if tid in existing else \
-                    f"belongs to chain {root}, part of which exists in this root with different content"
-                report.refused.append(_refusal(tid, good[tid].where, f"thread {tid} {what}; import with --rename to keep both"))
+                what = (
+                    "exists in this root with different content"
+                    if tid in existing
+                    else f"belongs to chain {root}, part of which exists in this root with different content"
+                )
+                report.refused.append(
+                    _refusal(tid, good[tid].where, f"thread {tid} {what}; import with --rename to keep both")
+                )
             progress(len(ids))
             continue
         for tid in ids:
             renames[tid] = new_thread_id()
         plans.append(ids)
     for ids in plans:
-        batch = [_rename(good[t].thread, good[t].events, renames) if renames else  # type: ignore[arg-type]
-                 (good[t].thread, good[t].events) for t in ids]
+        batch = [
+            _rename(good[t].thread, good[t].events, renames)
+            if renames
+            # type: ignore[arg-type]
+            else (good[t].thread, good[t].events)
+            for t in ids
+        ]
         try:
             await service.import_threads(batch, index=False)  # type: ignore[arg-type]
         except ThreadloomError as exc:

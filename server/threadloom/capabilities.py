@@ -84,15 +84,20 @@ def check_capabilities(value: object) -> dict[str, Any]:
     try:
         size = len(json.dumps(data, ensure_ascii=False, allow_nan=False).encode())
     except ValueError as exc:
-        raise InvalidInputError(f"capabilities must be plain JSON: {exc}", rule="capabilities_shape") from None
+        raise InvalidInputError(
+            f"capabilities must be plain JSON: {exc}", rule="capabilities_shape"
+        ) from None
     if size > MAX_CAPABILITIES_BYTES:
         raise InvalidInputError(
-            f"capabilities is {size} bytes of JSON; the limit is {MAX_CAPABILITIES_BYTES}", rule="capabilities_size"
+            f"capabilities is {size} bytes of JSON; the limit is {MAX_CAPABILITIES_BYTES}",
+            rule="capabilities_size",
         )
     names = [t["name"] for t in data["tools"]]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise InvalidInputError(f"capabilities.tools names must be unique; repeated: {dupes}", rule="capabilities_shape")
+        raise InvalidInputError(
+            f"capabilities.tools names must be unique; repeated: {dupes}", rule="capabilities_shape"
+        )
     return data
 
 
@@ -119,7 +124,9 @@ def _tree_lines(node: Any, prefix: str = "") -> list[str]:
         elif child is None or child == {} or child == []:
             out.append(prefix + branch + label)
         else:
-            out.append(prefix + branch + (f"{label}: " if label else "") + json.dumps(child, ensure_ascii=False))
+            out.append(
+                prefix + branch + (f"{label}: " if label else "") + json.dumps(child, ensure_ascii=False)
+            )
     return out
 
 

@@ -244,8 +244,14 @@ def _continuation_thread(old: Thread, link: str, reason: str) -> Thread:
 
 
 def _seed_budget(
-    old: Thread, *, template: str, reason: str, summary: str | None, extra_chars: int,
-    ceiling_tokens: int, threshold: float,
+    old: Thread,
+    *,
+    template: str,
+    reason: str,
+    summary: str | None,
+    extra_chars: int,
+    ceiling_tokens: int,
+    threshold: float,
 ) -> tuple[int, int]:
     """(chars the carried events may use, chars of the longest possible seed message).
 
@@ -256,8 +262,13 @@ def _seed_budget(
     """
     longest_seed = len(
         render_continuation(
-            template, directive=old.directive, previous_thread_id=old.thread_id, summary=summary,
-            reason=reason, carried_count=old.event_count, omitted_count=old.event_count,
+            template,
+            directive=old.directive,
+            previous_thread_id=old.thread_id,
+            summary=summary,
+            reason=reason,
+            carried_count=old.event_count,
+            omitted_count=old.event_count,
         )
     )
     max_chars = (max_tokens_below(old.context_window, threshold) + 1) * 4 - 1
@@ -290,24 +301,38 @@ async def plan_handoff(
         LimitExceededError: the continuation could not start below the threshold.
     """
     budget, _ = _seed_budget(
-        old, template=template, reason=reason, summary=summary, extra_chars=0,
-        ceiling_tokens=ceiling_tokens, threshold=threshold,
+        old,
+        template=template,
+        reason=reason,
+        summary=summary,
+        extra_chars=0,
+        ceiling_tokens=ceiling_tokens,
+        threshold=threshold,
     )
     carried = await read_carry(store, old, budget)
     new = _continuation_thread(old, "handoff", reason)
     seed = render_continuation(
-        template, directive=old.directive, previous_thread_id=old.thread_id, summary=summary,
-        reason=reason, carried_count=len(carried), omitted_count=old.event_count - len(carried),
+        template,
+        directive=old.directive,
+        previous_thread_id=old.thread_id,
+        summary=summary,
+        reason=reason,
+        carried_count=len(carried),
+        omitted_count=old.event_count - len(carried),
     )
     seed_event = event_payload(MessageEvent(role="user", text=seed))
-    first = event_payload(ContinuedFromEvent(from_thread_id=old.thread_id, reason=reason, carried_count=len(carried)))
+    first = event_payload(
+        ContinuedFromEvent(from_thread_id=old.thread_id, reason=reason, carried_count=len(carried))
+    )
     new_events = (
         NewEvent("continued_from", first),
         NewEvent("message", seed_event, len(seed)),
         *(c.new_event() for c in carried),
     )
     status_ev = StatusEvent(**{"from": Status.RUNNING, "to": Status.CONTINUED, "reason": reason})
-    handoff_ev = HandoffEvent(to_thread_id=new.thread_id, trailing_count=len(carried), reason=reason, summary=summary)
+    handoff_ev = HandoffEvent(
+        to_thread_id=new.thread_id, trailing_count=len(carried), reason=reason, summary=summary
+    )
     linked = old.model_copy(
         update={"status": Status.CONTINUED, "status_reason": reason, "continuation_thread_id": new.thread_id}
     )
@@ -351,28 +376,44 @@ async def plan_resume(
         trimmed = False
     else:
         budget, _ = _seed_budget(
-            end, template=template, reason=reason, summary=None, extra_chars=len(message),
-            ceiling_tokens=ceiling_tokens, threshold=threshold,
+            end,
+            template=template,
+            reason=reason,
+            summary=None,
+            extra_chars=len(message),
+            ceiling_tokens=ceiling_tokens,
+            threshold=threshold,
         )
         carried = await read_carry(store, end, budget)
         seed = render_continuation(
-            template, directive=end.directive, previous_thread_id=end.thread_id, summary=None,
-            reason=reason, carried_count=len(carried), omitted_count=end.event_count - len(carried),
+            template,
+            directive=end.directive,
+            previous_thread_id=end.thread_id,
+            summary=None,
+            reason=reason,
+            carried_count=len(carried),
+            omitted_count=end.event_count - len(carried),
         )
         trimmed = True
     new = _continuation_thread(end, "resume", reason)
-    first = event_payload(ContinuedFromEvent(from_thread_id=end.thread_id, reason=reason, carried_count=len(carried)))
+    first = event_payload(
+        ContinuedFromEvent(from_thread_id=end.thread_id, reason=reason, carried_count=len(carried))
+    )
     new_events: list[NewEvent] = [NewEvent("continued_from", first)]
     if seed is not None:
         new_events.append(NewEvent("message", event_payload(MessageEvent(role="user", text=seed)), len(seed)))
     new_events += [c.new_event() for c in carried]
-    new_events.append(NewEvent("message", event_payload(MessageEvent(role="user", text=message)), len(message)))
+    new_events.append(
+        NewEvent("message", event_payload(MessageEvent(role="user", text=message)), len(message))
+    )
     resumed = ThreadResumedEvent(to_thread_id=new.thread_id, message=message)
     ops: list[Op] = [
         CreateThread(new),
         AppendEvents(new.thread_id, tuple(new_events)),
         AppendEvents(end.thread_id, (NewEvent("thread_resumed", event_payload(resumed)),)),
-        PutThread(end.model_copy(update={"continuation_thread_id": new.thread_id}), expect_version=end.version),
+        PutThread(
+            end.model_copy(update={"continuation_thread_id": new.thread_id}), expect_version=end.version
+        ),
     ]
     chars = (len(seed) if seed else 0) + sum(c.chars for c in carried) + len(message)
     return ContinuationPlan(end, new, ops, carried, seed, context_of(chars, window), threshold, trimmed)
@@ -427,9 +468,9 @@ async def walk_chain(store: Store, start: Thread) -> ChainWalk:
         problems.append(f"chain root {start.chain_root_id} does not exist")
         first, seen_back = start, {start.thread_id}
         while first.continuation_of and first.continuation_of not in seen_back:
-            prev = members.get(first.continuation_of) or (await store.get_threads([first.continuation_of])).get(
-                first.continuation_of
-            )
+            prev = members.get(first.continuation_of) or (
+                await store.get_threads([first.continuation_of])
+            ).get(first.continuation_of)
             if prev is None:
                 break
             seen_back.add(prev.thread_id)
@@ -449,9 +490,13 @@ async def walk_chain(store: Store, start: Thread) -> ChainWalk:
         cur = members.get(nxt_id) or (await store.get_threads([nxt_id])).get(nxt_id)
         if cur is None:
             problems.append(f"thread {ordered[-1].thread_id} links to missing thread {nxt_id}")
-    stray = sorted((t for t in members.values() if t.thread_id not in seen), key=lambda t: (t.created_at, t.thread_id))
+    stray = sorted(
+        (t for t in members.values() if t.thread_id not in seen), key=lambda t: (t.created_at, t.thread_id)
+    )
     if stray:
-        problems.append("not reachable by links from the chain's start: " + ", ".join(t.thread_id for t in stray))
+        problems.append(
+            "not reachable by links from the chain's start: " + ", ".join(t.thread_id for t in stray)
+        )
     end, problem = await resolve_end(store, start)
     if problem and problem not in problems:
         problems.append(problem)

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import anyio
 import typer
@@ -51,7 +51,7 @@ app = typer.Typer(
 INSPECT, MOVE, MAINTAIN, SERVE = "Inspect", "Move data", "Maintain", "Serve"
 
 RootOpt = Annotated[
-    Optional[Path], typer.Option("--root", help="data folder (default ./.threadloom or $THREADLOOM_HOME)")
+    Path | None, typer.Option("--root", help="data folder (default ./.threadloom or $THREADLOOM_HOME)")
 ]
 
 
@@ -87,38 +87,50 @@ def _main(
 def serve(
     root: RootOpt = None,
     http: Annotated[bool, typer.Option("--http", help="serve streamable HTTP instead of stdio")] = False,
-    host: Annotated[Optional[str], typer.Option(help="HTTP bind address (default 127.0.0.1)")] = None,
-    port: Annotated[Optional[int], typer.Option(help="HTTP port (default 8765)")] = None,
+    host: Annotated[str | None, typer.Option(help="HTTP bind address (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default 8765)")] = None,
     token: Annotated[
-        Optional[str], typer.Option(help="bearer token required over HTTP (or $THREADLOOM_TOKEN)")
+        str | None, typer.Option(help="bearer token required over HTTP (or $THREADLOOM_TOKEN)")
     ] = None,
-    store: Annotated[Optional[str], typer.Option(help="store backend: sqlite (default) or memory")] = None,
+    store: Annotated[str | None, typer.Option(help="store backend: sqlite (default) or memory")] = None,
     durability: Annotated[
-        Optional[str], typer.Option(help="full (survives power loss, default) or normal (survives crashes)")
+        str | None, typer.Option(help="full (survives power loss, default) or normal (survives crashes)")
     ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "WARNING",
     context_window: Annotated[
-        Optional[int], typer.Option(help="default context window of new threads, in tokens (default 200000)")
+        int | None, typer.Option(help="default context window of new threads, in tokens (default 200000)")
     ] = None,
     trigger_threshold: Annotated[
-        Optional[float], typer.Option(help="hand off when context reaches this fraction of the window (default 0.9)")
+        float | None,
+        typer.Option(help="hand off when context reaches this fraction of the window (default 0.9)"),
     ] = None,
     resume_ceiling_tokens: Annotated[
-        Optional[int], typer.Option(help="most tokens of trailing messages a handoff carries (default 16000)")
+        int | None, typer.Option(help="most tokens of trailing messages a handoff carries (default 16000)")
     ] = None,
     allow_delete: Annotated[
         bool,
-        typer.Option("--allow-delete", help="offer MCP clients the delete_thread tool (off: no client can erase history)"),
+        typer.Option(
+            "--allow-delete",
+            help="offer MCP clients the delete_thread tool (off: no client can erase history)",
+        ),
     ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
     ] = False,
 ) -> None:
     """Serve the MCP tools over stdio (the default, for MCP clients) or streamable HTTP."""
-    logging.basicConfig(stream=sys.stderr, level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     settings = settings_from(
-        root=root, host=host, port=port, token=token, store=store, durability=durability,
-        context_window=context_window, trigger_threshold=trigger_threshold,
+        root=root,
+        host=host,
+        port=port,
+        token=token,
+        store=store,
+        durability=durability,
+        context_window=context_window,
+        trigger_threshold=trigger_threshold,
         resume_ceiling_tokens=resume_ceiling_tokens,
     )
     try:
@@ -144,7 +156,10 @@ async def _serve(settings: Settings, http: bool, allow_delete: bool = False) -> 
             tg.start_soon(service.run_sweeper)
             if http:
                 logging.getLogger("threadloom").warning(
-                    "serving MCP over HTTP at http://%s:%d/mcp (root %s)", settings.host, settings.port, settings.root
+                    "serving MCP over HTTP at http://%s:%d/mcp (root %s)",
+                    settings.host,
+                    settings.port,
+                    settings.root,
                 )
                 await serve_http(
                     server,
@@ -160,7 +175,7 @@ async def _serve(settings: Settings, http: bool, allow_delete: bool = False) -> 
 
 @app.command(rich_help_panel=MAINTAIN)
 def verify(
-    thread_id: Annotated[Optional[str], typer.Argument(help="the thread to verify (12 hex digits)")] = None,
+    thread_id: Annotated[str | None, typer.Argument(help="the thread to verify (12 hex digits)")] = None,
     all_threads: Annotated[bool, typer.Option("--all", help="verify every thread of the root")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the report(s) as JSON on stdout")] = False,
     root: RootOpt = None,
@@ -220,7 +235,9 @@ async def _verify(settings: Settings, thread_id: str | None, as_json: bool) -> b
         else:
             for r in failed:
                 _print_report(r)
-            typer.echo(f"{len(reports)} thread(s) verified: {len(reports) - len(failed)} intact, {len(failed)} with problems")
+            typer.echo(
+                f"{len(reports)} thread(s) verified: {len(reports) - len(failed)} intact, {len(failed)} with problems"
+            )
         return not failed
 
 
@@ -243,8 +260,12 @@ def _progress(total: int) -> object:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
     )
 
 
@@ -268,7 +289,9 @@ def _print_report(report: object) -> None:
 # ------------------------------------------------------------------ operator commands
 
 PIPE_WIDTH = 160
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable JSON on stdout (no colours, no progress)")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="machine-readable JSON on stdout (no colours, no progress)")
+]
 ThreadArg = Annotated[str, typer.Argument(help="thread id (12 hex digits)", show_default=False, metavar="ID")]
 
 
@@ -301,7 +324,9 @@ class Out:
         return not self.json and self.console.is_terminal and self.err.is_terminal
 
     @contextmanager
-    def progress(self, description: str, total: int | None = None) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    def progress(
+        self, description: str, total: int | None = None
+    ) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
         """(advance, set_total) of a progress bar on stderr, shown only on a terminal and never under --json."""
         if not self.interactive:
             yield (lambda n: None), (lambda n: None)
@@ -309,8 +334,12 @@ class Out:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=self.err, transient=True,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.err,
+            transient=True,
         ) as bar:
             task = bar.add_task(description, total=total)
             yield (lambda n: bar.advance(task, n)), (lambda n: bar.update(task, total=n))
@@ -402,9 +431,9 @@ def check_ids(ids: list[str]) -> list[str]:
 @app.command("ls", rich_help_panel=INSPECT)
 def ls_(
     root: RootOpt = None,
-    agent: Annotated[Optional[str], typer.Option("--agent", help="only this agent's threads")] = None,
-    status: Annotated[Optional[str], typer.Option("--status", help="only threads in this status")] = None,
-    parent: Annotated[Optional[str], typer.Option("--parent", help="only children of this thread")] = None,
+    agent: Annotated[str | None, typer.Option("--agent", help="only this agent's threads")] = None,
+    status: Annotated[str | None, typer.Option("--status", help="only threads in this status")] = None,
+    parent: Annotated[str | None, typer.Option("--parent", help="only children of this thread")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="at most this many threads")] = 50,
     as_json: JsonOpt = False,
 ) -> None:
@@ -418,7 +447,11 @@ def ls_(
             cursor = None
             while len(rows) < limit:
                 page = await svc.list_threads(
-                    agent_id=agent, parent_id=parent, status=status, limit=min(MAX_LIST, limit - len(rows)), cursor=cursor
+                    agent_id=agent,
+                    parent_id=parent,
+                    status=status,
+                    limit=min(MAX_LIST, limit - len(rows)),
+                    cursor=cursor,
                 )
                 rows += page.threads
                 cursor = page.next_cursor
@@ -443,7 +476,9 @@ def ls_(
 def show(
     thread_id: ThreadArg,
     root: RootOpt = None,
-    events: Annotated[int, typer.Option("--events", "-e", min=0, help="how many of the last events to show")] = 10,
+    events: Annotated[
+        int, typer.Option("--events", "-e", min=0, help="how many of the last events to show")
+    ] = 10,
     as_json: JsonOpt = False,
 ) -> None:
     """Show one thread: manifest, budget, its chain as a tree (parent, continuation links,
@@ -466,49 +501,79 @@ def show(
                     children[member.thread_id] = list(reversed(kids.threads))
             after = max(0, thread.event_count - events)
             tail = await svc.store.read_events(thread_id, after_seq=after) if events else []
-            return {"thread": thread, "chain": chain, "parent": parent, "children": children,
-                    "events": [e.data() for e in tail]}
+            return {
+                "thread": thread,
+                "chain": chain,
+                "parent": parent,
+                "children": children,
+                "events": [e.data() for e in tail],
+            }
 
     got = run(body)
     thread: Thread = got["thread"]
     if out.json:
-        out.emit({
-            "thread": thread_json(thread),
-            "chain": [thread_json(t) for t in got["chain"]],
-            "parent": thread_json(got["parent"]) if got["parent"] else None,
-            "children": [thread_json(k) for kids in got["children"].values() for k in kids],
-            "events": got["events"],
-        })
+        out.emit(
+            {
+                "thread": thread_json(thread),
+                "chain": [thread_json(t) for t in got["chain"]],
+                "parent": thread_json(got["parent"]) if got["parent"] else None,
+                "children": [thread_json(k) for kids in got["children"].values() for k in kids],
+                "events": got["events"],
+            }
+        )
         return
     from rich.panel import Panel
 
     from .render import chain_tree, event_summary, manifest_table
 
-    out.console.print(Panel(manifest_table(thread), title=f"thread {thread.thread_id}", title_align="left", expand=False))
+    out.console.print(
+        Panel(manifest_table(thread), title=f"thread {thread.thread_id}", title_align="left", expand=False)
+    )
     out.console.print(Text("chain", style="bold"))
-    out.console.print(chain_tree(got["chain"], focus=thread.thread_id, parent=got["parent"],
-                                 parent_id=thread.parent_id, children=got["children"]))
+    out.console.print(
+        chain_tree(
+            got["chain"],
+            focus=thread.thread_id,
+            parent=got["parent"],
+            parent_id=thread.parent_id,
+            children=got["children"],
+        )
+    )
     if got["events"]:
         shown = len(got["events"])
         out.console.print(Text(f"last {shown} of {thread.event_count} events", style="bold"))
         for data in got["events"]:
-            out.console.print(event_summary(data, max(40, out.console.width - 40)), overflow="ellipsis", no_wrap=True)
+            out.console.print(
+                event_summary(data, max(40, out.console.width - 40)), overflow="ellipsis", no_wrap=True
+            )
     if thread.continuation_thread_id:
-        out.note(f"continued in {thread.continuation_thread_id}: `threadloom tail -f {thread.thread_id}` follows the chain")
+        out.note(
+            f"continued in {thread.continuation_thread_id}: `threadloom tail -f {thread.thread_id}` follows the chain"
+        )
 
 
 @app.command(rich_help_panel=INSPECT)
 def tail(
     thread_id: ThreadArg,
     root: RootOpt = None,
-    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="start with this many of the last events (0: all)")] = 20,
+    lines: Annotated[
+        int, typer.Option("--lines", "-n", min=0, help="start with this many of the last events (0: all)")
+    ] = 20,
     follow_: Annotated[
-        bool, typer.Option("--follow", "-f", help="keep printing new events as they commit, across handoffs; Ctrl-C stops")
+        bool,
+        typer.Option(
+            "--follow", "-f", help="keep printing new events as they commit, across handoffs; Ctrl-C stops"
+        ),
     ] = False,
     until_done: Annotated[
-        bool, typer.Option("--until-done", help="with -f: stop once the chain's end is completed, error or cancelled")
+        bool,
+        typer.Option(
+            "--until-done", help="with -f: stop once the chain's end is completed, error or cancelled"
+        ),
     ] = False,
-    full: Annotated[bool, typer.Option("--full", help="print whole texts instead of one line per event")] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="print whole texts instead of one line per event")
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="one JSON object per line: {thread_id, event} (JSON Lines)")
     ] = False,
@@ -526,7 +591,9 @@ def tail(
         if out.json:
             out.line({"thread_id": ev.thread_id, "event": ev.data()})
         else:
-            out.console.print(event_summary(ev.data(), width), soft_wrap=full, overflow="ellipsis", no_wrap=not full)
+            out.console.print(
+                event_summary(ev.data(), width), soft_wrap=full, overflow="ellipsis", no_wrap=not full
+            )
         if follow_:
             sys.stdout.flush()  # a follower's reader (a pipe, `| grep`) sees each event as it commits
 
@@ -575,14 +642,24 @@ async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
 
 @app.command(rich_help_panel=INSPECT)
 def search(
-    query: Annotated[str, typer.Argument(help="words to find (or a pattern with --regex)", show_default=False)],
+    query: Annotated[
+        str, typer.Argument(help="words to find (or a pattern with --regex)", show_default=False)
+    ],
     root: RootOpt = None,
-    chain: Annotated[Optional[str], typer.Option("--chain", help="search every thread of this thread's chain")] = None,
-    regex: Annotated[bool, typer.Option("--regex", help="QUERY is a regular expression (needs --chain)")] = False,
-    agent: Annotated[Optional[str], typer.Option("--agent", help="only this agent's threads")] = None,
+    chain: Annotated[
+        str | None, typer.Option("--chain", help="search every thread of this thread's chain")
+    ] = None,
+    regex: Annotated[
+        bool, typer.Option("--regex", help="QUERY is a regular expression (needs --chain)")
+    ] = False,
+    agent: Annotated[str | None, typer.Option("--agent", help="only this agent's threads")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="at most this many hits")] = 10,
-    context: Annotated[int, typer.Option("--context", "-C", min=0, help="messages of context around each hit")] = 1,
-    tools: Annotated[bool, typer.Option("--tools", help="with --chain: also search tool inputs and outputs")] = False,
+    context: Annotated[
+        int, typer.Option("--context", "-C", min=0, help="messages of context around each hit")
+    ] = 1,
+    tools: Annotated[
+        bool, typer.Option("--tools", help="with --chain: also search tool inputs and outputs")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Search messages: across threads (best hit per thread), or within one chain (--chain)."""
@@ -604,7 +681,12 @@ def search(
             if chain:
                 extra = {"include_tools": True} if tools else {}
                 return await svc.chain_search(  # type: ignore[attr-defined]
-                    chain, query, search_type="regex" if regex else "text", limit=limit, context=context, **extra
+                    chain,
+                    query,
+                    search_type="regex" if regex else "text",
+                    limit=limit,
+                    context=context,
+                    **extra,
                 )
             return await svc.search_threads(query, agent_id=agent, limit=limit, context=context)  # type: ignore[attr-defined]
 
@@ -620,12 +702,21 @@ def search(
 
 @app.command("export", rich_help_panel=MOVE)
 def export_(
-    thread_ids: Annotated[Optional[list[str]], typer.Argument(help="threads to export (each with its whole chain)", show_default=False)] = None,
+    thread_ids: Annotated[
+        list[str] | None,
+        typer.Argument(help="threads to export (each with its whole chain)", show_default=False),
+    ] = None,
     root: RootOpt = None,
     all_: Annotated[bool, typer.Option("--all", help="export every thread of the root")] = False,
-    children: Annotated[bool, typer.Option("--children", help="also export every descendant (child threads and theirs)")] = False,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write the bundle here (default: stdout)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary (needs -o: the bundle itself is JSON Lines)")] = False,
+    children: Annotated[
+        bool, typer.Option("--children", help="also export every descendant (child threads and theirs)")
+    ] = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="write the bundle here (default: stdout)")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print a JSON summary (needs -o: the bundle itself is JSON Lines)")
+    ] = False,
 ) -> None:
     """Write threads as a self-contained JSON Lines bundle (manifests, events, chain links)
     that `threadloom import` reads back exactly."""
@@ -656,17 +747,34 @@ def export_(
 
     summary = run(body)
     if as_json:
-        out.emit({"file": str(output), "threads": summary.threads, "events": summary.events,
-                  "chains": summary.chains, "thread_ids": summary.thread_ids})
+        out.emit(
+            {
+                "file": str(output),
+                "threads": summary.threads,
+                "events": summary.events,
+                "chains": summary.chains,
+                "thread_ids": summary.thread_ids,
+            }
+        )
     elif output is not None:
-        out.note(f"exported {summary.threads} thread(s) in {summary.chains} chain(s), {summary.events} events, to {output}")
+        out.note(
+            f"exported {summary.threads} thread(s) in {summary.chains} chain(s), {summary.events} events, to {output}"
+        )
 
 
 @app.command("import", rich_help_panel=MOVE)
 def import_(
-    files: Annotated[list[Path], typer.Argument(help="bundles from `threadloom export`, or legacy JSONL transcripts", show_default=False)],
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="bundles from `threadloom export`, or legacy JSONL transcripts", show_default=False
+        ),
+    ],
     root: RootOpt = None,
-    rename: Annotated[bool, typer.Option("--rename", help="import threads whose ids are taken under new ids (links rewritten)")] = False,
+    rename: Annotated[
+        bool,
+        typer.Option("--rename", help="import threads whose ids are taken under new ids (links rewritten)"),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Import bundles (ids, seqs and timestamps kept) and legacy single-thread JSONL files
@@ -709,12 +817,23 @@ def import_(
 
 @app.command(rich_help_panel=MAINTAIN)
 def gc(
-    older_than: Annotated[str, typer.Option("--older-than", help="delete chains last updated longer ago than this: 30d, 12h, 2w", show_default=False)],
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than",
+            help="delete chains last updated longer ago than this: 30d, 12h, 2w",
+            show_default=False,
+        ),
+    ],
     root: RootOpt = None,
-    status: Annotated[str, typer.Option("--status", help="end statuses that may go (comma-separated)")] = "completed,error,cancelled",
+    status: Annotated[
+        str, typer.Option("--status", help="end statuses that may go (comma-separated)")
+    ] = "completed,error,cancelled",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="only show what would be deleted")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
-    vacuum: Annotated[bool, typer.Option("--vacuum", help="afterwards give the freed space back to the disk (VACUUM)")] = False,
+    vacuum: Annotated[
+        bool, typer.Option("--vacuum", help="afterwards give the freed space back to the disk (VACUUM)")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Delete old finished chains (retention). Whole chains only: a chain goes when its end
@@ -766,22 +885,37 @@ def show_gc_plan(out: Out, plan: Any) -> None:
     from .render import status_text, ts_short
 
     if not plan.doomed:
-        out.note(f"nothing to delete: no finished chain was last updated before {ts_short(plan.cutoff)} "
-                 f"({len(plan.kept)} chain(s) kept)")
+        out.note(
+            f"nothing to delete: no finished chain was last updated before {ts_short(plan.cutoff)} "
+            f"({len(plan.kept)} chain(s) kept)"
+        )
         return
     from rich import box
 
-    table = Table(title=f"chains last updated before {ts_short(plan.cutoff)}", header_style="bold",
-                  box=box.SIMPLE_HEAD, show_edge=False, title_justify="left")
+    table = Table(
+        title=f"chains last updated before {ts_short(plan.cutoff)}",
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        title_justify="left",
+    )
     for col in ("chain", "threads", "end status", "events", "last updated", "title"):
         table.add_column(col, no_wrap=col != "title", max_width=40 if col == "title" else None)
     for c in plan.doomed:
         d = c.as_dict()
-        table.add_row(c.chain_root_id, " ".join(d["thread_ids"]), status_text(d["end_status"]), str(d["events"]),
-                      ts_short(d["last_updated"]), escape(d["title"] or ""))
+        table.add_row(
+            c.chain_root_id,
+            " ".join(d["thread_ids"]),
+            status_text(d["end_status"]),
+            str(d["events"]),
+            ts_short(d["last_updated"]),
+            escape(d["title"] or ""),
+        )
     out.console.print(table)
-    out.note(f"{len(plan.thread_ids)} thread(s) in {len(plan.doomed)} chain(s) would be deleted; "
-             f"{len(plan.kept)} chain(s) kept")
+    out.note(
+        f"{len(plan.thread_ids)} thread(s) in {len(plan.doomed)} chain(s) would be deleted; "
+        f"{len(plan.kept)} chain(s) kept"
+    )
 
 
 def gc_json(plan: Any, *, dry_run: bool, deleted: int, skipped: list[str]) -> dict[str, Any]:
@@ -800,7 +934,10 @@ def gc_json(plan: Any, *, dry_run: bool, deleted: int, skipped: list[str]) -> di
 @app.command(rich_help_panel=MAINTAIN)
 def doctor(
     root: RootOpt = None,
-    fix: Annotated[bool, typer.Option("--fix", help="repair what is safe to repair (mirrors, WAL, stale threads), then check")] = False,
+    fix: Annotated[
+        bool,
+        typer.Option("--fix", help="repair what is safe to repair (mirrors, WAL, stale threads), then check"),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Check the root: permissions, free disk, SQLite (version, FTS5, WAL), signing keys,
@@ -818,7 +955,11 @@ def doctor(
     if out.json:
         out.emit(report.as_dict())
     else:
-        marks = {"ok": "[green]OK     [/green]", "warn": "[yellow]WARN   [/yellow]", "problem": "[red]PROBLEM[/red]"}
+        marks = {
+            "ok": "[green]OK     [/green]",
+            "warn": "[yellow]WARN   [/yellow]",
+            "problem": "[red]PROBLEM[/red]",
+        }
         for f in report.fixed:
             out.console.print(f"[blue]FIXED  [/blue] {escape(f)}")
         for c in report.checks:
@@ -826,7 +967,9 @@ def doctor(
             if c.fix and c.level != "ok":
                 out.console.print(f"        {'':<12} [dim]fix:[/dim] {escape(c.fix)}")
         problems = sum(c.level == "problem" for c in report.checks)
-        out.console.print("[green]all checks passed[/green]" if report.ok else f"[red]{problems} problem(s)[/red]")
+        out.console.print(
+            "[green]all checks passed[/green]" if report.ok else f"[red]{problems} problem(s)[/red]"
+        )
     if not report.ok:
         raise typer.Exit(1)
 
@@ -835,8 +978,13 @@ def doctor(
 def delete(
     thread_ids: Annotated[list[str], typer.Argument(help="threads to delete", show_default=False)],
     root: RootOpt = None,
-    chain: Annotated[bool, typer.Option("--chain", help="delete the whole continuation chain of each thread")] = False,
-    force: Annotated[bool, typer.Option("--force", help="also delete threads that have not ended (created, running, paused)")] = False,
+    chain: Annotated[
+        bool, typer.Option("--chain", help="delete the whole continuation chain of each thread")
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="also delete threads that have not ended (created, running, paused)"),
+    ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="only show what would be deleted")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
     as_json: JsonOpt = False,
@@ -883,7 +1031,6 @@ def delete(
         out.note(f"deleted {len(outcome.deleted)} thread(s): {' '.join(outcome.deleted)}")
     for tid in outcome.missing:
         out.note(f"{tid} does not exist (nothing to delete)")
-
 
 
 @app.command(rich_help_panel=MAINTAIN)
@@ -941,6 +1088,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: still one line, the traceback only on request
         if os.environ.get("THREADLOOM_DEBUG"):
             raise
-        typer.echo(f"threadloom: internal error: {type(exc).__name__}: {exc} (THREADLOOM_DEBUG=1 shows the traceback)", err=True)
+        typer.echo(
+            f"threadloom: internal error: {type(exc).__name__}: {exc} (THREADLOOM_DEBUG=1 shows the traceback)",
+            err=True,
+        )
         return 1
     return 0

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+
 from .config import Settings
 from .errors import ThreadloomError
 from .mirror import MANIFEST, TRANSCRIPT, manifest_bytes
@@ -35,7 +36,9 @@ from .store.sqlite import SQLiteStore
 MIN_SQLITE = (3, 24, 0)  # row values (3.15) for paging, UPSERT (3.24); tested with 3.40
 MIN_FREE_BYTES = 256 * 1024 * 1024
 WARN_FREE_BYTES = 2 * 1024 * 1024 * 1024
-MIRROR_SETTLE = 0.3  # seconds to wait before looking at a differing mirror again (it is written just after commit)
+MIRROR_SETTLE = (
+    0.3  # seconds to wait before looking at a differing mirror again (it is written just after commit)
+)
 PRIVATE_MODE_MASK = 0o077
 
 Level = Literal["ok", "warn", "problem"]
@@ -79,34 +82,62 @@ def _human(n: float) -> str:
 
 def check_root(root: Path) -> list[Check]:
     if not root.exists():
-        return [_problem("root", f"{root} does not exist",
-                         "pass --root (or set THREADLOOM_HOME) to the folder threadloom serve uses")]
+        return [
+            _problem(
+                "root",
+                f"{root} does not exist",
+                "pass --root (or set THREADLOOM_HOME) to the folder threadloom serve uses",
+            )
+        ]
     if not root.is_dir():
         return [_problem("root", f"{root} is not a folder", "point --root at a threadloom data folder")]
     out = []
     if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
-        out.append(_problem("permissions", f"{root} is not readable and writable by this user",
-                            f"chown to this user or chmod u+rwx {root}"))
+        out.append(
+            _problem(
+                "permissions",
+                f"{root} is not readable and writable by this user",
+                f"chown to this user or chmod u+rwx {root}",
+            )
+        )
     else:
         mode = stat.S_IMODE(root.stat().st_mode)
         if mode & 0o002:
-            out.append(_problem("permissions", f"{root} is writable by every user (mode {mode:o})",
-                                f"chmod o-w {root}"))
+            out.append(
+                _problem(
+                    "permissions", f"{root} is writable by every user (mode {mode:o})", f"chmod o-w {root}"
+                )
+            )
         elif mode & 0o007:
-            out.append(_warn("permissions", f"{root} is readable by other users (mode {mode:o}); "
-                             "transcripts may hold secrets", f"chmod o-rwx {root}"))
+            out.append(
+                _warn(
+                    "permissions",
+                    f"{root} is readable by other users (mode {mode:o}); transcripts may hold secrets",
+                    f"chmod o-rwx {root}",
+                )
+            )
         else:
             out.append(_ok("permissions", f"{root} is private to its owner and group (mode {mode:o})"))
     db = root / "threads.db"
     if db.exists() and not os.access(db, os.R_OK | os.W_OK):
-        out.append(_problem("permissions", f"{db} is not readable and writable by this user",
-                            f"chown to this user or chmod u+rw {db}"))
+        out.append(
+            _problem(
+                "permissions",
+                f"{db} is not readable and writable by this user",
+                f"chown to this user or chmod u+rw {db}",
+            )
+        )
     usage = shutil.disk_usage(root)
     used = sum(p.stat().st_size for p in root.glob("threads.db*") if p.is_file())
     detail = f"{_human(usage.free)} free on the file system; the database takes {_human(used)}"
     if usage.free < MIN_FREE_BYTES:
-        out.append(_problem("disk", detail, "free disk space, or run `threadloom gc --older-than 30d` "
-                            "and `threadloom gc --vacuum`"))
+        out.append(
+            _problem(
+                "disk",
+                detail,
+                "free disk space, or run `threadloom gc --older-than 30d` and `threadloom gc --vacuum`",
+            )
+        )
     elif usage.free < WARN_FREE_BYTES:
         out.append(_warn("disk", detail, "free disk space soon; appends fail when the disk is full"))
     else:
@@ -121,8 +152,13 @@ def check_sqlite() -> list[Check]:
     out = []
     version = sqlite3.sqlite_version_info
     if version < MIN_SQLITE:
-        out.append(_problem("sqlite", f"SQLite {sqlite3.sqlite_version} is older than "
-                            f"{'.'.join(map(str, MIN_SQLITE))}", "use a Python built against a newer SQLite"))
+        out.append(
+            _problem(
+                "sqlite",
+                f"SQLite {sqlite3.sqlite_version} is older than {'.'.join(map(str, MIN_SQLITE))}",
+                "use a Python built against a newer SQLite",
+            )
+        )
     else:
         out.append(_ok("sqlite", f"SQLite {sqlite3.sqlite_version}"))
     conn = sqlite3.connect(":memory:")
@@ -130,8 +166,13 @@ def check_sqlite() -> list[Check]:
         conn.execute("CREATE VIRTUAL TABLE fts_probe USING fts5(body)")
         out.append(_ok("fts5", "FTS5 full-text search is available"))
     except sqlite3.Error as exc:
-        out.append(_problem("fts5", f"FTS5 is not available in this SQLite ({exc})",
-                            "use a Python whose sqlite3 has FTS5 (python.org and most distributions do)"))
+        out.append(
+            _problem(
+                "fts5",
+                f"FTS5 is not available in this SQLite ({exc})",
+                "use a Python whose sqlite3 has FTS5 (python.org and most distributions do)",
+            )
+        )
     finally:
         conn.close()
     return out
@@ -141,42 +182,71 @@ def check_database(root: Path) -> tuple[list[Check], bool]:
     """Checks of threads.db through a read-only connection; (checks, usable by a store)."""
     db = root / "threads.db"
     if not db.exists():
-        return [_problem("database", f"{db} does not exist",
-                         "start `threadloom serve` on this root once, or `threadloom import` a bundle into it")], False
+        return [
+            _problem(
+                "database",
+                f"{db} does not exist",
+                "start `threadloom serve` on this root once, or `threadloom import` a bundle into it",
+            )
+        ], False
     out = []
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error as exc:
-        return [_problem("database", f"cannot open {db}: {exc}", "check the file's owner and permissions")], False
+        return [
+            _problem("database", f"cannot open {db}: {exc}", "check the file's owner and permissions")
+        ], False
     try:
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
         if mode.lower() == "wal":
             out.append(_ok("wal", "journal mode is WAL"))
         else:
-            out.append(_problem("wal", f"journal mode is {mode}, not WAL: processes block each other",
-                                "run `threadloom doctor --fix` (sets WAL)"))
+            out.append(
+                _problem(
+                    "wal",
+                    f"journal mode is {mode}, not WAL: processes block each other",
+                    "run `threadloom doctor --fix` (sets WAL)",
+                )
+            )
         try:
             current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
         except sqlite3.Error:
             current = 0
         known = len(SQLITE_MIGRATIONS)
         if current > known:
-            out.append(_problem("schema", f"schema version {current} is newer than this threadloom knows ({known})",
-                                "upgrade threadloom"))
+            out.append(
+                _problem(
+                    "schema",
+                    f"schema version {current} is newer than this threadloom knows ({known})",
+                    "upgrade threadloom",
+                )
+            )
             return out, False
         if current < known:
-            out.append(_warn("schema", f"schema version {current} of {known}: migrations pending",
-                             "they run on the next `threadloom serve` (or `threadloom doctor --fix`)"))
+            out.append(
+                _warn(
+                    "schema",
+                    f"schema version {current} of {known}: migrations pending",
+                    "they run on the next `threadloom serve` (or `threadloom doctor --fix`)",
+                )
+            )
         else:
             out.append(_ok("schema", f"schema version {current}"))
         result = conn.execute("PRAGMA quick_check").fetchone()[0]
         if result == "ok":
             out.append(_ok("integrity", "SQLite quick_check passed"))
         else:
-            out.append(_problem("integrity", f"SQLite quick_check: {result}",
-                                "stop every threadloom process, copy the root, then `sqlite3 threads.db .recover`"))
+            out.append(
+                _problem(
+                    "integrity",
+                    f"SQLite quick_check: {result}",
+                    "stop every threadloom process, copy the root, then `sqlite3 threads.db .recover`",
+                )
+            )
     except sqlite3.Error as exc:
-        out.append(_problem("database", f"{db} cannot be read: {exc}", "check the file; restore from a backup"))
+        out.append(
+            _problem("database", f"{db} cannot be read: {exc}", "check the file; restore from a backup")
+        )
         return out, False
     finally:
         conn.close()
@@ -241,7 +311,11 @@ def check_keys(root: Path) -> list[Check]:
     if not keys.exists():
         return []
     if not keys.is_dir():
-        return [_problem("keys", f"{keys} is not a folder", f"move {keys} away; a new key pair is made on first use")]
+        return [
+            _problem(
+                "keys", f"{keys} is not a folder", f"move {keys} away; a new key pair is made on first use"
+            )
+        ]
     out = []
     files = sorted(p for p in keys.iterdir() if p.is_file() and not p.name.startswith("."))
     privates = 0
@@ -249,29 +323,51 @@ def check_keys(root: Path) -> list[Check]:
         try:
             data = path.read_bytes()
         except OSError as exc:
-            out.append(_problem("keys", f"{path} cannot be read: {exc.strerror or exc}",
-                                f"chown to this user and chmod 600 {path}"))
+            out.append(
+                _problem(
+                    "keys",
+                    f"{path} cannot be read: {exc.strerror or exc}",
+                    f"chown to this user and chmod 600 {path}",
+                )
+            )
             continue
         kind, problem = _key_kind(path.name, data)
         if problem:
-            out.append(_problem("keys", f"{path} ({kind} key) is broken: {problem}",
-                                "restore the key from a backup; signatures made with the lost key cannot be "
-                                "verified with a new one"))
+            out.append(
+                _problem(
+                    "keys",
+                    f"{path} ({kind} key) is broken: {problem}",
+                    "restore the key from a backup; signatures made with the lost key cannot be "
+                    "verified with a new one",
+                )
+            )
             continue
         if kind == "private":
             privates += 1
             mode = stat.S_IMODE(path.stat().st_mode)
             if mode & PRIVATE_MODE_MASK:
-                out.append(_problem("keys", f"private key {path} is readable by others (mode {mode:o})",
-                                    f"chmod 600 {path}"))
+                out.append(
+                    _problem(
+                        "keys",
+                        f"private key {path} is readable by others (mode {mode:o})",
+                        f"chmod 600 {path}",
+                    )
+                )
                 continue
-        out.append(_ok("keys", f"{path.name}: {kind} key present" + (" and private" if kind == "private" else "")))
+        out.append(
+            _ok("keys", f"{path.name}: {kind} key present" + (" and private" if kind == "private" else ""))
+        )
     if not privates and not any(c.level == "problem" for c in out):
         out.append(_problem("keys", f"{keys} holds no private key", "restore the key pair from a backup"))
     mismatch = _pair_mismatch(files)
     if mismatch:
-        out.append(_problem("keys", mismatch, "restore the matching key pair from a backup (the public key is "
-                            "what verifiers trust)"))
+        out.append(
+            _problem(
+                "keys",
+                mismatch,
+                "restore the matching key pair from a backup (the public key is what verifiers trust)",
+            )
+        )
     return out
 
 
@@ -289,13 +385,15 @@ def _pair_mismatch(files: list[Path]) -> str | None:
             if not text.startswith(b"-----BEGIN"):
                 continue
             if b"PRIVATE" in text.split(b"\n", 1)[0]:
-                privates[path.name] = serialization.load_pem_private_key(text, password=None).public_key().public_bytes(*raw)
+                privates[path.name] = (
+                    serialization.load_pem_private_key(text, password=None).public_key().public_bytes(*raw)
+                )
             else:
                 publics[path.name] = serialization.load_pem_public_key(text).public_bytes(*raw)
         except (OSError, ValueError, TypeError):
             continue  # reported above
     if len(privates) == 1 and publics:
-        (priv_name, want), = privates.items()
+        ((priv_name, want),) = privates.items()
         wrong = [name for name, have in publics.items() if have != want]
         if wrong:
             return f"public key {', '.join(wrong)} does not belong to private key {priv_name}"
@@ -305,8 +403,13 @@ def _pair_mismatch(files: list[Path]) -> str | None:
 # ------------------------------------------------------------------ the data
 
 
-async def check_data(service: ThreadService, root: Path, *, progress: Callable[[int], None] = lambda n: None,
-                     on_total: Callable[[int], None] = lambda n: None) -> list[Check]:
+async def check_data(
+    service: ThreadService,
+    root: Path,
+    *,
+    progress: Callable[[int], None] = lambda n: None,
+    on_total: Callable[[int], None] = lambda n: None,
+) -> list[Check]:
     mirror_root = root / "threads"
     dirs = {p.name for p in mirror_root.iterdir() if p.is_dir()} if mirror_root.is_dir() else set()
     threads = await service.all_threads()
@@ -315,22 +418,38 @@ async def check_data(service: ThreadService, root: Path, *, progress: Callable[[
     drifted = [f"{tid}: {problem}" for tid, problem in await find_drift(service, root, threads, progress)]
     if drifted:
         shown = "; ".join(drifted[:5]) + (f"; and {len(drifted) - 5} more" if len(drifted) > 5 else "")
-        out.append(_problem("mirrors", f"{len(drifted)} of {len(threads)} thread mirrors differ from the database "
-                            f"({shown})", "run `threadloom doctor --fix` (rewrites mirrors from the database, "
-                            "which is the commit point)"))
+        out.append(
+            _problem(
+                "mirrors",
+                f"{len(drifted)} of {len(threads)} thread mirrors differ from the database ({shown})",
+                "run `threadloom doctor --fix` (rewrites mirrors from the database, "
+                "which is the commit point)",
+            )
+        )
     else:
         out.append(_ok("mirrors", f"{len(threads)} thread mirrors match the database"))
     known = {t.thread_id for t in threads}
     orphans = sorted(d for d in dirs if THREAD_ID_RE.fullmatch(d) and d not in known)
     if orphans:
-        out.append(_problem("orphans", f"{len(orphans)} mirror folder(s) without a thread in the database "
-                            f"({', '.join(orphans[:5])})", "run `threadloom doctor --fix` (removes them)"))
+        out.append(
+            _problem(
+                "orphans",
+                f"{len(orphans)} mirror folder(s) without a thread in the database "
+                f"({', '.join(orphans[:5])})",
+                "run `threadloom doctor --fix` (removes them)",
+            )
+        )
     stale = await service.store.list_stale(time.time())
     if stale:
         names = ", ".join(t.thread_id for t in stale[:5])
-        out.append(_problem("stale", f"{len(stale)} running thread(s) with no heartbeat for longer than their "
-                            f"stale_after ({names})", "`threadloom serve` sweeps them to error (timeout); "
-                            "or run `threadloom doctor --fix`"))
+        out.append(
+            _problem(
+                "stale",
+                f"{len(stale)} running thread(s) with no heartbeat for longer than their "
+                f"stale_after ({names})",
+                "`threadloom serve` sweeps them to error (timeout); or run `threadloom doctor --fix`",
+            )
+        )
     else:
         out.append(_ok("stale", "no running thread is past its stale_after"))
     return out
@@ -433,16 +552,27 @@ class Report:
         }
 
 
-async def run_doctor(settings: Settings, *, fix: bool = False, progress: Callable[[int], None] = lambda n: None,
-                     on_total: Callable[[int], None] = lambda n: None) -> Report:
+async def run_doctor(
+    settings: Settings,
+    *,
+    fix: bool = False,
+    progress: Callable[[int], None] = lambda n: None,
+    on_total: Callable[[int], None] = lambda n: None,
+) -> Report:
     """Every check on ``settings.root`` (and, with ``fix``, the safe repairs first)."""
     root = Path(settings.root)
     fixed: list[str] = []
     if fix and settings.store == "sqlite" and (root / "threads.db").exists():
         fixed = await _repair(settings)
     if settings.store != "sqlite":
-        checks = [_warn("store", f"the {settings.store} store is not checked here: doctor checks SQLite roots "
-                        "(folder, database file, mirrors)", "use the database's own tools for its health")]
+        checks = [
+            _warn(
+                "store",
+                f"the {settings.store} store is not checked here: doctor checks SQLite roots "
+                "(folder, database file, mirrors)",
+                "use the database's own tools for its health",
+            )
+        ]
         if root.is_dir():
             checks += check_keys(root)
         return Report(str(root), checks, fixed)
@@ -453,7 +583,9 @@ async def run_doctor(settings: Settings, *, fix: bool = False, progress: Callabl
         checks += db_checks
         checks += check_keys(root)
         if usable:
-            service = ThreadService(SQLiteStore(root, durability=settings.durability, reconcile=False), settings)
+            service = ThreadService(
+                SQLiteStore(root, durability=settings.durability, reconcile=False), settings
+            )
             try:
                 async with service:
                     checks += await check_data(service, root, progress=progress, on_total=on_total)

@@ -54,7 +54,10 @@ class BearerTokenMiddleware:
                 break
         if not hmac.compare_digest(got, self._expected):
             body = json.dumps(
-                {"error": "unauthorized", "message": "missing or wrong bearer token (Authorization: Bearer <token>)"}
+                {
+                    "error": "unauthorized",
+                    "message": "missing or wrong bearer token (Authorization: Bearer <token>)",
+                }
             ).encode()
             await send(
                 {

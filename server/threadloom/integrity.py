@@ -141,7 +141,9 @@ class Signer:
             _publish_once(pub_path, want, 0o644)
             return
         except OSError as exc:
-            raise IntegrityError(f"cannot read the public key {pub_path}: {exc}", rule="signing_key_unreadable") from exc
+            raise IntegrityError(
+                f"cannot read the public key {pub_path}: {exc}", rule="signing_key_unreadable"
+            ) from exc
         if have != want:
             raise IntegrityError(
                 f"the public key {pub_path} does not belong to the private key beside it: restore both "
@@ -151,7 +153,9 @@ class Signer:
 
     def _key(self) -> Ed25519PrivateKey:
         if self._private is None:
-            raise IntegrityError("the signing key is not loaded yet (open the store first)", rule="signing_key_missing")
+            raise IntegrityError(
+                "the signing key is not loaded yet (open the store first)", rule="signing_key_missing"
+            )
         return self._private
 
     @property
@@ -183,7 +187,9 @@ class Signer:
         """Sign and verify from now on with the private key ``pem`` (kept in memory only)."""
         key = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(key, Ed25519PrivateKey):
-            raise IntegrityError("the shared signing key is not an Ed25519 key", rule="signing_key_unreadable")
+            raise IntegrityError(
+                "the shared signing key is not an Ed25519 key", rule="signing_key_unreadable"
+            )
         self._private = key
         self._public = key.public_key()
 
@@ -214,7 +220,11 @@ def _read_private(path: Path) -> Ed25519PrivateKey:
             rule="signing_key_unreadable",
         ) from exc
     if stat.S_IMODE(st.st_mode) & 0o077:
-        log.warning("the signing key %s is readable by others (mode %o); it should be 0600", path, stat.S_IMODE(st.st_mode))
+        log.warning(
+            "the signing key %s is readable by others (mode %o); it should be 0600",
+            path,
+            stat.S_IMODE(st.st_mode),
+        )
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:

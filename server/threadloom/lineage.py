@@ -31,7 +31,9 @@ def order_chain(members: Iterable[Thread]) -> list[Thread]:
         ordered.append(cur)
         seen.add(cur.thread_id)
         cur = by_id.get(cur.continuation_thread_id or "")
-    strays = sorted((t for t in by_id.values() if t.thread_id not in seen), key=lambda t: (t.created_at, t.thread_id))
+    strays = sorted(
+        (t for t in by_id.values() if t.thread_id not in seen), key=lambda t: (t.created_at, t.thread_id)
+    )
     return ordered + strays
 
 

@@ -21,7 +21,16 @@ from .capabilities import Capabilities
 from .errors import InvalidInputError, NotFoundError, ThreadloomError
 from .messages import FORMATS
 from .models import Budget, Limits, Thread, check_thread_id
-from .results import AppendOutcome, ChainView, EventPage, DeleteOutcome, HandoffInfo, ResumeOutcome, ThreadPage, WaitResult
+from .results import (
+    AppendOutcome,
+    ChainView,
+    DeleteOutcome,
+    EventPage,
+    HandoffInfo,
+    ResumeOutcome,
+    ThreadPage,
+    WaitResult,
+)
 from .schema_flat import flatten_tool_schemas
 from .search import ChainSearchResults, ThreadSearchResults
 from .service import ThreadService
@@ -96,7 +105,9 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
         ] = None,
         directive: Annotated[str | None, Field(description="the task this thread works on")] = None,
         title: Annotated[str | None, Field(description="short human-readable title")] = None,
-        parent_id: Annotated[str | None, Field(description="orchestrator thread that spawns this child")] = None,
+        parent_id: Annotated[
+            str | None, Field(description="orchestrator thread that spawns this child")
+        ] = None,
         model: Annotated[str | None, Field(description="model name, for the record")] = None,
         context_window: Annotated[
             int | None, Field(description="context window in tokens (default 200000)")
@@ -117,7 +128,9 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
         ] = None,
         budget: Annotated[
             Budget | None,
-            Field(description="spend budget; a child's max_spend is reserved from its parent's remaining budget"),
+            Field(
+                description="spend budget; a child's max_spend is reserved from its parent's remaining budget"
+            ),
         ] = None,
         metadata: Annotated[dict[str, Any] | None, Field(description="free-form JSON object")] = None,
     ) -> Thread:
@@ -243,8 +256,10 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
         thread_id: ThreadId,
         status: Annotated[
             Literal["running", "paused", "completed", "error", "cancelled"] | None,
-            Field(description="new status; allowed: created->running, running<->paused, "
-                  "created|running|paused -> completed|error|cancelled"),
+            Field(
+                description="new status; allowed: created->running, running<->paused, "
+                "created|running|paused -> completed|error|cancelled"
+            ),
         ] = None,
         reason: Annotated[str | None, Field(description="why the status changed")] = None,
         result: Annotated[Any, Field(description="the thread's final result (any JSON)")] = None,
@@ -270,13 +285,22 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
         if outputs is not None:
             kwargs["outputs"] = outputs
         return await service.update_thread(
-            thread_id, status=status, reason=reason, cost=cost, title=title, metadata=metadata, cascade=cascade, **kwargs
+            thread_id,
+            status=status,
+            reason=reason,
+            cost=cost,
+            title=title,
+            metadata=metadata,
+            cascade=cascade,
+            **kwargs,
         )
 
     @server.tool(annotations=READ_ONLY)
     @tool_errors
     async def wait_threads(
-        thread_ids: Annotated[list[str], Field(description="threads to wait for (e.g. the children you spawned)")],
+        thread_ids: Annotated[
+            list[str], Field(description="threads to wait for (e.g. the children you spawned)")
+        ],
         ctx: Context,
         mode: Annotated[
             Literal["all", "any"], Field(description="'all': until every thread ended; 'any': until one did")
@@ -357,8 +381,10 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
             thread_id: ThreadId,
             chain: Annotated[
                 bool,
-                Field(description="delete every thread of the thread's continuation chain (required "
-                      "when the chain has more than one thread)"),
+                Field(
+                    description="delete every thread of the thread's continuation chain (required "
+                    "when the chain has more than one thread)"
+                ),
             ] = False,
         ) -> DeleteOutcome:
             """Delete a thread for good: its manifest, events and transcript files.
@@ -378,7 +404,7 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
             str,
             Field(
                 description=(
-                    "text: words (all preferred, any accepted), \"exact phrase\", prefix* (3+ letters), "
+                    'text: words (all preferred, any accepted), "exact phrase", prefix* (3+ letters), '
                     "-excluded; regex: an RE2 pattern (no backreferences or lookaround; (?i) for any case)"
                 )
             ),

@@ -24,7 +24,12 @@ def event_blocks(data: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     if etype == "assistant_text":
         return "assistant", {"type": "text", "text": data["text"]}
     if etype == "tool_use":
-        return "assistant", {"type": "tool_use", "id": data["id"], "name": data["name"], "input": data.get("input", {})}
+        return "assistant", {
+            "type": "tool_use",
+            "id": data["id"],
+            "name": data["name"],
+            "input": data.get("input", {}),
+        }
     if etype == "tool_result":
         return "user", {
             "type": "tool_result",
@@ -100,7 +105,9 @@ def _merge(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def provider_turns(neutral: list[dict[str, Any]], *, lift_system: bool) -> tuple[str | None, list[dict[str, Any]]]:
+def provider_turns(
+    neutral: list[dict[str, Any]], *, lift_system: bool
+) -> tuple[str | None, list[dict[str, Any]]]:
     """Neutral messages made acceptable to the provider APIs, still as neutral blocks.
 
     Blank text is dropped, turns of one role are merged, a tool_use counts as answered
@@ -122,7 +129,11 @@ def provider_turns(neutral: list[dict[str, Any]], *, lift_system: bool) -> tuple
         nxt = turns[i + 1] if i + 1 < len(turns) else None
         prev = turns[i - 1] if i > 0 else None
         if m["role"] == "assistant":
-            results = {b["tool_use_id"] for b in nxt["content"] if b["type"] == "tool_result"} if nxt and nxt["role"] == "user" else set()
+            results = (
+                {b["tool_use_id"] for b in nxt["content"] if b["type"] == "tool_result"}
+                if nxt and nxt["role"] == "user"
+                else set()
+            )
             blocks = []
             for b in m["content"]:
                 if b["type"] == "tool_use":
@@ -164,7 +175,9 @@ def to_anthropic(neutral: list[dict[str, Any]]) -> tuple[str | None, list[dict[s
             if b["type"] == "text":
                 content.append({"type": "text", "text": b["text"]})
             elif b["type"] == "tool_use":
-                content.append({"type": "tool_use", "id": b["id"], "name": b["name"], "input": b.get("input", {})})
+                content.append(
+                    {"type": "tool_use", "id": b["id"], "name": b["name"], "input": b.get("input", {})}
+                )
             else:
                 block: dict[str, Any] = {"type": "tool_result", "tool_use_id": b["tool_use_id"]}
                 text = _output_text(b.get("output", ""))
@@ -207,7 +220,11 @@ def to_openai(neutral: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if b["type"] == "tool_result":
                 text = _output_text(b.get("output", ""))
                 out.append(
-                    {"role": "tool", "tool_call_id": b["tool_use_id"], "content": f"[error] {text}" if b.get("is_error") else text}
+                    {
+                        "role": "tool",
+                        "tool_call_id": b["tool_use_id"],
+                        "content": f"[error] {text}" if b.get("is_error") else text,
+                    }
                 )
         if texts:
             out.append({"role": m["role"], "content": "\n\n".join(texts)})

@@ -38,6 +38,7 @@ class MirrorFiles:
     manifest: bytes | None
     capabilities: bytes | None
 
+
 FetchEvents = Callable[[int], list[StoredEvent]]
 """Events of the thread with seq greater than the argument, from the database."""
 FetchThread = Callable[[], Thread]
@@ -205,7 +206,9 @@ class Mirror:
             f.write(data)
         os.replace(tmp, d / MANIFEST)
         if thread.capabilities is not None and self.signer is not None and not (d / CAPABILITIES).exists():
-            self._write_once(d / CAPABILITIES, caps_md.render(thread.thread_id, thread.capabilities, self.signer))
+            self._write_once(
+                d / CAPABILITIES, caps_md.render(thread.thread_id, thread.capabilities, self.signer)
+            )
 
     @staticmethod
     def _write_once(path: Path, data: bytes) -> None:
@@ -278,7 +281,9 @@ class Mirror:
             else:
                 log.warning(
                     "the transcript of thread %s differs from the database beyond a lost last write; "
-                    "left as found (run `threadloom verify %s`)", tid, tid,
+                    "left as found (run `threadloom verify %s`)",
+                    tid,
+                    tid,
                 )
         try:
             have: bytes | None = (d / MANIFEST).read_bytes()
@@ -290,7 +295,10 @@ class Mirror:
                 self._write_manifest(d, thread)
                 fixed = True
             else:
-                log.warning("thread.json of thread %s does not match its signature or the database; left as found", tid)
+                log.warning(
+                    "thread.json of thread %s does not match its signature or the database; left as found",
+                    tid,
+                )
         if thread.capabilities is not None and self.signer is not None and not (d / CAPABILITIES).exists():
             self._write_once(d / CAPABILITIES, caps_md.render(tid, thread.capabilities, self.signer))
             fixed = True

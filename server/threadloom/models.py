@@ -11,7 +11,7 @@ import json
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -68,12 +68,12 @@ def check_idempotency_key(value: object) -> str:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def iso(dt: datetime) -> str:
     """UTC ISO 8601 with microseconds and a ``Z`` suffix (sorts as text)."""
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_iso(value: str) -> datetime:
@@ -379,7 +379,9 @@ class Limits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     turns: int | None = Field(default=None, ge=0, description="most turns (summed from result events)")
-    tokens: int | None = Field(default=None, ge=0, description="most input + output tokens (from result events)")
+    tokens: int | None = Field(
+        default=None, ge=0, description="most input + output tokens (from result events)"
+    )
     spend: float | None = Field(default=None, ge=0, description="most this thread itself may spend")
 
 
@@ -430,7 +432,9 @@ class UsageDelta:
 class Exceeded(BaseModel):
     """A budget or limit an append went over: the append stands, the thread is moved to error."""
 
-    reason: Literal["budget_exceeded", "turns_limit_exceeded", "tokens_limit_exceeded", "spend_limit_exceeded"]
+    reason: Literal[
+        "budget_exceeded", "turns_limit_exceeded", "tokens_limit_exceeded", "spend_limit_exceeded"
+    ]
     thread_id: str = Field(description="the thread whose budget or limit was exceeded")
     limit: float
     used: float
@@ -495,6 +499,8 @@ ACCOUNT_FIELDS = frozenset({"usage", "budget"})
 """Live accounting (usage and budget position), stored beside the manifest and changed by PutUsage."""
 
 MANIFEST_FIELDS = (
-    frozenset(Thread.model_fields) - {"event_count", "text_chars", "input_tokens", "version", "children"} - ACCOUNT_FIELDS
+    frozenset(Thread.model_fields)
+    - {"event_count", "text_chars", "input_tokens", "version", "children"}
+    - ACCOUNT_FIELDS
 )
 """Fields of the stored manifest document; the rest are counters and accounts the store maintains."""

@@ -67,8 +67,14 @@ def threads_table(threads: list[Thread], *, title: str | None = None, width: int
     from rich import box
 
     wide = width >= 120
-    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
-                  title_justify="left")
+    table = Table(
+        title=title,
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+        title_justify="left",
+    )
     table.add_column("thread", style="bold", no_wrap=True, min_width=12)
     table.add_column("status", no_wrap=True, min_width=9)
     if wide:
@@ -91,8 +97,13 @@ def threads_table(threads: list[Thread], *, title: str | None = None, width: int
         row: list[Any] = [t.thread_id, status_text(t.status)]
         if wide:
             row.append(t.agent_id)
-        row += [escape(t.title or ""), str(t.event_count), ratio_text(t), cost_text(t.cost),
-                ts_short(t.updated_at)[5:16] if not wide else ts_short(t.updated_at)[:16]]
+        row += [
+            escape(t.title or ""),
+            str(t.event_count),
+            ratio_text(t),
+            cost_text(t.cost),
+            ts_short(t.updated_at)[5:16] if not wide else ts_short(t.updated_at)[:16],
+        ]
         if wide:
             row.append(" ".join(links))
         table.add_row(*row)
@@ -108,7 +119,12 @@ def manifest_table(t: Thread) -> Table:
         ("thread", t.thread_id),
         ("title", escape(t.title or "-")),
         ("agent", t.agent_id),
-        ("status", Text.assemble(status_text(t.status), (f"  ({t.status_reason})" if t.status_reason else "", "dim"))),
+        (
+            "status",
+            Text.assemble(
+                status_text(t.status), (f"  ({t.status_reason})" if t.status_reason else "", "dim")
+            ),
+        ),
         ("directive", escape(clip(t.directive, 300)) if t.directive else "-"),
         ("model", t.model or "-"),
         ("events", str(t.event_count)),
@@ -192,21 +208,35 @@ def event_summary(data: dict[str, Any], width: int = 160) -> Text:
     elif etype == "assistant_text":
         body = Text(c(str(data.get("text", ""))))
     elif etype == "tool_use":
-        body = Text.assemble((str(data.get("name")), "cyan"), c(f"({_compact(data.get('input', {}))})"), (f"  id {data.get('id')}", "dim"))
+        body = Text.assemble(
+            (str(data.get("name")), "cyan"),
+            c(f"({_compact(data.get('input', {}))})"),
+            (f"  id {data.get('id')}", "dim"),
+        )
     elif etype == "tool_result":
         style = "red" if data.get("is_error") else ""
-        body = Text.assemble((f"{data.get('tool_use_id')} → ", "dim"), (c(_compact(data.get("output", ""))), style))
+        body = Text.assemble(
+            (f"{data.get('tool_use_id')} → ", "dim"), (c(_compact(data.get("output", ""))), style)
+        )
     elif etype == "status":
         reason = f" ({data['reason']})" if data.get("reason") else ""
         body = Text(f"{data.get('from')} → {data.get('to')}{reason}")
     elif etype == "handoff":
-        body = Text(f"handed off to {data.get('to_thread_id')} ({data.get('reason')}, carried {data.get('trailing_count')})")
+        body = Text(
+            f"handed off to {data.get('to_thread_id')} ({data.get('reason')}, carried {data.get('trailing_count')})"
+        )
     elif etype == "continued_from":
-        body = Text(f"continues {data.get('from_thread_id')} ({data.get('reason')}, carried {data.get('carried_count', 0)})")
+        body = Text(
+            f"continues {data.get('from_thread_id')} ({data.get('reason')}, carried {data.get('carried_count', 0)})"
+        )
     elif etype == "thread_resumed":
         body = Text.assemble(f"resumed in {data.get('to_thread_id')}: ", c(str(data.get("message", ""))))
     elif etype == "result":
-        parts = [f"{k} {data[k]}" for k in ("cost", "turns", "input_tokens", "output_tokens", "duration_ms") if k in data]
+        parts = [
+            f"{k} {data[k]}"
+            for k in ("cost", "turns", "input_tokens", "output_tokens", "duration_ms")
+            if k in data
+        ]
         body = Text(", ".join(parts) or "-")
     elif etype == "checkpoint":
         body = Text(f"sha256 {str(data.get('sha256', ''))[:16]}…", style="dim")
@@ -258,7 +288,12 @@ def print_search(console: Any, data: dict[str, Any]) -> None:
             for ctx in items or []:
                 if isinstance(ctx, dict):
                     who = ctx.get("role") or ctx.get("type", "")
-                    console.print(Text(f"      {ctx.get('seq', '')} {who}: {clip(str(ctx.get('text', '')), 160)}", style="dim"))
+                    console.print(
+                        Text(
+                            f"      {ctx.get('seq', '')} {who}: {clip(str(ctx.get('text', '')), 160)}",
+                            style="dim",
+                        )
+                    )
 
         ctx_lines(hit.get("before"))
         console.print(Text("   → ") + _marked(str(hit.get("snippet") or hit.get("text") or ""), 300))

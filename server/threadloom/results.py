@@ -13,7 +13,9 @@ class ThreadPage(BaseModel):
     """One page of threads, newest first; pass ``next_cursor`` back to get the next page."""
 
     threads: list[Thread]
-    next_cursor: str | None = Field(default=None, description="cursor of the next page; null on the last page")
+    next_cursor: str | None = Field(
+        default=None, description="cursor of the next page; null on the last page"
+    )
 
 
 class EventPage(BaseModel):
@@ -31,9 +33,13 @@ class HandoffInfo(BaseModel):
 
     thread_id: str = Field(description="the continuation thread: append there from now on")
     previous_thread_id: str
-    carried_messages: int = Field(description="conversation events carried into the new thread after its seed")
+    carried_messages: int = Field(
+        description="conversation events carried into the new thread after its seed"
+    )
     reason: str
-    omitted_events: int = Field(default=0, description="events of the previous thread not carried (read them there)")
+    omitted_events: int = Field(
+        default=0, description="events of the previous thread not carried (read them there)"
+    )
     context: ContextUsage | None = Field(default=None, description="the new thread's context usage")
     message: str = Field(default="", description="what happened and what to do next, in words")
 
@@ -44,11 +50,15 @@ class AppendOutcome(BaseModel):
     thread_id: str
     seq: int | None = Field(default=None, description="seq of the event (single-event append)")
     seqs: list[int] | None = Field(default=None, description="seqs of the events (batch append)")
-    replayed: bool = Field(default=False, description="true when an idempotency_key matched an earlier append")
+    replayed: bool = Field(
+        default=False, description="true when an idempotency_key matched an earlier append"
+    )
     status: Status
     context: ContextUsage
     handoff: HandoffInfo | None = None
-    warning: str | None = Field(default=None, description="something the agent should know (e.g. a handoff could not run)")
+    warning: str | None = Field(
+        default=None, description="something the agent should know (e.g. a handoff could not run)"
+    )
     exceeded: Exceeded | None = Field(
         default=None,
         description="set when this append went over a budget or limit: it was recorded and the thread moved to error",
@@ -91,7 +101,9 @@ class ChainLink(BaseModel):
     event_count: int
     cost: float | None = None
     context: ContextUsage
-    link_reason: str | None = Field(default=None, description="how this thread joined the chain: handoff | resume")
+    link_reason: str | None = Field(
+        default=None, description="how this thread joined the chain: handoff | resume"
+    )
     continuation_of: str | None = None
     continuation_thread_id: str | None = None
 
@@ -122,8 +134,12 @@ class ChainView(BaseModel):
     end_status: Status
     threads: list[ChainLink]
     total_events: int
-    total_cost: float | None = Field(default=None, description="sum of the threads' cost (null if none reported)")
-    problems: list[str] = Field(default_factory=list, description="broken links or cycles; empty when healthy")
+    total_cost: float | None = Field(
+        default=None, description="sum of the threads' cost (null if none reported)"
+    )
+    problems: list[str] = Field(
+        default_factory=list, description="broken links or cycles; empty when healthy"
+    )
 
 
 class ResumeOutcome(BaseModel):

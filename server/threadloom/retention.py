@@ -52,8 +52,7 @@ def parse_statuses(text: str) -> frozenset[Status]:
             status = None
         if status not in TERMINAL:
             raise InvalidInputError(
-                "--status takes completed, error and/or cancelled (a chain's end status); "
-                f"got {part!r}",
+                f"--status takes completed, error and/or cancelled (a chain's end status); got {part!r}",
                 rule="status_value",
             )
         out.add(status)
@@ -111,7 +110,9 @@ def _verdict(root: str, members: list[Thread], cutoff: str, statuses: frozenset[
         return ChainVerdict(root, members, False, f"thread {active[0].thread_id} is {active[0].status.value}")
     recent = [t for t in members if t.updated_at >= cutoff]
     if recent:
-        return ChainVerdict(root, members, False, f"thread {recent[0].thread_id} was updated at {recent[0].updated_at}")
+        return ChainVerdict(
+            root, members, False, f"thread {recent[0].thread_id} was updated at {recent[0].updated_at}"
+        )
     return ChainVerdict(root, members, True)
 
 

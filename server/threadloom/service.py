@@ -31,6 +31,9 @@ from .errors import (
     ThreadContinuedError,
     ThreadloomError,
 )
+from .lineage import order_chain
+from .messages import check_format, format_messages, rebuild_messages, request_body
+from .mirror import manifest_bytes
 from .models import (
     DEFAULT_AGENT_ID,
     ENDED,
@@ -57,23 +60,19 @@ from .models import (
     parse_event,
     utc_now,
 )
-from .messages import check_format, format_messages, rebuild_messages, request_body
 from .results import (
     AppendOutcome,
     ChainLink,
     ChainView,
+    DeleteOutcome,
     EventPage,
     HandoffInfo,
     ResumeOutcome,
-    DeleteOutcome,
     ThreadPage,
     WaitResult,
 )
-from .mirror import manifest_bytes
-from .store.apply import request_hash
-from .waiting import wait_threads
-from .wake import WakeHub
 from .search import ChainSearchResults, ThreadSearchResults, chain_search, search_threads
+from .store.apply import request_hash
 from .store.base import (
     AppendEvents,
     CreateThread,
@@ -87,7 +86,8 @@ from .store.base import (
     Store,
 )
 from .verify import VerificationFailed, VerifyReport, lagging, verify_snapshot
-from .lineage import order_chain
+from .waiting import wait_threads
+from .wake import WakeHub
 
 log = logging.getLogger("threadloom.service")
 T = TypeVar("T")
@@ -117,7 +117,9 @@ def _check_len(name: str, value: str | None, limit: int) -> None:
 
 def _check_json_object(name: str, value: Any, limit: int = MAX_METADATA_BYTES) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise InvalidInputError(f"{name} must be a JSON object; got {type(value).__name__}", rule=f"{name}_shape")
+        raise InvalidInputError(
+            f"{name} must be a JSON object; got {type(value).__name__}", rule=f"{name}_shape"
+        )
     try:
         size = len(canonical_json(value).encode())
     except (TypeError, ValueError) as exc:
@@ -244,10 +246,13 @@ class ThreadService:
             )
         if trigger_threshold is not None and not (0 < trigger_threshold <= 1):
             raise InvalidInputError(
-                f"trigger_threshold must be in (0, 1]; got {trigger_threshold}", rule="trigger_threshold_range"
+                f"trigger_threshold must be in (0, 1]; got {trigger_threshold}",
+                rule="trigger_threshold_range",
             )
         if stale_after is not None and not (stale_after > 0):
-            raise InvalidInputError(f"stale_after must be > 0 seconds; got {stale_after}", rule="stale_after_range")
+            raise InvalidInputError(
+                f"stale_after must be > 0 seconds; got {stale_after}", rule="stale_after_range"
+            )
         if metadata is not None:
             _check_json_object("metadata", metadata)
         if capabilities is not None:
@@ -315,7 +320,9 @@ class ThreadService:
                     rule="status_value",
                 ) from None
         if not (1 <= limit <= MAX_LIST):
-            raise InvalidInputError(f"limit must be between 1 and {MAX_LIST}; got {limit}", rule="limit_range")
+            raise InvalidInputError(
+                f"limit must be between 1 and {MAX_LIST}; got {limit}", rule="limit_range"
+            )
         before = decode_cursor(cursor) if cursor else None
         rows = await self.store.list_threads(
             agent_id=agent_id, parent_id=parent_id, status=status, limit=limit + 1, before=before
@@ -355,7 +362,8 @@ class ThreadService:
                 ) from None
             if new_status == Status.CONTINUED:
                 raise InvalidInputError(
-                    "status 'continued' is set only by a handoff, never directly", rule="status_continued_reserved"
+                    "status 'continued' is set only by a handoff, never directly",
+                    rule="status_continued_reserved",
                 )
         _check_len("title", title, MAX_TITLE)
         _check_len("reason", reason, 2000)
@@ -368,7 +376,9 @@ class ThreadService:
                 try:
                     size = len(canonical_json(value).encode())
                 except (TypeError, ValueError) as exc:
-                    raise InvalidInputError(f"{name} must be plain JSON: {exc}", rule=f"{name}_shape") from None
+                    raise InvalidInputError(
+                        f"{name} must be plain JSON: {exc}", rule=f"{name}_shape"
+                    ) from None
                 if size > self.settings.max_event_bytes:
                     raise InvalidInputError(
                         f"{name} is {size} bytes of JSON; the limit (max_event_bytes) is "
@@ -412,7 +422,9 @@ class ThreadService:
 
         updated = await self._retrying(plan, ACCOUNT_PLAN_RETRIES if new_status in ENDED else PLAN_RETRIES)
         if cascade and updated.status in TERMINAL:
-            await self.cancel_descendants(thread_id, reason=f"parent {thread_id} ended ({updated.status.value})")
+            await self.cancel_descendants(
+                thread_id, reason=f"parent {thread_id} ended ({updated.status.value})"
+            )
         return updated
 
     async def cancel_descendants(self, thread_id: str, *, reason: str) -> list[str]:
@@ -506,7 +518,12 @@ class ThreadService:
             )
 
     async def append(
-        self, thread_id: str, events: Sequence[Any], *, idempotency_key: str | None = None, single: bool = False
+        self,
+        thread_id: str,
+        events: Sequence[Any],
+        *,
+        idempotency_key: str | None = None,
+        single: bool = False,
     ) -> AppendOutcome:
         """Append events in one transaction; the first append moves a created thread to running.
 
@@ -556,7 +573,11 @@ class ThreadService:
                 if thread.status == Status.CREATED:
                     ops += self.status_ops(thread, Status.RUNNING, "first append")
                     running = thread.model_copy(
-                        update={"status": Status.RUNNING, "status_reason": "first append", "version": thread.version + 1}
+                        update={
+                            "status": Status.RUNNING,
+                            "status_reason": "first append",
+                            "version": thread.version + 1,
+                        }
                     )
             accounted = delta is not None and thread is not None and budgets.participates(thread)
             append_op = AppendEvents(
@@ -602,7 +623,12 @@ class ThreadService:
 
     @staticmethod
     def _outcome(
-        thread: Thread, seqs: list[int], single: bool, *, replayed: bool = False, exceeded: Exceeded | None = None
+        thread: Thread,
+        seqs: list[int],
+        single: bool,
+        *,
+        replayed: bool = False,
+        exceeded: Exceeded | None = None,
     ) -> AppendOutcome:
         return AppendOutcome(
             thread_id=thread.thread_id,
@@ -620,7 +646,9 @@ class ThreadService:
         if after_seq < 0:
             raise InvalidInputError(f"after_seq must be >= 0; got {after_seq}", rule="after_seq_range")
         if not (1 <= limit <= MAX_PAGE):
-            raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}; got {limit}", rule="limit_range")
+            raise InvalidInputError(
+                f"limit must be between 1 and {MAX_PAGE}; got {limit}", rule="limit_range"
+            )
         events = await self.store.read_events(thread_id, after_seq=after_seq, limit=limit + 1)
         more = len(events) > limit
         events = events[:limit]
@@ -669,7 +697,9 @@ class ThreadService:
         if thread.status != Status.RUNNING or outcome.context.ratio < threshold:
             return outcome
         try:
-            info = await self._handoff(thread.thread_id, summary=None, reason="threshold", auto=True, first=thread)
+            info = await self._handoff(
+                thread.thread_id, summary=None, reason="threshold", auto=True, first=thread
+            )
         except LimitExceededError as exc:
             return outcome.model_copy(
                 update={
@@ -689,7 +719,9 @@ class ThreadService:
             return outcome
         return outcome.model_copy(update={"handoff": info, "status": Status.CONTINUED})
 
-    async def handoff(self, thread_id: str, *, summary: str | None = None, reason: str = "explicit") -> HandoffInfo:
+    async def handoff(
+        self, thread_id: str, *, summary: str | None = None, reason: str = "explicit"
+    ) -> HandoffInfo:
         """Continue a running thread in a fresh sibling now, before the threshold (DESIGN §7).
 
         ``summary`` (the client's own account of the work so far) goes into the
@@ -702,7 +734,9 @@ class ThreadService:
         check_thread_id(thread_id)
         if summary is not None:
             if not isinstance(summary, str):
-                raise InvalidInputError(f"summary must be a string; got {type(summary).__name__}", rule="summary_shape")
+                raise InvalidInputError(
+                    f"summary must be a string; got {type(summary).__name__}", rule="summary_shape"
+                )
             _check_len("summary", summary, MAX_SUMMARY)
         if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
             raise InvalidInputError(
@@ -751,7 +785,13 @@ class ThreadService:
                 raise
             new = res.threads[plan.new.thread_id]
             ctx = new.context()
-            log.info("thread %s handed off to %s (%s, %d carried)", thread_id, new.thread_id, reason, len(plan.carried))
+            log.info(
+                "thread %s handed off to %s (%s, %d carried)",
+                thread_id,
+                new.thread_id,
+                reason,
+                len(plan.carried),
+            )
             return HandoffInfo(
                 thread_id=new.thread_id,
                 previous_thread_id=thread_id,
@@ -810,7 +850,9 @@ class ThreadService:
         check_thread_id(thread_id)
         check_format(format)
         if not isinstance(message, str) or not message.strip():
-            raise InvalidInputError("message must be a non-empty string: the new instruction", rule="message_empty")
+            raise InvalidInputError(
+                "message must be a non-empty string: the new instruction", rule="message_empty"
+            )
         size = len(canonical_json(message).encode())
         if size > self.settings.max_event_bytes:
             raise InvalidInputError(
@@ -823,7 +865,8 @@ class ThreadService:
             if problem:
                 raise IntegrityError(
                     f"cannot resume the chain of thread {thread_id}: its links are broken ({problem}); "
-                    "get_chain shows the chain", rule="chain_broken"
+                    "get_chain shows the chain",
+                    rule="chain_broken",
                 )
             if end.status not in TERMINAL:
                 hint = {
@@ -893,6 +936,7 @@ class ThreadService:
             total_cost=round(sum(costs), 10) if costs else None,
             problems=walk.problems,
         )
+
     # ---------------------------------------------------------------- integrity
 
     async def verify_thread(self, thread_id: str) -> VerifyReport:
@@ -1087,14 +1131,20 @@ class ThreadService:
             ops = self.status_ops(thread, Status.ERROR, "timeout")
             put = ops[0]
             assert isinstance(put, PutThread)
-            ops[0] = PutThread(put.thread, put.expect_version, expect_heartbeat_before=now - thread.stale_after)
+            ops[0] = PutThread(
+                put.thread, put.expect_version, expect_heartbeat_before=now - thread.stale_after
+            )
             ops += await budgets.end_ops(self.store, thread)
             try:
                 await self.store.commit(ops)
             except ConflictError:
                 continue  # it moved, or another process swept it first
             moved.append(thread.thread_id)
-            log.info("thread %s had no heartbeat for %.0fs: moved to error (timeout)", thread.thread_id, thread.stale_after)
+            log.info(
+                "thread %s had no heartbeat for %.0fs: moved to error (timeout)",
+                thread.thread_id,
+                thread.stale_after,
+            )
         return moved
 
     async def run_sweeper(self, interval: float | None = None) -> None:
@@ -1106,4 +1156,3 @@ class ThreadService:
             except Exception:
                 log.exception("sweeper pass failed")
             await anyio.sleep(interval)
-

@@ -29,7 +29,9 @@ VOLATILE_FIELDS = frozenset({"updated_at", "heartbeat_at"})
 class VerifyProblem(BaseModel):
     """One thing verification found wrong."""
 
-    source: Source = Field(description="where: transcript (the JSONL file), database, thread.json, capabilities.md")
+    source: Source = Field(
+        description="where: transcript (the JSONL file), database, thread.json, capabilities.md"
+    )
     line: int | None = Field(default=None, description="transcript line (= event seq) it concerns, if any")
     rule: str = Field(description="machine-readable name of the failed check")
     message: str
@@ -141,7 +143,9 @@ def _check_database(
     last_cp: int | None = None
     for n, ev in enumerate(events, start=1):
         if ev.seq != n:
-            found.add("database", n, "seq_gap", f"the database has no event {n} (the next row is seq {ev.seq})")
+            found.add(
+                "database", n, "seq_gap", f"the database has no event {n} (the next row is seq {ev.seq})"
+            )
             return checkpoints, last_cp
         try:
             data = json.loads(ev.line)
@@ -150,7 +154,9 @@ def _check_database(
             found.add("database", n, "line_json", f"event {n} in the database is not valid JSON")
         if isinstance(data, dict) and (data.get("seq") != n or data.get("type") != ev.type):
             found.add(
-                "database", n, "line_fields",
+                "database",
+                n,
+                "line_fields",
                 f"event {n} in the database says seq {data.get('seq')!r}, type {data.get('type')!r} "
                 f"(its row is seq {n}, type {ev.type!r})",
             )
@@ -158,10 +164,17 @@ def _check_database(
             unchained += 1
         elif ev.prev_hash != prev:
             if n == 1:
-                found.add("database", 1, "hash_chain", "event 1's prev_hash is not the chain's start: it was changed")
+                found.add(
+                    "database",
+                    1,
+                    "hash_chain",
+                    "event 1's prev_hash is not the chain's start: it was changed",
+                )
             else:
                 found.add(
-                    "database", n - 1, "hash_chain",
+                    "database",
+                    n - 1,
+                    "hash_chain",
                     f"event {n - 1} no longer hashes to the prev_hash stored with event {n}: "
                     f"event {n - 1} (or that prev_hash) was changed in the database",
                 )
@@ -175,22 +188,30 @@ def _check_database(
         prev = chain_next(prev, ev.line)
     if unchained:
         found.add(
-            "database", None, "hash_chain_missing",
+            "database",
+            None,
+            "hash_chain_missing",
             f"{unchained} event(s) carry no prev_hash (written before the hash chain existed)",
         )
     if head is not None and events and head != prev:
         found.add(
-            "database", len(events), "hash_chain",
+            "database",
+            len(events),
+            "hash_chain",
             f"the last event ({len(events)}) no longer hashes to the chain head recorded for the thread: it was changed",
         )
     if thread.event_count != len(events):
         found.add(
-            "database", min(thread.event_count, len(events)) + 1, "event_count",
+            "database",
+            min(thread.event_count, len(events)) + 1,
+            "event_count",
             f"the thread records {thread.event_count} events but the database holds {len(events)}",
         )
     if thread.status in ENDED and events and events[-1].type != "checkpoint":
         found.add(
-            "database", len(events), "unsigned_tail",
+            "database",
+            len(events),
+            "unsigned_tail",
             f"the thread is {thread.status.value} but its transcript does not end with a checkpoint "
             f"(last signed line: {last_cp or 'none'}): lines after it were added or the checkpoint was removed",
         )
@@ -203,7 +224,9 @@ def _check_checkpoint(
     recorded = data.get("sha256")
     if recorded != actual:
         found.add(
-            source, n, "checkpoint_hash",
+            source,
+            n,
+            "checkpoint_hash",
             f"checkpoint at line {n} records sha256 {str(recorded)[:16]}... but the {n - 1} lines before it "
             f"hash to {actual[:16]}...: a line before it was changed, removed or added",
         )
@@ -216,7 +239,9 @@ def _check_checkpoint(
         found.good_signatures.add((recorded, signature))  # type: ignore[arg-type]
     else:
         found.add(
-            source, n, "checkpoint_signature",
+            source,
+            n,
+            "checkpoint_signature",
             f"checkpoint at line {n}: the signature does not verify with this root's key (forged or edited)",
         )
 
@@ -232,10 +257,17 @@ def _is_hex(text: str) -> bool:
 # ------------------------------------------------------------------ the files
 
 
-def _check_transcript(events: list[StoredEvent], data: bytes | None, signer: Signer, found: _Problems) -> None:
+def _check_transcript(
+    events: list[StoredEvent], data: bytes | None, signer: Signer, found: _Problems
+) -> None:
     if data is None:
         if events:
-            found.add("transcript", 1, "transcript_missing", f"transcript.jsonl is missing ({len(events)} events in the database)")
+            found.add(
+                "transcript",
+                1,
+                "transcript_missing",
+                f"transcript.jsonl is missing ({len(events)} events in the database)",
+            )
         return
     parts = data.split(b"\n")
     complete, torn = parts[:-1], parts[-1]
@@ -259,23 +291,37 @@ def _check_transcript(events: list[StoredEvent], data: bytes | None, signer: Sig
         more = f" ({differing} lines differ from the database in all)" if differing > 1 else ""
         if have is None:
             if torn:
-                found.add("transcript", n, "truncated", f"line {n} is cut short: the file ends mid-line (truncated){more}")
+                found.add(
+                    "transcript",
+                    n,
+                    "truncated",
+                    f"line {n} is cut short: the file ends mid-line (truncated){more}",
+                )
             else:
                 found.add(
-                    "transcript", n, "truncated",
+                    "transcript",
+                    n,
+                    "truncated",
                     f"the file ends after line {n - 1} but the database has {len(db)} events: "
                     f"truncated or last lines deleted{more}",
                 )
         elif want is None:
             found.add(
-                "transcript", n, "line_not_in_database",
+                "transcript",
+                n,
+                "line_not_in_database",
                 f"line {n} is not in the database (it has {len(db)} events): appended by hand or forged{more}",
             )
         else:
             found.add("transcript", n, "line_differs", _describe_difference(n, have, db) + more)
         return
     if torn:
-        found.add("transcript", len(complete) + 1, "torn_line", f"the file ends with an incomplete line after line {len(complete)}")
+        found.add(
+            "transcript",
+            len(complete) + 1,
+            "torn_line",
+            f"the file ends with an incomplete line after line {len(complete)}",
+        )
 
 
 def _describe_difference(n: int, have: bytes, db: list[bytes]) -> str:
@@ -286,7 +332,9 @@ def _describe_difference(n: int, have: bytes, db: list[bytes]) -> str:
     seq = obj.get("seq") if isinstance(obj, dict) else None
     if isinstance(seq, int) and seq != n:
         if 1 <= seq <= len(db) and db[seq - 1] == have:
-            return f"line {n} holds event {seq} (expected event {n}): lines were deleted, inserted or reordered"
+            return (
+                f"line {n} holds event {seq} (expected event {n}): lines were deleted, inserted or reordered"
+            )
         return f"line {n} says seq {seq} (expected {n}) and matches no database event: lines were moved or forged"
     return f"line {n} differs from database event {n}: its content was edited"
 
@@ -298,14 +346,18 @@ def _check_manifest(thread: Thread, data: bytes | None, signer: Signer, found: _
     try:
         doc = json.loads(data)
     except ValueError:
-        found.add("thread.json", None, "manifest_json", "thread.json is not valid JSON: it was edited or corrupted")
+        found.add(
+            "thread.json", None, "manifest_json", "thread.json is not valid JSON: it was edited or corrupted"
+        )
         return
     if not isinstance(doc, dict) or SIGNATURE_FIELD not in doc:
         found.add("thread.json", None, "manifest_unsigned", "thread.json carries no _signature")
         return
     if not manifest_signature_ok(doc, signer):
         found.add(
-            "thread.json", None, "manifest_signature",
+            "thread.json",
+            None,
+            "manifest_signature",
             "thread.json was changed after it was signed: its _signature does not verify",
         )
         return
@@ -313,7 +365,9 @@ def _check_manifest(thread: Thread, data: bytes | None, signer: Signer, found: _
     version = doc.get("version")
     if isinstance(version, int) and version != thread.version:
         found.add(
-            "thread.json", None, "manifest_stale",
+            "thread.json",
+            None,
+            "manifest_stale",
             f"thread.json is a signed snapshot of version {version} but the database is at version {thread.version}",
         )
         return
@@ -322,7 +376,9 @@ def _check_manifest(thread: Thread, data: bytes | None, signer: Signer, found: _
     if unknown or differs:
         names = ", ".join(differs + unknown)
         found.add(
-            "thread.json", None, "manifest_mismatch",
+            "thread.json",
+            None,
+            "manifest_mismatch",
             f"thread.json is validly signed but differs from the database manifest in: {names} "
             "(the database row was changed)",
         )
@@ -331,23 +387,37 @@ def _check_manifest(thread: Thread, data: bytes | None, signer: Signer, found: _
 def _check_capabilities(thread: Thread, data: bytes | None, signer: Signer, found: _Problems) -> None:
     if thread.capabilities is None:
         if data is not None:
-            found.add("capabilities.md", None, "capabilities_unexpected", "capabilities.md exists but the thread has no capabilities")
+            found.add(
+                "capabilities.md",
+                None,
+                "capabilities_unexpected",
+                "capabilities.md exists but the thread has no capabilities",
+            )
         return
     if data is None:
         found.add("capabilities.md", None, "capabilities_missing", "capabilities.md is missing")
         return
     signed = caps_md.split_signed(data)
     if signed is None:
-        found.add("capabilities.md", None, "capabilities_unsigned", "capabilities.md has no signature line (it was edited)")
+        found.add(
+            "capabilities.md",
+            None,
+            "capabilities_unsigned",
+            "capabilities.md has no signature line (it was edited)",
+        )
         return
     body, signature = signed
     if not signer.verify(body, signature):
         found.add(
-            "capabilities.md", None, "capabilities_signature",
+            "capabilities.md",
+            None,
+            "capabilities_signature",
             "capabilities.md was changed after it was signed: its signature does not verify",
         )
     elif body != caps_md.render_body(thread.thread_id, thread.capabilities):
         found.add(
-            "capabilities.md", None, "capabilities_mismatch",
+            "capabilities.md",
+            None,
+            "capabilities_mismatch",
             "capabilities.md is validly signed but does not match the thread's capabilities in the database",
         )

@@ -60,12 +60,14 @@ async def wait_threads(
         raise InvalidInputError("thread_ids must be a non-empty list of thread ids", rule="wait_ids_empty")
     if len(thread_ids) > MAX_WAIT_IDS:
         raise InvalidInputError(
-            f"wait_threads takes at most {MAX_WAIT_IDS} thread ids; got {len(thread_ids)}", rule="wait_ids_count"
+            f"wait_threads takes at most {MAX_WAIT_IDS} thread ids; got {len(thread_ids)}",
+            rule="wait_ids_count",
         )
     timeout = service.settings.wait_default_timeout if timeout is None else timeout
     if not (0 <= timeout <= MAX_WAIT_TIMEOUT):
         raise InvalidInputError(
-            f"timeout must be between 0 and {MAX_WAIT_TIMEOUT:.0f} seconds; got {timeout}", rule="wait_timeout"
+            f"timeout must be between 0 and {MAX_WAIT_TIMEOUT:.0f} seconds; got {timeout}",
+            rule="wait_timeout",
         )
     requested = list(dict.fromkeys(check_thread_id(t, field="thread_ids[]") for t in thread_ids))
     started = time.monotonic()
@@ -74,7 +76,9 @@ async def wait_threads(
         found = await service.store.get_threads(requested)
         missing = [t for t in requested if t not in found]
         if missing:
-            raise NotFoundError(f"thread_ids name threads that do not exist: {missing}", rule="thread_not_found")
+            raise NotFoundError(
+                f"thread_ids name threads that do not exist: {missing}", rule="thread_not_found"
+            )
         resolved: dict[str, Thread] = {}
         for rid in requested:
             end = await service.chain_end(found[rid])

@@ -20,15 +20,18 @@ def make_store(settings: Settings) -> Store:
     that lives as long as the process.
     """
     if settings.store == "sqlite":
-        return SQLiteStore(settings.root, durability=settings.durability, signer=Signer.for_root(settings.root))
+        return SQLiteStore(
+            settings.root, durability=settings.durability, signer=Signer.for_root(settings.root)
+        )
     if settings.store == "memory":
         return MemoryStore()
     if settings.store.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore  # psycopg is imported only when asked for
 
-        return PostgresStore(settings.store, durability=settings.durability, signer=Signer.for_root(settings.root))
+        return PostgresStore(
+            settings.store, durability=settings.durability, signer=Signer.for_root(settings.root)
+        )
     raise InvalidInputError(
-        "store must be 'sqlite', 'memory' or a postgresql:// URL; "
-        f"got {settings.store!r}",
+        f"store must be 'sqlite', 'memory' or a postgresql:// URL; got {settings.store!r}",
         rule="store_kind",
     )

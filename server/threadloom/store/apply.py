@@ -6,11 +6,10 @@ Written once here so that each backend only moves bytes; the rules of a commit
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ConflictError, InvalidInputError, NotFoundError
@@ -29,7 +28,15 @@ from ..models import (
     render_line,
     utc_now,
 )
-from .base import AppendEvents, IdempotencyRecord, IdempotentReplay, ImportThread, NewEvent, PutThread, PutUsage
+from .base import (
+    AppendEvents,
+    IdempotencyRecord,
+    IdempotentReplay,
+    ImportThread,
+    NewEvent,
+    PutThread,
+    PutUsage,
+)
 
 COUNTER_FIELDS = ("event_count", "text_chars", "input_tokens", "version")
 
@@ -111,7 +118,9 @@ def rendered_events(
     return lines, stored, new_head
 
 
-def counters_after(events: tuple[NewEvent, ...], text_chars: int, input_tokens: int | None) -> tuple[int, int | None]:
+def counters_after(
+    events: tuple[NewEvent, ...], text_chars: int, input_tokens: int | None
+) -> tuple[int, int | None]:
     """Context counters after appending ``events``."""
     for ev in events:
         text_chars += ev.text_chars

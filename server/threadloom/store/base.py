@@ -120,8 +120,6 @@ class PutUsage:
     expect_version: int
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class IntegritySnapshot:
     """What verification reads, as of one moment: the thread, every event with its
@@ -396,8 +394,10 @@ class Store(abc.ABC):
             query,
             mode,
             include_tools=include_tools,
-            keep=lambda d: (allowed is None or d.thread_id in allowed)
-            and (agent_id is None or agents.get(d.thread_id) == agent_id),
+            keep=lambda d: (
+                (allowed is None or d.thread_id in allowed)
+                and (agent_id is None or agents.get(d.thread_id) == agent_id)
+            ),
         )
         hits: list[SearchHit] = []
         seen: set[str] = set()

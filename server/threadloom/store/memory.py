@@ -12,8 +12,8 @@ from ..errors import ConflictError
 from ..integrity import Signer, TranscriptHashes, chain_hashes
 from ..models import Status, StoredEvent, Thread, parse_iso
 from .apply import (
-    check_count_guard,
     add_usage,
+    check_count_guard,
     check_idempotency,
     check_import,
     check_status_guard,
@@ -21,9 +21,9 @@ from .apply import (
     check_version_guard,
     checkpoint_event,
     counters_after,
-    rendered_events,
     not_found,
     now_pair,
+    rendered_events,
     wants_checkpoint,
 )
 from .base import (
@@ -32,9 +32,9 @@ from .base import (
     CommitResult,
     CreateThread,
     IdempotencyRecord,
+    ImportThread,
     IntegritySnapshot,
     NewEvent,
-    ImportThread,
     Op,
     PutThread,
     PutUsage,
@@ -222,7 +222,9 @@ class MemoryStore(Store):
         return self._idem.get((thread_id, key))
 
     async def changed_since(self, since: str, *, limit: int = 500) -> list[Thread]:
-        rows = sorted((t for t in self._threads.values() if t.updated_at >= since), key=lambda t: t.updated_at)
+        rows = sorted(
+            (t for t in self._threads.values() if t.updated_at >= since), key=lambda t: t.updated_at
+        )
         return rows[:limit]
 
     async def child_counts(self, parent_id: str) -> dict[str, int]:
@@ -231,11 +233,14 @@ class MemoryStore(Store):
             if t.parent_id == parent_id:
                 counts[t.status.value] = counts.get(t.status.value, 0) + 1
         return counts
+
     async def read_integrity(self, thread_id: str) -> IntegritySnapshot:
         thread = self._threads.get(thread_id)  # the row and its events at one instant (no await between)
         if thread is None:
             raise not_found(thread_id)
-        return IntegritySnapshot(thread, list(self._events.get(thread_id, [])), self._heads.get(thread_id), None)
+        return IntegritySnapshot(
+            thread, list(self._events.get(thread_id, [])), self._heads.get(thread_id), None
+        )
 
     async def list_chain(self, chain_root_id: str) -> list[Thread]:
         rows = [t for t in self._threads.values() if t.chain_root_id == chain_root_id]

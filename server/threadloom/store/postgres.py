@@ -29,24 +29,24 @@ from ..models import Status, StoredEvent, Thread, Usage, parse_iso, render_line
 from ..textquery import Mode, TextQuery
 from . import pgappend, pgsearch
 from .apply import (
-    list_threads_query,
-    row_to_thread,
     accounts_doc,
     accounts_from_doc,
     add_usage_doc,
-    check_usage_guard,
-    checkpoint_event,
-    wants_checkpoint,
     check_count_guard,
     check_idempotency,
     check_import,
     check_status_guard,
+    check_usage_guard,
     check_version_guard,
+    checkpoint_event,
     counters_after,
-    rendered_events,
+    list_threads_query,
     manifest_doc,
     not_found,
     now_pair,
+    rendered_events,
+    row_to_thread,
+    wants_checkpoint,
 )
 from .base import (
     AppendEvents,
@@ -80,9 +80,7 @@ APPEND_NOTICE_DELAY = 0.02
 CONNECT_TIMEOUT = 10
 """Seconds to reach the database at start-up before giving up with its error."""
 MIGRATION_LOCK = 0x7468726561646C6F  # "threadlo": one advisory lock for every server
-_THREAD_COLS = (
-    "thread_id, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version, accounts"
-)
+_THREAD_COLS = "thread_id, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version, accounts"
 _RETRYABLE = (
     pgerrors.SerializationFailure,
     pgerrors.DeadlockDetected,
@@ -187,7 +185,9 @@ class PostgresStore(Store):
         """
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            cur = await conn.execute("SELECT key, value FROM meta WHERE key IN ('signing_key', 'signing_key_id')")
+            cur = await conn.execute(
+                "SELECT key, value FROM meta WHERE key IN ('signing_key', 'signing_key_id')"
+            )
             meta = dict(await cur.fetchall())
             if "signing_key" in meta:
                 if self.signer.loaded and self.signer.key_id != meta.get("signing_key_id"):
@@ -248,7 +248,9 @@ class PostgresStore(Store):
             except ThreadloomError:
                 raise
             except pgerrors.UniqueViolation as exc:
-                raise ConflictError(f"the write conflicts with existing data: {exc}", rule="constraint") from exc
+                raise ConflictError(
+                    f"the write conflicts with existing data: {exc}", rule="constraint"
+                ) from exc
             except _RETRYABLE as exc:
                 safe = isinstance(exc, (pgerrors.SerializationFailure, pgerrors.DeadlockDetected))
                 if write and not safe:
@@ -259,7 +261,9 @@ class PostgresStore(Store):
                         f"PostgreSQL connection failed during a write; it may or may not have committed: {exc}"
                     ) from exc
                 if attempt == MAX_RETRIES:
-                    raise StoreUnavailableError(f"PostgreSQL kept failing after {attempt + 1} tries: {exc}") from exc
+                    raise StoreUnavailableError(
+                        f"PostgreSQL kept failing after {attempt + 1} tries: {exc}"
+                    ) from exc
                 await asyncio.sleep(min(0.005 * 2**attempt, 0.5))
             except psycopg.Error as exc:
                 raise StoreUnavailableError(f"PostgreSQL error: {exc}") from exc
@@ -296,7 +300,9 @@ class PostgresStore(Store):
             elif outcome == "count_guard":
                 check_count_guard(op, row[6])
             elif outcome == "idempotent":
-                record = IdempotencyRecord(op.thread_id, op.idempotency_key or "", row[12], json.loads(row[13]))
+                record = IdempotencyRecord(
+                    op.thread_id, op.idempotency_key or "", row[12], json.loads(row[13])
+                )
                 check_idempotency(op, record)
             if outcome != "ok":
                 raise AssertionError(f"threadloom_append returned {outcome!r}")
@@ -381,6 +387,7 @@ class PostgresStore(Store):
         if soon:
             self._announce_ready.set()
         elif self._announce_later is None:
+
             def due() -> None:
                 self._announce_later = None
                 self._announce_ready.set()
@@ -424,8 +431,17 @@ class PostgresStore(Store):
                 " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, doc, accounts)"
                 " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
                 (
-                    t.thread_id, t.agent_id, t.parent_id, t.status.value, t.created_at, t.updated_at,
-                    t.heartbeat_at, epoch, t.stale_after, t.chain_root_id, manifest_doc(t),
+                    t.thread_id,
+                    t.agent_id,
+                    t.parent_id,
+                    t.status.value,
+                    t.created_at,
+                    t.updated_at,
+                    t.heartbeat_at,
+                    epoch,
+                    t.stale_after,
+                    t.chain_root_id,
+                    manifest_doc(t),
                     accounts_doc(t.usage, t.budget),
                 ),
             )
@@ -508,8 +524,16 @@ class PostgresStore(Store):
                 " heartbeat_at = %s, heartbeat_epoch = %s, stale_after = %s, chain_root_id = %s, doc = %s,"
                 " version = version + 1 WHERE thread_id = %s",
                 (
-                    t.agent_id, t.parent_id, t.status.value, ts, ts, epoch, t.stale_after,
-                    t.chain_root_id, manifest_doc(t), t.thread_id,
+                    t.agent_id,
+                    t.parent_id,
+                    t.status.value,
+                    ts,
+                    ts,
+                    epoch,
+                    t.stale_after,
+                    t.chain_root_id,
+                    manifest_doc(t),
+                    t.thread_id,
                 ),
             )
             reread.add(t.thread_id)
@@ -529,11 +553,24 @@ class PostgresStore(Store):
                 " input_tokens, transcript_bytes, version, doc, chain_head, accounts)"
                 " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
                 (
-                    t.thread_id, t.agent_id, t.parent_id, t.status.value, t.created_at, t.updated_at,
-                    t.heartbeat_at, parse_iso(t.heartbeat_at).timestamp(), t.stale_after, t.chain_root_id,
-                    t.event_count, t.text_chars, t.input_tokens,
-                    sum(len(e.line.encode()) + 1 for e in op.events), max(1, t.version), manifest_doc(t),
-                    head, accounts_doc(t.usage, t.budget),
+                    t.thread_id,
+                    t.agent_id,
+                    t.parent_id,
+                    t.status.value,
+                    t.created_at,
+                    t.updated_at,
+                    t.heartbeat_at,
+                    parse_iso(t.heartbeat_at).timestamp(),
+                    t.stale_after,
+                    t.chain_root_id,
+                    t.event_count,
+                    t.text_chars,
+                    t.input_tokens,
+                    sum(len(e.line.encode()) + 1 for e in op.events),
+                    max(1, t.version),
+                    manifest_doc(t),
+                    head,
+                    accounts_doc(t.usage, t.budget),
                 ),
             )
             if op.events:
@@ -590,7 +627,8 @@ class PostgresStore(Store):
             if row is None:
                 raise not_found(thread_id)
             cur = await conn.execute(
-                "SELECT seq, ts, type, line, prev_hash FROM events WHERE thread_id = %s ORDER BY seq", (thread_id,)
+                "SELECT seq, ts, type, line, prev_hash FROM events WHERE thread_id = %s ORDER BY seq",
+                (thread_id,),
             )
             events = [StoredEvent(thread_id, *r) for r in await cur.fetchall()]
             return IntegritySnapshot(_row_to_thread(row[:10]), events, row[10], None)
@@ -601,7 +639,9 @@ class PostgresStore(Store):
         ids = list(dict.fromkeys(thread_ids))
 
         async def txn(conn: psycopg.AsyncConnection) -> list[str]:
-            cur = await conn.execute("DELETE FROM threads WHERE thread_id = ANY(%s) RETURNING thread_id", (ids,))
+            cur = await conn.execute(
+                "DELETE FROM threads WHERE thread_id = ANY(%s) RETURNING thread_id", (ids,)
+            )
             gone = [r[0] for r in await cur.fetchall()]
             await conn.execute("DELETE FROM events WHERE thread_id = ANY(%s)", (ids,))
             await conn.execute("DELETE FROM idempotency WHERE thread_id = ANY(%s)", (ids,))
@@ -646,7 +686,13 @@ class PostgresStore(Store):
         before: tuple[str, str] | None = None,
     ) -> list[Thread]:
         q, args = list_threads_query(
-            _THREAD_COLS, agent_id=agent_id, parent_id=parent_id, status=status, limit=limit, before=before, mark="%s"
+            _THREAD_COLS,
+            agent_id=agent_id,
+            parent_id=parent_id,
+            status=status,
+            limit=limit,
+            before=before,
+            mark="%s",
         )
         return [_row_to_thread(r) for r in await self._fetch(q, args)]
 
@@ -686,7 +732,9 @@ class PostgresStore(Store):
         return [_row_to_thread(r) for r in await self._fetch(q, (since, limit))]
 
     async def child_counts(self, parent_id: str) -> dict[str, int]:
-        rows = await self._fetch("SELECT status, COUNT(*) FROM threads WHERE parent_id = %s GROUP BY status", (parent_id,))
+        rows = await self._fetch(
+            "SELECT status, COUNT(*) FROM threads WHERE parent_id = %s GROUP BY status", (parent_id,)
+        )
         return {status: int(n) for status, n in rows}
 
     async def list_chain(self, chain_root_id: str) -> list[Thread]:
@@ -819,7 +867,9 @@ async def _migrate(conn: psycopg.AsyncConnection) -> int:
                 continue
             for statement in statements:
                 await conn.execute(statement)
-            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name)
+            )
         if current < POSTGRES_SEARCH_VERSION:  # events written before the index: searchable at once
             await pgsearch.backfill(conn)
     return len(POSTGRES_MIGRATIONS)

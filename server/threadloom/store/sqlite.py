@@ -26,12 +26,10 @@ from ..models import Status, StoredEvent, Thread, Usage, parse_iso, render_line
 from ..textquery import Mode, TextQuery
 from . import fts
 from .apply import (
-    list_threads_query,
-    row_to_thread,
-    check_count_guard,
     accounts_doc,
     accounts_from_doc,
     add_usage_doc,
+    check_count_guard,
     check_idempotency,
     check_import,
     check_status_guard,
@@ -39,10 +37,12 @@ from .apply import (
     check_version_guard,
     checkpoint_event,
     counters_after,
-    rendered_events,
+    list_threads_query,
     manifest_doc,
     not_found,
     now_pair,
+    rendered_events,
+    row_to_thread,
     wants_checkpoint,
 )
 from .base import (
@@ -51,8 +51,8 @@ from .base import (
     CommitResult,
     CreateThread,
     IdempotencyRecord,
-    IntegritySnapshot,
     ImportThread,
+    IntegritySnapshot,
     Op,
     PutThread,
     PutUsage,
@@ -75,9 +75,7 @@ READERS = 2
 WATCH_INTERVAL = 0.005  # seconds between data_version polls while someone waits
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 
-_THREAD_COLS = (
-    "thread_id, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version, accounts"
-)
+_THREAD_COLS = "thread_id, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version, accounts"
 
 
 _row_to_thread = row_to_thread
@@ -249,7 +247,13 @@ class SQLiteStore(Store):
         before: tuple[str, str] | None = None,
     ) -> list[Thread]:
         q, args = list_threads_query(
-            _THREAD_COLS, agent_id=agent_id, parent_id=parent_id, status=status, limit=limit, before=before, mark="?"
+            _THREAD_COLS,
+            agent_id=agent_id,
+            parent_id=parent_id,
+            status=status,
+            limit=limit,
+            before=before,
+            mark="?",
         )
         return await self._read(lambda c: [_row_to_thread(r) for r in c.execute(q, args)])
 
@@ -258,9 +262,10 @@ class SQLiteStore(Store):
     ) -> list[StoredEvent]:
         def fn(c: sqlite3.Connection) -> list[StoredEvent]:
             events = _read_events(c, thread_id, after_seq, limit)
-            if not events and c.execute(
-                "SELECT 1 FROM threads WHERE thread_id = ?", (thread_id,)
-            ).fetchone() is None:
+            if (
+                not events
+                and c.execute("SELECT 1 FROM threads WHERE thread_id = ?", (thread_id,)).fetchone() is None
+            ):
                 raise not_found(thread_id)
             return events
 
@@ -411,7 +416,7 @@ class SQLiteStore(Store):
                 return
         fresh: dict[str, Thread] = {}
         appended: dict[str, list[StoredEvent]] = {}
-        for job, res, err in outcomes:
+        for _job, res, _err in outcomes:
             if res is not None:
                 for tid, known in res.threads.items():
                     if known is None or fresh.get(tid) is not None:  # created, put, or touched twice
@@ -455,8 +460,17 @@ class SQLiteStore(Store):
                     " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, doc, accounts)"
                     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
-                        t.thread_id, t.agent_id, t.parent_id, t.status.value, t.created_at, t.updated_at,
-                        t.heartbeat_at, epoch, t.stale_after, t.chain_root_id, manifest_doc(t),
+                        t.thread_id,
+                        t.agent_id,
+                        t.parent_id,
+                        t.status.value,
+                        t.created_at,
+                        t.updated_at,
+                        t.heartbeat_at,
+                        epoch,
+                        t.stale_after,
+                        t.chain_root_id,
+                        manifest_doc(t),
                         accounts_doc(t.usage, t.budget),
                     ),
                 )
@@ -468,10 +482,14 @@ class SQLiteStore(Store):
                 appended[op.thread_id] = _Appended(asked, *state, res)
                 result.threads[op.thread_id] = None  # type: ignore[assignment]  # filled after commit
             elif isinstance(op, PutUsage):
-                row = conn.execute("SELECT accounts FROM threads WHERE thread_id = ?", (op.thread_id,)).fetchone()
+                row = conn.execute(
+                    "SELECT accounts FROM threads WHERE thread_id = ?", (op.thread_id,)
+                ).fetchone()
                 if row is None:
                     raise not_found(op.thread_id)
-                check_usage_guard(op, Usage.model_validate(accounts_from_doc(row[0]).get("usage") or {}).version)
+                check_usage_guard(
+                    op, Usage.model_validate(accounts_from_doc(row[0]).get("usage") or {}).version
+                )
                 usage = op.usage.model_copy(update={"version": op.expect_version + 1})
                 conn.execute(
                     "UPDATE threads SET accounts = ? WHERE thread_id = ?",
@@ -491,8 +509,16 @@ class SQLiteStore(Store):
                     " heartbeat_at = ?, heartbeat_epoch = ?, stale_after = ?, chain_root_id = ?, doc = ?,"
                     " version = version + 1 WHERE thread_id = ?",
                     (
-                        t.agent_id, t.parent_id, t.status.value, ts, ts, epoch, t.stale_after,
-                        t.chain_root_id, manifest_doc(t), t.thread_id,
+                        t.agent_id,
+                        t.parent_id,
+                        t.status.value,
+                        ts,
+                        ts,
+                        epoch,
+                        t.stale_after,
+                        t.chain_root_id,
+                        manifest_doc(t),
+                        t.thread_id,
                     ),
                 )
                 result.threads[t.thread_id] = None  # type: ignore[assignment]
@@ -508,10 +534,22 @@ class SQLiteStore(Store):
                     " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, event_count, text_chars,"
                     " input_tokens, transcript_bytes, version, doc) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
-                        t.thread_id, t.agent_id, t.parent_id, t.status.value, t.created_at, t.updated_at,
-                        t.heartbeat_at, parse_iso(t.heartbeat_at).timestamp(), t.stale_after, t.chain_root_id,
-                        t.event_count, t.text_chars, t.input_tokens,
-                        sum(len(e.line.encode()) + 1 for e in op.events), max(1, t.version), manifest_doc(t),
+                        t.thread_id,
+                        t.agent_id,
+                        t.parent_id,
+                        t.status.value,
+                        t.created_at,
+                        t.updated_at,
+                        t.heartbeat_at,
+                        parse_iso(t.heartbeat_at).timestamp(),
+                        t.stale_after,
+                        t.chain_root_id,
+                        t.event_count,
+                        t.text_chars,
+                        t.input_tokens,
+                        sum(len(e.line.encode()) + 1 for e in op.events),
+                        max(1, t.version),
+                        manifest_doc(t),
                     ),
                 )
                 prevs, head = chain_hashes(None, [e.line for e in op.events])  # this store's hash chain
@@ -596,13 +634,23 @@ class SQLiteStore(Store):
             "UPDATE threads SET event_count = ?, text_chars = ?, input_tokens = ?, updated_at = ?,"
             " heartbeat_at = ?, heartbeat_epoch = ?, transcript_bytes = transcript_bytes + ?,"
             " chain_head = ?, accounts = ? WHERE thread_id = ?",
-            (count + len(stored), text_chars, input_tokens, ts, ts, epoch, nbytes, head, accounts, op.thread_id),
+            (
+                count + len(stored),
+                text_chars,
+                input_tokens,
+                ts,
+                ts,
+                epoch,
+                nbytes,
+                head,
+                accounts,
+                op.thread_id,
+            ),
         )
         seqs = [e.seq for e in stored]
         if op.idempotency_key is not None:
             conn.execute(
-                "INSERT INTO idempotency (thread_id, key, request_hash, seqs, created_at)"
-                " VALUES (?,?,?,?,?)",
+                "INSERT INTO idempotency (thread_id, key, request_hash, seqs, created_at) VALUES (?,?,?,?,?)",
                 (op.thread_id, op.idempotency_key, op.request_hash or "", json.dumps(seqs), ts),
             )
         return AppendResult(op.thread_id, seqs, stored), (Status(status), count + len(stored), head)
@@ -631,6 +679,7 @@ class SQLiteStore(Store):
         )
         view.extend(tid, state.count, [line])
         state.last.events.append(StoredEvent(tid, seq, ts, event.type, line, state.head))
+
     # ----------------------------------------------------------------- search
 
     async def search_text(
@@ -728,7 +777,9 @@ class SQLiteStore(Store):
                 thread = _row_to_thread(row[:-1])
                 tid = thread.thread_id
                 try:
-                    if mirror.reconcile(thread, row[-1], lambda after, tid=tid: _read_events(conn, tid, after, None)):
+                    if mirror.reconcile(
+                        thread, row[-1], lambda after, tid=tid: _read_events(conn, tid, after, None)
+                    ):
                         fixed += 1
                 except OSError as exc:
                     log.error("cannot reconcile mirror of thread %s: %s", tid, exc)
@@ -737,7 +788,6 @@ class SQLiteStore(Store):
             return fixed
 
         return await self._writer.submit(work)
-
 
     async def vacuum(self) -> None:
         if self._writer is None:
@@ -771,7 +821,9 @@ def _get_thread(conn: sqlite3.Connection, thread_id: str) -> Thread:
     return _row_to_thread(row)
 
 
-def _read_events(conn: sqlite3.Connection, thread_id: str, after_seq: int, limit: int | None) -> list[StoredEvent]:
+def _read_events(
+    conn: sqlite3.Connection, thread_id: str, after_seq: int, limit: int | None
+) -> list[StoredEvent]:
     rows = conn.execute(
         "SELECT seq, ts, type, line, prev_hash FROM events WHERE thread_id = ? AND seq > ? ORDER BY seq LIMIT ?",
         (thread_id, after_seq, -1 if limit is None else limit),

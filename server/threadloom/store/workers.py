@@ -49,9 +49,7 @@ def resolve(job: Job, result: Any = None, error: BaseException | None = None) ->
 class WorkerPool:
     """``n`` threads consuming one queue; ``handle(batch)`` processes the jobs it drained."""
 
-    def __init__(
-        self, name: str, n: int, handle: Callable[[list[Job]], None], *, max_batch: int = 1
-    ) -> None:
+    def __init__(self, name: str, n: int, handle: Callable[[list[Job]], None], *, max_batch: int = 1) -> None:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._handle = handle
         self._max_batch = max_batch
