@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import anyio
 import psycopg
 from psycopg import errors as pgerrors
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from ..errors import ConflictError, IntegrityError, StoreUnavailableError, ThreadloomError
@@ -125,6 +126,7 @@ class PostgresStore(Store):
         self.checkpoints = checkpoints
         self._hashes = TranscriptHashes()
         self.durability = durability
+        self._channel = CHANNEL
         self._pool_size = pool_size
         self._pool: AsyncConnectionPool | None = None
         self._to_announce: set[str] = set()
@@ -164,6 +166,10 @@ class PostgresStore(Store):
             ) as conn:
                 await _migrate(conn)
                 await self._load_key(conn)
+                cur = await conn.execute("SELECT current_schema()")
+                schema = (await cur.fetchone())[0]  # type: ignore[index]
+                # one channel per schema: stores in other schemas of the database are not ours
+                self._channel = CHANNEL if schema in (None, "public") else f"{CHANNEL}.{schema}"
             await pool.open(wait=True, timeout=30)
         except SchemaTooNew as exc:
             await pool.close()
@@ -409,7 +415,7 @@ class PostgresStore(Store):
             try:
                 async with self._pool.connection() as conn:
                     payload = f"{self._instance}|" + ",".join(sorted(ids))
-                    await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload[:7000]))
+                    await conn.execute("SELECT pg_notify(%s, %s)", (self._channel, payload[:7000]))
             except Exception as exc:  # the commit stands; waiters elsewhere catch up at their next wake
                 log.warning("could not NOTIFY other servers: %s", exc)
 
@@ -816,7 +822,7 @@ class PostgresStore(Store):
                 try:
                     conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
                     try:
-                        await conn.execute(f"LISTEN {CHANNEL}")
+                        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
                         on_change()  # anything missed while (re)connecting
                         async for note in conn.notifies():
                             if not note.payload.startswith(own):  # this process's listeners knew already
