@@ -26,8 +26,18 @@ from typing import Any, Literal
 import anyio
 
 from .config import Settings
+from .drift import compare, describe
 from .errors import ThreadloomError
-from .mirror import MANIFEST, TRANSCRIPT, manifest_bytes
+from .mirror import (
+    MANIFEST,
+    REVIEWED,
+    SET_ASIDE,
+    TRANSCRIPT,
+    manifest_bytes,
+    set_aside,
+    set_aside_files,
+    set_aside_stamp,
+)
 from .models import THREAD_ID_RE
 from .service import ThreadService
 from .store.schema import SQLITE_MIGRATIONS
@@ -416,6 +426,7 @@ async def check_data(
     on_total(len(threads))
     out: list[Check] = []
     drifted = [f"{tid}: {problem}" for tid, problem in await find_drift(service, root, threads, progress)]
+    asides = await find_set_aside(service, root, sorted(dirs))
     if drifted:
         shown = "; ".join(drifted[:5]) + (f"; and {len(drifted) - 5} more" if len(drifted) > 5 else "")
         out.append(
@@ -426,7 +437,18 @@ async def check_data(
                 "which is the commit point)",
             )
         )
-    else:
+    if asides:
+        shown = "; ".join(asides[:5]) + (f"; and {len(asides) - 5} more" if len(asides) > 5 else "")
+        out.append(
+            _problem(
+                "mirrors",
+                f"{len(asides)} transcript(s) were set aside because they held lines the database lacks "
+                f"({shown})",
+                "run `threadloom doctor --recover`: it restores the lines whose signatures verify with "
+                "this root's key, reports the rest, and marks each file reviewed (nothing is deleted)",
+            )
+        )
+    if not drifted and not asides:
         out.append(_ok("mirrors", f"{len(threads)} thread mirrors match the database"))
     known = {t.thread_id for t in threads}
     orphans = sorted(d for d in dirs if THREAD_ID_RE.fullmatch(d) and d not in known)
@@ -436,7 +458,7 @@ async def check_data(
                 "orphans",
                 f"{len(orphans)} mirror folder(s) without a thread in the database "
                 f"({', '.join(orphans[:5])})",
-                "run `threadloom doctor --fix` (removes them)",
+                "run `threadloom doctor --fix` (sets them aside beside the others, nothing is deleted)",
             )
         )
     stale = await service.store.list_stale(time.time())
@@ -475,6 +497,25 @@ async def find_drift(
         problem = await _mirror_problem(service, root / "threads" / tid, tid)
         if problem:
             out.append((tid, problem))
+    return out
+
+
+async def find_set_aside(service: ThreadService, root: Path, dirs: list[str]) -> list[str]:
+    """One line per set-aside transcript not reviewed yet: its thread, name and how it compares."""
+    out = []
+    for name in dirs:
+        for path in set_aside_files(root / "threads" / name):
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                out.append(f"{name}: {path.name} cannot be read ({exc.strerror})")
+                continue
+            try:
+                db = [e.line.encode() for e in await service.all_events(name)]
+            except ThreadloomError:
+                db = []
+            drift = compare(data, db)
+            out.append(f"{name}: {path.name} {describe(drift)}")
     return out
 
 
@@ -602,8 +643,13 @@ async def _repair(settings: Settings) -> list[str]:
     async with service:  # opening sets WAL and runs pending migrations
         threads = await service.all_threads()
         for tid, _ in await find_drift(service, root, threads):
-            for name in (TRANSCRIPT, MANIFEST):  # reconcile writes missing files whole
-                (root / "threads" / tid / name).unlink(missing_ok=True)
+            for name in (TRANSCRIPT, MANIFEST):  # kept beside (never deleted); repair writes them again
+                path = root / "threads" / tid / name
+                if path.is_file():
+                    aside = set_aside(path)
+                    if name == TRANSCRIPT:  # seen by the operator who asked for --fix: reviewed
+                        aside = aside.rename(aside.with_name(aside.name + REVIEWED))
+                    fixed.append(f"set {name} of thread {tid} aside as {aside.name}")
         n = await store.reconcile_mirrors()
         if n:
             fixed.append(f"rewrote the mirrors of {n} thread(s) from the database")
@@ -611,8 +657,8 @@ async def _repair(settings: Settings) -> list[str]:
         mirror_root = root / "threads"
         for d in sorted(mirror_root.iterdir()) if mirror_root.is_dir() else []:
             if d.is_dir() and THREAD_ID_RE.fullmatch(d.name) and d.name not in known:
-                shutil.rmtree(d, ignore_errors=True)
-                fixed.append(f"removed the orphan mirror folder {d.name}")
+                aside = d.rename(d.with_name(f"{d.name}{SET_ASIDE}{set_aside_stamp()}"))
+                fixed.append(f"set the orphan mirror folder {d.name} aside as {aside.name}")
         swept = await service.sweep_stale()
         if swept:
             fixed.append(f"moved {len(swept)} stale running thread(s) to error (timeout)")

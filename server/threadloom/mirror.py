@@ -5,6 +5,14 @@ repaired from the database on start-up. Several processes may share a root, so
 every write happens under an exclusive ``flock`` on the thread's transcript and
 re-reads the database inside the lock: whoever writes last writes the newest state,
 and transcript lines are appended strictly in seq order.
+
+A mirror is only ever *completed* from the database (drift.py: "behind"). A transcript
+that holds anything the database lacks (lines it lost, a forged or edited line) is
+evidence: when a commit must write the file anyway, the file is **set aside** (renamed
+beside itself with a timestamp, never deleted) and written again from the database, with a
+warning naming the thread and the line counts; ``verify_thread`` and ``doctor`` report
+every set-aside file until ``doctor --recover`` has reviewed it. Repair at start-up never
+moves such a file: it leaves it as found for ``verify_thread``.
 """
 
 from __future__ import annotations
@@ -13,12 +21,15 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
 from . import capabilities as caps_md
+from .drift import Drift, compare, describe
 from .integrity import Signer, manifest_signature_ok, sign_manifest
 from .models import StoredEvent, Thread, canonical_json, check_thread_id
 
@@ -28,6 +39,12 @@ T = TypeVar("T")
 TRANSCRIPT = "transcript.jsonl"
 MANIFEST = "thread.json"
 CAPABILITIES = caps_md.CAPABILITIES_FILE
+SET_ASIDE = ".set-aside-"
+"""Infix of a set-aside file's name: ``transcript.jsonl.set-aside-20260102T030405.123456Z``."""
+REVIEWED = ".reviewed"
+"""Suffix ``doctor --recover`` adds to a set-aside file it has dealt with (kept, no longer reported)."""
+FILE_MODE = 0o644
+LOCK_TRIES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +54,15 @@ class MirrorFiles:
     transcript: bytes | None
     manifest: bytes | None
     capabilities: bytes | None
+    set_aside: tuple[str, ...] = ()
+    """Names of transcripts set aside beside it that ``doctor --recover`` has not reviewed yet."""
 
 
 FetchEvents = Callable[[int], list[StoredEvent]]
 """Events of the thread with seq greater than the argument, from the database."""
 FetchThread = Callable[[], Thread]
+FetchRow = Callable[[], tuple[Thread, int]]
+"""The thread and the transcript bytes the database records for it (read inside the lock)."""
 
 
 SNAPSHOT_EXCLUDE = frozenset(
@@ -65,6 +86,60 @@ def transcript_bytes(events: list[StoredEvent]) -> bytes:
     return "".join(e.line + "\n" for e in events).encode()
 
 
+def set_aside_stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+
+
+def set_aside(path: Path, *, replacement: bytes | None = None) -> Path:
+    """Rename ``path`` beside itself with a timestamp (never over an existing name); return the new path.
+
+    With ``replacement``, ``path`` then holds those bytes, swapped in atomically: the name
+    never points at nothing, and the old bytes stay whole under the set-aside name.
+    """
+    stamp = set_aside_stamp()
+    for n in range(1000):
+        target = path.with_name(f"{path.name}{SET_ASIDE}{stamp}" + (f"-{n}" if n else ""))
+        try:
+            os.link(path, target)  # fails if the name is taken: nothing is ever replaced
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - a thousand set-asides in one microsecond
+        raise FileExistsError(f"no free set-aside name beside {path}")
+    if replacement is None:
+        os.unlink(path)
+    else:
+        tmp = _tmp_name(path)
+        with open(tmp, "wb") as f:
+            f.write(replacement)
+        os.replace(tmp, path)
+    return target
+
+
+def set_aside_files(folder: Path, name: str = TRANSCRIPT, *, reviewed: bool = False) -> list[Path]:
+    """The set-aside copies of ``folder/name``, oldest first (only reviewed ones with ``reviewed``)."""
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return []
+    prefix = name + SET_ASIDE
+    return sorted(folder / e for e in entries if e.startswith(prefix) and e.endswith(REVIEWED) == reviewed)
+
+
+@dataclass(slots=True)
+class Repair:
+    """What :meth:`Mirror.repair` did to one thread's files, and what it left for ``verify`` to report."""
+
+    thread_id: str
+    changed: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    drift: Drift | None = None
+
+
 class Mirror:
     """Writes and repairs the per-thread files under ``<root>/threads``."""
 
@@ -80,18 +155,30 @@ class Mirror:
 
     def _open(self, thread_id: str) -> int:
         fd = self._fds.pop(thread_id, None)
-        if fd is not None and os.fstat(fd).st_nlink == 0:  # deleted under us: start afresh
-            os.close(fd)
-            fd = None
-            self._cache.pop(thread_id, None)
         if fd is None:
             d = self.thread_dir(thread_id)
             d.mkdir(exist_ok=True)
-            fd = os.open(d / TRANSCRIPT, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            fd = os.open(d / TRANSCRIPT, os.O_RDWR | os.O_CREAT | os.O_APPEND, FILE_MODE)
             while len(self._fds) >= self.MAX_OPEN:
                 os.close(self._fds.pop(next(iter(self._fds))))
         self._fds[thread_id] = fd
         return fd
+
+    def _lock(self, thread_id: str) -> int:
+        """The thread's transcript descriptor, exclusively locked, and still the file at its path.
+
+        A descriptor whose file was set aside, replaced or deleted since it was opened is
+        reopened (checked after the lock is held, the usual lock-file protocol).
+        """
+        path = self.transcript_path(thread_id)
+        for _ in range(LOCK_TRIES):
+            fd = self._open(thread_id)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _same_file(fd, path):
+                return fd
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            self._forget(thread_id)
+        raise OSError(f"{path} kept being replaced while waiting for its lock")
 
     def _forget(self, thread_id: str) -> None:
         fd = self._fds.pop(thread_id, None)
@@ -131,20 +218,19 @@ class Mirror:
 
         ``appended`` (events this process just committed) and ``known`` (the manifest it just
         read) spare queries when the file and the database have not moved since; the
-        database is consulted inside the lock otherwise. ``rewrite`` rebuilds from scratch.
+        database is consulted inside the lock otherwise. ``rewrite`` writes the transcript
+        from scratch when it is not the database's already (setting the old one aside).
         """
-        fd = self._open(thread_id)
+        fd = self._lock(thread_id)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             thread = known
             if thread is not None and fetch_version is not None and fetch_version() != thread.version:
                 thread = None  # another process changed the manifest since: read it again
             if rewrite:
                 thread = thread or fetch_thread()
-                self._rewrite(thread_id, fd, fetch_events(0))
+                fd = self._resolve(thread_id, fd, fetch_events)
             elif not self._append_known(thread_id, fd, appended):
-                thread = thread or fetch_thread()
-                self._sync_transcript(thread_id, fd, fetch_events, thread.event_count)
+                fd = self._sync_transcript(thread_id, fd, fetch_events)
             if thread is None and self._versions.get(thread_id) is None:
                 thread = fetch_thread()
             if thread is not None and (rewrite or self._versions.get(thread_id) != thread.version):
@@ -153,7 +239,7 @@ class Mirror:
             self._forget(thread_id)
             raise
         finally:
-            if thread_id in self._fds:
+            if self._fds.get(thread_id) == fd:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _append_known(self, thread_id: str, fd: int, appended: list[StoredEvent] | None) -> bool:
@@ -168,40 +254,70 @@ class Mirror:
         self._cache[thread_id] = (cached[0] + len(data), appended[-1].seq)
         return True
 
-    def _sync_transcript(self, thread_id: str, fd: int, fetch_events: FetchEvents, count: int) -> None:
+    def _sync_transcript(self, thread_id: str, fd: int, fetch_events: FetchEvents) -> int:
+        """Append what the file lacks; anything unexpected goes to :meth:`_resolve`. Returns the fd."""
         size = os.fstat(fd).st_size
         cached = self._cache.get(thread_id)
         if cached is not None and cached[0] == size:
             last = cached[1]
-        else:
-            size, last = _repair_tail(fd, size)
-        if last > count:  # the file claims events the DB does not have
-            self._rewrite(thread_id, fd, fetch_events(0))
-            return
-        events = fetch_events(last)
-        expected = last + 1
-        for ev in events:
-            if ev.seq != expected:  # the file holds something the DB does not: rewrite it
-                self._rewrite(thread_id, fd, fetch_events(0))
-                return
-            expected += 1
+            events = fetch_events(last)
+            ok = not events or events[0].seq == last + 1
+        else:  # not the file this process last wrote: check its last line against the database
+            end, last, torn, last_line = _scan_tail(fd, size)
+            events = fetch_events(max(0, last - 1)) if last > 0 else fetch_events(0)
+            if last > 0:
+                ok = bool(events) and events[0].seq == last and events[0].line.encode() == last_line
+                events = events[1:]
+            else:
+                ok = last == 0 and end == 0
+            ok = ok and not torn and (not events or events[0].seq == last + 1)
+            size = end
+        if not ok:
+            return self._resolve(thread_id, fd, fetch_events)
         if events:
             data = transcript_bytes(events)
             os.write(fd, data)
             size += len(data)
             last = events[-1].seq
         self._cache[thread_id] = (size, last)
+        return fd
 
-    def _rewrite(self, thread_id: str, fd: int, events: list[StoredEvent]) -> None:
+    def _resolve(self, thread_id: str, fd: int, fetch_events: FetchEvents) -> int:
+        """Compare the whole file with the database: complete it when it is behind, set it aside
+        and write it again when it holds lines the database lacks. Returns the fd to use."""
+        data = _read_all(fd)
+        events = fetch_events(0)
+        drift = compare(data, [e.line.encode() for e in events])
+        if drift.kind == "holds":
+            return self._replace(thread_id, fd, events, drift)
+        if drift.kind == "behind":
+            if drift.good_bytes != len(data):  # only a torn piece of the next line: nothing is lost
+                os.ftruncate(fd, drift.good_bytes)
+            os.write(fd, transcript_bytes(events[drift.common :]))
+        self._cache[thread_id] = (len(transcript_bytes(events)), events[-1].seq if events else 0)
+        return fd
+
+    def _replace(self, thread_id: str, fd: int, events: list[StoredEvent], drift: Drift) -> int:
+        """Set the transcript aside and write it again from ``events``; the new file's fd (unlocked)."""
+        path = self.transcript_path(thread_id)
         data = transcript_bytes(events)
-        os.ftruncate(fd, 0)
-        os.write(fd, data)
+        aside = set_aside(path, replacement=data)
+        log.warning(
+            "thread %s: transcript.jsonl %s; it was set aside as %s (kept, never deleted) and written "
+            "again from the database; `threadloom doctor --recover` restores what its signatures prove",
+            thread_id,
+            describe(drift),
+            aside.name,
+        )
+        self._forget(thread_id)  # closing the old descriptor releases its lock
+        new = self._open(thread_id)
         self._cache[thread_id] = (len(data), events[-1].seq if events else 0)
+        return new
 
     def _write_manifest(self, d: Path, thread: Thread) -> None:
         self._versions[thread.thread_id] = thread.version
         data = manifest_bytes(thread, self.signer)
-        tmp = d / f".{MANIFEST}.{os.getpid()}.tmp"
+        tmp = _tmp_name(d / MANIFEST)
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, d / MANIFEST)
@@ -213,7 +329,7 @@ class Mirror:
     @staticmethod
     def _write_once(path: Path, data: bytes) -> None:
         """Create ``path`` with ``data`` unless it exists (written once, never replaced)."""
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = _tmp_name(path)
         with open(tmp, "wb") as f:
             f.write(data)
         try:
@@ -232,19 +348,13 @@ class Mirror:
         the database read inside the lock is at least as new as what they show.
         """
         d = self.thread_dir(thread_id)
-        try:
-            fd: int | None = os.open(d / TRANSCRIPT, os.O_RDONLY)
-        except FileNotFoundError:
-            fd = None
-        try:
-            if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_SH)
+        with _shared_lock(d / TRANSCRIPT) as fd:
             db = read_db()
             transcript = _read_all(fd) if fd is not None else None
-            return db, MirrorFiles(transcript, _read_or_none(d / MANIFEST), _read_or_none(d / CAPABILITIES))
-        finally:
-            if fd is not None:
-                os.close(fd)
+            aside = tuple(p.name for p in set_aside_files(d))
+            return db, MirrorFiles(
+                transcript, _read_or_none(d / MANIFEST), _read_or_none(d / CAPABILITIES), aside
+            )
 
     def remove(self, thread_id: str) -> None:
         """Delete a thread's mirror folder (no error if it is already gone)."""
@@ -255,82 +365,121 @@ class Mirror:
 
     # ---------------------------------------------------------------- repairing
 
-    def reconcile(self, thread: Thread, expected_bytes: int, fetch_events: FetchEvents) -> bool:
-        """Repair what a crash between commit and mirror write left behind; True if fixed.
+    def repair(self, thread_id: str, fetch_row: FetchRow, fetch_events: FetchEvents) -> Repair:
+        """Complete one thread's files from the database, the way a crash between commit and
+        mirror write needs; report (and leave as found) anything else.
 
-        Only that: a missing file, a transcript that lacks the tail of the thread's last
-        commit (whole lines, perhaps a torn last one), a ``thread.json`` that is validly
-        signed but older than the database. Anything else is evidence of tampering and is
-        left alone for ``verify_thread`` to report (docs/integrity.md).
+        Under the transcript's exclusive lock, with the database read inside it: a file that
+        is behind (a line prefix of the database, maybe with a torn piece of the next line) gets
+        the missing lines; a missing ``thread.json``, or a validly signed older one, is written
+        again; ``capabilities.md`` is written once. A transcript holding lines the database
+        lacks, or a ``thread.json`` that fails its signature or is newer than the database, is
+        evidence: left as found, named in ``problems``. Uses its own descriptor, so it may run
+        beside this process's writer.
         """
-        tid = thread.thread_id
-        d = self.thread_dir(tid)
+        out = Repair(thread_id)
+        d = self.thread_dir(thread_id)
         path = d / TRANSCRIPT
-        fixed = False
+        existed = path.exists()
+        d.mkdir(exist_ok=True)
+        fd = _open_locked(path)
         try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            size = -1
-        if size == -1:
-            self.sync(tid, fetch_events, lambda: thread, rewrite=True)
-            return True
-        if size != expected_bytes or (size > 0 and _last_line_seq(path) != thread.event_count):
-            if self._lags_last_commit(path, thread, fetch_events):
-                self.sync(tid, fetch_events, lambda: thread)
-                fixed = True
+            thread, expected = fetch_row()
+            size = os.fstat(fd).st_size
+            if size == expected and (size == 0 or _scan_tail(fd, size)[1] == thread.event_count):
+                pass  # the usual case: the file ends where the database does
             else:
-                log.warning(
-                    "the transcript of thread %s differs from the database beyond a lost last write; "
-                    "left as found (run `threadloom verify %s`)",
-                    tid,
-                    tid,
-                )
-        try:
-            have: bytes | None = (d / MANIFEST).read_bytes()
-        except FileNotFoundError:
-            have = None
-        if have != manifest_bytes(thread, self.signer):
-            if have is None or self._stale_manifest(have, thread):
-                d.mkdir(exist_ok=True)
-                self._write_manifest(d, thread)
-                fixed = True
-            else:
-                log.warning(
-                    "thread.json of thread %s does not match its signature or the database; left as found",
-                    tid,
-                )
+                data = _read_all(fd)
+                events = fetch_events(0)
+                out.drift = drift = compare(data, [e.line.encode() for e in events])
+                if drift.kind == "behind":
+                    if drift.good_bytes != len(data):
+                        os.ftruncate(fd, drift.good_bytes)
+                    os.write(fd, transcript_bytes(events[drift.common :]))
+                    out.changed.append(
+                        f"{TRANSCRIPT}: wrote lines {drift.common + 1}-{drift.db_lines}"
+                        if existed
+                        else f"{TRANSCRIPT}: written ({drift.db_lines} lines)"
+                    )
+                elif drift.kind == "holds":
+                    out.problems.append(f"{TRANSCRIPT} {describe(drift)}")
+            self._repair_manifest(d, thread, out)
+        finally:
+            os.close(fd)
+        return out
+
+    def _repair_manifest(self, d: Path, thread: Thread, out: Repair) -> None:
+        have = _read_or_none(d / MANIFEST)
+        verdict = "missing" if have is None else self._judge_manifest(have, thread)
+        if verdict in ("missing", "stale"):
+            self._write_manifest(d, thread)
+            out.changed.append(f"{MANIFEST}: {'written' if verdict == 'missing' else 'brought up to date'}")
+        elif verdict != "current":
+            out.problems.append(f"{MANIFEST} {verdict}")
         if thread.capabilities is not None and self.signer is not None and not (d / CAPABILITIES).exists():
-            self._write_once(d / CAPABILITIES, caps_md.render(tid, thread.capabilities, self.signer))
-            fixed = True
-        return fixed
+            self._write_once(
+                d / CAPABILITIES, caps_md.render(thread.thread_id, thread.capabilities, self.signer)
+            )
+            out.changed.append(f"{CAPABILITIES}: written")
 
-    @staticmethod
-    def _lags_last_commit(path: Path, thread: Thread, fetch_events: FetchEvents) -> bool:
-        """True when the file is the database's transcript minus (part of) its last commit."""
-        data = path.read_bytes()
-        complete = data[: data.rfind(b"\n") + 1]
-        have = complete.split(b"\n")[:-1] if complete else []
-        events = fetch_events(0)
-        if len(have) >= len(events) or not events:
-            return False
-        last_ts = events[-1].ts
-        if any(e.ts != last_ts for e in events[len(have) :]):
-            return False  # more than the last commit is missing: not a crash
-        return all(line == ev.line.encode() for line, ev in zip(have, events))
-
-    def _stale_manifest(self, have: bytes, thread: Thread) -> bool:
-        """True when ``have`` is a validly signed (or pre-signing) older snapshot of ``thread``."""
+    def _judge_manifest(self, have: bytes, thread: Thread) -> str:
+        """'current', 'stale' (safe to write again) or what is wrong with a ``thread.json``."""
         try:
             data = json.loads(have)
         except ValueError:
-            return False
+            return "is not valid JSON"
         if not isinstance(data, dict) or data.get("thread_id") != thread.thread_id:
-            return False
-        if self.signer is not None and "_signature" in data and not manifest_signature_ok(data, self.signer):
-            return False
+            return "is not this thread's manifest"
+        if "_signature" not in data:
+            return "stale"  # written before signing existed: upgrade it
+        if self.signer is not None and not manifest_signature_ok(data, self.signer):
+            return "does not match its signature"
         version = data.get("version")
-        signed_before = "_signature" not in data  # written before signing existed: upgrade it
-        return signed_before or (isinstance(version, int) and version <= thread.version)
+        if not isinstance(version, int) or version > thread.version:
+            return f"is version {version!r}, newer than the database's {thread.version}"
+        return "current" if version == thread.version else "stale"
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    fst = os.fstat(fd)
+    return (st.st_ino, st.st_dev) == (fst.st_ino, fst.st_dev)
+
+
+def _open_locked(path: Path) -> int:
+    """A fresh descriptor of ``path`` (created if missing), exclusively locked, still at its path."""
+    for _ in range(LOCK_TRIES):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, FILE_MODE)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _same_file(fd, path):
+            return fd
+        os.close(fd)
+    raise OSError(f"{path} kept being replaced while waiting for its lock")
+
+
+@contextmanager
+def _shared_lock(path: Path) -> Iterator[int | None]:
+    """``path`` open and share-locked (still the file at its path), or None when it does not exist."""
+    fd: int | None = None
+    try:
+        for _ in range(LOCK_TRIES):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                fd = None
+                break
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            if _same_file(fd, path):
+                break
+            os.close(fd)
+            fd = None
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _read_or_none(path: Path) -> bytes | None:
@@ -351,21 +500,14 @@ def _read_all(fd: int) -> bytes:
         offset += len(chunk)
 
 
-def _last_line_seq(path: Path) -> int:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return _repair_tail(fd, os.fstat(fd).st_size, repair=False)[1]
-    finally:
-        os.close(fd)
+def _scan_tail(fd: int, size: int) -> tuple[int, int, bytes, bytes]:
+    """The end of the file's last complete line, that line's seq, the torn bytes after it and the line.
 
-
-def _repair_tail(fd: int, size: int, *, repair: bool = True) -> tuple[int, int]:
-    """Find the last complete line's seq; cut a torn (unterminated) last line off.
-
-    Returns (size after repair, seq of the last complete line or 0).
+    Reads backwards only as far as the last two newlines. The seq is 0 for an empty file (or
+    one without a complete line) and -1 when the last line is not a transcript line.
     """
     if size == 0:
-        return 0, 0
+        return 0, 0, b"", b""
     chunk = 65536
     end = size
     buf = b""
@@ -373,7 +515,6 @@ def _repair_tail(fd: int, size: int, *, repair: bool = True) -> tuple[int, int]:
         start = max(0, end - chunk)
         buf = os.pread(fd, end - start, start) + buf
         end = start
-        # a complete last line ends at the last b"\n"
         last_nl = buf.rfind(b"\n")
         if last_nl != -1:
             prev_nl = buf.rfind(b"\n", 0, last_nl)
@@ -384,18 +525,12 @@ def _repair_tail(fd: int, size: int, *, repair: bool = True) -> tuple[int, int]:
     last_nl = buf.rfind(b"\n")
     base = size - len(buf)
     if last_nl == -1:
-        good_size = 0
-        line = b""
-    else:
-        good_size = base + last_nl + 1
-        prev_nl = buf.rfind(b"\n", 0, last_nl)
-        line = buf[prev_nl + 1 : last_nl]
-    if good_size != size and repair:
-        log.warning("repairing a torn last line in a transcript (%d -> %d bytes)", size, good_size)
-        os.ftruncate(fd, good_size)
-    if not line:
-        return good_size, 0
+        return 0, 0, buf, b""
+    good_size = base + last_nl + 1
+    prev_nl = buf.rfind(b"\n", 0, last_nl)
+    line = buf[prev_nl + 1 : last_nl]
+    torn = buf[last_nl + 1 :]
     try:
-        return good_size, int(json.loads(line)["seq"])
+        return good_size, int(json.loads(line)["seq"]), torn, line
     except (ValueError, KeyError, TypeError):
-        return good_size, -1  # unreadable: the caller rewrites from the DB
+        return good_size, -1, torn, line

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from . import capabilities as caps_md
+from .drift import compare
 from .errors import IntegrityError
 from .integrity import GENESIS, SIGNATURE_FIELD, Signer, chain_next, manifest_signature_ok
 from .models import ENDED, MANIFEST_FIELDS, StoredEvent, Thread
@@ -82,6 +83,7 @@ def verify_snapshot(snap: IntegritySnapshot, signer: Signer) -> VerifyReport:
     checkpoints, last_cp = _check_database(thread, events, snap.chain_head, signer, found)
     if snap.files is not None:
         _check_transcript(events, snap.files.transcript, signer, found)
+        _check_set_aside(snap.files.set_aside, found)
         _check_manifest(thread, snap.files.manifest, signer, found)
         _check_capabilities(thread, snap.files.capabilities, signer, found)
     found.items.sort(key=lambda p: (p.line is None, p.line or 0))
@@ -111,15 +113,12 @@ def verify_snapshot(snap: IntegritySnapshot, signer: Signer) -> VerifyReport:
 
 def lagging(snap: IntegritySnapshot) -> bool:
     """True when the files look like a mirror write still in flight (another process's commit):
-    the transcript is a strict line prefix of the database, or thread.json is an older version."""
+    the transcript is behind the database (drift.py), or thread.json is an older version."""
     files = snap.files
     if files is None:
         return False
-    db = [e.line.encode() for e in snap.events]
     if files.transcript is not None:
-        data = files.transcript
-        have = data[: data.rfind(b"\n") + 1].split(b"\n")[:-1] if b"\n" in data else []
-        if len(have) < len(db) and have == db[: len(have)]:
+        if compare(files.transcript, [e.line.encode() for e in snap.events]).kind == "behind":
             return True
     if files.manifest is not None:
         try:
@@ -321,6 +320,18 @@ def _check_transcript(
             len(complete) + 1,
             "torn_line",
             f"the file ends with an incomplete line after line {len(complete)}",
+        )
+
+
+def _check_set_aside(names: tuple[str, ...], found: _Problems) -> None:
+    for name in names:
+        found.add(
+            "transcript",
+            None,
+            "transcript_set_aside",
+            f"{name} beside transcript.jsonl was set aside because it held lines the database lacks "
+            "(commits the database lost, or a forged or edited line): `threadloom doctor` compares it, "
+            "`threadloom doctor --recover` restores what its signatures prove and marks it reviewed",
         )
 
 

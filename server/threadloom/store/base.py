@@ -464,8 +464,9 @@ class Store(abc.ABC):
                 return out
             before = (page[-1].created_at, page[-1].thread_id)
 
-    async def reconcile_mirrors(self) -> int:
-        """Repair file mirrors from the database; returns how many threads were fixed."""
+    async def reconcile_mirrors(self, thread_ids: Sequence[str] | None = None) -> int:
+        """Complete the file mirrors of ``thread_ids`` (default: every thread) from the database,
+        never rewriting away what the database lacks; returns how many threads were fixed."""
         return 0
 
     async def vacuum(self) -> None:

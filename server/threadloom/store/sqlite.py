@@ -765,26 +765,43 @@ class SQLiteStore(Store):
 
     # ------------------------------------------------------------ maintenance
 
-    async def reconcile_mirrors(self) -> int:
+    async def reconcile_mirrors(self, thread_ids: Sequence[str] | None = None) -> int:
+        """Complete the mirrors of ``thread_ids`` (default: every thread) from the database;
+        returns how many threads had a file written. What holds lines the database lacks is
+        left as found and logged once (mirror.py)."""
         if self.mirror is None or self._writer is None:
             return 0
         mirror = self.mirror
 
         def work(conn: sqlite3.Connection) -> int:
+            ids = thread_ids
+            if ids is None:
+                ids = [tid for (tid,) in conn.execute("SELECT thread_id FROM threads")]
             fixed = 0
-            rows = conn.execute(f"SELECT {_THREAD_COLS}, transcript_bytes FROM threads").fetchall()
-            for row in rows:
-                thread = _row_to_thread(row[:-1])
-                tid = thread.thread_id
+            for tid in ids:
                 try:
-                    if mirror.reconcile(
-                        thread, row[-1], lambda after, tid=tid: _read_events(conn, tid, after, None)
-                    ):
-                        fixed += 1
+                    done = mirror.repair(
+                        tid,
+                        lambda tid=tid: _thread_and_bytes(conn, tid),
+                        lambda after, tid=tid: _read_events(conn, tid, after, None),
+                    )
+                except ThreadloomError:
+                    continue  # deleted meanwhile
                 except OSError as exc:
-                    log.error("cannot reconcile mirror of thread %s: %s", tid, exc)
+                    log.error("cannot repair the mirror of thread %s: %s", tid, exc)
+                    continue
+                if done.changed:
+                    fixed += 1
+                    log.info("thread %s: mirror repaired (%s)", tid, "; ".join(done.changed))
+                for problem in done.problems:
+                    log.warning(
+                        "thread %s: %s; left as found for `threadloom verify %s` (and `threadloom doctor`)",
+                        tid,
+                        problem,
+                        tid,
+                    )
             if fixed:
-                log.info("reconciled the mirrors of %d thread(s)", fixed)
+                log.info("repaired the mirrors of %d thread(s)", fixed)
             return fixed
 
         return await self._writer.submit(work)
@@ -819,6 +836,15 @@ def _get_thread(conn: sqlite3.Connection, thread_id: str) -> Thread:
     if row is None:
         raise not_found(thread_id)
     return _row_to_thread(row)
+
+
+def _thread_and_bytes(conn: sqlite3.Connection, thread_id: str) -> tuple[Thread, int]:
+    row = conn.execute(
+        f"SELECT {_THREAD_COLS}, transcript_bytes FROM threads WHERE thread_id = ?", (thread_id,)
+    ).fetchone()
+    if row is None:
+        raise not_found(thread_id)
+    return _row_to_thread(row[:-1]), row[-1]
 
 
 def _read_events(
