@@ -198,9 +198,15 @@ async def _verify(settings: Settings, thread_id: str | None, as_json: bool) -> b
     import json
 
     from .service import ThreadService
-    from .store import make_store
+    from .store import SQLiteStore, make_store
 
-    service = ThreadService(make_store(settings), settings)
+    # read as found: no start-up repair before the check (it would complete what it reports)
+    store = (
+        SQLiteStore(settings.root, durability=settings.durability, reconcile=False)
+        if settings.store == "sqlite"
+        else make_store(settings)
+    )
+    service = ThreadService(store, settings)
     async with service:
         if thread_id is not None:
             report = await service.verify_thread(thread_id)
@@ -717,10 +723,14 @@ def export_(
     as_json: Annotated[
         bool, typer.Option("--json", help="print a JSON summary (needs -o: the bundle itself is JSON Lines)")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="replace FILE if it exists (a path inside the root is always refused)"),
+    ] = False,
 ) -> None:
     """Write threads as a self-contained JSON Lines bundle (manifests, events, chain links)
     that `threadloom import` reads back exactly."""
-    from .bundle import atomic_output, collect_chains, export_bundle
+    from .bundle import atomic_output, check_output, collect_chains, export_bundle
 
     settings = settings_from(root=root)
     out = Out(as_json)
@@ -729,6 +739,11 @@ def export_(
         fail("give thread ids or --all (not both)" if ids else "give thread ids to export, or --all")
     if as_json and output is None:
         fail("--json prints a summary and needs -o FILE (without -o the bundle itself goes to stdout)")
+    if output is not None:
+        try:
+            check_output(output, settings.root, force=force)
+        except ThreadloomError as exc:
+            fail(f"[{exc.rule}] {exc.message}", 2)
 
     async def body() -> Any:
         async with open_service(settings) as svc:
