@@ -736,6 +736,31 @@ async def import_files(
     return report
 
 
+def check_output(path: Path, root: Path, *, force: bool = False) -> None:
+    """Refuse an export target inside ``root`` (always) or one that exists (unless ``force``).
+
+    The path is resolved first (symlinks followed), so a link into the root is refused too.
+
+    Raises:
+        InvalidInputError: ``export_output_in_root`` or ``export_output_exists``.
+    """
+    target, home = path.resolve(), Path(root).resolve()
+    if target == home or home in target.parents:
+        raise InvalidInputError(
+            f"{path} is inside the root {home}, beside the live database, keys and mirrors: "
+            "write the export outside the root (this is refused even with --force)",
+            rule="export_output_in_root",
+        )
+    if path.is_dir():
+        raise InvalidInputError(f"{path} is a folder: give a file name", rule="export_output_exists")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise InvalidInputError(
+            f"{path} exists already: pass --force to replace it, or choose another name "
+            "(an export never overwrites a file unasked)",
+            rule="export_output_exists",
+        )
+
+
 @contextmanager
 def atomic_output(path: Path) -> Iterator[IO[str]]:
     """A text file written beside ``path`` and renamed into place only if the block succeeds."""
