@@ -1,6 +1,8 @@
 """threadloom over stdio plus a no-op tool, so benchmarks can compare against the SDK's floor.
 
-python benchmarks/stdio_server.py ROOT [full|normal]
+python benchmarks/stdio_server.py ROOT [full|normal] [postgresql://DSN]
+
+With a DSN the store is PostgreSQL (keys under ROOT); otherwise SQLite under ROOT.
 """
 
 from __future__ import annotations
@@ -16,11 +18,21 @@ from threadloom.config import Settings  # noqa: E402
 from threadloom.mcp_server import build_server  # noqa: E402
 from threadloom.service import ThreadService  # noqa: E402
 from threadloom.store import SQLiteStore  # noqa: E402
+from threadloom.store.base import Store  # noqa: E402
 
 
-async def main(root: str, durability: str) -> None:
+def open_store(root: Path, durability: str, dsn: str) -> Store:
+    if not dsn:
+        return SQLiteStore(root, durability=durability)  # type: ignore[arg-type]
+    from threadloom.integrity import Signer
+    from threadloom.store.postgres import PostgresStore
+
+    return PostgresStore(dsn, durability=durability, signer=Signer.for_root(root))  # type: ignore[arg-type]
+
+
+async def main(root: str, durability: str, dsn: str) -> None:
     settings = Settings(root=Path(root), durability=durability)  # type: ignore[arg-type]
-    async with ThreadService(SQLiteStore(settings.root, durability=durability), settings) as service:
+    async with ThreadService(open_store(settings.root, durability, dsn), settings) as service:
         server = build_server(service)
 
         @server.tool()
@@ -32,4 +44,9 @@ async def main(root: str, durability: str) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "full")
+    anyio.run(
+        main,
+        sys.argv[1],
+        sys.argv[2] if len(sys.argv) > 2 else "full",
+        sys.argv[3] if len(sys.argv) > 3 else "",
+    )

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
@@ -21,6 +22,7 @@ from .capabilities import Capabilities
 from .errors import InvalidInputError, NotFoundError, ThreadloomError
 from .messages import FORMATS
 from .models import Budget, Limits, Thread, check_thread_id
+from .resource_watch import ResourceWatch, serve_subscriptions
 from .results import (
     AppendOutcome,
     ChainView,
@@ -91,9 +93,11 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
     ``allow_delete`` adds the ``delete_thread`` tool (``threadloom serve --allow-delete``);
     without it no MCP client can erase history.
     """
+    bus = InMemorySubscriptionBus()
     server: MCPServer = MCPServer(
-        "threadloom", instructions=INSTRUCTIONS, version=__version__, log_level="WARNING"
+        "threadloom", instructions=INSTRUCTIONS, version=__version__, log_level="WARNING", subscriptions=bus
     )
+    serve_subscriptions(server, ResourceWatch(service, bus))
 
     # ------------------------------------------------------------------ tools
 

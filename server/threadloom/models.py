@@ -449,6 +449,14 @@ class ContextUsage(BaseModel):
     ratio: float
 
 
+class ForkPoint(BaseModel):
+    """Where a fork branched off: the source thread and the last seq it copied."""
+
+    model_config = ConfigDict(extra="forbid")
+    thread_id: str
+    seq: int
+
+
 class Thread(BaseModel):
     """The manifest of one thread plus its counters, as every layer sees it."""
 
@@ -476,6 +484,7 @@ class Thread(BaseModel):
     continuation_thread_id: str | None = None
     chain_root_id: str
     link_reason: Literal["handoff", "resume"] | None = None
+    forked_from: ForkPoint | None = None
     created_at: str
     updated_at: str
     heartbeat_at: str

@@ -87,7 +87,7 @@ from .store.base import (
 )
 from .verify import VerificationFailed, VerifyReport, lagging, verify_snapshot
 from .waiting import wait_threads
-from .wake import WakeHub
+from .wake import Subscription, WakeHub
 
 log = logging.getLogger("threadloom.service")
 T = TypeVar("T")
@@ -188,6 +188,13 @@ class ThreadService:
         """The thread's manifest and counters, with its children counted by status."""
         thread = await self.store.get_thread(check_thread_id(thread_id))
         return thread.model_copy(update={"children": await self.store.child_counts(thread_id)})
+
+    def watch(
+        self, thread_ids: Sequence[str] | set[str] = (), keys: Sequence[str] | set[str] = ()
+    ) -> Subscription:
+        """Watch threads (and relation keys, see wake.thread_keys) for commits by any process;
+        the caller closes the subscription."""
+        return self.hub.open(thread_ids, keys)
 
     async def chain_end(self, thread: Thread) -> Thread:
         """Follow continuation links to the chain's newest thread (a cycle stops the walk)."""
