@@ -169,7 +169,7 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
             dict[str, Any] | None,
             Field(
                 description=(
-                    "one event. Types: message {role: user|assistant|system, text}; "
+                    "one event. Types: message {role: user|assistant|system, text, metadata?}; "
                     "tool_use {id, name, input}; tool_result {tool_use_id, output, is_error}; "
                     "assistant_text {text}; result {cost, duration_ms, turns, input_tokens, "
                     "output_tokens, cache_read_tokens}; or a custom type starting with 'x-'. "
@@ -247,12 +247,18 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
         thread_id: ThreadId,
         after_seq: Annotated[int, Field(description="return events with seq greater than this")] = 0,
         limit: Annotated[int, Field(description="page size, 1-1000")] = 100,
+        wait: Annotated[
+            float | None,
+            Field(description="seconds (0-300) to wait for an event past after_seq if none exists yet"),
+        ] = None,
     ) -> EventPage:
         """Read a thread's events in seq order, a page at a time.
 
         Pass the returned next_after_seq as after_seq to read on while has_more is true.
+        With wait, the call returns as soon as anyone appends past after_seq (e.g. a parent's
+        message to this running child), or with no events at the timeout.
         """
-        return await service.read_events(thread_id, after_seq=after_seq, limit=limit)
+        return await service.read_events(thread_id, after_seq=after_seq, limit=limit, wait=wait)
 
     @server.tool(annotations=WRITE)
     @tool_errors

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InvalidInputError, InvalidStateError
 
@@ -145,6 +145,20 @@ class MessageEvent(_Event):
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system"]
     text: str
+    metadata: dict[str, Any] | None = None
+    """Free-form; ``from_thread_id`` names the thread that sent the message (a parent steering
+    a running child), checked to be a thread id."""
+
+    @field_validator("metadata")
+    @classmethod
+    def _sender(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and "from_thread_id" in value:
+            sender = value["from_thread_id"]
+            if not isinstance(sender, str) or not THREAD_ID_RE.fullmatch(sender):
+                raise ValueError(
+                    f"metadata.from_thread_id must be a thread id (12 lowercase hex digits); got {sender!r:.80}"
+                )
+        return value
 
 
 class ToolUseEvent(_Event):

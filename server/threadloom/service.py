@@ -86,7 +86,7 @@ from .store.base import (
     Store,
 )
 from .verify import VerificationFailed, VerifyReport, lagging, verify_snapshot
-from .waiting import wait_threads
+from .waiting import MAX_READ_WAIT, wait_for_events, wait_threads
 from .wake import Subscription, WakeHub
 
 log = logging.getLogger("threadloom.service")
@@ -647,8 +647,14 @@ class ThreadService:
             exceeded=exceeded,
         )
 
-    async def read_events(self, thread_id: str, *, after_seq: int = 0, limit: int = 100) -> EventPage:
-        """Events with seq > after_seq, oldest first, at most ``limit`` (1-1000)."""
+    async def read_events(
+        self, thread_id: str, *, after_seq: int = 0, limit: int = 100, wait: float | None = None
+    ) -> EventPage:
+        """Events with seq > after_seq, oldest first, at most ``limit`` (1-1000).
+
+        ``wait`` (seconds, at most waiting.MAX_READ_WAIT): when there is no such event yet,
+        return as soon as one is committed by anyone, or an empty page at the timeout.
+        """
         check_thread_id(thread_id)
         if after_seq < 0:
             raise InvalidInputError(f"after_seq must be >= 0; got {after_seq}", rule="after_seq_range")
@@ -656,7 +662,13 @@ class ThreadService:
             raise InvalidInputError(
                 f"limit must be between 1 and {MAX_PAGE}; got {limit}", rule="limit_range"
             )
+        if wait is not None and not (0 <= wait <= MAX_READ_WAIT):
+            raise InvalidInputError(
+                f"wait must be between 0 and {MAX_READ_WAIT:.0f} seconds; got {wait}", rule="wait_range"
+            )
         events = await self.store.read_events(thread_id, after_seq=after_seq, limit=limit + 1)
+        if not events and wait and await wait_for_events(self, thread_id, after_seq, wait):
+            events = await self.store.read_events(thread_id, after_seq=after_seq, limit=limit + 1)
         more = len(events) > limit
         events = events[:limit]
         thread = await self.store.get_thread(thread_id)

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 MAX_WAIT_IDS = 1000
 MAX_WAIT_TIMEOUT = 86_400.0
+MAX_READ_WAIT = 300.0
+"""Longest ``read_events(wait=...)`` in seconds: under the request timeouts of common MCP
+clients; a caller that wants longer calls again with the same ``after_seq``."""
 
 Progress = Callable[[int, int, str], Awaitable[None]]
 
@@ -130,3 +133,23 @@ async def wait_threads(
         timed_out=[] if is_settled else [i.thread_id for i in items if not i.done],
         waited_ms=round((time.monotonic() - started) * 1000, 1),
     )
+
+
+async def wait_for_events(service: ThreadService, thread_id: str, after_seq: int, timeout: float) -> bool:
+    """Wait until the thread holds an event past ``after_seq`` (True) or ``timeout`` passed (False).
+
+    Woken by the wake hub (commits of this process and of others), never by polling.
+
+    Raises:
+        NotFoundError: the thread does not exist.
+    """
+    async with service.hub.subscribe([thread_id]) as sub:  # watch first: a commit in between is not lost
+        thread = await service.store.get_thread(thread_id)
+        if thread.event_count > after_seq:
+            return True
+        with anyio.move_on_after(timeout):
+            while True:
+                fresh = (await sub.next()).get(thread_id)
+                if fresh is not None and fresh.event_count > after_seq:
+                    return True
+    return False
