@@ -92,6 +92,21 @@ def serve(
     token: Annotated[
         str | None, typer.Option(help="bearer token required over HTTP (or $THREADLOOM_TOKEN)")
     ] = None,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            help="also answer HTTP requests whose Host is this name (repeatable; or $THREADLOOM_ALLOWED_HOSTS)",
+        ),
+    ] = None,
+    allow_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-origin",
+            help="also accept browser requests from this origin, e.g. https://app.example:8443 "
+            "(repeatable; or $THREADLOOM_ALLOWED_ORIGINS)",
+        ),
+    ] = None,
     store: Annotated[str | None, typer.Option(help="store backend: sqlite (default) or memory")] = None,
     durability: Annotated[
         str | None, typer.Option(help="full (survives power loss, default) or normal (survives crashes)")
@@ -127,6 +142,8 @@ def serve(
         host=host,
         port=port,
         token=token,
+        allowed_hosts=allow_host or None,
+        allowed_origins=allow_origin or None,
         store=store,
         durability=durability,
         context_window=context_window,
@@ -148,7 +165,7 @@ async def _serve(settings: Settings, http: bool, allow_delete: bool = False) -> 
     from .store import make_store
 
     if http:
-        check_bind(settings.host, settings.token)
+        check_bind(settings)
     service = ThreadService(make_store(settings), settings)
     async with service:
         server = build_server(service, allow_delete=allow_delete)
@@ -161,16 +178,21 @@ async def _serve(settings: Settings, http: bool, allow_delete: bool = False) -> 
                     settings.port,
                     settings.root,
                 )
-                await serve_http(
-                    server,
-                    host=settings.host,
-                    port=settings.port,
-                    token=settings.token,
-                    max_request_bytes=settings.max_request_bytes,
-                )
+                await serve_http(server, settings)
             else:
                 await server.run_stdio_async()
             tg.cancel_scope.cancel()
+
+
+@app.command(rich_help_panel=SERVE)
+def token(
+    as_json: Annotated[bool, typer.Option("--json", help='print {"token": ...}')] = False,
+) -> None:
+    """Print a fresh random bearer token (43 characters) for `serve --http --token` or the tokens setting."""
+    from .tokens import new_token
+
+    value = new_token()
+    typer.echo(json.dumps({"token": value}) if as_json else value)
 
 
 @app.command(rich_help_panel=MAINTAIN)

@@ -6,15 +6,17 @@ where it came from.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InvalidInputError
 from .templates import DEFAULT_CONTINUATION_TEMPLATE, check_template
+from .tokens import TokenGrant
 
 DEFAULT_ROOT = ".threadloom"
 ENV_PREFIX = "THREADLOOM_"
@@ -25,6 +27,8 @@ DEFAULT_RESUME_CEILING_TOKENS = 16_000
 DEFAULT_STALE_AFTER = 3600.0
 DEFAULT_MAX_EVENT_BYTES = 1_048_576
 DEFAULT_MAX_BATCH_EVENTS = 1000
+DEFAULT_HTTP_HEADER_TIMEOUT = 10.0
+DEFAULT_HTTP_BODY_TIMEOUT = 60.0
 
 
 class Settings(BaseModel):
@@ -47,17 +51,46 @@ class Settings(BaseModel):
     max_request_bytes: int = Field(default=16 * 1_048_576, ge=65536)
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
-    token: str | None = None
-    token_agents: list[str] | None = None
+    token: str | None = Field(default=None, repr=False)
+    token_agents: list[str] | None = Field(default=None, min_length=1)
+    tokens: list[TokenGrant] = Field(default_factory=list, repr=False)
+    allowed_hosts: list[str] = Field(default_factory=list, max_length=1000)
+    allowed_origins: list[str] = Field(default_factory=list, max_length=1000)
+    http_header_timeout: float = Field(
+        default=DEFAULT_HTTP_HEADER_TIMEOUT, gt=0, le=3600, allow_inf_nan=False
+    )
+    http_body_timeout: float = Field(default=DEFAULT_HTTP_BODY_TIMEOUT, gt=0, le=86_400, allow_inf_nan=False)
 
     @field_validator("continuation_template")
     @classmethod
     def _template_placeholders(cls, value: str) -> str:
         return check_template(value)
 
+    @model_validator(mode="after")
+    def _token_agents_need_a_token(self) -> Settings:
+        if self.token_agents is not None and self.token is None:
+            raise ValueError("token_agents limits the token setting, which is not set")
+        return self
+
+    def grants(self) -> list[TokenGrant]:
+        """Every accepted bearer token with its scope: ``token`` (+ ``token_agents``), then ``tokens``."""
+        head = [TokenGrant(token=self.token, agents=self.token_agents)] if self.token is not None else []
+        return head + list(self.tokens)
+
 
 _ENV_KEYS = {name: ENV_PREFIX + name.upper() for name in Settings.model_fields}
 _ENV_KEYS["root"] = "THREADLOOM_HOME"
+_LIST_KEYS = ("token_agents", "allowed_hosts", "allowed_origins")
+"""Settings given in the environment as comma-separated lists."""
+SECRET_KEYS = frozenset({"token", "tokens"})
+"""Settings whose values no message ever quotes."""
+MAX_QUOTE = 200
+
+
+def quote_value(value: object, limit: int = MAX_QUOTE) -> str:
+    """``repr(value)`` cut to ``limit`` characters (with the full length), for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def load_settings(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Settings:
@@ -88,14 +121,25 @@ def load_settings(overrides: dict[str, Any] | None = None, env: dict[str, str] |
         data[k] = v
         source[k] = "command line"
     data["root"] = root
-    if isinstance(data.get("token_agents"), str):
-        data["token_agents"] = [a.strip() for a in data["token_agents"].split(",") if a.strip()]
+    for key in _LIST_KEYS:
+        if isinstance(data.get(key), str):
+            data[key] = [a.strip() for a in data[key].split(",") if a.strip()]
+    if isinstance(data.get("tokens"), str):  # $THREADLOOM_TOKENS: a JSON list of {token, agents?, name?}
+        try:
+            data["tokens"] = json.loads(data["tokens"])
+        except ValueError:
+            raise InvalidInputError(
+                f"setting tokens (from {source.get('tokens')}) must be a JSON list of "
+                '{"token": ..., "agents": [...], "name": ...} objects; it does not parse as JSON',
+                rule="settings",
+            ) from None
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"])
-            where = source.get(str(err["loc"][0]), "default")
-            problems.append(f"setting {key}={err.get('input')!r} (from {where}): {err['msg']}")
+            key = ".".join(str(p) for p in err["loc"]) or "(settings)"
+            where = source.get(str(err["loc"][0]), "default") if err["loc"] else "settings"
+            shown = "" if err["loc"] and err["loc"][0] in SECRET_KEYS else f"={quote_value(err.get('input'))}"
+            problems.append(f"setting {key}{shown} (from {where}): {err['msg']}")
         raise InvalidInputError("invalid settings: " + "; ".join(problems), rule="settings") from None

@@ -1,91 +1,87 @@
-"""Streamable HTTP transport: the MCP app behind an optional bearer-token guard.
+"""Streamable HTTP transport: the MCP app (and anything else served beside it) behind guards.
 
-Binding anywhere but loopback requires a token (refused at start-up otherwise);
-whenever a token is set every request must carry ``Authorization: Bearer <token>``.
+Every bind checks Host and Origin (DNS-rebinding protection, 421/403); binding anywhere
+but loopback requires a token of at least 32 characters (refused at start-up otherwise);
+whenever tokens are set every request must carry ``Authorization: Bearer <token>``, and
+the token's agent scope travels with the request. See docs/security.md.
 """
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
-import json
 from typing import Any
 
+from .config import Settings
 from .errors import InvalidInputError
+from .http_guard import BearerGuard, BodyGuard, HostOriginGuard, HostPolicy, is_loopback
+from .tokens import TokenTable, check_grants
 
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
-
-
-def is_loopback(host: str) -> bool:
-    """True for names and addresses that only this machine can reach."""
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+__all__ = ["build_http_app", "check_bind", "guard_app", "host_policy", "is_loopback", "serve_http"]
 
 
-def check_bind(host: str, token: str | None) -> None:
-    """Refuse to serve a non-loopback address without a token."""
-    if not is_loopback(host) and not token:
+def check_bind(settings: Settings) -> None:
+    """Refuse a non-loopback bind without a token, and tokens that break the rules.
+
+    Raises:
+        InvalidInputError: ``http_token_required``, or a token rule (tokens.check_grants).
+    """
+    grants = settings.grants()
+    loopback = is_loopback(settings.host)
+    if not loopback and not grants:
         raise InvalidInputError(
-            f"binding HTTP to {host!r} (not loopback) requires a bearer token: "
-            "set THREADLOOM_TOKEN or pass --token",
+            f"binding HTTP to {settings.host!r:.200} (not loopback) requires a bearer token: "
+            "set THREADLOOM_TOKEN or pass --token (`threadloom token` prints a fresh one)",
             rule="http_token_required",
+        )
+    check_grants(grants, loopback=loopback)
+    scoped = [g for g in grants if g.agents is not None]
+    if scoped:
+        raise InvalidInputError(
+            "agent-scoped tokens (token_agents, tokens[].agents) are not enforced by this build yet; "
+            "refusing to serve rather than give a scoped token every agent's threads",
+            rule="http_token_scope",
         )
 
 
-class BearerTokenMiddleware:
-    """Pure ASGI middleware: 401 unless the request carries the expected bearer token."""
-
-    def __init__(self, app: Any, token: str) -> None:
-        self.app = app
-        self._expected = f"Bearer {token}".encode()
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":  # lifespan and friends pass through
-            await self.app(scope, receive, send)
-            return
-        got = b""
-        for name, value in scope.get("headers", []):
-            if name == b"authorization":
-                got = value
-                break
-        if not hmac.compare_digest(got, self._expected):
-            body = json.dumps(
-                {
-                    "error": "unauthorized",
-                    "message": "missing or wrong bearer token (Authorization: Bearer <token>)",
-                }
-            ).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 401,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"www-authenticate", b'Bearer realm="threadloom"'),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
-            return
-        await self.app(scope, receive, send)
+def host_policy(settings: Settings) -> HostPolicy:
+    """The Host names and Origins this bind answers to."""
+    return HostPolicy.for_bind(settings.host, settings.allowed_hosts, settings.allowed_origins)
 
 
-def build_http_app(server: Any, *, host: str, token: str | None, max_request_bytes: int) -> Any:
-    """The ASGI app serving MCP at ``/mcp`` (guarded when a token is set)."""
-    app = server.streamable_http_app(host=host, max_request_body_size=max_request_bytes)
-    return BearerTokenMiddleware(app, token) if token else app
+def guard_app(app: Any, settings: Settings, policy: HostPolicy | None = None) -> Any:
+    """``app`` behind the Host/Origin, bearer-token and body guards (every path)."""
+    grants = settings.grants()
+    inner = BodyGuard(app, max_bytes=settings.max_request_bytes, timeout=settings.http_body_timeout)
+    if grants:
+        inner = BearerGuard(inner, TokenTable(grants))
+    return HostOriginGuard(inner, policy or host_policy(settings))
 
 
-async def serve_http(server: Any, *, host: str, port: int, token: str | None, max_request_bytes: int) -> None:
-    """Run uvicorn on ``host:port`` until cancelled."""
+def build_http_app(server: Any, settings: Settings) -> Any:
+    """The ASGI app serving MCP at ``/mcp`` (and the server's custom routes), guarded."""
+    policy = host_policy(settings)
+    app = server.streamable_http_app(
+        host=settings.host,
+        max_request_body_size=settings.max_request_bytes,
+        transport_security=policy.sdk_settings(),
+    )
+    return guard_app(app, settings, policy)
+
+
+async def serve_http(server: Any, settings: Settings) -> None:
+    """Run uvicorn on ``settings.host:port`` until cancelled."""
     import uvicorn
 
-    check_bind(host, token)
-    app = build_http_app(server, host=host, token=token, max_request_bytes=max_request_bytes)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    from .http_protocol import timed_h11_protocol
+
+    check_bind(settings)
+    app = build_http_app(server, settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        lifespan="on",
+        http=timed_h11_protocol(settings.http_header_timeout),
+        ws="none",
+    )
     await uvicorn.Server(config).serve()
