@@ -180,7 +180,9 @@ async def _serve(settings: Settings, http: bool, allow_delete: bool = False) -> 
                 )
                 await serve_http(server, settings)
             else:
-                await server.run_stdio_async()
+                from .stdio import run_stdio
+
+                await run_stdio(server, settings.max_request_bytes)
             tg.cancel_scope.cancel()
 
 
