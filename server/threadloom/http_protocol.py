@@ -18,6 +18,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger("threadloom.http")
+LINGER_SECONDS = 2.0
 
 
 def timed_h11_protocol(header_timeout: float) -> type[asyncio.Protocol]:
@@ -29,12 +30,15 @@ def timed_h11_protocol(header_timeout: float) -> type[asyncio.Protocol]:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._header_timer: asyncio.TimerHandle | None = None
+            self._lingering = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm()
 
         def data_received(self, data: bytes) -> None:
+            if self._lingering:
+                return  # after a 408: read and drop until the client closes (see _headers_too_slow)
             if self._header_timer is None and self.conn.their_state is h11.IDLE:
                 self._arm()  # the first bytes of the next request on a kept-alive connection
             super().data_received(data)
@@ -75,6 +79,12 @@ def timed_h11_protocol(header_timeout: float) -> type[asyncio.Protocol]:
                 f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
             ).encode()
             self.transport.write(head + body)
-            self.transport.close()
+            # A lingering close (as web servers do): closing with unread bytes in the socket
+            # would send a reset that can destroy the 408 before the client reads it. So send
+            # FIN after the answer, drop whatever still comes, and close for good shortly.
+            self._lingering = True
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     return TimedH11Protocol
