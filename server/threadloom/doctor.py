@@ -39,6 +39,7 @@ from .mirror import (
     set_aside_stamp,
 )
 from .models import THREAD_ID_RE
+from .private import loose_paths, tighten
 from .service import ThreadService
 from .store.schema import SQLITE_MIGRATIONS
 from .store.sqlite import SQLiteStore
@@ -128,6 +129,7 @@ def check_root(root: Path) -> list[Check]:
             )
         else:
             out.append(_ok("permissions", f"{root} is private to its owner and group (mode {mode:o})"))
+        out.append(check_modes(root))
     db = root / "threads.db"
     if db.exists() and not os.access(db, os.R_OK | os.W_OK):
         out.append(
@@ -153,6 +155,20 @@ def check_root(root: Path) -> list[Check]:
     else:
         out.append(_ok("disk", detail))
     return out
+
+
+def check_modes(root: Path) -> Check:
+    """Folders 0700 and files 0600 under the root (the public key aside): transcripts hold secrets."""
+    loose = [(p, m) for p, m in loose_paths(root) if p != root]  # the root itself is checked above
+    if not loose:
+        return _ok("modes", "every folder and file under the root is private to its owner (0700/0600)")
+    shown = ", ".join(f"{p.relative_to(root)} ({m:o})" for p, m in loose[:5])
+    more = f" and {len(loose) - 5} more" if len(loose) > 5 else ""
+    return _warn(
+        "modes",
+        f"{len(loose)} folder(s) or file(s) under the root are open to other users: {shown}{more}",
+        f"run `threadloom doctor --fix` (removes group and other permissions), or chmod -R go-rwx {root}",
+    )
 
 
 # -------------------------------------------------------------------- SQLite
@@ -659,6 +675,9 @@ async def _repair(settings: Settings) -> list[str]:
             if d.is_dir() and THREAD_ID_RE.fullmatch(d.name) and d.name not in known:
                 aside = d.rename(d.with_name(f"{d.name}{SET_ASIDE}{set_aside_stamp()}"))
                 fixed.append(f"set the orphan mirror folder {d.name} aside as {aside.name}")
+        tightened = tighten([(p, m) for p, m in loose_paths(root) if p != root])
+        if tightened:
+            fixed.append(f"removed group and other permissions from {len(tightened)} folder(s) and file(s)")
         swept = await service.sweep_stale()
         if swept:
             fixed.append(f"moved {len(swept)} stale running thread(s) to error (timeout)")

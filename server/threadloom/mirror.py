@@ -32,6 +32,8 @@ from . import capabilities as caps_md
 from .drift import Drift, compare, describe
 from .integrity import Signer, manifest_signature_ok, sign_manifest
 from .models import StoredEvent, Thread, canonical_json, check_thread_id
+from .private import DIR_MODE, make_dir, write_new
+from .private import FILE_MODE as FILE_MODE
 
 log = logging.getLogger("threadloom.mirror")
 T = TypeVar("T")
@@ -43,7 +45,6 @@ SET_ASIDE = ".set-aside-"
 """Infix of a set-aside file's name: ``transcript.jsonl.set-aside-20260102T030405.123456Z``."""
 REVIEWED = ".reviewed"
 """Suffix ``doctor --recover`` adds to a set-aside file it has dealt with (kept, no longer reported)."""
-FILE_MODE = 0o644
 LOCK_TRIES = 8
 
 
@@ -114,8 +115,7 @@ def set_aside(path: Path, *, replacement: bytes | None = None) -> Path:
         os.unlink(path)
     else:
         tmp = _tmp_name(path)
-        with open(tmp, "wb") as f:
-            f.write(replacement)
+        write_new(tmp, replacement)
         os.replace(tmp, path)
     return target
 
@@ -148,7 +148,8 @@ class Mirror:
     def __init__(self, root: Path, signer: Signer | None = None) -> None:
         self.signer = signer
         self.root = root / "threads"
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_dir(root)
+        make_dir(self.root)
         self._cache: dict[str, tuple[int, int]] = {}  # thread_id -> (file size, last seq)
         self._versions: dict[str, int] = {}  # thread_id -> manifest version this process wrote
         self._fds: dict[str, int] = {}  # open transcript descriptors, least recently used first
@@ -157,7 +158,7 @@ class Mirror:
         fd = self._fds.pop(thread_id, None)
         if fd is None:
             d = self.thread_dir(thread_id)
-            d.mkdir(exist_ok=True)
+            d.mkdir(exist_ok=True, mode=DIR_MODE)
             fd = os.open(d / TRANSCRIPT, os.O_RDWR | os.O_CREAT | os.O_APPEND, FILE_MODE)
             while len(self._fds) >= self.MAX_OPEN:
                 os.close(self._fds.pop(next(iter(self._fds))))
@@ -318,8 +319,7 @@ class Mirror:
         self._versions[thread.thread_id] = thread.version
         data = manifest_bytes(thread, self.signer)
         tmp = _tmp_name(d / MANIFEST)
-        with open(tmp, "wb") as f:
-            f.write(data)
+        write_new(tmp, data)
         os.replace(tmp, d / MANIFEST)
         if thread.capabilities is not None and self.signer is not None and not (d / CAPABILITIES).exists():
             self._write_once(
@@ -330,8 +330,7 @@ class Mirror:
     def _write_once(path: Path, data: bytes) -> None:
         """Create ``path`` with ``data`` unless it exists (written once, never replaced)."""
         tmp = _tmp_name(path)
-        with open(tmp, "wb") as f:
-            f.write(data)
+        write_new(tmp, data)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -381,7 +380,7 @@ class Mirror:
         d = self.thread_dir(thread_id)
         path = d / TRANSCRIPT
         existed = path.exists()
-        d.mkdir(exist_ok=True)
+        d.mkdir(exist_ok=True, mode=DIR_MODE)
         fd = _open_locked(path)
         try:
             thread, expected = fetch_row()

@@ -23,6 +23,7 @@ from ..errors import ConflictError, IntegrityError, StoreUnavailableError, Threa
 from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes, chain_next
 from ..mirror import Mirror
 from ..models import Status, StoredEvent, Thread, Usage, parse_iso, render_line
+from ..private import ensure_file, make_dir
 from ..textquery import Mode, TextQuery
 from . import fts
 from .apply import (
@@ -148,14 +149,15 @@ class SQLiteStore(Store):
     async def open(self) -> None:
         if self._writer is not None:
             return
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_dir(self.root)
         try:
+            ensure_file(self.path)  # 0600 before SQLite creates it (its -wal and -shm take its mode)
             conn = self._connect()
             conn.execute("PRAGMA journal_mode=WAL")
             _retry_busy(lambda: apply_sqlite_migrations(conn, SQLITE_MIGRATIONS))
             has_threads = conn.execute("SELECT EXISTS (SELECT 1 FROM threads)").fetchone()[0]
             row = conn.execute("SELECT value FROM meta WHERE key = 'signing_key_id'").fetchone()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailableError(f"cannot open {self.path}: {exc}") from exc
         try:
             self._load_key(conn, bool(has_threads), row[0] if row else None)
