@@ -1116,6 +1116,9 @@ async def _reindex(settings: Settings) -> tuple[ReindexStats, float]:
     return stats, time.perf_counter() - started
 
 
+from . import cli_install  # noqa: E402,F401  (registers `install` and `uninstall`)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``threadloom`` console script."""
     try:
