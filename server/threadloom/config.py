@@ -29,6 +29,8 @@ DEFAULT_MAX_EVENT_BYTES = 1_048_576
 DEFAULT_MAX_BATCH_EVENTS = 1000
 DEFAULT_HTTP_HEADER_TIMEOUT = 10.0
 DEFAULT_HTTP_BODY_TIMEOUT = 60.0
+DEFAULT_HTTP_SESSION_IDLE_TIMEOUT = 1800.0
+DEFAULT_HTTP_MAX_SESSIONS = 10_000
 
 
 class Settings(BaseModel):
@@ -60,6 +62,10 @@ class Settings(BaseModel):
         default=DEFAULT_HTTP_HEADER_TIMEOUT, gt=0, le=3600, allow_inf_nan=False
     )
     http_body_timeout: float = Field(default=DEFAULT_HTTP_BODY_TIMEOUT, gt=0, le=86_400, allow_inf_nan=False)
+    http_session_idle_timeout: float = Field(
+        default=DEFAULT_HTTP_SESSION_IDLE_TIMEOUT, gt=0, le=7 * 86_400, allow_inf_nan=False
+    )
+    http_max_sessions: int = Field(default=DEFAULT_HTTP_MAX_SESSIONS, ge=1, le=1_000_000)
 
     @field_validator("continuation_template")
     @classmethod

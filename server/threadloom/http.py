@@ -13,6 +13,7 @@ from typing import Any
 from .config import Settings
 from .errors import InvalidInputError
 from .http_guard import BearerGuard, BodyGuard, HostOriginGuard, HostPolicy, is_loopback
+from .http_sessions import make_room_for_new_sessions
 from .tokens import TokenTable, check_grants
 
 __all__ = ["build_http_app", "check_bind", "guard_app", "host_policy", "is_loopback", "serve_http"]
@@ -62,8 +63,11 @@ def build_http_app(server: Any, settings: Settings) -> Any:
     app = server.streamable_http_app(
         host=settings.host,
         max_request_body_size=settings.max_request_bytes,
+        session_idle_timeout=settings.http_session_idle_timeout,
+        max_sessions=settings.http_max_sessions,
         transport_security=policy.sdk_settings(),
     )
+    make_room_for_new_sessions(server.session_manager)
     return guard_app(app, settings, policy)
 
 
