@@ -56,6 +56,7 @@ from .models import (
     render_line,
     utc_now,
 )
+from .numbers import quote
 from .service import ThreadService
 from .store.apply import COUNTER_FIELDS
 
@@ -289,7 +290,7 @@ def read_source(path: Path) -> list[Candidate]:
     if head.get("kind") == BUNDLE_KIND:
         if head.get("format") != BUNDLE_FORMAT:
             raise InvalidInputError(
-                f"{path}:{first + 1}: bundle format {head.get('format')!r} is not supported by threadloom "
+                f"{path}:{first + 1}: bundle format {quote(head.get('format'))} is not supported by threadloom "
                 f"{__version__} (it reads format {BUNDLE_FORMAT})",
                 rule="import_format",
             )
@@ -325,7 +326,9 @@ class _Bundle:
                     f"manifest field {loc}: {err['msg']}", rule="import_manifest"
                 ) from None
             if not THREAD_ID_RE.fullmatch(thread.thread_id):
-                raise InvalidInputError(f"thread_id {raw_id!r} is not 12 hex digits", rule="import_manifest")
+                raise InvalidInputError(
+                    f"thread_id {quote(raw_id)} is not 12 hex digits", rule="import_manifest"
+                )
             self.cur.thread = thread
         elif kind == "event":
             cur = self.cur
@@ -336,7 +339,7 @@ class _Bundle:
             tid = cur.thread.thread_id
             if rec.get("thread_id") != tid:
                 raise InvalidInputError(
-                    f"event of thread {rec.get('thread_id')!r} inside thread {tid}", rule="import_shape"
+                    f"event of thread {quote(rec.get('thread_id'))} inside thread {tid}", rule="import_shape"
                 )
             data = rec.get("event")
             if not isinstance(data, dict):
@@ -345,7 +348,7 @@ class _Bundle:
             seq, ts = data.pop("seq", None), data.pop("ts", None)
             if seq != len(cur.events) + 1:
                 raise InvalidInputError(
-                    f"seq {seq!r} where {len(cur.events) + 1} was expected (seqs are gapless from 1)",
+                    f"seq {quote(seq)} where {len(cur.events) + 1} was expected (seqs are gapless from 1)",
                     rule="import_seq",
                 )
             if not isinstance(ts, str):
@@ -362,7 +365,7 @@ class _Bundle:
             self.ended = True
             self.cur = None
         else:
-            raise InvalidInputError(f"unknown record kind {kind!r}", rule="import_shape")
+            raise InvalidInputError(f"unknown record kind {quote(kind)}", rule="import_shape")
 
 
 def _read_bundle(path: Path, lines: list[str], first: int) -> list[Candidate]:

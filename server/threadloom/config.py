@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InvalidInputError
+from .numbers import MAX_STALE_AFTER
 from .templates import DEFAULT_CONTINUATION_TEMPLATE, check_template
 from .tokens import TokenGrant
 
@@ -42,12 +43,12 @@ class Settings(BaseModel):
     store: str = Field(default="sqlite", description="sqlite | memory")
     durability: Literal["full", "normal"] = "full"
     context_window: int = Field(default=DEFAULT_CONTEXT_WINDOW, ge=1000)
-    trigger_threshold: float = Field(default=DEFAULT_TRIGGER_THRESHOLD, gt=0, le=1)
+    trigger_threshold: float = Field(default=DEFAULT_TRIGGER_THRESHOLD, gt=0, le=1, allow_inf_nan=False)
     resume_ceiling_tokens: int = Field(default=DEFAULT_RESUME_CEILING_TOKENS, ge=100)
     continuation_template: str = Field(default=DEFAULT_CONTINUATION_TEMPLATE, min_length=1, max_length=20_000)
-    stale_after: float = Field(default=DEFAULT_STALE_AFTER, gt=0)
-    sweep_interval: float = Field(default=30.0, gt=0)
-    wait_default_timeout: float = Field(default=600.0, ge=0)
+    stale_after: float = Field(default=DEFAULT_STALE_AFTER, gt=0, le=MAX_STALE_AFTER, allow_inf_nan=False)
+    sweep_interval: float = Field(default=30.0, gt=0, le=86_400, allow_inf_nan=False)
+    wait_default_timeout: float = Field(default=600.0, ge=0, le=86_400, allow_inf_nan=False)
     max_event_bytes: int = Field(default=DEFAULT_MAX_EVENT_BYTES, ge=1024)
     max_batch_events: int = Field(default=DEFAULT_MAX_BATCH_EVENTS, ge=1)
     max_request_bytes: int = Field(default=16 * 1_048_576, ge=65536)

@@ -22,6 +22,7 @@ from .capabilities import Capabilities
 from .errors import InvalidInputError, NotFoundError, ThreadloomError
 from .messages import FORMATS
 from .models import Budget, Limits, Thread, check_thread_id
+from .numbers import quote
 from .resource_watch import ResourceWatch, serve_subscriptions
 from .results import (
     AppendOutcome,
@@ -36,6 +37,7 @@ from .results import (
 from .schema_flat import flatten_tool_schemas
 from .search import ChainSearchResults, ThreadSearchResults
 from .service import ThreadService
+from .tool_args import guard_tool_arguments
 from .verify import VerifyReport
 
 P = ParamSpec("P")
@@ -509,7 +511,7 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
         """The conversation in a provider's shape: `?format=anthropic` gives {system?, messages}
         (Messages API), `?format=openai` gives {messages} (chat completions)."""
         if format not in FORMATS:
-            raise ResourceNotFoundError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+            raise ResourceNotFoundError(f"format must be one of {', '.join(FORMATS)}; got {quote(format)}")
 
         async def make(tid: str) -> str:
             return json.dumps(await service.conversation(tid, format), ensure_ascii=False)
@@ -522,4 +524,5 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
         return await _resource(thread_id, _chain)
 
     flatten_tool_schemas(server)
+    guard_tool_arguments(server)
     return server

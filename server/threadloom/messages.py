@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import InvalidInputError
 from .models import StoredEvent, canonical_json
+from .numbers import quote
 
 
 def event_blocks(data: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -71,7 +72,7 @@ def check_format(fmt: object) -> str:
     """Return ``fmt`` if it is one of :data:`FORMATS`; refuse anything else, naming it."""
     if fmt not in FORMATS:
         raise InvalidInputError(
-            f"format must be one of {', '.join(FORMATS)}; got {fmt!r}", rule="messages_format"
+            f"format must be one of {', '.join(FORMATS)}; got {quote(fmt)}", rule="messages_format"
         )
     return str(fmt)
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InvalidInputError, InvalidStateError
+from .numbers import MAX_AMOUNT, MAX_COUNT, quote
 
 # --------------------------------------------------------------------------- ids
 
@@ -37,7 +38,7 @@ def check_thread_id(value: object, *, field: str = "thread_id") -> str:
     """Return ``value`` if it is a valid thread id; refuse anything else before it nears a path."""
     if not isinstance(value, str) or not THREAD_ID_RE.fullmatch(value):
         raise InvalidInputError(
-            f"{field} must be 12 lowercase hex digits (rule ^[a-f0-9]{{12}}$); got {value!r}",
+            f"{field} must be 12 lowercase hex digits (rule ^[a-f0-9]{{12}}$); got {quote(value)}",
             rule="thread_id_format",
         )
     return value
@@ -48,7 +49,7 @@ def check_agent_id(value: object) -> str:
     if not isinstance(value, str) or not AGENT_ID_RE.fullmatch(value):
         raise InvalidInputError(
             "agent_id must be 1-128 characters of letters, digits and _ . : @ / - "
-            f"starting with a letter or digit; got {value!r}",
+            f"starting with a letter or digit; got {quote(value)}",
             rule="agent_id_format",
         )
     return value
@@ -58,7 +59,7 @@ def check_idempotency_key(value: object) -> str:
     """Return ``value`` if it is 1-200 printable ASCII characters without spaces."""
     if not isinstance(value, str) or not IDEMPOTENCY_KEY_RE.fullmatch(value):
         raise InvalidInputError(
-            f"idempotency_key must be 1-200 printable ASCII characters without spaces; got {value!r}",
+            f"idempotency_key must be 1-200 printable ASCII characters without spaces; got {quote(value)}",
             rule="idempotency_key_format",
         )
     return value
@@ -190,12 +191,12 @@ class ResultEvent(_Event):
     """End-of-turn accounting reported by the client (cost, tokens, turns)."""
 
     type: Literal["result"] = "result"
-    cost: float | None = Field(default=None, ge=0)
-    duration_ms: int | None = Field(default=None, ge=0)
-    turns: int | None = Field(default=None, ge=0)
-    input_tokens: int | None = Field(default=None, ge=0)
-    output_tokens: int | None = Field(default=None, ge=0)
-    cache_read_tokens: int | None = Field(default=None, ge=0)
+    cost: float | None = Field(default=None, ge=0, le=MAX_AMOUNT, allow_inf_nan=False)
+    duration_ms: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    turns: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    input_tokens: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    output_tokens: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    cache_read_tokens: int | None = Field(default=None, ge=0, le=MAX_COUNT)
 
 
 class StatusEvent(_Event):
@@ -285,12 +286,13 @@ def _describe_validation(prefix: str, exc: ValidationError, data: dict[str, Any]
     parts = []
     for err in exc.errors()[:5]:
         loc = ".".join(str(p) for p in err["loc"]) or "(event)"
+        loc = loc if len(loc) <= 200 else loc[:200] + "..."
         if err["type"] == "extra_forbidden":
-            parts.append(f"{prefix}.{loc}: unknown field for type {data.get('type')!r}")
+            parts.append(f"{prefix}.{loc}: unknown field for type {quote(data.get('type'))}")
         elif err["type"] == "missing":
             parts.append(f"{prefix}.{loc}: required field is missing")
         else:
-            parts.append(f"{prefix}.{loc}: {err['msg']} (got {err.get('input')!r:.200})")
+            parts.append(f"{prefix}.{loc}: {err['msg']} (got {quote(err.get('input'))})")
     return "; ".join(parts)
 
 
@@ -317,7 +319,7 @@ def parse_event(data: object, *, where: str = "event", allow_server_types: bool 
     if etype.startswith("x-"):
         if not CUSTOM_TYPE_RE.fullmatch(etype):
             raise InvalidInputError(
-                f"{where}.type {etype!r} is not a valid custom type (rule ^x-[a-z0-9][a-z0-9_.-]{{0,63}}$)",
+                f"{where}.type {quote(etype)} is not a valid custom type (rule ^x-[a-z0-9][a-z0-9_.-]{{0,63}}$)",
                 rule="event_type",
             )
         reserved = {"seq", "ts"} & data.keys()
@@ -330,13 +332,13 @@ def parse_event(data: object, *, where: str = "event", allow_server_types: bool 
     model = ALL_EVENT_TYPES.get(etype)
     if model is None:
         raise InvalidInputError(
-            f"{where}.type {etype!r} is not a known event type (known: {_KNOWN}; "
+            f"{where}.type {quote(etype)} is not a known event type (known: {_KNOWN}; "
             "custom types need an 'x-' prefix)",
             rule="event_type",
         )
     if etype in SERVER_EVENT_TYPES and not allow_server_types:
         raise InvalidInputError(
-            f"{where}.type {etype!r} is written by the server only; clients append "
+            f"{where}.type {quote(etype)} is written by the server only; clients append "
             f"{', '.join(CLIENT_EVENT_TYPES)} or x-* events (use update_thread to change status)",
             rule="event_type_reserved",
         )
@@ -392,18 +394,28 @@ class Limits(BaseModel):
     """Per-thread limits on the thread's own usage; crossing one moves it to error (docs/budgets.md)."""
 
     model_config = ConfigDict(extra="forbid")
-    turns: int | None = Field(default=None, ge=0, description="most turns (summed from result events)")
-    tokens: int | None = Field(
-        default=None, ge=0, description="most input + output tokens (from result events)"
+    turns: int | None = Field(
+        default=None, ge=0, le=MAX_COUNT, description="most turns (summed from result events)"
     )
-    spend: float | None = Field(default=None, ge=0, description="most this thread itself may spend")
+    tokens: int | None = Field(
+        default=None, ge=0, le=MAX_COUNT, description="most input + output tokens (from result events)"
+    )
+    spend: float | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_AMOUNT,
+        allow_inf_nan=False,
+        description="most this thread itself may spend",
+    )
 
 
 class Budget(BaseModel):
     """A spend budget asked for at creation: ``max_spend`` in the client's currency unit."""
 
     model_config = ConfigDict(extra="forbid")
-    max_spend: float = Field(ge=0, description="most this thread and its descendants may spend")
+    max_spend: float = Field(
+        ge=0, le=MAX_AMOUNT, allow_inf_nan=False, description="most this thread and its descendants may spend"
+    )
 
 
 class BudgetState(BaseModel):

@@ -18,6 +18,7 @@ from typing import Any
 from .errors import InvalidInputError
 from .lineage import chain_end, group_chains
 from .models import ENDED, TERMINAL, Status, Thread, iso, utc_now
+from .numbers import quote
 from .service import ThreadService
 
 DEFAULT_GC_STATUSES = frozenset({Status.COMPLETED, Status.ERROR, Status.CANCELLED})
@@ -34,7 +35,7 @@ def parse_age(text: str) -> timedelta:
     m = AGE_RE.fullmatch(text.lower())
     if not m:
         raise InvalidInputError(
-            f"--older-than must be a number with a unit s, m, h, d or w (e.g. 30d, 12h); got {text!r}",
+            f"--older-than must be a number with a unit s, m, h, d or w (e.g. 30d, 12h); got {quote(text)}",
             rule="age_format",
         )
     return timedelta(**{AGE_UNITS[m.group(2)]: float(m.group(1))})
@@ -52,7 +53,7 @@ def parse_statuses(text: str) -> frozenset[Status]:
             status = None
         if status not in TERMINAL:
             raise InvalidInputError(
-                f"--status takes completed, error and/or cancelled (a chain's end status); got {part!r}",
+                f"--status takes completed, error and/or cancelled (a chain's end status); got {quote(part)}",
                 rule="status_value",
             )
         out.add(status)

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from .errors import InvalidInputError, NotFoundError
 from .models import Status, StoredEvent, check_agent_id, check_thread_id
+from .numbers import quote
 from .store.base import SearchHit, Store
 from .store.textsearch import INDEXED_TYPES, document_fields
 from .textquery import TextQuery, clause_positions, parse_query, tokens_with_spans
@@ -125,7 +126,7 @@ class ThreadSearchResults(BaseModel):
 def _check_range(name: str, value: object, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not (low <= value <= high):
         raise InvalidInputError(
-            f"{name} must be an integer from {low} to {high}; got {value!r}", rule=f"{name}_range"
+            f"{name} must be an integer from {low} to {high}; got {quote(value)}", rule=f"{name}_range"
         )
     return value
 
@@ -137,7 +138,7 @@ def compile_pattern(pattern: object) -> Any:
         InvalidInputError: the pattern is empty, too long, or not valid RE2 syntax.
     """
     if not isinstance(pattern, str) or not pattern:
-        raise InvalidInputError(f"query must be a non-empty regex; got {pattern!r}", rule="regex_empty")
+        raise InvalidInputError(f"query must be a non-empty regex; got {quote(pattern)}", rule="regex_empty")
     if len(pattern) > MAX_PATTERN_CHARS:
         raise InvalidInputError(
             f"regex is {len(pattern)} characters; the limit is {MAX_PATTERN_CHARS}", rule="regex_length"
@@ -430,7 +431,7 @@ async def chain_search(
     check_thread_id(thread_id)
     if search_type not in ("text", "regex"):
         raise InvalidInputError(
-            f"search_type must be 'text' or 'regex'; got {search_type!r}", rule="search_type"
+            f"search_type must be 'text' or 'regex'; got {quote(search_type)}", rule="search_type"
         )
     _check_range("limit", limit, 1, MAX_CHAIN_LIMIT)
     _check_range("context", context, 0, MAX_CONTEXT)

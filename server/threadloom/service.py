@@ -60,6 +60,15 @@ from .models import (
     parse_event,
     utc_now,
 )
+from .numbers import (
+    MAX_SEQ,
+    MAX_STALE_AFTER,
+    check_amount,
+    check_count,
+    check_finite_json,
+    check_usage_sums,
+    quote,
+)
 from .results import (
     AppendOutcome,
     ChainLink,
@@ -246,20 +255,12 @@ class ThreadService:
         _check_len("title", title, MAX_TITLE)
         _check_len("directive", directive, MAX_DIRECTIVE)
         _check_len("model", model, 200)
-        if context_window is not None and not (1000 <= context_window <= 10_000_000):
-            raise InvalidInputError(
-                f"context_window must be between 1000 and 10000000 tokens; got {context_window}",
-                rule="context_window_range",
-            )
-        if trigger_threshold is not None and not (0 < trigger_threshold <= 1):
-            raise InvalidInputError(
-                f"trigger_threshold must be in (0, 1]; got {trigger_threshold}",
-                rule="trigger_threshold_range",
-            )
-        if stale_after is not None and not (stale_after > 0):
-            raise InvalidInputError(
-                f"stale_after must be > 0 seconds; got {stale_after}", rule="stale_after_range"
-            )
+        if context_window is not None:
+            check_count("context_window", context_window, lo=1000, hi=10_000_000)
+        if trigger_threshold is not None:
+            check_amount("trigger_threshold", trigger_threshold, hi=1.0, lo_open=True)
+        if stale_after is not None:
+            check_amount("stale_after", stale_after, hi=MAX_STALE_AFTER, lo_open=True)
         if metadata is not None:
             _check_json_object("metadata", metadata)
         if capabilities is not None:
@@ -323,13 +324,10 @@ class ThreadService:
                 status = Status(status)
             except ValueError:
                 raise InvalidInputError(
-                    f"status must be one of {', '.join(s.value for s in Status)}; got {status!r}",
+                    f"status must be one of {', '.join(s.value for s in Status)}; got {quote(status)}",
                     rule="status_value",
                 ) from None
-        if not (1 <= limit <= MAX_LIST):
-            raise InvalidInputError(
-                f"limit must be between 1 and {MAX_LIST}; got {limit}", rule="limit_range"
-            )
+        check_count("limit", limit, lo=1, hi=MAX_LIST)
         before = decode_cursor(cursor) if cursor else None
         rows = await self.store.list_threads(
             agent_id=agent_id, parent_id=parent_id, status=status, limit=limit + 1, before=before
@@ -364,7 +362,7 @@ class ThreadService:
                 new_status = Status(status)
             except ValueError:
                 raise InvalidInputError(
-                    f"status must be one of {', '.join(s.value for s in Status)}; got {status!r}",
+                    f"status must be one of {', '.join(s.value for s in Status)}; got {quote(status)}",
                     rule="status_value",
                 ) from None
             if new_status == Status.CONTINUED:
@@ -374,8 +372,8 @@ class ThreadService:
                 )
         _check_len("title", title, MAX_TITLE)
         _check_len("reason", reason, 2000)
-        if cost is not None and (not isinstance(cost, (int, float)) or cost < 0):
-            raise InvalidInputError(f"cost must be a number >= 0; got {cost!r}", rule="cost_range")
+        if cost is not None:
+            check_amount("cost", cost)
         if metadata is not None:
             _check_json_object("metadata", metadata)
         for name, value in (("result", result), ("outputs", outputs)):
@@ -484,9 +482,17 @@ class ThreadService:
         out = []
         for i, raw in enumerate(events):
             where = "event" if len(events) == 1 else f"events[{i}]"
-            ev = parse_event(raw, where=where)
+            ev = parse_event(raw, where=where)  # typed fields first: their errors name the range
+            check_finite_json(where, raw)
             payload = event_payload(ev)
-            size = len(canonical_json(payload).encode())
+            try:
+                size = len(canonical_json(payload).encode())
+            except ValueError:
+                raise InvalidInputError(
+                    f"{where} holds a number JSON cannot carry (NaN, Infinity, beyond 1.8e308, or an "
+                    "integer of more than 4300 digits); events take finite numbers only",
+                    rule="event_json",
+                ) from None
             if size > self.settings.max_event_bytes:
                 raise InvalidInputError(
                     f"{where} is {size} bytes of JSON; the limit (max_event_bytes) is "
@@ -555,7 +561,7 @@ class ThreadService:
             if rec is not None:
                 if rec.request_hash != rhash:
                     raise ConflictError(
-                        f"idempotency_key {idempotency_key!r} was already used on thread {thread_id} "
+                        f"idempotency_key {quote(idempotency_key)} was already used on thread {thread_id} "
                         f"for different events (seqs {rec.seqs}); use a new key for new content",
                         rule="idempotency_key_reused",
                     )
@@ -576,6 +582,8 @@ class ThreadService:
             else:
                 thread = await self.store.get_thread(thread_id)
                 await self._refuse_if_ended(thread)
+                if delta is not None:
+                    check_usage_sums(thread, delta)
                 running = thread
                 if thread.status == Status.CREATED:
                     ops += self.status_ops(thread, Status.RUNNING, "first append")
@@ -656,16 +664,10 @@ class ThreadService:
         return as soon as one is committed by anyone, or an empty page at the timeout.
         """
         check_thread_id(thread_id)
-        if after_seq < 0:
-            raise InvalidInputError(f"after_seq must be >= 0; got {after_seq}", rule="after_seq_range")
-        if not (1 <= limit <= MAX_PAGE):
-            raise InvalidInputError(
-                f"limit must be between 1 and {MAX_PAGE}; got {limit}", rule="limit_range"
-            )
-        if wait is not None and not (0 <= wait <= MAX_READ_WAIT):
-            raise InvalidInputError(
-                f"wait must be between 0 and {MAX_READ_WAIT:.0f} seconds; got {wait}", rule="wait_range"
-            )
+        check_count("after_seq", after_seq, hi=MAX_SEQ)
+        check_count("limit", limit, lo=1, hi=MAX_PAGE)
+        if wait is not None:
+            check_amount("wait", wait, hi=MAX_READ_WAIT)
         events = await self.store.read_events(thread_id, after_seq=after_seq, limit=limit + 1)
         if not events and wait and await wait_for_events(self, thread_id, after_seq, wait):
             events = await self.store.read_events(thread_id, after_seq=after_seq, limit=limit + 1)

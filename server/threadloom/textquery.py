@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .errors import InvalidInputError
+from .numbers import quote
 
 __all__ = [
     "Clause",
@@ -134,8 +135,8 @@ def _clause(raw: str, *, phrase: bool, where: str) -> Clause | None:
             prefix = False
         elif len(tokens[-1]) < MIN_PREFIX_CHARS:
             raise InvalidInputError(
-                f"query item {where!r}: a prefix search needs at least {MIN_PREFIX_CHARS} letters or "
-                f"digits before '*' (got {tokens[-1]!r}); write a longer prefix or the whole word",
+                f"query item {quote(where)}: a prefix search needs at least {MIN_PREFIX_CHARS} letters or "
+                f"digits before '*' (got {quote(tokens[-1])}); write a longer prefix or the whole word",
                 rule="query_prefix_too_short",
             )
     return Clause(tokens, prefix)
@@ -180,11 +181,11 @@ def parse_query(text: object) -> TextQuery:
     if not positive:
         if negative:
             raise InvalidInputError(
-                f"query {text!r} only excludes words (leading '-'); add at least one word to search for",
+                f"query {quote(text)} only excludes words (leading '-'); add at least one word to search for",
                 rule="query_only_negative",
             )
         raise InvalidInputError(
-            f"query {text!r} has no words to search for (letters or digits); "
+            f"query {quote(text)} has no words to search for (letters or digits); "
             "punctuation and FTS operators are not searched",
             rule="query_empty",
         )

@@ -15,6 +15,7 @@ import anyio
 
 from .errors import InvalidInputError, NotFoundError
 from .models import TERMINAL, Status, Thread, check_thread_id
+from .numbers import quote
 from .results import WaitItem, WaitResult
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ async def wait_threads(
         NotFoundError: an id names no thread (before any waiting).
     """
     if mode not in ("all", "any"):
-        raise InvalidInputError(f"mode must be 'all' or 'any'; got {mode!r}", rule="wait_mode")
+        raise InvalidInputError(f"mode must be 'all' or 'any'; got {quote(mode)}", rule="wait_mode")
     if not isinstance(thread_ids, (list, tuple)) or not thread_ids:
         raise InvalidInputError("thread_ids must be a non-empty list of thread ids", rule="wait_ids_empty")
     if len(thread_ids) > MAX_WAIT_IDS:
