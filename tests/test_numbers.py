@@ -5,6 +5,7 @@ Through real MCP clients in both protocol eras, and as raw JSON over stdio."""
 from __future__ import annotations
 
 import json
+import select
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,6 @@ import pytest
 from mcp import Client
 
 from mcp_helpers import call, call_error
-from test_stdio_frames import INIT, answer, send  # noqa: F401  (the stdio helpers)
 from threadloom.config import Settings
 from threadloom.mcp_server import build_server
 from threadloom.numbers import MAX_AMOUNT, MAX_COUNT, MAX_SEQ
@@ -133,6 +133,28 @@ async def test_update_and_list_numbers_out_of_range(client: Client) -> None:
 
 
 # ----------------------------------------------------------------- raw JSON over stdio
+
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 0,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
+
+
+def send(proc: Any, line: bytes) -> None:
+    proc.stdin.write(line + b"\n")
+    proc.stdin.flush()
+
+
+def answer(proc: Any, timeout: float = 20) -> dict[str, Any]:
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, "no answer from the server"
+    return json.loads(proc.stdout.readline())
 
 
 @pytest.fixture
