@@ -75,6 +75,40 @@ SQLITE_MIGRATIONS: list[tuple[str, str]] = [
 ]
 
 
+def _filter_index_statements() -> list[str]:
+    """One index per combination of the ``list_threads`` filters, each ending in the
+    newest-first order (created_at, thread_id), so a filtered page is read off one index
+    without a sort (issue 17: a status filter sorted in a temporary B-tree, 75x the
+    unfiltered call at 100,000 threads)."""
+    out = []
+    for cols in LIST_FILTER_INDEXES:
+        name = "threads_by_" + "_".join(c.removesuffix("_id") for c in cols)
+        out.append(f"DROP INDEX IF EXISTS {name}")
+        out.append(f"CREATE INDEX {name} ON threads ({', '.join(cols)}, created_at, thread_id)")
+    return out
+
+
+LIST_FILTER_INDEXES: list[tuple[str, ...]] = [
+    ("agent_id",),
+    ("parent_id",),
+    ("status",),
+    ("agent_id", "status"),
+    ("parent_id", "status"),
+    ("parent_id", "agent_id"),
+    ("parent_id", "agent_id", "status"),
+]
+"""The filter columns of each index (agent_id, parent_id, status: every combination)."""
+
+_REPLACED_INDEXES = ["threads_agent", "threads_parent", "threads_status"]
+
+SQLITE_MIGRATIONS.append(
+    (
+        "0004_list_filter_indexes",
+        ";\n".join([*(f"DROP INDEX IF EXISTS {n}" for n in _REPLACED_INDEXES), *_filter_index_statements()]),
+    )
+)
+
+
 def apply_sqlite_migrations(conn: sqlite3.Connection, migrations: list[tuple[str, str]]) -> int:
     """Apply the pending migrations under the write lock; return the schema version."""
     conn.execute("BEGIN IMMEDIATE")
@@ -200,3 +234,9 @@ POSTGRES_SEARCH_VERSION = len(POSTGRES_MIGRATIONS)
 """The migration that creates ``search_docs``: applying it also indexes the events already there."""
 
 POSTGRES_MIGRATIONS.append(("0004_append_function", [APPEND_FUNCTION_SQL]))
+POSTGRES_MIGRATIONS.append(
+    (
+        "0005_list_filter_indexes",
+        [*(f"DROP INDEX IF EXISTS {n}" for n in _REPLACED_INDEXES), *_filter_index_statements()],
+    )
+)
