@@ -78,6 +78,11 @@ def _time_checkpoints() -> None:
     sqlite_store.SQLiteStore._checkpoint = timed  # type: ignore[method-assign]
 
 
+BIG_WINDOW = 10_000_000
+"""The largest context window a thread may have: the benchmark's threads must never hand
+off (at the default window they crossed the threshold and the next append was refused)."""
+
+
 async def measure(durability: str, events: int, rounds: int, batch: bool) -> dict[str, Any]:
     """Rotate the three arms turn by turn on one store and one thread (same file sizes, same
     cache, same machine load), ``rounds`` times on fresh roots; time every turn."""
@@ -89,7 +94,7 @@ async def measure(durability: str, events: int, rounds: int, batch: bool) -> dic
             root = Path(d)
             store = SQLiteStore(root, durability=durability)
             async with ThreadService(store, Settings(root=root, durability=durability)) as svc:
-                t = await svc.create_thread(title="bench")
+                t = await svc.create_thread(title="bench", context_window=BIG_WINDOW)
                 await svc.append(t.thread_id, [message(0)])  # created -> running outside the clock
                 for i in range(turns * len(ARMS)):
                     name = ARMS[i % len(ARMS)]
@@ -121,7 +126,7 @@ async def measure(durability: str, events: int, rounds: int, batch: bool) -> dic
 
 async def write_thread(root: Path, durability: str, turns: int) -> str:
     async with ThreadService(SQLiteStore(root, durability=durability), Settings(root=root)) as svc:
-        t = await svc.create_thread(title="bench")
+        t = await svc.create_thread(title="bench", context_window=BIG_WINDOW)
         for i in range(turns):
             await svc.append(t.thread_id, turn_events(i, with_result=True))
         return t.thread_id

@@ -627,7 +627,7 @@ async def main() -> None:
     ap.add_argument("--store", choices=["sqlite", "postgres", "both"], default="sqlite")
     ap.add_argument(
         "--pg-dsn",
-        default=os.environ.get("THREADLOOM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test"),
+        default=os.environ.get("THREADLOOM_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test"),
         help="database for --store postgres (a schema is created in it and dropped afterwards)",
     )
     ap.add_argument("--messages", type=int, default=None, help="default 100,000; 50,000 on PostgreSQL")

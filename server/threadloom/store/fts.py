@@ -8,10 +8,15 @@ Layout (migration ``0002_search_index``):
   tool_result output) and ``agent`` (the hex of the thread's agent_id).
 - ``search_index``: an FTS5 table keyed by the event rowid, columns ``body, tools,
   tid, agent``. ``tid`` and ``agent`` hold one token each so a query can be scoped to
-  a chain or an agent inside the index. It keeps its own copy of the text (in
-  ``search_index_content``): a regex scan reads plain text from there 4-5x faster
-  than extracting it from the events' JSON, and rows can be deleted without the
-  original text (so orphaned rows are repaired incrementally).
+  a chain or an agent inside the index. Since migration ``0005`` it is an
+  *external-content* table over ``search_docs``: it keeps no copy of the text (the
+  copy was a third of the database, issue 17), FTS5 reads a row's values from the view
+  when it needs them, and a regex scan or a candidate check reads the text from the
+  events through the view. Rows are removed while their events still exist (thread
+  deletion removes its rows first); a row whose values changed (a thread whose agent
+  moved) is removed with FTS5's ``delete`` command and its old values. Rows left
+  behind by edits made behind the store's back cannot be removed one by one without
+  their old text, so ``reindex`` rebuilds the whole index when it finds any.
 
 The writer indexes the events a group commit appended in the same transaction, after
 every job's savepoint is released (FTS5 flushes its pending terms at each savepoint,
@@ -59,8 +64,8 @@ T = TypeVar("T")
 TABLE = "search_index"
 VIEW = "search_docs"
 DOCSIZE = "search_index_docsize"
-CONTENT = "search_index_content"
-"""FTS5's own copy of the rows: columns id, c0 (body), c1 (tools), c2 (tid), c3 (agent)."""
+"""FTS5's per-row sizes (columns id, sz): one row per indexed event."""
+TOKENIZE = "unicode61 remove_diacritics 2"
 
 AUTOMERGE = 16
 CRISISMERGE = 64
@@ -107,11 +112,26 @@ INSERT INTO {TABLE}({TABLE}, rank) VALUES ('automerge', {AUTOMERGE});
 INSERT INTO {TABLE}({TABLE}, rank) VALUES ('crisismerge', {CRISISMERGE});
 INSERT INTO {TABLE}(rowid, body, tools, tid, agent) SELECT id, body, tools, tid, agent FROM {VIEW}
 """
-"""Migration 0002 (statements separated by ';', none contains one)."""
+"""Migration 0003 as it first shipped: an FTS5 table with its own copy of the text
+(statements separated by ';', none contains one). Migration 0005 replaces it."""
+
+EXTERNAL_CONTENT_SQL = f"""
+DROP TABLE IF EXISTS {TABLE};
+CREATE VIRTUAL TABLE {TABLE} USING fts5(
+  body, tools, tid, agent,
+  content='{VIEW}', content_rowid='id',
+  tokenize='{TOKENIZE}'
+);
+INSERT INTO {TABLE}({TABLE}, rank) VALUES ('automerge', {AUTOMERGE});
+INSERT INTO {TABLE}({TABLE}, rank) VALUES ('crisismerge', {CRISISMERGE});
+INSERT INTO {TABLE}({TABLE}) VALUES ('rebuild')
+"""
+"""Migration 0005: the index reads its text from the events (external content); the
+rebuild indexes what the database holds. The same statements rebuild it in ``reindex``."""
 
 _COLUMNS = "body, tools, tid, agent"
 _INSERT = f"INSERT INTO {TABLE}(rowid, {_COLUMNS}) SELECT id, {_COLUMNS} FROM {VIEW}"
-_INDEXED = f"EXISTS (SELECT 1 FROM {CONTENT} AS c WHERE c.id = {VIEW}.id)"
+_INDEXED = f"EXISTS (SELECT 1 FROM {DOCSIZE} AS d WHERE d.id = {VIEW}.id)"
 
 
 def agent_token(agent_id: str) -> str:
@@ -139,7 +159,7 @@ def _holding(
     """The candidates whose stored text holds every clause (checked with the query
     language's tokenizer: a second FTS query would walk the common words' postings)."""
     rows = conn.execute(
-        f"SELECT id, c0, {'c1' if include_tools else 'NULL'} FROM {CONTENT}"
+        f"SELECT id, body, {'tools' if include_tools else 'NULL'} FROM {VIEW}"
         f" WHERE id IN ({','.join('?' * len(chunk))})",
         [r for r, _ in chunk],
     )
@@ -161,9 +181,10 @@ class IndexPlan:
     threads whose agent changed (their rows carry the agent token)."""
 
     docs: dict[str, list[tuple[int, str | None, str | None]]] = field(default_factory=dict)
-    moved: set[str] = field(default_factory=set)
+    moved: dict[str, str] = field(default_factory=dict)
+    """Thread id -> the agent token its rows were indexed with (before this commit moved it)."""
 
-    def add(self, ops: Sequence[Op], result: CommitResult, moved: set[str]) -> None:
+    def add(self, ops: Sequence[Op], result: CommitResult, moved: dict[str, str]) -> None:
         appends = iter(result.appends)
         for op in ops:
             if isinstance(op, AppendEvents):
@@ -175,12 +196,18 @@ class IndexPlan:
                     )
                     if fields is not None:
                         rows.append((seq, *fields))
-        self.moved |= moved
+        for tid, agent in moved.items():
+            self.moved.setdefault(tid, agent)  # the first move of a group knows what is indexed
 
     def apply(self, conn: sqlite3.Connection) -> None:
         """Index everything planned, inside the caller's transaction."""
-        for tid in self.moved:
-            delete_thread_docs(conn, tid)
+        for tid, old_agent in self.moved.items():
+            # the view already shows the new agent: remove the rows with the values they were indexed with
+            conn.execute(
+                f"INSERT INTO {TABLE}({TABLE}, rowid, {_COLUMNS})"
+                f" SELECT 'delete', id, body, tools, tid, ? FROM {VIEW} WHERE tid = ? AND {_INDEXED}",
+                (old_agent, tid),
+            )
             conn.execute(f"{_INSERT} WHERE tid = ?", (tid,))
         for tid, rows in self.docs.items():
             if tid in self.moved or not rows:
@@ -200,21 +227,23 @@ class IndexPlan:
             )
 
 
-def agent_moves(conn: sqlite3.Connection, ops: Sequence[Op]) -> set[str]:
-    """Threads whose agent_id the ops change (their rows must be indexed again)."""
-    moved: set[str] = set()
+def agent_moves(conn: sqlite3.Connection, ops: Sequence[Op]) -> dict[str, str]:
+    """Threads whose agent_id the ops change (their rows must be indexed again), each with
+    the agent token its rows hold now."""
+    moved: dict[str, str] = {}
     for op in ops:
         if isinstance(op, PutThread):
             row = conn.execute(
                 "SELECT agent_id FROM threads WHERE thread_id = ?", (op.thread.thread_id,)
             ).fetchone()
             if row is not None and row[0] != op.thread.agent_id:
-                moved.add(op.thread.thread_id)
+                moved.setdefault(op.thread.thread_id, agent_token(row[0]))
     return moved
 
 
 def delete_thread_docs(conn: sqlite3.Connection, thread_id: str) -> int:
-    """Remove a thread's rows from the index (inside the caller's transaction)."""
+    """Remove a thread's rows from the index (inside the caller's transaction), before its
+    events go: FTS5 reads the values to remove from the view."""
     cur = conn.execute(
         f"DELETE FROM {TABLE} WHERE rowid IN (SELECT id FROM events WHERE thread_id = ?)", (thread_id,)
     )
@@ -384,10 +413,9 @@ class SearchEngine:
         include_tools: bool,
         limit: int,
     ) -> list[SearchHit]:
-        # the index's own copy of the text: no JSON to parse per event
+        # the text as the index reads it: the view's fields, extracted from the events in SQL
         sql = (
-            f"SELECT e.seq, c.c0, {'c.c1' if include_tools else 'NULL'} FROM events AS e"
-            f" JOIN {CONTENT} AS c ON c.id = e.id WHERE e.thread_id = ? ORDER BY e.seq"
+            f"SELECT seq, body, {'tools' if include_tools else 'NULL'} FROM {VIEW} WHERE tid = ? ORDER BY seq"
         )
         hits: list[SearchHit] = []
         for tid in thread_ids:
@@ -404,31 +432,59 @@ class SearchEngine:
 
 
 def count_documents(conn: sqlite3.Connection) -> int:
-    return conn.execute(f"SELECT count(*) FROM {CONTENT}").fetchone()[0]
+    return conn.execute(f"SELECT count(*) FROM {DOCSIZE}").fetchone()[0]
 
 
-def stale_ids(conn: sqlite3.Connection) -> list[int]:
-    """Rowids of index rows whose event is gone or not indexable, or whose thread's agent
-    changed behind the store's back (they are removed, then indexed again if indexable)."""
-    return [
+@dataclass(slots=True)
+class Staleness:
+    """Index rows that no longer match the events: ``gone`` (the event was deleted or is
+    not indexable) and ``moved`` (its thread's agent changed behind the store's back)."""
+
+    gone: list[int]
+    moved: list[int]
+
+    def __len__(self) -> int:
+        return len(self.gone) + len(self.moved)
+
+
+def stale_rows(conn: sqlite3.Connection) -> Staleness:
+    """The rows of the index that the events no longer back (see :class:`Staleness`).
+
+    A row's agent is checked against the index itself: for each agent the threads have,
+    the rows that hold its token are matched (one posting list per agent)."""
+    gone = [
         r[0]
         for r in conn.execute(
-            f"SELECT c.id FROM {CONTENT} AS c WHERE NOT EXISTS (SELECT 1 FROM {VIEW} AS s"
-            " WHERE s.id = c.id AND s.tid = c.c2 AND s.agent = c.c3) ORDER BY c.id"
+            f"SELECT d.id FROM {DOCSIZE} AS d WHERE NOT EXISTS (SELECT 1 FROM {VIEW} AS s WHERE s.id = d.id)"
+            " ORDER BY d.id"
         )
     ]
+    moved: list[int] = []
+    for (agent,) in conn.execute("SELECT DISTINCT agent_id FROM threads").fetchall():
+        holding = {
+            r[0]
+            for r in conn.execute(
+                f"SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH ?", (f'agent : "{agent_token(agent)}"',)
+            )
+        }
+        rows = conn.execute(
+            f"SELECT s.id FROM {VIEW} AS s JOIN threads AS t ON t.thread_id = s.tid"
+            f" JOIN {DOCSIZE} AS d ON d.id = s.id WHERE t.agent_id = ?",
+            (agent,),
+        )
+        moved.extend(rid for (rid,) in rows if rid not in holding)
+    moved.sort()
+    return Staleness(gone, moved)
+
+
+def rebuild(conn: sqlite3.Connection) -> None:
+    """Index again everything the events hold (inside the caller's transaction)."""
+    conn.execute(f"INSERT INTO {TABLE}({TABLE}) VALUES ('rebuild')")
 
 
 def missing_ids(conn: sqlite3.Connection) -> list[int]:
     """Rowids of indexable events that the index lacks, in order."""
     return [r[0] for r in conn.execute(f"SELECT id FROM {VIEW} WHERE NOT {_INDEXED} ORDER BY id")]
-
-
-def remove_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> int:
-    """Delete these rows from the index (inside the caller's transaction)."""
-    return conn.execute(
-        f"DELETE FROM {TABLE} WHERE rowid IN ({','.join('?' * len(ids))})", list(ids)
-    ).rowcount
 
 
 def index_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 
 from ..errors import StoreUnavailableError
+from .fts import EXTERNAL_CONTENT_SQL
 from .fts import MIGRATION_SQL as SEARCH_INDEX_SQL
 from .pgappend import FUNCTION_SQL as APPEND_FUNCTION_SQL
 
@@ -107,6 +108,7 @@ SQLITE_MIGRATIONS.append(
         ";\n".join([*(f"DROP INDEX IF EXISTS {n}" for n in _REPLACED_INDEXES), *_filter_index_statements()]),
     )
 )
+SQLITE_MIGRATIONS.append(("0005_search_external_content", EXTERNAL_CONTENT_SQL))
 
 
 def apply_sqlite_migrations(conn: sqlite3.Connection, migrations: list[tuple[str, str]]) -> int:

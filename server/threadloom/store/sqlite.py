@@ -723,20 +723,20 @@ class SQLiteStore(Store):
         )
 
     async def reindex(self, *, progress: ReindexProgress | None = None) -> ReindexStats:
-        """Removes stale rows, then indexes missing events, in batches of one transaction
-        each (appends interleave with them)."""
+        """Indexes missing events in batches of one transaction each (appends interleave
+        with them). Rows the events no longer back (edits behind the store's back) cannot
+        be removed one by one from an external-content index, so when there are any the
+        whole index is rebuilt in one transaction instead."""
         if self._writer is None:
             raise StoreUnavailableError("the store is not open")
         writer = self._writer
 
-        Work = Callable[[sqlite3.Connection, list[int]], int]
-
-        def batch(work: Work, ids: list[int]) -> Callable[[sqlite3.Connection], int]:
+        def in_txn(work: Callable[[sqlite3.Connection], int]) -> Callable[[sqlite3.Connection], int]:
             def run(conn: sqlite3.Connection) -> int:
                 def txn() -> int:
                     conn.execute("BEGIN IMMEDIATE")
                     try:
-                        n = work(conn, ids)
+                        n = work(conn)
                         conn.execute("COMMIT")
                         return n
                     except BaseException:
@@ -747,21 +747,30 @@ class SQLiteStore(Store):
 
             return run
 
-        done = 0
-        counts: dict[str, int] = {}
-        phases = (("removed", fts.stale_ids, fts.remove_ids), ("added", fts.missing_ids, fts.index_ids))
-        for phase, find, work in phases:
-            ids: list[int] = await self._read(find)
-            total = done + len(ids)
+        stale: fts.Staleness = await self._read(fts.stale_rows)
+        if stale:
             if progress is not None:
-                progress(done, total)
-            counts[phase] = 0
+                progress(0, 1)
+
+            def rebuild(conn: sqlite3.Connection) -> int:
+                missing = len(fts.missing_ids(conn))
+                fts.rebuild(conn)
+                return missing
+
+            missing = await writer.submit(in_txn(rebuild))
+            if progress is not None:
+                progress(1, 1)
+            counts = {"removed": len(stale), "added": missing + len(stale.moved)}
+        else:
+            ids: list[int] = await self._read(fts.missing_ids)
+            if progress is not None:
+                progress(0, len(ids))
+            counts = {"removed": 0, "added": 0}
             for i in range(0, len(ids), fts.REINDEX_BATCH):
                 part = ids[i : i + fts.REINDEX_BATCH]
-                counts[phase] += await writer.submit(batch(work, part))
-                done += len(part)
+                counts["added"] += await writer.submit(in_txn(lambda c, part=part: fts.index_ids(c, part)))
                 if progress is not None:
-                    progress(done, total)
+                    progress(i + len(part), len(ids))
         documents = await self._read(fts.count_documents)
         return ReindexStats(added=counts["added"], removed=counts["removed"], documents=documents)
 

@@ -1,0 +1,131 @@
+"""The SQLite search index keeps no copy of the text (issue 17 item 3).
+
+Results, snippets and ranking are the same on the external-content index as on the
+index that kept its own copy (the layout of migration 0003, rebuilt here in SQL), after
+the migration that converts it, and after ``reindex``; the index is smaller than the
+text it indexes, and appends stay searchable at once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from threadloom.service import ThreadService
+from threadloom.store import SQLiteStore, fts
+from threadloom.store import sqlite as sqlite_store
+from threadloom.store.schema import SQLITE_MIGRATIONS
+
+pytestmark = pytest.mark.anyio
+
+WORDS = "walrus kelp tide harbour lantern gravel orchid copper falcon meadow".split()
+QUERIES = ["walrus", "kelp tide", '"harbour lantern"', "orch*", "copper OR falcon", "meadow -gravel"]
+
+
+def _sql(path: Path, *statements: str) -> list[tuple]:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        out: list[tuple] = []
+        for st in statements:
+            out = conn.execute(st).fetchall()
+        return out
+    finally:
+        conn.close()
+
+
+async def _fill(svc: ThreadService) -> list[str]:
+    ids = []
+    for t in range(6):
+        thread = await svc.create_thread(agent_id=f"agent{t % 2}", title=f"t{t}")
+        events: list[dict[str, Any]] = []
+        for i in range(12):
+            a, b, c = WORDS[(t + i) % 10], WORDS[(2 * t + i) % 10], WORDS[(t * i) % 10]
+            events.append({"type": "message", "role": "user", "text": f"{a} {b} and then {c} {i}"})
+            events.append({"type": "tool_use", "id": f"u{i}", "name": "grep", "input": {"q": b}})
+            events.append({"type": "tool_result", "tool_use_id": f"u{i}", "output": f"{c} found {i}"})
+            events.append({"type": "assistant_text", "text": f"the {b} near the {a}, not {c}"})
+        await svc.append(thread.thread_id, events)
+        ids.append(thread.thread_id)
+    return ids
+
+
+async def _answers(svc: ThreadService, ids: list[str]) -> list[Any]:
+    out: list[Any] = []
+    for q in QUERIES:
+        out.append((await svc.search_threads(q, limit=10, context=1)).model_dump())
+        out.append((await svc.search_threads(q, agent_id="agent1", limit=10)).model_dump())
+        for search_type in ("text", "regex"):
+            pattern = q if search_type == "text" else "w[a-z]+s"
+            res = await svc.chain_search(
+                ids[1], pattern, search_type=search_type, include_tools=True, limit=50
+            )
+            out.append(res.model_dump())
+    return out
+
+
+def _to_copying_layout(db: Path) -> None:
+    """Turn the index back into the one that kept its own copy of the text (0003)."""
+    statements = [s for s in fts.MIGRATION_SQL.split(";") if s.strip() and "CREATE VIEW" not in s]
+    _sql(db, f"DROP TABLE {fts.TABLE}", *statements, "DELETE FROM schema_migrations WHERE version = 5")
+
+
+async def test_results_are_unchanged_by_the_storage_change_and_by_reindex(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "root"
+    async with ThreadService(SQLiteStore(root, durability="normal")) as svc:
+        ids = await _fill(svc)
+        now = await _answers(svc, ids)
+    db = root / "threads.db"
+    _to_copying_layout(db)
+    assert _sql(db, "SELECT count(*) FROM search_index_content")[0][0] == 6 * 12 * 4
+
+    # the previous build's layout answers the same
+    monkeypatch.setattr(sqlite_store, "SQLITE_MIGRATIONS", SQLITE_MIGRATIONS[:4])
+    async with ThreadService(SQLiteStore(root, durability="normal")) as old:
+        assert await _answers(old, ids) == now
+    monkeypatch.undo()
+
+    async with ThreadService(SQLiteStore(root, durability="normal")) as migrated:
+        assert _sql(db, "SELECT name FROM sqlite_schema WHERE name = 'search_index_content'") == []
+        assert await _answers(migrated, ids) == now
+        stats = await migrated.reindex()
+        assert (stats.added, stats.removed, stats.documents) == (0, 0, 6 * 12 * 4)
+        assert await _answers(migrated, ids) == now
+    _sql(db, f"INSERT INTO {fts.TABLE}({fts.TABLE}, rank) VALUES ('integrity-check', 1)")
+
+
+async def test_an_append_is_found_at_once_and_a_deleted_thread_leaves_no_rows(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    async with ThreadService(SQLiteStore(root, durability="normal")) as svc:
+        ids = await _fill(svc)
+        await svc.append(ids[0], [{"type": "message", "role": "user", "text": "a zeppelin over the bay"}])
+        found = await svc.search_threads("zeppelin")
+        assert [r.thread_id for r in found.results] == [ids[0]]
+        await svc.delete_threads([ids[0]], force=True)
+        assert (await svc.search_threads("zeppelin")).results == []
+    db = root / "threads.db"
+    _sql(db, f"INSERT INTO {fts.TABLE}({fts.TABLE}, rank) VALUES ('integrity-check', 1)")
+    assert _sql(db, f"SELECT count(*) FROM {fts.DOCSIZE}")[0][0] == 5 * 12 * 4
+
+
+async def test_an_agent_change_moves_the_rows_without_corrupting_the_index(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    async with ThreadService(SQLiteStore(root, durability="normal")) as svc:
+        ids = await _fill(svc)
+        store = svc.store
+        thread = await svc.get_thread(ids[2])
+        from threadloom.store.base import PutThread
+
+        await store.commit(
+            [PutThread(thread.model_copy(update={"agent_id": "zed"}), expect_version=thread.version)]
+        )
+        hits = await svc.search_threads("walrus", agent_id="zed", limit=10)
+        assert [r.thread_id for r in hits.results] == [ids[2]]
+        assert all(
+            r.thread_id != ids[2] for r in (await svc.search_threads("walrus", agent_id="agent0")).results
+        )
+    _sql(root / "threads.db", f"INSERT INTO {fts.TABLE}({fts.TABLE}, rank) VALUES ('integrity-check', 1)")
