@@ -42,6 +42,7 @@ async def seeded(root: Path) -> tuple[SQLiteStore, ThreadService, list[str]]:
         t = await service.create_thread(title=f"t{i}")
         await service.append(t.thread_id, [msg(f"walrus number {i} {j}") for j in range(5)])
         ids.append(t.thread_id)
+    await service.search_threads("walrus")  # a search folds the appended events into the index
     return store, service, ids
 
 

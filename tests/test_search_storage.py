@@ -12,6 +12,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from threadloom.service import ThreadService
@@ -128,4 +129,60 @@ async def test_an_agent_change_moves_the_rows_without_corrupting_the_index(tmp_p
         assert all(
             r.thread_id != ids[2] for r in (await svc.search_threads("walrus", agent_id="agent0")).results
         )
+    _sql(root / "threads.db", f"INSERT INTO {fts.TABLE}({fts.TABLE}, rank) VALUES ('integrity-check', 1)")
+
+
+def _indexed(db: Path) -> int:
+    return _sql(db, f"SELECT count(*) FROM {fts.DOCSIZE}")[0][0]
+
+
+async def test_appends_are_folded_into_the_index_in_batches_and_found_at_once(tmp_path: Path) -> None:
+    """An append commits without touching the index; the next search (of any process on the
+    root) folds the tail first, so what was acknowledged is found and ranked as before."""
+    root = tmp_path / "root"
+    db = root / "threads.db"
+    async with (
+        ThreadService(SQLiteStore(root, durability="normal")) as writer,
+        ThreadService(SQLiteStore(root, durability="normal")) as other,
+    ):
+        t = await writer.create_thread(title="fold")
+        for i in range(5):
+            await writer.append(t.thread_id, [{"type": "message", "role": "user", "text": f"quokka {i}"}])
+        assert _indexed(db) == 0  # nothing indexed yet: the tail waits
+        found = await other.search_threads("quokka")  # another store on the same root folds it
+        assert [r.thread_id for r in found.results] == [t.thread_id]
+        assert _indexed(db) == 5
+        hits = await writer.chain_search(t.thread_id, "quokka", limit=10)
+        assert sorted(h.seq for h in hits.results) == [2, 3, 4, 5, 6]
+
+
+async def test_an_idle_writer_folds_its_tail_and_a_busy_one_every_few_hundred_events(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    db = root / "threads.db"
+    async with ThreadService(SQLiteStore(root, durability="normal")) as svc:
+        t = await svc.create_thread(title="fold", context_window=10_000_000)
+        await svc.append(t.thread_id, [{"type": "message", "role": "user", "text": "numbat"}])
+        with anyio.fail_after(10):
+            while _indexed(db) < 1:  # folded by the idle writer, no search needed
+                await anyio.sleep(fts.FOLD_IDLE)
+        batch = [{"type": "message", "role": "user", "text": f"bilby {i}"} for i in range(fts.FOLD_ROWS)]
+        await svc.append(t.thread_id, batch)
+        with anyio.fail_after(10):
+            while _indexed(db) < 1 + fts.FOLD_ROWS:
+                await anyio.sleep(0.01)
+    _sql(db, f"INSERT INTO {fts.TABLE}({fts.TABLE}, rank) VALUES ('integrity-check', 1)")
+
+
+async def test_deleting_a_thread_whose_events_wait_for_the_fold_keeps_the_index_whole(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    async with ThreadService(SQLiteStore(root, durability="normal")) as svc:
+        kept = await svc.create_thread(title="kept")
+        await svc.append(kept.thread_id, [{"type": "message", "role": "user", "text": "wombat one"}])
+        await svc.search_threads("wombat")  # folded
+        gone = await svc.create_thread(title="gone")
+        await svc.append(gone.thread_id, [{"type": "message", "role": "user", "text": "wombat two"}])
+        await svc.update_thread(gone.thread_id, status="completed")
+        await svc.delete_threads([gone.thread_id])  # its event is still in the tail
+        found = await svc.search_threads("wombat")
+        assert [r.thread_id for r in found.results] == [kept.thread_id]
     _sql(root / "threads.db", f"INSERT INTO {fts.TABLE}({fts.TABLE}, rank) VALUES ('integrity-check', 1)")

@@ -48,7 +48,7 @@ from typing import TypeVar
 from ..models import THREAD_ID_RE
 from ..textquery import Clause, Mode, TextQuery, clause_holds, render_fts5
 from .base import SCAN_BATCH, AppendEvents, CommitResult, Op, PutThread, SearchHit
-from .textsearch import BODY_WEIGHT, INDEXED_TYPES, TOOLS_WEIGHT, Finder, document_fields, scan_documents
+from .textsearch import BODY_WEIGHT, INDEXED_TYPES, TOOLS_WEIGHT, Finder, scan_documents
 
 __all__ = [
     "MIGRATION_SQL",
@@ -174,33 +174,36 @@ def _holding(
 # -------------------------------------------------------------------- writes
 
 
+FOLD_ROWS = 256
+"""The writer folds the unindexed tail into the index once this many indexable events of
+its own commits wait (and whenever it is idle, and before any search: see :func:`fold`)."""
+FOLD_IDLE = 0.05
+"""Seconds the writer waits with an unindexed tail and nothing to do before it folds it."""
+
+
 @dataclass(slots=True)
 class IndexPlan:
-    """What a group commit must index before it commits: the searchable fields of the
-    appended events per thread (from the payloads in hand: no JSON to parse again), and
-    threads whose agent changed (their rows carry the agent token)."""
+    """What a group commit must do to the index before it commits: move the rows of threads
+    whose agent changed (their rows carry the agent token). Appended events are not indexed
+    here but by the next :func:`fold`; ``appended`` counts the indexable ones."""
 
-    docs: dict[str, list[tuple[int, str | None, str | None]]] = field(default_factory=dict)
     moved: dict[str, str] = field(default_factory=dict)
     """Thread id -> the agent token its rows were indexed with (before this commit moved it)."""
+    appended: int = 0
 
     def add(self, ops: Sequence[Op], result: CommitResult, moved: dict[str, str]) -> None:
-        appends = iter(result.appends)
         for op in ops:
             if isinstance(op, AppendEvents):
-                append = next(appends)
-                rows = self.docs.setdefault(op.thread_id, [])
-                for event, seq in zip(op.events, append.seqs):
-                    fields = (
-                        document_fields(event.type, event.payload) if event.type in INDEXED_TYPES else None
-                    )
-                    if fields is not None:
-                        rows.append((seq, *fields))
+                self.appended += sum(1 for event in op.events if event.type in INDEXED_TYPES)
         for tid, agent in moved.items():
             self.moved.setdefault(tid, agent)  # the first move of a group knows what is indexed
 
     def apply(self, conn: sqlite3.Connection) -> None:
-        """Index everything planned, inside the caller's transaction."""
+        """Move the rows planned, inside the caller's transaction (rows past the folded
+        tail are left to the fold, which reads the new agent from the view)."""
+        if not self.moved:
+            return
+        upto = folded_upto(conn)
         for tid, old_agent in self.moved.items():
             # the view already shows the new agent: remove the rows with the values they were indexed with
             conn.execute(
@@ -208,23 +211,29 @@ class IndexPlan:
                 f" SELECT 'delete', id, body, tools, tid, ? FROM {VIEW} WHERE tid = ? AND {_INDEXED}",
                 (old_agent, tid),
             )
-            conn.execute(f"{_INSERT} WHERE tid = ?", (tid,))
-        for tid, rows in self.docs.items():
-            if tid in self.moved or not rows:
-                continue
-            agent = conn.execute("SELECT hex(agent_id) FROM threads WHERE thread_id = ?", (tid,)).fetchone()[
-                0
-            ]
-            ids = dict(
-                conn.execute(
-                    "SELECT seq, id FROM events WHERE thread_id = ? AND seq BETWEEN ? AND ?",
-                    (tid, rows[0][0], rows[-1][0]),
-                )
-            )
-            conn.executemany(
-                f"INSERT INTO {TABLE}(rowid, {_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-                [(ids[seq], body, tools, tid, agent) for seq, body, tools in rows],
-            )
+            conn.execute(f"{_INSERT} WHERE tid = ? AND id <= ?", (tid, upto))
+
+
+def folded_upto(conn: sqlite3.Connection) -> int:
+    """The highest event rowid in the index: every indexable event up to it is indexed
+    (folds go in rowid order), every one past it waits for the next fold."""
+    return conn.execute(f"SELECT COALESCE(max(id), 0) FROM {DOCSIZE}").fetchone()[0]
+
+
+def has_tail(conn: sqlite3.Connection) -> bool:
+    """Whether indexable events wait past the folded part of the index."""
+    upto = folded_upto(conn)
+    return bool(conn.execute(f"SELECT EXISTS (SELECT 1 FROM {VIEW} WHERE id > ?)", (upto,)).fetchone()[0])
+
+
+def fold(conn: sqlite3.Connection) -> int:
+    """Index the events committed since the last fold, in one index flush (inside the
+    caller's transaction); returns how many were indexed.
+
+    Appends do not index their events in their own commit: FTS5 writes a segment at every
+    commit, about 40% of a single append's CPU. A search first folds any tail, so what an
+    append acknowledged is found, ranked as it always was (docs/decisions.md)."""
+    return conn.execute(f"{_INSERT} WHERE id > ?", (folded_upto(conn),)).rowcount
 
 
 def agent_moves(conn: sqlite3.Connection, ops: Sequence[Op]) -> dict[str, str]:
@@ -245,7 +254,9 @@ def delete_thread_docs(conn: sqlite3.Connection, thread_id: str) -> int:
     """Remove a thread's rows from the index (inside the caller's transaction), before its
     events go: FTS5 reads the values to remove from the view."""
     cur = conn.execute(
-        f"DELETE FROM {TABLE} WHERE rowid IN (SELECT id FROM events WHERE thread_id = ?)", (thread_id,)
+        f"DELETE FROM {TABLE} WHERE rowid IN (SELECT e.id FROM events AS e WHERE e.thread_id = ?"
+        f" AND EXISTS (SELECT 1 FROM {DOCSIZE} AS d WHERE d.id = e.id))",
+        (thread_id,),
     )
     return cur.rowcount
 

@@ -165,7 +165,15 @@ class SQLiteStore(Store):
             conn.close()
             raise
         self._wconn = conn
-        self._writer = WorkerPool("threadloom-writer", 1, self._handle_writes, max_batch=MAX_GROUP)
+        self._unfolded = 0
+        self._writer = WorkerPool(
+            "threadloom-writer",
+            1,
+            self._handle_writes,
+            max_batch=MAX_GROUP,
+            idle=lambda: fts.FOLD_IDLE if self._unfolded else None,
+            on_idle=lambda: self._fold(conn),
+        )
         self._readers = WorkerPool("threadloom-reader", READERS, self._handle_reads)
         if self.reconcile_on_open:
             await self.reconcile_mirrors()
@@ -192,6 +200,10 @@ class SQLiteStore(Store):
     async def close(self) -> None:
         if self._writer is None:
             return
+        try:  # leave the index whole for the next opener (it would fold the tail anyway)
+            await self._writer.submit(self._fold)
+        except Exception:
+            log.warning("could not fold the search index's tail at close", exc_info=True)
         self._writer.stop()
         assert self._readers is not None
         self._readers.stop()
@@ -401,10 +413,11 @@ class SQLiteStore(Store):
                             conn.execute("RELEASE job")
                         outcomes.append((job, None, _translate(exc)))
                 if conn.in_transaction:
-                    plan.apply(conn)  # searchable in the same transaction, one index flush per group
+                    plan.apply(conn)  # agent moves only: appended events wait for the next fold
                     conn.execute("COMMIT")
                     for view in self._txn_views:
                         view.publish()
+                    self._unfolded += plan.appended
                 break
             except sqlite3.Error as exc:
                 if conn.in_transaction:
@@ -431,6 +444,11 @@ class SQLiteStore(Store):
                 self._sync_mirror(conn, tid, fresh[tid], appended.get(tid))
         for job, res, err in outcomes:
             resolve(job, res, err)
+        if self._unfolded >= fts.FOLD_ROWS:  # after the acknowledgements: nobody waits for it
+            try:
+                self._fold(conn)
+            except sqlite3.Error as exc:  # the next search or idle moment folds instead
+                log.warning("search index fold failed: %s", exc)
 
     def _sync_mirror(
         self, conn: sqlite3.Connection, tid: str, known: Thread, appended: list[StoredEvent] | None
@@ -684,6 +702,29 @@ class SQLiteStore(Store):
 
     # ----------------------------------------------------------------- search
 
+    def _fold(self, conn: sqlite3.Connection) -> int:
+        """Fold the search index's tail in a transaction of its own (on the writer thread)."""
+
+        def txn() -> int:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                n = fts.fold(conn)
+                conn.execute("COMMIT")
+                return n
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        n = _retry_busy(txn)
+        self._unfolded = 0
+        return n
+
+    async def _folded(self) -> None:
+        """Make every acknowledged event searchable (a fold on the writer, when there is a tail)."""
+        if self._writer is None:
+            raise StoreUnavailableError("the store is not open")
+        await self._writer.submit(self._fold)
+
     async def search_text(
         self,
         query: TextQuery,
@@ -695,8 +736,10 @@ class SQLiteStore(Store):
         limit: int = 20,
         best_per_thread: bool = False,
     ) -> list[SearchHit]:
-        return await self._read(
-            lambda c: self._search.search(
+        def search(c: sqlite3.Connection, first: bool) -> list[SearchHit] | None:
+            if first and fts.has_tail(c):
+                return None  # fold first: what an append acknowledged must be found
+            return self._search.search(
                 c,
                 query,
                 mode=mode,
@@ -706,7 +749,13 @@ class SQLiteStore(Store):
                 limit=limit,
                 best_per_thread=best_per_thread,
             )
-        )
+
+        hits = await self._read(lambda c: search(c, True))
+        if hits is None:
+            await self._folded()
+            hits = await self._read(lambda c: search(c, False))
+        assert hits is not None
+        return hits
 
     async def scan_text(
         self,
@@ -747,6 +796,7 @@ class SQLiteStore(Store):
 
             return run
 
+        await self._folded()  # the tail is not missing: it waits for a fold
         stale: fts.Staleness = await self._read(fts.stale_rows)
         if stale:
             if progress is not None:

@@ -49,10 +49,23 @@ def resolve(job: Job, result: Any = None, error: BaseException | None = None) ->
 class WorkerPool:
     """``n`` threads consuming one queue; ``handle(batch)`` processes the jobs it drained."""
 
-    def __init__(self, name: str, n: int, handle: Callable[[list[Job]], None], *, max_batch: int = 1) -> None:
+    def __init__(
+        self,
+        name: str,
+        n: int,
+        handle: Callable[[list[Job]], None],
+        *,
+        max_batch: int = 1,
+        idle: Callable[[], float | None] | None = None,
+        on_idle: Callable[[], None] | None = None,
+    ) -> None:
+        """``idle()`` says how long a thread may wait for work before it calls ``on_idle()``
+        (None: wait for ever); it is asked again after every batch."""
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._handle = handle
         self._max_batch = max_batch
+        self._idle = idle
+        self._on_idle = on_idle
         self._threads = [
             threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(n)
         ]
@@ -73,7 +86,16 @@ class WorkerPool:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            timeout = self._idle() if self._idle is not None else None
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                try:
+                    if self._on_idle is not None:
+                        self._on_idle()
+                except BaseException:  # idle work must never kill the worker
+                    log.exception("idle work failed")
+                continue
             if item is _STOP:
                 return
             batch = [item]
