@@ -186,3 +186,17 @@ async def test_deleting_a_thread_whose_events_wait_for_the_fold_keeps_the_index_
         found = await svc.search_threads("wombat")
         assert [r.thread_id for r in found.results] == [kept.thread_id]
     _sql(root / "threads.db", f"INSERT INTO {fts.TABLE}({fts.TABLE}, rank) VALUES ('integrity-check', 1)")
+
+
+async def test_words_after_a_nul_are_indexed_and_scanned(tmp_path: Path) -> None:
+    """SQLite's json_extract cuts a text at a NUL: the index and the regex scan must not."""
+    root = tmp_path / "root"
+    async with ThreadService(SQLiteStore(root, durability="normal")) as svc:
+        t = await svc.create_thread(title="nul")
+        await svc.append(
+            t.thread_id, [{"type": "message", "role": "user", "text": "binary\x00platypus tail"}]
+        )
+        found = await svc.search_threads("platypus")
+        assert [r.thread_id for r in found.results] == [t.thread_id]
+        regex = await svc.chain_search(t.thread_id, r"y\x00p", search_type="regex")
+        assert [r.seq for r in regex.results] == [2]

@@ -18,10 +18,13 @@ Layout (migration ``0002_search_index``):
   behind by edits made behind the store's back cannot be removed one by one without
   their old text, so ``reindex`` rebuilds the whole index when it finds any.
 
-The writer indexes the events a group commit appended in the same transaction, after
-every job's savepoint is released (FTS5 flushes its pending terms at each savepoint,
-so indexing inside them would write one index segment per job). Deleting a thread
-deletes its rows before its events.
+Appends do not index their events in their own commit (FTS5 writes a segment at every
+commit: about 40% of a single append's CPU). The index covers the events up to its
+highest rowid; the *tail* past it is indexed by a *fold*, one insert from the view in
+one transaction: before any search that finds a tail (so what an append acknowledged is
+found at once, by this or any other process, ranked as before), when the writer has been
+idle for :data:`FOLD_IDLE`, after :data:`FOLD_ROWS` indexable events of its own, and at
+close. Deleting a thread deletes its indexed rows before its events.
 
 Ranking: FTS5's BM25 must visit every match of a query to rank it (a few µs each), and
 walks each term's whole posting list to count its documents for the IDF. So:
@@ -38,6 +41,7 @@ walks each term's whole posting list to count its documents for the IDF. So:
 from __future__ import annotations
 
 import itertools
+import json
 import sqlite3
 import threading
 import time
@@ -48,7 +52,7 @@ from typing import TypeVar
 from ..models import THREAD_ID_RE
 from ..textquery import Clause, Mode, TextQuery, clause_holds, render_fts5
 from .base import SCAN_BATCH, AppendEvents, CommitResult, Op, PutThread, SearchHit
-from .textsearch import BODY_WEIGHT, INDEXED_TYPES, TOOLS_WEIGHT, Finder, scan_documents
+from .textsearch import BODY_WEIGHT, INDEXED_TYPES, TOOLS_WEIGHT, Finder, document_fields, scan_documents
 
 __all__ = [
     "MIGRATION_SQL",
@@ -115,8 +119,28 @@ INSERT INTO {TABLE}(rowid, body, tools, tid, agent) SELECT id, body, tools, tid,
 """Migration 0003 as it first shipped: an FTS5 table with its own copy of the text
 (statements separated by ';', none contains one). Migration 0005 replaces it."""
 
+_NUL_SAFE_LINE = "replace(e.line, '\\u0000', '\\u0020')"
+"""The line with every escaped NUL turned into a space before json_extract, which would
+cut the text at the NUL (the tokenizer splits words at both alike)."""
+
 EXTERNAL_CONTENT_SQL = f"""
 DROP TABLE IF EXISTS {TABLE};
+DROP VIEW IF EXISTS {VIEW};
+CREATE VIEW {VIEW} AS
+SELECT e.id AS id, e.thread_id AS tid, e.seq AS seq, e.type AS type,
+  CASE WHEN e.type IN ('message', 'assistant_text') THEN json_extract({_NUL_SAFE_LINE}, '$.text') END AS body,
+  CASE e.type
+    WHEN 'tool_use' THEN
+      json_extract({_NUL_SAFE_LINE}, '$.name') || ' ' || COALESCE(json_extract({_NUL_SAFE_LINE}, '$.input'), '{{}}')
+    WHEN 'tool_result' THEN
+      CASE json_type(e.line, '$.output')
+        WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' WHEN 'null' THEN 'null'
+        ELSE json_extract({_NUL_SAFE_LINE}, '$.output')
+      END
+  END AS tools,
+  hex(t.agent_id) AS agent
+FROM events AS e JOIN threads AS t ON t.thread_id = e.thread_id
+WHERE e.type IN ('message', 'assistant_text', 'tool_use', 'tool_result');
 CREATE VIRTUAL TABLE {TABLE} USING fts5(
   body, tools, tid, agent,
   content='{VIEW}', content_rowid='id',
@@ -153,15 +177,29 @@ def _chunks(items: Iterable[T], sizes: Sequence[int]) -> Iterator[list[T]]:
         yield chunk
 
 
+_TYPES = ", ".join(f"'{t}'" for t in sorted(INDEXED_TYPES))
+
+
+def _documents(rows: Iterable[tuple[int, str, str]]) -> list[tuple[int, str | None, str | None]]:
+    """``(key, body, tools)`` of ``(key, type, line)`` event rows, as the append indexed them."""
+    out: list[tuple[int, str | None, str | None]] = []
+    for key, etype, line in rows:
+        fields = document_fields(etype, json.loads(line))
+        body, tools = fields if fields is not None else (None, None)
+        out.append((key, body, tools))
+    return out
+
+
 def _holding(
     conn: sqlite3.Connection, chunk: list[tuple[int, float]], clauses: Sequence[Clause], include_tools: bool
 ) -> list[tuple[int, float]]:
     """The candidates whose stored text holds every clause (checked with the query
     language's tokenizer: a second FTS query would walk the common words' postings)."""
-    rows = conn.execute(
-        f"SELECT id, body, {'tools' if include_tools else 'NULL'} FROM {VIEW}"
-        f" WHERE id IN ({','.join('?' * len(chunk))})",
-        [r for r, _ in chunk],
+    rows = _documents(
+        conn.execute(
+            f"SELECT id, type, line FROM events WHERE id IN ({','.join('?' * len(chunk))})",
+            [r for r, _ in chunk],
+        )
     )
     ok = set()
     for rid, body, tools in rows:
@@ -424,15 +462,13 @@ class SearchEngine:
         include_tools: bool,
         limit: int,
     ) -> list[SearchHit]:
-        # the text as the index reads it: the view's fields, extracted from the events in SQL
-        sql = (
-            f"SELECT seq, body, {'tools' if include_tools else 'NULL'} FROM {VIEW} WHERE tid = ? ORDER BY seq"
-        )
+        # the events' own text (json_extract would cut a text at a NUL)
+        sql = f"SELECT seq, type, line FROM events WHERE thread_id = ? AND type IN ({_TYPES}) ORDER BY seq"
         hits: list[SearchHit] = []
         for tid in thread_ids:
             cur = conn.execute(sql, (tid,))
             while rows := cur.fetchmany(SCAN_BATCH):
-                for seq in scan_documents(rows, find, include_tools):
+                for seq in scan_documents(_documents(rows), find, include_tools):
                     hits.append(SearchHit(tid, seq))
                     if len(hits) >= limit:
                         return hits

@@ -766,7 +766,7 @@ class SQLiteStore(Store):
         limit: int = 20,
         pattern: str | None = None,
     ) -> list[SearchHit]:
-        ids = list(thread_ids)  # ``pattern`` is not needed: RE2 scans the index's own text
+        ids = list(thread_ids)  # ``pattern`` is not needed: RE2 scans the events' text
         return await self._read(
             lambda c: fts.SearchEngine.scan(c, ids, find, include_tools=include_tools, limit=limit)
         )
