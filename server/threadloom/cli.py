@@ -169,21 +169,74 @@ async def _serve(settings: Settings, http: bool, allow_delete: bool = False) -> 
     service = ThreadService(make_store(settings), settings)
     async with service:
         server = build_server(service, allow_delete=allow_delete)
+        web = None
+        if http:
+            from .web import build_web_app
+
+            web = build_web_app(service, settings)
         async with anyio.create_task_group() as tg:
             tg.start_soon(service.run_sweeper)
             if http:
                 logging.getLogger("threadloom").warning(
-                    "serving MCP over HTTP at http://%s:%d/mcp (root %s)",
+                    "serving MCP over HTTP at http://%s:%d/mcp and the inspector at http://%s:%d/ (root %s)",
+                    settings.host,
+                    settings.port,
                     settings.host,
                     settings.port,
                     settings.root,
                 )
-                await serve_http(server, settings)
+                await serve_http(server, settings, web)
             else:
                 from .stdio import run_stdio
 
                 await run_stdio(server, settings.max_request_bytes)
             tg.cancel_scope.cancel()
+
+
+UI_PORT = 8766
+
+
+@app.command(rich_help_panel=SERVE)
+def ui(
+    root: RootOpt = None,
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1 (0: any free port)")] = UI_PORT,
+    open_: Annotated[
+        bool, typer.Option("--open", help="open the inspector in the default web browser")
+    ] = False,
+    token: Annotated[
+        str | None, typer.Option(help="token the pages ask for once (or $THREADLOOM_TOKEN)")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "WARNING",
+) -> None:
+    """Serve the read-only web inspector alone, on loopback (`serve --http` serves it beside /mcp)."""
+    logging.basicConfig(
+        stream=sys.stderr, level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    settings = settings_from(root=root, host="127.0.0.1", port=port, token=token)
+
+    async def body() -> None:
+        import socket
+
+        from .http import serve_http
+        from .web import build_web_app
+
+        async with open_service(settings) as svc:
+            if settings.port == 0:  # pick a free port now, so the address printed is the real one
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    settings.port = s.getsockname()[1]
+            url = f"http://127.0.0.1:{settings.port}/"
+            typer.echo(f"threadloom inspector at {url} (root {settings.root}); Ctrl-C stops", err=True)
+            if open_:
+                import webbrowser
+
+                webbrowser.open(url)
+            await serve_http(None, settings, build_web_app(svc, settings))
+
+    try:
+        run(body)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
 
 
 @app.command(rich_help_panel=SERVE)
@@ -751,14 +804,34 @@ def export_(
         bool,
         typer.Option("--force", help="replace FILE if it exists (a path inside the root is always refused)"),
     ] = False,
+    format_: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="jsonl: the bundle `threadloom import` reads; md: a readable Markdown transcript of each "
+            "thread (the same as the resource thread://ID/transcript.md)",
+        ),
+    ] = "jsonl",
+    chain: Annotated[
+        bool, typer.Option("--chain", help="with --format md: each thread's whole chain, in link order")
+    ] = False,
 ) -> None:
     """Write threads as a self-contained JSON Lines bundle (manifests, events, chain links)
-    that `threadloom import` reads back exactly."""
+    that `threadloom import` reads back exactly, or (--format md) as readable Markdown."""
     from .bundle import atomic_output, check_output, collect_chains, export_bundle
 
     settings = settings_from(root=root)
     out = Out(as_json)
     ids = check_ids(thread_ids or [])
+    if format_ not in ("jsonl", "md"):
+        fail(f"[export_format] --format must be jsonl or md; got {format_!r:.200}", 2)
+    if format_ == "md":
+        if all_ or children or as_json or not ids:
+            fail("--format md writes the threads named by id (not --all, --children or --json)", 2)
+        _export_md(settings, ids, output, force=force, chain=chain)
+        return
+    if chain:
+        fail("--chain applies to --format md (a bundle always holds whole chains)", 2)
     if bool(ids) == all_:
         fail("give thread ids or --all (not both)" if ids else "give thread ids to export, or --all")
     if as_json and output is None:
@@ -799,6 +872,32 @@ def export_(
         out.note(
             f"exported {summary.threads} thread(s) in {summary.chains} chain(s), {summary.events} events, to {output}"
         )
+
+
+def _export_md(settings: Settings, ids: list[str], output: Path | None, *, force: bool, chain: bool) -> None:
+    from .bundle import atomic_output, check_output
+    from .transcript_md import chain_markdown, thread_markdown
+
+    if output is not None:
+        try:
+            check_output(output, settings.root, force=force)
+        except ThreadloomError as exc:
+            fail(f"[{exc.rule}] {exc.message}", 2)
+
+    async def body() -> str:
+        async with open_service(settings) as svc:
+            make = chain_markdown if chain else thread_markdown
+            return "\n".join([await make(svc, tid) for tid in ids])
+
+    text = run(body)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    with atomic_output(output) as f:
+        f.write(text)
+    Out(False).note(
+        f"wrote the Markdown transcript of {len(ids)} {'chain' if chain else 'thread'}(s) to {output}"
+    )
 
 
 @app.command("import", rich_help_panel=MOVE)

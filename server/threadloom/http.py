@@ -12,9 +12,12 @@ from typing import Any
 
 from .config import Settings
 from .errors import InvalidInputError
-from .http_guard import BearerGuard, BodyGuard, HostOriginGuard, HostPolicy, is_loopback
+from .http_guard import BearerGuard, BodyGuard, HostOriginGuard, HostPolicy, is_loopback, is_mcp_path
 from .http_sessions import make_room_for_new_sessions
 from .tokens import TokenTable, check_grants
+
+SHUTDOWN_GRACE = 3.0
+"""Seconds open streams (live pages, MCP GET streams) get to end when the server stops."""
 
 __all__ = ["build_http_app", "check_bind", "guard_app", "host_policy", "is_loopback", "serve_http"]
 
@@ -57,8 +60,22 @@ def guard_app(app: Any, settings: Settings, policy: HostPolicy | None = None) ->
     return HostOriginGuard(inner, policy or host_policy(settings))
 
 
-def build_http_app(server: Any, settings: Settings) -> Any:
-    """The ASGI app serving MCP at ``/mcp`` (and the server's custom routes), guarded."""
+class PathRouter:
+    """``/mcp`` (and the lifespan) to the MCP app, every other path to the web inspector."""
+
+    def __init__(self, mcp_app: Any, web_app: Any) -> None:
+        self.mcp_app = mcp_app
+        self.web_app = web_app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan" or is_mcp_path(scope.get("path", "")):
+            await self.mcp_app(scope, receive, send)
+        else:
+            await self.web_app(scope, receive, send)
+
+
+def build_http_app(server: Any, settings: Settings, web: Any = None) -> Any:
+    """The ASGI app serving MCP at ``/mcp`` (and ``web``, the inspector, at every other path), guarded."""
     policy = host_policy(settings)
     app = server.streamable_http_app(
         host=settings.host,
@@ -68,23 +85,26 @@ def build_http_app(server: Any, settings: Settings) -> Any:
         transport_security=policy.sdk_settings(),
     )
     make_room_for_new_sessions(server.session_manager)
+    if web is not None:
+        app = PathRouter(app, web)
     return guard_app(app, settings, policy)
 
 
-async def serve_http(server: Any, settings: Settings) -> None:
-    """Run uvicorn on ``settings.host:port`` until cancelled."""
+async def serve_http(server: Any, settings: Settings, web: Any = None) -> None:
+    """Run uvicorn on ``settings.host:port`` until cancelled (``server`` None: ``web`` alone)."""
     import uvicorn
 
     from .http_protocol import timed_h11_protocol
 
     check_bind(settings)
-    app = build_http_app(server, settings)
+    app = build_http_app(server, settings, web) if server is not None else guard_app(web, settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level="warning",
-        lifespan="on",
+        lifespan="on" if server is not None else "off",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
         http=timed_h11_protocol(settings.http_header_timeout),
         ws="none",
     )

@@ -238,8 +238,46 @@ class HostOriginGuard:
         await refuse(send, *problem)
 
 
+def is_mcp_path(path: str) -> bool:
+    """``/mcp`` and below: the MCP endpoint, where only the Authorization header counts."""
+    return path == "/mcp" or path.startswith("/mcp/")
+
+
+def is_public_web_path(path: str) -> bool:
+    """Web paths served without a token: the token form and the inspector's own CSS/JS."""
+    return path == "/login" or path.startswith("/static/")
+
+
+def cookie_name(scope: Scope) -> str:
+    """The inspector's token cookie for this server's port (cookies ignore ports, servers do not)."""
+    server = scope.get("server") or (None, None)
+    return f"threadloom_token_{server[1]}" if server[1] else "threadloom_token"
+
+
+def cookie_token(scope: Scope) -> str | None:
+    """The token the web inspector's cookie carries on this request, if any."""
+    from http.cookies import SimpleCookie
+    from urllib.parse import unquote
+
+    raw = _header(scope, b"cookie")
+    if not raw:
+        return None
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(raw)
+    except Exception:
+        return None
+    morsel = jar.get(cookie_name(scope))
+    return unquote(morsel.value) if morsel is not None and morsel.value else None
+
+
 class BearerGuard:
-    """401 unless the request carries a configured bearer token; records the token's scope."""
+    """401 unless the request carries a configured bearer token; records the token's scope.
+
+    On the web inspector's paths (everything but ``/mcp``) the token may also come from
+    its HttpOnly cookie (``/login`` sets it); ``/login`` and ``/static/`` need none, and a
+    browser asking for a page without one is sent to ``/login``.
+    """
 
     def __init__(self, app: Any, tokens: TokenTable) -> None:
         self.app = app
@@ -251,6 +289,17 @@ class BearerGuard:
             return
         auth = next((v for k, v in scope.get("headers", []) if k == b"authorization"), None)
         granted = self.tokens.lookup(auth)
+        path = scope.get("path", "")
+        if granted is None and not is_mcp_path(path):
+            cookie = cookie_token(scope)
+            granted = self.tokens.lookup(f"Bearer {cookie}".encode()) if cookie else None
+            if granted is None and is_public_web_path(path):
+                await self.app(scope, receive, send)
+                return
+            accept = _header(scope, b"accept") or ""
+            if granted is None and scope.get("method") == "GET" and "text/html" in accept:
+                await _to_login(send, path)
+                return
         if granted is None:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
@@ -264,6 +313,25 @@ class BearerGuard:
             )
             return
         await self.app({**scope, SCOPE_KEY: granted}, receive, send)
+
+
+async def _to_login(send: Any, path: str) -> None:
+    """303 to the token form, which comes back to ``path`` (ids only) once the token is given."""
+    from urllib.parse import quote
+
+    target = "/login" + (f"?next={quote(path, safe='/')}" if path not in ("", "/") else "")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 303,
+            "headers": [
+                (b"location", target.encode()),
+                (b"content-length", b"0"),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
 
 
 class BodyGuard:

@@ -518,6 +518,14 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
 
         return await _resource(thread_id, make)
 
+    @server.resource("thread://{thread_id}/transcript.md", mime_type="text/markdown")
+    async def transcript_md(thread_id: str) -> str:
+        """The thread as a readable Markdown transcript: a manifest header, then every event
+        (the same text as `threadloom export --format md`)."""
+        from .transcript_md import thread_markdown
+
+        return await _resource(thread_id, lambda tid: thread_markdown(service, tid))
+
     @server.resource("chain://{thread_id}", mime_type="application/json")
     async def chain_view(thread_id: str) -> str:
         """The continuation chain of a thread (any member): the same JSON as get_chain."""
