@@ -276,3 +276,7 @@ async def test_host_and_origin_are_checked_on_the_pages(svc: ThreadService, fill
         assert (await c.get("/", headers={"Host": "evil.example"})).status_code == 421
         assert (await c.get("/", headers={"Origin": "http://evil.example"})).status_code == 403
         assert (await c.get("/", headers={"Origin": "http://127.0.0.1:8765"})).status_code == 200
+        same = await c.post("/search", content="q=tests", headers={**FORM, "Origin": "http://127.0.0.1:8765"})
+        assert same.status_code == 200
+    # a browser sends Origin: null on a form post under Referrer-Policy: no-referrer
+    assert same.headers["referrer-policy"] == "same-origin"

@@ -59,7 +59,7 @@ CSP = (
 SECURITY_HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),  # no-referrer would make form posts send Origin: null
     (b"x-frame-options", b"DENY"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
@@ -375,6 +375,7 @@ def build_web_app(service: ThreadService, settings: Settings) -> Any:
         Route("/login", ins.login_form, methods=["GET"]),
         Route("/login", ins.login, methods=["POST"]),
         Route("/logout", ins.logout, methods=["POST"]),
+        Route("/favicon.ico", lambda request: RedirectResponse("/static/favicon.svg", status_code=301)),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(
