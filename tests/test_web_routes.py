@@ -280,3 +280,18 @@ async def test_host_and_origin_are_checked_on_the_pages(svc: ThreadService, fill
         assert same.status_code == 200
     # a browser sends Origin: null on a form post under Referrer-Policy: no-referrer
     assert same.headers["referrer-policy"] == "same-origin"
+
+
+async def test_the_latest_events_open_first_on_request_and_earlier_ones_load_back(svc: ThreadService) -> None:
+    t = await svc.create_thread(title="tail")
+    await svc.append(t.thread_id, [{"role": "user", "text": f"m{i}"} for i in range(300)])
+    async with client(svc, svc.settings) as c:
+        start = await c.get(f"/t/{t.thread_id}")
+        end = await c.get(f"/t/{t.thread_id}?at=end")
+        back = await c.get(f"/t/{t.thread_id}/events?before=202")
+        first = await c.get(f"/t/{t.thread_id}/events?before=2")
+    assert f'href="/t/{t.thread_id}?at=end"' in start.text and 'id="earlier"' not in start.text
+    assert 'data-first-seq="202"' in end.text and 'id="e301"' in end.text and 'id="e201"' not in end.text
+    assert "Load 201 earlier event(s)" in end.text
+    assert back.headers["x-first-seq"] == "2" and 'id="e201"' in back.text and 'id="e202"' not in back.text
+    assert first.headers["x-first-seq"] == "1" and first.text.count('data-seq="') == 1

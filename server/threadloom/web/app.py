@@ -5,8 +5,8 @@ Routes (every one behind the same Host/Origin and token guards as ``/mcp``):
 =====================================  =================================================
 ``GET /``                              threads, newest first; ``status``/``agent``/``parent`` filters, ``cursor`` pages
 ``POST /search``                       the search box (``search_threads``); the words travel in the body
-``GET /t/{id}``                        a thread: manifest, chain, children, verify badge, first events
-``GET /t/{id}/events?after=N``         the next timeline fragment (scrolling)
+``GET /t/{id}``                        a thread: manifest, chain, children, verify badge, first events (``?at=end``: the latest)
+``GET /t/{id}/events?after=N``         the next timeline fragment (scrolling; ``before=N``: the earlier one)
 ``GET /t/{id}/verify``                 the verify badge (fragment)
 ``GET /t/{id}/live?after=N``           Server-Sent Events: new events, status, handoff hop
 ``GET /live/threads?ids=a,b``          Server-Sent Events: rows of the listed threads
@@ -209,7 +209,9 @@ class Inspector:
                 parent = await self.service.get_thread(thread.parent_id)
             except NotFoundError:
                 parent = None
-        first = await timeline.read_page(self.service, tid, after_seq=0, limit=timeline.FIRST_PAGE)
+        at_end = request.query_params.get("at") == "end" and thread.event_count > timeline.FIRST_PAGE
+        start = thread.event_count - timeline.FIRST_PAGE if at_end else 0
+        first = await timeline.read_page(self.service, tid, after_seq=start, limit=timeline.FIRST_PAGE)
         links = chain.threads
         at = next((i for i, link in enumerate(links) if link.thread_id == tid), None)
         prev_link = links[at - 1] if at else None
@@ -242,14 +244,26 @@ class Inspector:
 
     async def events(self, request: Request) -> Response:
         thread = await self._thread(request.path_params["thread_id"])
-        after = _int(request.query_params.get("after"), 0)
-        page = await timeline.read_page(
-            self.service, thread.thread_id, after_seq=after, limit=timeline.NEXT_PAGE
-        )
+        before = request.query_params.get("before")
+        if before is not None:
+            page = await timeline.read_before(
+                self.service, thread.thread_id, before_seq=max(1, _int(before, 1)), limit=timeline.NEXT_PAGE
+            )
+        else:
+            page = await timeline.read_page(
+                self.service,
+                thread.thread_id,
+                after_seq=_int(request.query_params.get("after"), 0),
+                limit=timeline.NEXT_PAGE,
+            )
         html = str(self.macro("_timeline.html", "items")(page.items))
         return HTMLResponse(
             html,
-            headers={"x-last-seq": str(page.last_seq), "x-has-more": "1" if page.has_more else "0"},
+            headers={
+                "x-first-seq": str(page.first_seq),
+                "x-last-seq": str(page.last_seq),
+                "x-has-more": "1" if page.has_more else "0",
+            },
         )
 
     async def verify(self, request: Request) -> Response:

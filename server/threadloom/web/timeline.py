@@ -46,6 +46,8 @@ class Page:
     last_seq: int = 0
     has_more: bool = False
     event_count: int = 0
+    first_seq: int = 1
+    """The seq the page starts at (above 1: earlier events can be loaded)."""
 
 
 def pair(events: list[dict[str, Any]]) -> list[Item]:
@@ -97,4 +99,14 @@ async def read_page(service: ThreadService, thread_id: str, *, after_seq: int, l
         looked += take
         has_more = more.has_more or take < len(more.events)
     last = int(events[-1]["seq"]) if events else after_seq
-    return Page(pair(events), last, has_more, count)
+    return Page(pair(events), last, has_more, count, after_seq + 1)
+
+
+async def read_before(service: ThreadService, thread_id: str, *, before_seq: int, limit: int) -> Page:
+    """The events just before ``before_seq`` (scrolling back from the latest), not extended:
+    a result shown further down is put beside its call by the page script."""
+    after = max(0, before_seq - 1 - limit)
+    page = await service.read_events(thread_id, after_seq=after, limit=max(1, before_seq - 1 - after))
+    events = [e for e in page.events if int(e["seq"]) < before_seq]
+    last = int(events[-1]["seq"]) if events else after
+    return Page(pair(events), last, True, page.event_count, after + 1)

@@ -105,6 +105,33 @@
       }, { rootMargin: "600px" }).observe(more);
     }
 
+    var firstSeq = Number(root.getAttribute("data-first-seq")) || 1;
+    var earlier = document.getElementById("earlier");
+    if (earlier) {
+      earlier.addEventListener("click", function () {
+        if (loading) return;
+        loading = true;
+        fetch("/t/" + tid + "/events?before=" + firstSeq, { credentials: "same-origin" })
+          .then(function (r) {
+            if (!r.ok) throw new Error("HTTP " + r.status);
+            firstSeq = Number(r.headers.get("x-first-seq")) || 1;
+            return r.text();
+          })
+          .then(function (html) {
+            var frag = fragment(html), keep = document.createDocumentFragment();
+            Array.prototype.slice.call(frag.children).forEach(function (n) { keep.appendChild(n); });
+            var height = document.body.scrollHeight;
+            timeline.insertBefore(keep, timeline.firstChild);
+            window.scrollBy(0, document.body.scrollHeight - height); // keep the reader's place
+            pairResults(timeline);
+            loading = false;
+            if (firstSeq <= 1) earlier.remove();
+            else earlier.textContent = "Load " + (firstSeq - 1).toLocaleString("en") + " earlier event(s)";
+          })
+          .catch(function () { loading = false; });
+      });
+    }
+
     var verify = document.getElementById("verify");
     if (verify) {
       fetch(verify.getAttribute("data-url"), { credentials: "same-origin" })
