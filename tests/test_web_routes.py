@@ -295,3 +295,14 @@ async def test_the_latest_events_open_first_on_request_and_earlier_ones_load_bac
     assert "Load 201 earlier event(s)" in end.text
     assert back.headers["x-first-seq"] == "2" and 'id="e201"' in back.text and 'id="e202"' not in back.text
     assert first.headers["x-first-seq"] == "1" and first.text.count('data-seq="') == 1
+
+
+@pytest.mark.skipif(not hasattr(ThreadService, "fork_thread"), reason="this build has no fork_thread yet")
+async def test_forks_are_listed_on_the_thread_page(svc: ThreadService, filled: Filled) -> None:
+    fork = await svc.fork_thread(filled.worker, at_seq=2, title="Try another runner")  # type: ignore[attr-defined]
+    async with client(svc, svc.settings) as c:
+        source = await c.get(f"/t/{filled.worker}")
+        forked = await c.get(f"/t/{fork.thread_id}")
+    assert 'class="card forks"' in source.text and f"/t/{fork.thread_id}" in source.text
+    assert "Try another runner" in source.text and "from this thread at #2" in source.text
+    assert f'href="/t/{filled.worker}#e2"' in forked.text  # the fork point in its manifest

@@ -35,7 +35,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..config import Settings
-from ..errors import InvalidInputError, NotFoundError, ThreadloomError
+from ..errors import InvalidInputError, NotFoundError
 from ..http_guard import cookie_name
 from ..models import THREAD_ID_RE, Thread, check_thread_id
 from ..service import MAX_LIST, ThreadService
@@ -216,7 +216,7 @@ class Inspector:
         at = next((i for i, link in enumerate(links) if link.thread_id == tid), None)
         prev_link = links[at - 1] if at else None
         next_link = links[at + 1] if at is not None and at + 1 < len(links) else None
-        forks = await self._forks(tid)
+        forks = self._forks(chain)
         return self.page(
             "thread.html",
             thread=thread,
@@ -232,15 +232,10 @@ class Inspector:
             live_ids=[t.thread_id for t in kids.threads if t.status in LIVE_STATUSES],
         )
 
-    async def _forks(self, thread_id: str) -> list[Thread]:
-        """Threads forked from this one, when this build can list them (fork_thread)."""
-        lister = getattr(self.service, "list_forks", None)
-        if lister is None:
-            return []
-        try:
-            return list(await lister(thread_id))
-        except ThreadloomError:
-            return []
+    @staticmethod
+    def _forks(chain: Any) -> list[Any]:
+        """Forks made of the chain's threads, when this build records them (fork_thread)."""
+        return list(getattr(chain, "forks", None) or [])
 
     async def events(self, request: Request) -> Response:
         thread = await self._thread(request.path_params["thread_id"])

@@ -58,14 +58,15 @@ def num(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
 
-def title_of(thread: Thread) -> str:
+def title_of(thread: Any) -> str:
     """The thread's title, else the first line of its directive, else its id."""
-    if thread.title:
-        return thread.title
-    if thread.directive:
-        first = thread.directive.strip().splitlines()[0] if thread.directive.strip() else ""
-        return first[:120] or thread.thread_id
-    return thread.thread_id
+    title = getattr(thread, "title", None)
+    if title:
+        return str(title)
+    directive = (getattr(thread, "directive", None) or "").strip()
+    if directive:
+        return directive.splitlines()[0][:120]
+    return str(thread.thread_id)
 
 
 def pretty_json(value: Any) -> str:
