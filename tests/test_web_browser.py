@@ -47,9 +47,10 @@ if PROBLEM:
 
 class Site:
     def __init__(
-        self, root: Path, port: int, filled: Filled, env: dict[str, str], running: list[str]
+        self, root: Path, port: int, filled: Filled, env: dict[str, str], running: list[str], long: str
     ) -> None:
         self.root, self.port, self.filled, self.env, self.running = root, port, filled, env, running
+        self.long = long
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -67,7 +68,7 @@ class Site:
         return out.stdout.strip()
 
 
-async def _fill(root: Path) -> tuple[Filled, list[str]]:
+async def _fill(root: Path) -> tuple[Filled, list[str], str]:
     settings = Settings(root=root, durability="normal")
     async with ThreadService(SQLiteStore(root, durability="normal"), settings) as svc:
         filled = await fill(svc)
@@ -76,14 +77,20 @@ async def _fill(root: Path) -> tuple[Filled, list[str]]:
             t = await svc.create_thread(title=f"Live worker {i}", agent_id="worker")
             await svc.append(t.thread_id, [{"role": "user", "text": f"Watch me work ({i})."}])
             running.append(t.thread_id)
-        return filled, running
+        long = await svc.create_thread(title="A long run", agent_id="worker")
+        batch: list[dict[str, Any]] = []
+        for i in range(80):  # 160 events: calls and results, some split by the tail's first page
+            batch.append({"type": "tool_use", "id": f"s{i}", "name": "step", "input": {"i": i}})
+            batch.append({"type": "tool_result", "tool_use_id": f"s{i}", "output": f"step {i} done"})
+        await svc.append(long.thread_id, batch)
+        return filled, running, long.thread_id
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("web")
     root = tmp / "root"
-    filled, running = anyio.run(_fill, root)
+    filled, running, long = anyio.run(_fill, root)
     env = dict(os.environ)
     env["PYTHONPATH"] = str(HERE.parent / "server") + os.pathsep + env.get("PYTHONPATH", "")
     port = free_port()
@@ -95,7 +102,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     )
     try:
         wait_port("127.0.0.1", port, proc)
-        yield Site(root, port, filled, env, running)
+        yield Site(root, port, filled, env, running, long)
     finally:
         proc.terminate()
         try:
@@ -136,7 +143,7 @@ def shot(pg: Any, name: str, tmp_path: Path) -> None:
 def test_the_threads_page_lists_and_filters(site: Site, page: Any, tmp_path: Path) -> None:
     page.goto(site.url("/"))
     rows = page.locator("table.threads tbody tr.row")
-    assert rows.count() == 9
+    assert rows.count() == 10  # 6 of the orchestrator run, 3 live workers, the long run
     assert page.locator(f"#row-{site.filled.worker} .badge").inner_text() == "completed"
     shot(page, "threads", tmp_path)
     page.select_option("select[name=status]", "error")
@@ -148,7 +155,7 @@ def test_the_threads_page_lists_and_filters(site: Site, page: Any, tmp_path: Pat
     page.select_option("select[name=status]", "running")
     page.click(".filters button[type=submit]")
     page.wait_for_url("**agent=worker*")
-    assert rows.count() == 3
+    assert rows.count() == 4
     page.goto(site.url("/"))
     page.fill(".search input[name=q]", "tests")
     page.click(".search button")
@@ -221,3 +228,30 @@ def test_the_markdown_export_downloads(site: Site, page: Any, tmp_path: Path) ->
     text = target.read_text()
     assert text.startswith("# Run the test suite\n")
     assert "tool call `bash`" in text and "412 passed in 9.1s" in text and "| status | completed |" in text
+
+
+def test_a_running_threads_row_updates_live(site: Site, page: Any) -> None:
+    tid = site.running[2]
+    page.goto(site.url("/?agent=worker"))
+    row = page.locator(f"#row-{tid} td.c-num").first
+    before = int(row.inner_text())
+    page.wait_for_timeout(300)  # the rows stream is open once the page has loaded
+    site.other_process("append", tid, "one more step")
+    page.wait_for_function(
+        f"() => document.querySelector('#row-{tid} td.c-num').textContent.trim() === '{before + 1}'",
+        timeout=LIVE_WITHIN_MS * 3,
+    )
+
+
+def test_a_long_thread_opens_at_its_latest_events_and_loads_back(site: Site, page: Any) -> None:
+    page.goto(site.url(f"/t/{site.long}"))
+    page.click(".tl-head .jump")  # "latest"
+    page.wait_for_url(f"**/t/{site.long}?at=end")
+    assert page.locator("#e160").count() == 1 and page.locator("#e2").count() == 0  # the last call
+    page.click("#earlier")
+    page.wait_for_selector("#e2")
+    calls = page.locator("details.tool")
+    assert calls.count() == 80
+    assert page.locator(".tool-result").count() == 0  # every result beside its call
+    assert page.locator("details.tool.pending").count() == 0
+    assert page.locator("#earlier").count() == 0
