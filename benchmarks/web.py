@@ -7,7 +7,9 @@ every 20) and a 100-event thread (the baseline); `threadloom ui` serves it. Meas
 
 - the server: GET /t/{id} until the whole page has arrived (http.client, same machine);
 - headless Chromium (Debian's chromium via Playwright): navigation start to first
-  contentful paint and to DOMContentLoaded of the thread page;
+  contentful paint (else the first frame after parsing) and to DOMContentLoaded of the
+  thread page, a new tab each round in one browser context (the stylesheet and script
+  cached, as for a reader moving between threads);
 - live tail: another process appends (and prints the wall-clock time its append was
   acknowledged); latency to the SSE message at a raw stream reader, and to the event's
   element appearing in an open page (a MutationObserver stamps it with Date.now()).
@@ -122,8 +124,8 @@ def browser_paint(port: int, path: str, rounds: int) -> tuple[list[float], list[
     fcp, dcl = [], []
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+        ctx = b.new_context(viewport={"width": 1280, "height": 860})  # one reader: CSS and JS cached
         for _ in range(rounds + 1):
-            ctx = b.new_context(viewport={"width": 1280, "height": 860})
             pg = ctx.new_page()
             # the first frame after the HTML was parsed: what the reader sees first
             pg.add_init_script(
@@ -137,9 +139,10 @@ def browser_paint(port: int, path: str, rounds: int) -> tuple[list[float], list[
                   fcp: (performance.getEntriesByName('first-contentful-paint')[0] || {}).startTime || window.__frame,
                   dcl: performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd })"""
             )
-            ctx.close()
+            pg.close()
             fcp.append(got["fcp"])
             dcl.append(got["dcl"])
+        ctx.close()
         b.close()
     return fcp[1:], dcl[1:]  # the first round warms the browser's caches
 
