@@ -33,7 +33,14 @@ async def fill(svc: ThreadService) -> Filled:
     parent = await svc.create_thread(
         agent_id="orchestrator", title="Ship the release", directive="Plan and ship"
     )
-    await svc.append(parent.thread_id, [{"role": "user", "text": "Ship **v2** today."}])
+    await svc.append(
+        parent.thread_id,
+        [
+            {"role": "user", "text": "Ship **v2** today."},
+            {"role": "assistant", "text": "Plan: run the suite, then deploy to staging."},
+            {"type": "result", "cost": 0.42, "input_tokens": 88_000, "output_tokens": 2_100, "turns": 3},
+        ],
+    )
     worker = await svc.create_thread(parent_id=parent.thread_id, title="Run the test suite", model="claude-x")
     await svc.append(
         worker.thread_id,
