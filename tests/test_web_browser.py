@@ -255,3 +255,14 @@ def test_a_long_thread_opens_at_its_latest_events_and_loads_back(site: Site, pag
     assert page.locator(".tool-result").count() == 0  # every result beside its call
     assert page.locator("details.tool.pending").count() == 0
     assert page.locator("#earlier").count() == 0
+
+
+def test_a_new_child_appears_on_its_parents_page(site: Site, page: Any) -> None:
+    parent = site.running[2]
+    page.goto(site.url(f"/t/{parent}"))
+    page.wait_for_selector("#live-state.on")
+    assert not page.locator("section.children").is_visible()
+    child = site.other_process("child", parent, "Spawned while you watched")
+    page.wait_for_selector(
+        f"section.children #row-{child} >> text=Spawned while you watched", timeout=LIVE_WITHIN_MS * 3
+    )

@@ -1,6 +1,6 @@
 """Another process writing to a root, for the browser tests (run as a script).
 
-Usage: web_proc.py ROOT append THREAD_ID TEXT | web_proc.py ROOT handoff THREAD_ID
+Usage: web_proc.py ROOT append THREAD_ID TEXT | ROOT handoff THREAD_ID | ROOT child PARENT_ID TITLE
 Prints one line once the commit is acknowledged: the seq, or the new thread's id.
 """
 
@@ -22,6 +22,9 @@ async def main(root: str, verb: str, thread_id: str, text: str) -> None:
         if verb == "append":
             out = await svc.append(thread_id, [{"role": "assistant", "text": text}], single=True)
             print(out.seq, flush=True)
+        elif verb == "child":
+            child = await svc.create_thread(parent_id=thread_id, title=text)
+            print(child.thread_id, flush=True)
         else:
             hop = await svc.handoff(thread_id, summary="handed off by the browser test")
             print(hop.thread_id, flush=True)

@@ -9,7 +9,7 @@ Routes (every one behind the same Host/Origin and token guards as ``/mcp``):
 ``GET /t/{id}/events?after=N``         the next timeline fragment (scrolling; ``before=N``: the earlier one)
 ``GET /t/{id}/verify``                 the verify badge (fragment)
 ``GET /t/{id}/live?after=N``           Server-Sent Events: new events, status, handoff hop
-``GET /live/threads?ids=a,b``          Server-Sent Events: rows of the listed threads
+``GET /live/threads?ids=a,b&parent=p``  Server-Sent Events: rows of the listed threads (and of p's children)
 ``GET /t/{id}/export/{name}``          ``thread.md``, ``chain.md``, ``bundle.jsonl``, ``transcript.jsonl``
 ``GET|POST /login``, ``POST /logout``  the token form and its HttpOnly cookie
 ``GET /static/...``                    the page's CSS and JavaScript (shipped in the package)
@@ -276,9 +276,12 @@ class Inspector:
     async def rows_live(self, request: Request) -> Any:
         raw = request.query_params.get("ids") or ""
         ids = [i for i in dict.fromkeys(raw.split(",")) if THREAD_ID_RE.fullmatch(i)][:MAX_LIVE_IDS]
-        if not ids:
+        parent = request.query_params.get("parent")
+        if parent is not None and not THREAD_ID_RE.fullmatch(parent):
+            raise HTTPException(400, "parent must be a thread id (12 hex digits)")
+        if not ids and parent is None:
             raise HTTPException(400, "ids must name 1 to 200 thread ids (12 hex digits), comma-separated")
-        return live.SSEResponse(live.rows_stream(self.service, ids, self.render_row))
+        return live.SSEResponse(live.rows_stream(self.service, ids, self.render_row, parent))
 
     async def export(self, request: Request) -> Response:
         thread = await self._thread(request.path_params["thread_id"])

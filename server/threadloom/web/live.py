@@ -116,10 +116,14 @@ async def thread_stream(
 
 
 async def rows_stream(
-    service: ThreadService, thread_ids: list[str], render_row: Callable[[Thread], str]
+    service: ThreadService,
+    thread_ids: list[str],
+    render_row: Callable[[Thread], str],
+    parent_id: str | None = None,
 ) -> AsyncIterator[bytes]:
-    """A row's new HTML each time one of ``thread_ids`` changes."""
-    sub = service.watch(thread_ids)
+    """A row's new HTML each time one of ``thread_ids`` changes (and, with ``parent_id``,
+    whenever a child of that thread is created or changes: new children get rows too)."""
+    sub = service.watch(thread_ids, [f"parent:{parent_id}"] if parent_id else [])
     try:
         yield b": live\n\n"
         while True:
@@ -129,6 +133,7 @@ async def rows_stream(
                 yield b": ping\n\n"
                 continue
             for tid, thread in sorted(updates.items()):
-                yield sse("row", json.dumps({"thread_id": tid, "html": render_row(thread)}))
+                row = {"thread_id": tid, "parent_id": thread.parent_id, "html": render_row(thread)}
+                yield sse("row", json.dumps(row))
     finally:
         sub.close()

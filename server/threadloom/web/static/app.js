@@ -169,21 +169,26 @@
 
   function liveRows() {
     var tables = document.querySelectorAll("table[data-live-ids]");
-    var ids = [];
+    var ids = [], parent = null, kids = null;
     tables.forEach(function (t) {
       (t.getAttribute("data-live-ids") || "").split(",").forEach(function (id) { if (ID.test(id)) ids.push(id); });
+      var p = t.getAttribute("data-live-parent");
+      if (p && ID.test(p)) { parent = p; kids = t; }
     });
-    if (!ids.length || !window.EventSource) return;
-    var es = new EventSource("/live/threads?ids=" + ids.join(","));
+    if ((!ids.length && !parent) || !window.EventSource) return;
+    var es = new EventSource("/live/threads?ids=" + ids.join(",") + (parent ? "&parent=" + parent : ""));
     es.addEventListener("row", function (e) {
       var msg = JSON.parse(e.data);
       if (!ID.test(msg.thread_id)) return;
-      var old = document.getElementById("row-" + msg.thread_id);
-      if (!old) return;
       var row = fragment("<table><tbody>" + msg.html + "</tbody></table>").querySelector("tr");
       if (!row) return;
       row.classList.add("flash");
-      old.replaceWith(row);
+      var old = document.getElementById("row-" + msg.thread_id);
+      if (old) { old.replaceWith(row); return; }
+      if (kids && msg.parent_id === parent) { // a child created since the page was drawn
+        kids.tBodies[0].appendChild(row);
+        kids.closest("section").hidden = false;
+      }
     });
     window.addEventListener("pagehide", function () { es.close(); });
   }
