@@ -15,7 +15,8 @@ every 20) and a 100-event thread (the baseline); `threadloom ui` serves it. Meas
   element appearing in an open page (a MutationObserver stamps it with Date.now()).
 
 Prints a table and writes benchmarks/results/web.json with ratios against the 100-event
-baseline measured in the same run.
+thread and against the inspector's 404 page (the same stylesheet and script, no data:
+the browser's own floor on this machine), both measured in the same run.
 """
 
 from __future__ import annotations
@@ -230,8 +231,10 @@ def main() -> None:
         out["server_static_css"] = summary([get(port, "/static/app.css") for _ in range(args.rounds)])
         fcp_b, dcl_b = browser_paint(port, f"/t/{big}", max(5, args.rounds // 2))
         fcp_s, dcl_s = browser_paint(port, f"/t/{small}", max(5, args.rounds // 2))
+        fcp_f, dcl_f = browser_paint(port, "/nowhere", max(5, args.rounds // 2))  # a page with no data
         out["browser_fcp_big"], out["browser_dcl_big"] = summary(fcp_b), summary(dcl_b)
         out["browser_fcp_small"], out["browser_dcl_small"] = summary(fcp_s), summary(dcl_s)
+        out["browser_fcp_floor"], out["browser_dcl_floor"] = summary(fcp_f), summary(dcl_f)
         raw, dom = live_latency(root, port, live, args.rounds, env)
         out["live_sse_message"], out["live_page_element"] = summary(raw), summary(dom)
     finally:
@@ -241,6 +244,7 @@ def main() -> None:
     ratios = {
         "page_big_vs_small": round(out["server_page_big"]["p50_ms"] / out["server_page_small"]["p50_ms"], 2),
         "fcp_big_vs_small": round(out["browser_fcp_big"]["p50_ms"] / out["browser_fcp_small"]["p50_ms"], 2),
+        "fcp_big_vs_floor": round(out["browser_fcp_big"]["p50_ms"] / out["browser_fcp_floor"]["p50_ms"], 2),
     }
     out["ratios"] = ratios
     print(f"{'measure':<58} {'p50 ms':>8} {'p99 ms':>8} {'n':>4}")
@@ -252,13 +256,18 @@ def main() -> None:
         "browser_dcl_big": f"Chromium: DOMContentLoaded, {args.events} events",
         "browser_fcp_small": "Chromium: first paint, 100 events (baseline)",
         "browser_dcl_small": "Chromium: DOMContentLoaded, 100 events",
+        "browser_fcp_floor": "Chromium: first paint of the 404 page (floor, no data)",
+        "browser_dcl_floor": "Chromium: DOMContentLoaded of the 404 page",
         "live_sse_message": "another process's append acked -> SSE message read",
         "live_page_element": "another process's append acked -> element in the page",
     }
     for key, label in labels.items():
         r = out[key]
         print(f"{label:<58} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['n']:>4}")
-    print(f"ratios (p50): {json.dumps(ratios)}; spread: stdev of FCP big {statistics.pstdev(fcp_b):.1f} ms")
+    print(
+        f"ratios (p50): {json.dumps(ratios)}; stdev of FCP big {statistics.pstdev(fcp_b):.1f} ms; load {os.getloadavg()[0]:.1f}"
+    )
+    out["load_average"] = round(os.getloadavg()[0], 2)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "web.json").write_text(json.dumps(out, indent=2))
     print(f"wrote {RESULTS / 'web.json'}")

@@ -16,6 +16,7 @@ from threadloom.mcp_server import build_server
 from threadloom.service import ThreadService
 from threadloom.store import SQLiteStore
 from threadloom.transcript_md import chain_markdown, thread_markdown
+from threadloom.web import timeline
 from web_helpers import HOSTILE, Filled, assert_no_markup, client, fill, rows
 
 pytestmark = pytest.mark.anyio
@@ -175,7 +176,7 @@ async def test_a_long_thread_comes_in_pages_and_calls_stay_with_their_results(sv
             last = int(f.headers["x-last-seq"])
             if f.headers["x-has-more"] == "0":
                 break
-    assert 'data-has-more="1"' in page.text and 50 <= seen <= 51
+    assert 'data-has-more="1"' in page.text and seen == timeline.FIRST_PAGE // 2
     body = page.text + "".join(frags)
     assert body.count('class="ev tool') == 125  # each call once, each with its result
     assert "tool-result" not in body and body.count("done 124") == 1
@@ -285,15 +286,19 @@ async def test_host_and_origin_are_checked_on_the_pages(svc: ThreadService, fill
 async def test_the_latest_events_open_first_on_request_and_earlier_ones_load_back(svc: ThreadService) -> None:
     t = await svc.create_thread(title="tail")
     await svc.append(t.thread_id, [{"role": "user", "text": f"m{i}"} for i in range(300)])
+    first_shown = 301 - timeline.FIRST_PAGE + 1  # 301 events: a status change, then 300 messages
     async with client(svc, svc.settings) as c:
         start = await c.get(f"/t/{t.thread_id}")
         end = await c.get(f"/t/{t.thread_id}?at=end")
-        back = await c.get(f"/t/{t.thread_id}/events?before=202")
+        back = await c.get(f"/t/{t.thread_id}/events?before={first_shown}")
         first = await c.get(f"/t/{t.thread_id}/events?before=2")
     assert f'href="/t/{t.thread_id}?at=end"' in start.text and 'id="earlier"' not in start.text
-    assert 'data-first-seq="202"' in end.text and 'id="e301"' in end.text and 'id="e201"' not in end.text
-    assert "Load 201 earlier event(s)" in end.text
-    assert back.headers["x-first-seq"] == "2" and 'id="e201"' in back.text and 'id="e202"' not in back.text
+    assert f'data-first-seq="{first_shown}"' in end.text and 'id="e301"' in end.text
+    assert f'id="e{first_shown - 1}"' not in end.text
+    assert f"Load {first_shown - 1} earlier event(s)" in end.text
+    lowest = max(1, first_shown - timeline.NEXT_PAGE)
+    assert back.headers["x-first-seq"] == str(lowest) and f'id="e{first_shown - 1}"' in back.text
+    assert f'id="e{first_shown}"' not in back.text
     assert first.headers["x-first-seq"] == "1" and first.text.count('data-seq="') == 1
 
 

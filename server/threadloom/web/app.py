@@ -46,6 +46,7 @@ from .render import LIVE_STATUSES, make_env
 log = logging.getLogger("threadloom.web")
 
 STATIC = Path(__file__).parent / "static"
+STATIC_CACHE = b"private, max-age=86400"
 PAGE_SIZE = 50
 CHILDREN_SHOWN = 50
 SEARCH_LIMIT = 20
@@ -87,8 +88,9 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 names = {k.lower() for k, _ in message.get("headers", [])}
                 extra = [h for h in SECURITY_HEADERS if h[0] not in names]
-                if not static and b"cache-control" not in names:
-                    extra.append((b"cache-control", b"no-store"))
+                if b"cache-control" not in names:
+                    # assets are named by the package version (?v=): cached without revalidating
+                    extra.append((b"cache-control", STATIC_CACHE if static else b"no-store"))
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 

@@ -73,6 +73,17 @@ def pretty_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True)
 
 
+def asset_version() -> str:
+    """A short hash of the shipped CSS and JS: their URLs change whenever they do."""
+    import hashlib
+    from pathlib import Path
+
+    digest = hashlib.sha256()
+    for name in ("app.css", "app.js"):
+        digest.update((Path(__file__).parent / "static" / name).read_bytes())
+    return digest.hexdigest()[:10]
+
+
 def make_env() -> Environment:
     env = Environment(
         loader=PackageLoader("threadloom.web", "templates"),
@@ -93,5 +104,7 @@ def make_env() -> Environment:
         title_of=title_of,
         pretty_json=pretty_json,
     )
-    env.globals.update(LIVE_STATUSES=LIVE_STATUSES, statuses=[s.value for s in Status])
+    env.globals.update(
+        LIVE_STATUSES=LIVE_STATUSES, statuses=[s.value for s in Status], version=asset_version()
+    )
     return env

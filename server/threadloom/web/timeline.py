@@ -14,7 +14,7 @@ from typing import Any
 
 from ..service import ThreadService
 
-FIRST_PAGE = 100
+FIRST_PAGE = 50
 """Events rendered with the thread page itself (the first screen)."""
 NEXT_PAGE = 200
 """Events per fragment loaded as the user scrolls."""
