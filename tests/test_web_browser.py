@@ -194,7 +194,7 @@ def test_an_append_from_another_process_appears_within_a_second(site: Site, page
     assert page.locator("#event-count").inner_text() == str(seq)
 
 
-def test_a_handoff_is_followed_to_the_next_thread(site: Site, page: Any) -> None:
+def test_a_handoff_is_followed_to_the_next_thread(site: Site, page: Any, tmp_path: Path) -> None:
     tid = site.running[1]
     page.goto(site.url(f"/t/{tid}"))
     page.wait_for_selector("#live-state.on")
@@ -204,6 +204,7 @@ def test_a_handoff_is_followed_to_the_next_thread(site: Site, page: Any) -> None
     assert tid in page.locator(".marker.hop").first.inner_text()
     seq = site.other_process("append", new, "Carrying on after the handoff")
     page.wait_for_selector(f"#e{seq} >> text=Carrying on after the handoff", timeout=LIVE_WITHIN_MS)
+    shot(page, "handoff", tmp_path)
 
 
 def test_a_script_in_a_message_does_not_run(site: Site, page: Any) -> None:
@@ -262,6 +263,10 @@ def test_a_new_child_appears_on_its_parents_page(site: Site, page: Any) -> None:
     page.goto(site.url(f"/t/{parent}"))
     page.wait_for_selector("#live-state.on")
     assert not page.locator("section.children").is_visible()
+    page.goto(site.url(f"/t/{site.filled.parent}"))  # an orchestrator with children
+    page.wait_for_selector("section.children tr.row")
+    page.goto(site.url(f"/t/{parent}"))
+    page.wait_for_selector("#live-state.on")
     child = site.other_process("child", parent, "Spawned while you watched")
     page.wait_for_selector(
         f"section.children #row-{child} >> text=Spawned while you watched", timeout=LIVE_WITHIN_MS * 3
