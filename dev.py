@@ -3,7 +3,9 @@
 
     python3 dev.py serve [threadloom serve options]   # the MCP server (stdio by default)
     python3 dev.py test [pytest options]              # the whole test suite
-    python3 dev.py run COMMAND [ARGS]                  # anything inside the venv
+    python3 dev.py run COMMAND [ARGS]                  # anything inside the venv, e.g. threadloom
+
+`serve` installs threadloom alone; `test` and `run` also install the test tools (pytest, ruff).
 
 Only the standard library is used here; every dependency is installed into .venv.
 Install output goes to stderr, because a stdio MCP server owns stdout.
@@ -28,34 +30,68 @@ def say(msg: str) -> None:
     print(f"dev.py: {msg}", file=sys.stderr, flush=True)
 
 
-def ensure_venv() -> None:
+def installed() -> tuple[str, str]:
+    """(pyproject hash, what was installed: "serve" or "test") recorded by the last install."""
+    try:
+        digest, _, level = STAMP.read_text().partition(" ")
+    except OSError:
+        return "", ""
+    return digest, level or "test"  # a stamp from before levels always installed the test extra
+
+
+def ensure_venv(level: str) -> None:
+    """Make .venv hold threadloom (``serve``) or threadloom and its test tools (``test``).
+
+    The stamp records the pyproject hash and the level; a test install also serves, so
+    only a changed pyproject or a first ``test`` after ``serve`` installs again.
+    """
     if sys.version_info < (3, 11):
         sys.exit(f"dev.py: threadloom needs Python >= 3.11; this is {sys.version.split()[0]}")
     want = hashlib.sha256((HERE / "pyproject.toml").read_bytes()).hexdigest()
-    if PY.exists() and STAMP.exists() and STAMP.read_text() == want:
+    digest, have = installed() if PY.exists() else ("", "")
+    if digest == want and (have == "test" or level == "serve"):
         return
     if not PY.exists():
         say(f"creating {VENV}")
         subprocess.check_call([sys.executable, "-m", "venv", str(VENV)], stdout=sys.stderr)
-    say("installing threadloom and its test dependencies (once)")
-    subprocess.check_call(
-        [str(PY), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", f"{HERE}[test]"],
+    target = f"{HERE}[test]" if level == "test" else str(HERE)
+    what = "threadloom and its test tools" if level == "test" else "threadloom"
+    say(f"installing {what} into {VENV} (once; pip's progress follows)")
+    code = subprocess.call(
+        [
+            str(PY),
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "on",
+            "-e",
+            target,
+        ],
         stdout=sys.stderr,
     )
-    STAMP.write_text(want)
+    if code != 0:
+        sys.exit(f"dev.py: pip install failed (exit {code}); see its output above")
+    STAMP.write_text(f"{want} {level}")
+    say(f"installed {what}")
 
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"serve", "test", "run"}:
         print(__doc__, file=sys.stderr)
         return 2
-    ensure_venv()
     cmd, rest = argv[0], argv[1:]
+    ensure_venv("serve" if cmd == "serve" else "test")
     if cmd == "serve":
         os.execv(str(PY), [str(PY), "-m", "threadloom", "serve", *rest])
     if cmd == "run":
-        exe = BIN / rest[0] if (BIN / rest[0]).exists() else rest[0]
-        os.execv(str(exe), [str(exe), *rest[1:]])
+        if not rest:
+            say("run what? e.g. python3 dev.py run threadloom --help")
+            return 2
+        if (BIN / rest[0]).exists():
+            os.execv(str(BIN / rest[0]), [str(BIN / rest[0]), *rest[1:]])
+        os.execvp(rest[0], rest)  # not in the venv: found on PATH
     if not rest:  # the whole suite: lint and format checks first (they take a second)
         for check in (["ruff", "check", "."], ["ruff", "format", "--check", "."]):
             say("running " + " ".join(check))

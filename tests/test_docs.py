@@ -45,3 +45,23 @@ def test_cli_help_reads_well(cli_env: dict) -> None:
         timeout=60,
     )
     assert out.returncode == 0 and "--http" in out.stdout and "--token" in out.stdout
+
+
+def test_readme_cli_list_names_every_command() -> None:
+    import re
+
+    import typer
+
+    from threadloom.cli import app
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Operator CLI", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash", 1)[1].split("```", 1)[0]
+    listed = set(re.findall(r"^threadloom ([a-z][a-z-]*)", block, re.M))
+    commands = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+    missing = sorted(commands - listed)
+    assert not missing, (
+        f"README's Operator CLI list lacks {missing}: add a `threadloom COMMAND ...` line for each "
+        "to the code block under '## Operator CLI'"
+    )
+    assert not listed - commands, f"README lists commands that do not exist: {sorted(listed - commands)}"

@@ -1172,7 +1172,7 @@ def delete(
 
 
 @app.command(rich_help_panel=MAINTAIN)
-def reindex(root: RootOpt = None) -> None:
+def reindex(root: RootOpt = None, as_json: JsonOpt = False) -> None:
     """Bring the full-text search index up to date with the events.
 
     Indexes the events the index lacks (after importing old transcripts, for example)
@@ -1184,16 +1184,20 @@ def reindex(root: RootOpt = None) -> None:
         db = settings.root / "threads.db"
         fail(f"no threadloom database at {db} (give --root or set THREADLOOM_HOME)", 2)
     try:
-        stats, seconds = anyio.run(_reindex, settings)
+        stats, seconds = anyio.run(_reindex, settings, as_json)
     except ThreadloomError as exc:
         fail(exc.message, 2)
+    if as_json:
+        out = {"added": stats.added, "removed": stats.removed, "documents": stats.documents}
+        typer.echo(json.dumps({**out, "seconds": round(seconds, 3)}, indent=2))
+        return
     typer.echo(
         f"search index: {stats.added} event(s) added, {stats.removed} row(s) removed; "
         f"{stats.documents} events indexed ({seconds:.1f} s)"
     )
 
 
-async def _reindex(settings: Settings) -> tuple[ReindexStats, float]:
+async def _reindex(settings: Settings, quiet: bool = False) -> tuple[ReindexStats, float]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -1203,7 +1207,7 @@ async def _reindex(settings: Settings) -> tuple[ReindexStats, float]:
     console = Console(stderr=True)
     started = time.perf_counter()
     async with ThreadService(make_store(settings), settings) as service:
-        if console.is_terminal:
+        if console.is_terminal and not quiet:
             columns = (TextColumn("indexing events"), BarColumn(), MofNCompleteColumn())
             with Progress(*columns, TimeRemainingColumn(), console=console, transient=True) as bar:
                 task = bar.add_task("reindex", total=None)

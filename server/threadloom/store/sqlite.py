@@ -117,7 +117,20 @@ class SQLiteStore(Store):
         self.checkpoints = checkpoints
         self._hashes = TranscriptHashes()
         self._txn_views: list[HashView] = []
-        self.mirror = Mirror(self.root, self.signer) if mirrors else None
+        try:
+            make_dir(self.root)
+            self.mirror = Mirror(self.root, self.signer) if mirrors else None
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            if isinstance(exc, (FileExistsError, NotADirectoryError)):
+                why = f"{Path(exc.filename or self.root).absolute()} is a file, not a folder"
+            elif exc.filename and Path(exc.filename) != self.root:
+                why = f"{Path(exc.filename).absolute()}: {why}"
+            raise StoreUnavailableError(
+                f"[root] cannot create the data folder {self.root.absolute()} ({why}); "
+                "give --root DIR (or set THREADLOOM_HOME) to a folder you can write",
+                rule="root",
+            ) from None
         self._writer: WorkerPool | None = None
         self._readers: WorkerPool | None = None
         self._wconn: sqlite3.Connection | None = None
