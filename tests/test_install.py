@@ -163,6 +163,26 @@ def test_a_malformed_config_is_refused_and_left_alone(home: Path, client: str) -
     assert res.exit_code == 1 and str(path) in res.stderr and path.read_text() == broken
 
 
+def test_a_hand_formatted_file_keeps_its_layout(home: Path) -> None:
+    path = user_config(home, "cursor")
+    path.parent.mkdir(parents=True)
+    hand = (
+        '{\n  "mcpServers": {\n    "github": { "command": "npx", "args": ["-y", "@x/server-github"] }\n  },\n'
+        '  "editor.fontSize": 14\n}\n'
+    )
+    path.write_text(hand)
+    assert run("install", "cursor").exit_code == 0
+    text = path.read_text()
+    assert text.startswith(
+        '{\n  "mcpServers": {\n    "github": { "command": "npx", "args": ["-y", "@x/server-github"] },\n'
+    )
+    assert text.endswith('  },\n  "editor.fontSize": 14\n}\n')
+    assert '\n    "threadloom": {\n      "command": ' in text  # indented like its neighbours
+    assert list(json.loads(text)["mcpServers"]) == ["github", "threadloom"]
+    assert run("uninstall", "cursor").exit_code == 0
+    assert path.read_text() == hand
+
+
 def test_a_config_with_comments_is_refused_with_the_entry_to_add_by_hand(home: Path) -> None:
     path = user_config(home, "vscode")
     path.parent.mkdir(parents=True)
@@ -325,3 +345,40 @@ async def test_the_installed_command_answers_tools_list_from_another_directory(
     assert "create_thread" in {t.name for t in tools.tools}
     assert (home / ".local" / "share" / "threadloom" / "threads.db").exists()  # the shared per-user root
     assert not (elsewhere / ".threadloom").exists()
+
+
+# ------------------------------------------------------------------ the launcher
+
+
+def test_the_launcher_is_this_installation_by_absolute_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from threadloom.install.launch import find_launcher, is_threadloom_command
+
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    launcher = find_launcher()
+    assert Path(launcher.command).is_absolute() and not launcher.env
+    script = Path(sys.executable).parent / "threadloom"
+    if script.exists():
+        assert launcher.argv == (str(script),)
+    else:
+        assert launcher.argv == (sys.executable, "-m", "threadloom")
+    assert is_threadloom_command(list(launcher.argv))
+
+
+def test_a_source_checkout_on_pythonpath_is_carried_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shlex
+    import sys
+
+    import threadloom
+    from threadloom.install.launch import find_launcher, is_threadloom_command
+
+    source = str(Path(threadloom.__file__).resolve().parent.parent)
+    monkeypatch.setenv("PYTHONPATH", source)
+    launcher = find_launcher()
+    assert launcher.argv == (str(Path(sys.executable).absolute()), "-m", "threadloom")
+    assert launcher.env == {"PYTHONPATH": source}
+    line = launcher.shell("hook", "claude-code", "--root", "/a b")
+    assert line.startswith("PYTHONPATH=") and shlex.split(line)[-1] == "/a b"
+    assert is_threadloom_command(shlex.split(line))
+    assert not is_threadloom_command(["python", "-m", "other"]) and not is_threadloom_command(["echo"])

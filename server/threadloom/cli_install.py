@@ -140,6 +140,10 @@ def _report(out: Out, plan: Any, dry_run: bool) -> None:
         out.note(f"server command: {escape(' '.join(plan.command))}")
         if plan.changed:
             out.note(f"restart {plan.client.label} to load it")
+        if not plan.client.present():
+            out.note(
+                f"note: {plan.client.label} does not look installed here; the configuration waits for it"
+            )
 
 
 def _show_list(out: Out, statuses: list[Any]) -> None:

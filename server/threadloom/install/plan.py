@@ -16,7 +16,7 @@ import tomlkit
 
 from ..errors import InvalidInputError
 from . import hooks as hook_edit
-from . import tomlfile
+from . import jsonspan, tomlfile
 from .clients import CLIENTS, SERVER_NAME, Client, Scope, claude_settings_path, get_client
 from .files import diff, read_text, real_path, replace_file
 from .jsonfile import object_at, parse_json
@@ -159,7 +159,10 @@ def _edit_server(client: Client, path: Path, entry: dict[str, Any] | None) -> Fi
         servers = parsed.data.get(client.shape)
         if isinstance(servers, dict) and SERVER_NAME in servers:
             del servers[SERVER_NAME]
-            return FileChange(path, "mcp server", before, parsed.dump())
+            text = _in_place(
+                before, parsed.data, lambda t: jsonspan.remove_member(t, [client.shape], SERVER_NAME)
+            )
+            return FileChange(path, "mcp server", before, text or parsed.dump())
         return FileChange(path, "mcp server", before, before or "")
     servers = object_at(parsed.data, client.shape, path)
     current = servers.get(SERVER_NAME)
@@ -175,7 +178,25 @@ def _edit_server(client: Client, path: Path, entry: dict[str, Any] | None) -> Fi
         servers[SERVER_NAME] = merged
     else:
         servers[SERVER_NAME] = entry
-    return FileChange(path, "mcp server", before, parsed.dump())
+    value = servers[SERVER_NAME]
+    text = _in_place(
+        before,
+        parsed.data,
+        lambda t: jsonspan.set_member(t, [client.shape], SERVER_NAME, value, parsed.indent),
+    )
+    return FileChange(path, "mcp server", before, text or parsed.dump())
+
+
+def _in_place(before: str | None, want: dict[str, Any], edit: Any) -> str | None:
+    """``edit(before)`` when it yields exactly ``want`` (same keys in the same order), else None."""
+    if before is None or not before.strip():
+        return None
+    try:
+        text = edit(before)
+        same = json.dumps(json.loads(text), ensure_ascii=False) == json.dumps(want, ensure_ascii=False)
+    except (ValueError, IndexError, RecursionError):
+        return None
+    return text if same else None
 
 
 def _edit_hooks(path: Path, command: str | None) -> FileChange:
