@@ -382,3 +382,25 @@ def test_a_source_checkout_on_pythonpath_is_carried_in_env(monkeypatch: pytest.M
     assert line.startswith("PYTHONPATH=") and shlex.split(line)[-1] == "/a b"
     assert is_threadloom_command(shlex.split(line))
     assert not is_threadloom_command(["python", "-m", "other"]) and not is_threadloom_command(["echo"])
+
+
+@pytest.mark.parametrize(
+    "seeded",
+    [
+        'mcp_servers.foo.command = "x"\nmodel = "o3"\n',  # dotted keys: tomlkit would nest model under ours
+        'mcp_servers = { foo = { command = "x" } }\nmodel = "o3"\n',
+        '[mcp_servers.foo]\ncommand = "x"\n\n[profiles.p]\nmodel = "m"\n\n[mcp_servers.bar]\ncommand = "y"\n',
+    ],
+)
+def test_codex_layouts_keep_every_other_setting_where_it_was(home: Path, seeded: str) -> None:
+    path = user_config(home, "codex")
+    path.parent.mkdir(parents=True)
+    path.write_text(seeded)
+    before = tomllib.loads(seeded)
+    assert run("install", "codex").exit_code == 0
+    after = tomllib.loads(path.read_text())
+    ours = after["mcp_servers"].pop("threadloom")
+    assert ours["args"][0] == "serve" and set(ours) == {"command", "args"}
+    assert after == before
+    assert run("uninstall", "codex").exit_code == 0
+    assert tomllib.loads(path.read_text()) == before

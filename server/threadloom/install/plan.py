@@ -153,7 +153,7 @@ def _edit_server(client: Client, path: Path, entry: dict[str, Any] | None) -> Fi
             after = after.lstrip("\n")
         if after:  # end as the file ended (tomlkit leaves blank lines where a table came or went)
             after += "\n" * max(1, len(old) - len(old.rstrip("\n")))
-        return FileChange(path, "mcp server", before, after)
+        return FileChange(path, "mcp server", before, tomlfile.checked(old, after, entry, path))
     parsed = parse_json(before, path, snippet=_snippet(client, entry) if entry else "")
     if entry is None:
         servers = parsed.data.get(client.shape)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import tomlkit
+from tomlkit.container import OutOfOrderTableProxy
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import InlineTable, Table
 from tomlkit.toml_document import TOMLDocument
@@ -28,7 +31,7 @@ def parse_toml(text: str | None, path: Path) -> TOMLDocument:
         ) from None
 
 
-def _servers(doc: TOMLDocument, path: Path, *, create: bool) -> Table | InlineTable | None:
+def _servers(doc: TOMLDocument, path: Path, *, create: bool) -> Any:
     servers = doc.get(TABLE)
     if servers is None:
         if not create:
@@ -36,7 +39,7 @@ def _servers(doc: TOMLDocument, path: Path, *, create: bool) -> Table | InlineTa
         servers = tomlkit.table(is_super_table=True)
         doc.add(TABLE, servers)
         return doc[TABLE]  # type: ignore[return-value]
-    if not isinstance(servers, (Table, InlineTable)):
+    if not isinstance(servers, (Table, InlineTable, OutOfOrderTableProxy)):
         raise InvalidInputError(
             f"[config_shape] {path}: {TABLE} is a {type(servers).__name__}, expected a table; "
             "threadloom did not change the file",
@@ -97,3 +100,55 @@ def remove_server(doc: TOMLDocument, name: str, path: Path) -> bool:
         return False
     del servers[name]
     return True
+
+
+def _wanted(before: str, name: str, entry: dict[str, Any] | None) -> dict[str, Any]:
+    data = tomllib.loads(before)
+    servers = data.setdefault(TABLE, {})
+    current = servers.get(name)
+    if entry is None:
+        servers.pop(name, None)
+    elif isinstance(current, dict):
+        merged = copy.deepcopy(current)
+        for key, value in entry.items():
+            merged[key] = (
+                {**merged["env"], **value} if key == "env" and isinstance(merged.get("env"), dict) else value
+            )
+        servers[name] = merged
+    else:
+        servers[name] = entry
+    if not servers:
+        del data[TABLE]
+    return data
+
+
+def _read(text: str) -> dict[str, Any] | None:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return None
+    if data.get(TABLE) == {}:
+        del data[TABLE]
+    return data
+
+
+def checked(
+    before: str, after: str, entry: dict[str, Any] | None, path: Path, name: str = "threadloom"
+) -> str:
+    """``after`` if it means exactly ``before`` with the one server changed; else a plain
+    ``[mcp_servers.NAME]`` section appended to ``before``, if that does; else a refusal
+    (tomlkit can misplace a new table after top-level dotted keys)."""
+    want = _wanted(before, name, entry)
+    if _read(after) == want:
+        return after
+    if entry is not None and name not in (tomllib.loads(before).get(TABLE) or {}):
+        lines = [f"[{TABLE}.{name}]"] + [f"{k} = {tomlkit.item(v).as_string()}" for k, v in entry.items()]
+        appended = before.rstrip("\n") + ("\n\n" if before.strip() else "") + "\n".join(lines) + "\n"
+        if _read(appended) == want:
+            return appended
+    snippet = tomlkit.dumps({TABLE: {name: entry}}) if entry is not None else f"(delete [{TABLE}.{name}])"
+    raise InvalidInputError(
+        f"[config_layout] {path}: threadloom cannot change its entry here without moving other settings; "
+        f"threadloom did not change the file. Edit it by hand: {snippet.strip()}",
+        rule="config_layout",
+    )
