@@ -63,8 +63,15 @@ def test_a_drifted_mirror_is_reported_with_its_line_and_fixed_by_fix(root: Path)
     [mirrors] = by_name(report, "mirrors")
     assert mirrors["level"] == "problem" and f"{tid}: transcript.jsonl line 2 differs" in mirrors["detail"]
     assert "doctor --fix" in mirrors["fix"]
-    code, fixed = doctor(root, "--fix")
+    edited = path.read_bytes()
+    code, unconfirmed = doctor(root, "--fix")  # not a terminal: moving the file aside needs --yes
+    assert code == 1 and path.read_bytes() == edited
+    [skipped] = by_name(unconfirmed, "fix")
+    assert "--yes" in skipped["fix"] and f"threads/{tid}/transcript.jsonl" in skipped["detail"]
+    code, fixed = doctor(root, "--fix", "--yes")
     assert code == 0 and fixed["fixed"] and by_name(fixed, "mirrors")[0]["level"] == "ok"
+    [kept] = (root / "threads" / tid).glob("transcript.jsonl.set-aside-*")
+    assert kept.read_bytes() == edited  # the backup of what --fix changed
 
 
 def test_an_edited_manifest_snapshot_is_drift_too(root: Path) -> None:
@@ -152,7 +159,7 @@ def test_stale_running_threads_and_orphan_mirrors_are_reported_and_fixed(tmp_pat
     assert code == 1
     assert tid in by_name(report, "stale")[0]["detail"]
     assert "0123456789ab" in by_name(report, "orphans")[0]["detail"]
-    code, report = doctor(root, "--fix")
+    code, report = doctor(root, "--fix", "--yes")
     assert code == 0, report
     assert not (root / "threads" / "0123456789ab").exists()
     assert any("stale" in f for f in report["fixed"])

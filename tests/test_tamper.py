@@ -328,13 +328,21 @@ async def test_a_restart_keeps_an_edited_thread_json_for_verify(settings: Settin
         assert rules(await svc.verify_thread(tid)) == {"manifest_signature"}
 
 
-async def test_a_crash_before_the_mirror_write_is_still_repaired_on_start(settings: Settings) -> None:
+async def test_a_crash_before_the_mirror_write_is_still_repaired_on_start(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with ThreadService(SQLiteStore(settings.root, durability="normal"), settings) as svc:
-        tid = await written_thread(svc)
+        tid = await written_thread(svc, complete=False)
+        path = transcript(settings.root, tid)
+        lines = lines_of(path)
+
+        def dies_after_commit(*args: object, **kwargs: object) -> None:
+            raise OSError("the process died between the commit and the mirror write")
+
+        monkeypatch.setattr(svc.store.mirror, "sync", dies_after_commit)
+        await svc.update_thread(tid, status="completed", result="done")
         before = await svc.transcript(tid)
-    path = transcript(settings.root, tid)
-    lines = lines_of(path)
-    write_lines(path, lines[:-2])  # the last commit (status + checkpoint) never reached the file
+    assert lines_of(path) == lines  # the last commit (status + checkpoint) never reached the file
     async with ThreadService(SQLiteStore(settings.root, durability="normal"), settings) as svc:
         report = await svc.verify_thread(tid)
     assert report.ok, report.problems

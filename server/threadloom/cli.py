@@ -300,7 +300,7 @@ async def _verify(settings: Settings, thread_id: str | None, as_json: bool) -> b
             task = progress.add_task("verifying", total=len(ids))
         try:
             for tid in ids:
-                reports.append(await service.verify_thread(tid))
+                reports.append(await _verify_one(service, tid))
                 if progress is not None:
                     progress.advance(task)
         finally:
@@ -322,6 +322,28 @@ async def _verify(settings: Settings, thread_id: str | None, as_json: bool) -> b
                 f"{len(reports)} thread(s) verified: {len(reports) - len(failed)} intact, {len(failed)} with problems"
             )
         return not failed
+
+
+async def _verify_one(service: Any, tid: str) -> Any:
+    """One thread's report; a thread that cannot be verified at all is a failed report, never the end of --all."""
+    from .verify import VerifyProblem, VerifyReport
+
+    try:
+        return await service.verify_thread(tid)
+    except (ThreadloomError, OSError) as exc:
+        rule = exc.rule if isinstance(exc, ThreadloomError) else "unreadable"
+        text = exc.message if isinstance(exc, ThreadloomError) else f"{exc.strerror or exc}"
+        problem = VerifyProblem(source="database", rule=rule, message=f"cannot verify: {text}"[:500])
+        return VerifyReport(
+            thread_id=tid,
+            ok=False,
+            problems=[problem],
+            summary=f"database: {problem.message}",
+            events=0,
+            checkpoints=0,
+            files_checked=False,
+            key_id=service.store.signer.key_id,
+        )
 
 
 async def _all_thread_ids(service: object) -> list[str]:
@@ -1074,20 +1096,51 @@ def doctor(
     root: RootOpt = None,
     fix: Annotated[
         bool,
-        typer.Option("--fix", help="repair what is safe to repair (mirrors, WAL, stale threads), then check"),
+        typer.Option(
+            "--fix",
+            help="repair (mirrors completed from the database, WAL, modes, stale threads; moving a file "
+            "aside is asked first), then check",
+        ),
+    ] = False,
+    recover: Annotated[
+        bool,
+        typer.Option(
+            "--recover",
+            help="rebuild events the database lost from the mirror files, taking only lines that "
+            "checkpoints signed by this root's key prove; rehearsed on a copy first",
+        ),
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="with --fix: do not ask before moving files aside")
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check the root: permissions, free disk, SQLite (version, FTS5, WAL), signing keys,
-    mirror drift and stale running threads. Prints each problem with its fix; exits 1 on problems."""
+    """Check the root: permissions and modes, free disk, SQLite (version, FTS5, WAL), signing keys,
+    mirror drift, threads the database lost and stale running threads. Prints each problem with
+    its fix; exits 1 on problems."""
     from .doctor import run_doctor
 
     settings = settings_from(root=root)
     out = Out(as_json)
 
+    def confirm(steps: list[str]) -> bool:
+        if yes:
+            return True
+        if not out.interactive:
+            return False
+        for step in steps:
+            typer.echo(f"  {step}", err=True)
+        return typer.confirm(
+            f"doctor --fix: run these {len(steps)} step(s)? (each file is kept beside, renamed)",
+            default=False,
+            err=True,
+        )
+
     async def body() -> Any:
+        if fix or recover:  # no progress bar: it would draw over the question
+            return await run_doctor(settings, fix=fix, recover=recover, confirm=confirm)
         with out.progress("checking mirrors") as (advance, set_total):
-            return await run_doctor(settings, fix=fix, progress=advance, on_total=set_total)
+            return await run_doctor(settings, progress=advance, on_total=set_total)
 
     report = run(body)
     if out.json:

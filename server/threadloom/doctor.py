@@ -6,8 +6,10 @@ keys when a ``keys/`` folder exists, and then the data through a store opened *w
 its start-up mirror repair: mirror drift (``transcript.jsonl``/``thread.json`` against the
 database), mirror folders without a thread, and running threads whose heartbeat is stale.
 
-``fix=True`` repairs what can be repaired safely (mirrors from the database, orphan mirror
-folders, WAL mode, stale threads moved to error/timeout) and checks again.
+``fix=True`` repairs what can be repaired (mirrors completed from the database, WAL mode,
+modes, stale threads moved to error/timeout; files moved aside only when confirmed) and
+checks again; ``recover=True`` first rebuilds events the database lost from the mirrors
+(recover.py).
 """
 
 from __future__ import annotations
@@ -467,7 +469,14 @@ async def check_data(
     if not drifted and not asides:
         out.append(_ok("mirrors", f"{len(threads)} thread mirrors match the database"))
     known = {t.thread_id for t in threads}
-    orphans = sorted(d for d in dirs if THREAD_ID_RE.fullmatch(d) and d not in known)
+    lost = check_lost(root, known)
+    if lost is not None:
+        out.append(lost)
+    orphans = sorted(
+        d
+        for d in dirs
+        if THREAD_ID_RE.fullmatch(d) and d not in known and not _transcript_lines(mirror_root / d)
+    )
     if orphans:
         out.append(
             _problem(
@@ -609,18 +618,64 @@ class Report:
         }
 
 
+Confirm = Callable[[list[str]], bool]
+"""Asked once with every step of ``--fix`` that moves a file aside; True lets them run."""
+
+
+def _never(steps: list[str]) -> bool:
+    return False
+
+
 async def run_doctor(
     settings: Settings,
     *,
     fix: bool = False,
+    recover: bool = False,
+    confirm: Confirm = _never,
     progress: Callable[[int], None] = lambda n: None,
     on_total: Callable[[int], None] = lambda n: None,
 ) -> Report:
-    """Every check on ``settings.root`` (and, with ``fix``, the safe repairs first)."""
+    """Every check on ``settings.root``; with ``recover``, rebuild lost events from the mirrors
+    first; with ``fix``, the repairs (steps that move files aside only if ``confirm`` agrees)."""
     root = Path(settings.root)
     fixed: list[str] = []
-    if fix and settings.store == "sqlite" and (root / "threads.db").exists():
-        fixed = await _repair(settings)
+    extra: list[Check] = []
+    sqlite_root = settings.store == "sqlite" and (root / "threads.db").exists()
+    if recover and settings.store == "sqlite" and (sqlite_root or (root / "threads").is_dir()):
+        from .recover import run_recovery
+
+        rec = await run_recovery(settings)
+        fixed += [r.line() for r in rec.threads]
+        fixed += [f"marked {name} reviewed (kept)" for name in rec.reviewed]
+        if rec.error:
+            extra.append(
+                _problem(
+                    "recover", rec.error, "fix what it names and run `threadloom doctor --recover` again"
+                )
+            )
+        elif rec.untrusted_lines:
+            extra.append(
+                _warn(
+                    "recover",
+                    f"recovered {rec.recovered_events} event(s); {rec.untrusted_lines} line(s) could not be "
+                    "trusted (no checkpoint signed by this root's key covers them) and were not imported",
+                    "the files that hold them are kept beside the mirrors (….reviewed): compare them by hand",
+                )
+            )
+        else:
+            extra.append(_ok("recover", f"recovered {rec.recovered_events} event(s) from the mirrors"))
+    if fix and sqlite_root:
+        done, skipped = await _repair(settings, confirm)
+        fixed += done
+        if skipped:
+            extra.append(
+                _problem(
+                    "fix",
+                    f"{len(skipped)} repair step(s) were not run: they move files aside and were not confirmed "
+                    f"({'; '.join(skipped[:5])}{'; and more' if len(skipped) > 5 else ''})",
+                    "run `threadloom doctor --fix` on a terminal to be asked, or add --yes",
+                )
+            )
     if settings.store != "sqlite":
         checks = [
             _warn(
@@ -648,37 +703,135 @@ async def run_doctor(
                     checks += await check_data(service, root, progress=progress, on_total=on_total)
             except ThreadloomError as exc:
                 checks.append(_problem("database", exc.message, "check the file; restore from a backup"))
-    return Report(str(root), checks, fixed)
+        else:  # no usable database: every thread folder with lines is all that is left
+            lost = check_lost(root, set())
+            if lost is not None:
+                checks.append(lost)
+    return Report(str(root), checks + extra, fixed)
 
 
-async def _repair(settings: Settings) -> list[str]:
+def _transcript_lines(folder: Path) -> int:
+    try:
+        return (folder / TRANSCRIPT).read_bytes().count(b"\n")
+    except OSError:
+        return 0
+
+
+def check_lost(root: Path, known: set[str]) -> Check | None:
+    """Thread folders with transcript lines whose thread the database does not hold: a lost
+    database (a WAL cut to nothing, a restore) next to the only copy of its threads."""
+    d = root / "threads"
+    if not d.is_dir():
+        return None
+    lost = {
+        p.name: n
+        for p in d.iterdir()
+        if p.is_dir() and THREAD_ID_RE.fullmatch(p.name) and p.name not in known
+        for n in [_transcript_lines(p)]
+        if n
+    }
+    if not lost:
+        return None
+    names = ", ".join(sorted(lost)[:5])
+    return _problem(
+        "lost",
+        f"{len(lost)} thread folder(s) hold {sum(lost.values())} transcript line(s) but the database "
+        f"has no such thread{'s' if len(lost) > 1 else ''} ({names}"
+        f"{', …' if len(lost) > 5 else ''}): the database lost them (a cut WAL, a restored backup)",
+        "stop every server on this root, then run `threadloom doctor --recover`: it rebuilds the "
+        "threads whose thread.json and checkpoints verify with this root's key",
+    )
+
+
+async def _plan_fix(
+    service: ThreadService, root: Path, threads: list[Any]
+) -> tuple[list[str], list[tuple[str, Path, str]]]:
+    """What ``--fix`` would do: (notes of what it leaves alone, [(thread, path to set aside, why)])."""
+    leave: list[str] = []
+    moves: list[tuple[str, Path, str]] = []
+    for tid, _problem_text in await find_drift(service, root, threads):
+        folder = root / "threads" / tid
+        if folder.exists() and not folder.is_dir():
+            moves.append((tid, folder, f"threads/{tid} is a file, not a folder"))
+            continue
+        try:
+            data = (folder / TRANSCRIPT).read_bytes()
+        except OSError:
+            data = None
+        if data is not None:
+            db = [e.line.encode() for e in await service.all_events(tid)]
+            drift = compare(data, db)
+            if drift.kind == "holds":
+                if drift.file_lines > drift.db_lines:
+                    leave.append(
+                        f"{tid}: transcript.jsonl {describe(drift)}, lines the database may have lost: "
+                        "left as found for `threadloom doctor --recover`"
+                    )
+                else:
+                    moves.append((tid, folder / TRANSCRIPT, f"{TRANSCRIPT} {describe(drift)}"))
+        manifest = folder / MANIFEST
+        if manifest.is_file() and await _manifest_differs(service, tid, manifest):
+            moves.append((tid, manifest, f"{MANIFEST} differs from the database"))
+    return leave, moves
+
+
+async def _manifest_differs(service: ThreadService, tid: str, path: Path) -> bool:
+    try:
+        have = {k: v for k, v in json.loads(path.read_bytes()).items() if not k.startswith("_")}
+        thread = await service.get_thread(tid)
+    except (OSError, ValueError, AttributeError):
+        return True
+    except ThreadloomError:
+        return False
+    return have != json.loads(manifest_bytes(thread))
+
+
+async def _repair(settings: Settings, confirm: Confirm) -> tuple[list[str], list[str]]:
+    """The repairs of ``--fix``: (what was done, steps skipped for want of confirmation).
+
+    Safe steps run without asking: WAL and migrations (by opening the store), mirrors
+    completed from the database, modes tightened, stale threads swept. Steps that move a file
+    aside (the file is the backup: renamed beside itself, never deleted) run only if
+    ``confirm`` agrees. A transcript holding more lines than the database, and an orphan
+    folder with transcript lines, are never moved: they are ``--recover``'s."""
     root = Path(settings.root)
-    fixed = []
+    fixed: list[str] = []
     store = SQLiteStore(root, durability=settings.durability, reconcile=False)
     service = ThreadService(store, settings)
     async with service:  # opening sets WAL and runs pending migrations
         threads = await service.all_threads()
-        for tid, _ in await find_drift(service, root, threads):
-            for name in (TRANSCRIPT, MANIFEST):  # kept beside (never deleted); repair writes them again
-                path = root / "threads" / tid / name
-                if path.is_file():
-                    aside = set_aside(path)
-                    if name == TRANSCRIPT:  # seen by the operator who asked for --fix: reviewed
-                        aside = aside.rename(aside.with_name(aside.name + REVIEWED))
-                    fixed.append(f"set {name} of thread {tid} aside as {aside.name}")
-        n = await store.reconcile_mirrors()
-        if n:
-            fixed.append(f"rewrote the mirrors of {n} thread(s) from the database")
         known = {t.thread_id for t in threads}
+        leave, moves = await _plan_fix(service, root, threads)
+        fixed += [f"left {note}" for note in leave]
         mirror_root = root / "threads"
         for d in sorted(mirror_root.iterdir()) if mirror_root.is_dir() else []:
             if d.is_dir() and THREAD_ID_RE.fullmatch(d.name) and d.name not in known:
-                aside = d.rename(d.with_name(f"{d.name}{SET_ASIDE}{set_aside_stamp()}"))
-                fixed.append(f"set the orphan mirror folder {d.name} aside as {aside.name}")
+                if _transcript_lines(d):
+                    fixed.append(
+                        f"left the mirror folder {d.name} (a thread the database lacks, with transcript "
+                        "lines) for `threadloom doctor --recover`"
+                    )
+                else:
+                    moves.append((d.name, d, f"mirror folder {d.name} has no thread in the database"))
+        steps = [f"set {p.relative_to(root)} aside ({why})" for _tid, p, why in moves]
+        skipped: list[str] = []
+        if moves and not confirm(steps):
+            skipped, moves = steps, []
+        for _tid, path, _why in moves:
+            if path.is_dir():
+                aside = path.rename(path.with_name(f"{path.name}{SET_ASIDE}{set_aside_stamp()}"))
+            else:
+                aside = set_aside(path)
+                if path.name == TRANSCRIPT:  # seen and confirmed by the operator: reviewed
+                    aside = aside.rename(aside.with_name(aside.name + REVIEWED))
+            fixed.append(f"set {path.relative_to(root)} aside as {aside.name} (kept)")
+        n = await store.reconcile_mirrors([t.thread_id for t in threads])
+        if n:
+            fixed.append(f"completed the mirrors of {n} thread(s) from the database")
         tightened = tighten([(p, m) for p, m in loose_paths(root) if p != root])
         if tightened:
             fixed.append(f"removed group and other permissions from {len(tightened)} folder(s) and file(s)")
         swept = await service.sweep_stale()
         if swept:
             fixed.append(f"moved {len(swept)} stale running thread(s) to error (timeout)")
-    return fixed
+    return fixed, skipped

@@ -57,6 +57,8 @@ class MirrorFiles:
     capabilities: bytes | None
     set_aside: tuple[str, ...] = ()
     """Names of transcripts set aside beside it that ``doctor --recover`` has not reviewed yet."""
+    unreadable: str | None = None
+    """Why the thread's folder could not be read at all (e.g. a file stands in its place)."""
 
 
 FetchEvents = Callable[[int], list[StoredEvent]]
@@ -347,13 +349,18 @@ class Mirror:
         the database read inside the lock is at least as new as what they show.
         """
         d = self.thread_dir(thread_id)
-        with _shared_lock(d / TRANSCRIPT) as fd:
-            db = read_db()
-            transcript = _read_all(fd) if fd is not None else None
-            aside = tuple(p.name for p in set_aside_files(d))
-            return db, MirrorFiles(
-                transcript, _read_or_none(d / MANIFEST), _read_or_none(d / CAPABILITIES), aside
-            )
+        read: list[T] = []
+        try:
+            with _shared_lock(d / TRANSCRIPT) as fd:
+                read.append(read_db())
+                transcript = _read_all(fd) if fd is not None else None
+                aside = tuple(p.name for p in set_aside_files(d))
+                return read[0], MirrorFiles(
+                    transcript, _read_or_none(d / MANIFEST), _read_or_none(d / CAPABILITIES), aside
+                )
+        except OSError as exc:  # one unreadable thread is that thread's problem, never a crash
+            db = read[0] if read else read_db()
+            return db, MirrorFiles(None, None, None, (), unreadable=unreadable_reason(d, exc))
 
     def remove(self, thread_id: str) -> None:
         """Delete a thread's mirror folder (no error if it is already gone)."""
@@ -437,6 +444,14 @@ class Mirror:
         if not isinstance(version, int) or version > thread.version:
             return f"is version {version!r}, newer than the database's {thread.version}"
         return "current" if version == thread.version else "stale"
+
+
+def unreadable_reason(d: Path, exc: OSError) -> str:
+    """Why the mirror folder ``d`` cannot be read, for reports."""
+    where = f"threads/{d.name}"
+    if d.exists() and not d.is_dir():
+        return f"{where} is not a folder (a file stands in its place)"
+    return f"{where} cannot be read: {exc.strerror or exc}"
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -81,7 +81,15 @@ def verify_snapshot(snap: IntegritySnapshot, signer: Signer) -> VerifyReport:
     found = _Problems()
     thread, events = snap.thread, snap.events
     checkpoints, last_cp = _check_database(thread, events, snap.chain_head, signer, found)
-    if snap.files is not None:
+    if snap.files is not None and snap.files.unreadable is not None:
+        found.add(
+            "transcript",
+            None,
+            "mirror_unreadable",
+            f"{snap.files.unreadable}: its mirror files cannot be checked "
+            "(`threadloom doctor --fix` sets what is there aside and writes them again from the database)",
+        )
+    elif snap.files is not None:
         _check_transcript(events, snap.files.transcript, signer, found)
         _check_set_aside(snap.files.set_aside, found)
         _check_manifest(thread, snap.files.manifest, signer, found)

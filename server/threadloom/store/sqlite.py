@@ -62,6 +62,18 @@ from .base import (
     SearchHit,
     Store,
 )
+from .pending import (
+    BackgroundSweep,
+    Mark,
+    clear_marks,
+    ensure_table,
+    forget_marks,
+    mark_pending,
+    new_mark,
+    pending_marks,
+    sweep_needed,
+    write_txn,
+)
 from .schema import SQLITE_MIGRATIONS, apply_sqlite_migrations
 from .textsearch import Finder
 from .workers import Job, WorkerPool, resolve
@@ -116,6 +128,10 @@ class SQLiteStore(Store):
         self.signer = signer or Signer.for_root(self.root)
         self.checkpoints = checkpoints
         self._hashes = TranscriptHashes()
+        self._mirrored: list[Mark] = []  # mirrors written since their commit: marks to clear
+        self._sweep: BackgroundSweep | None = None
+        self.startup_repair: tuple[int, int] | None = None
+        """(threads checked, threads repaired) by the last start-up repair (pending marks only)."""
         self._txn_views: list[HashView] = []
         try:
             make_dir(self.root)
@@ -168,6 +184,7 @@ class SQLiteStore(Store):
             conn = self._connect()
             conn.execute("PRAGMA journal_mode=WAL")
             _retry_busy(lambda: apply_sqlite_migrations(conn, SQLITE_MIGRATIONS))
+            _retry_busy(lambda: ensure_table(conn))
             has_threads = conn.execute("SELECT EXISTS (SELECT 1 FROM threads)").fetchone()[0]
             row = conn.execute("SELECT value FROM meta WHERE key = 'signing_key_id'").fetchone()
         except (sqlite3.Error, OSError) as exc:
@@ -189,7 +206,7 @@ class SQLiteStore(Store):
         )
         self._readers = WorkerPool("threadloom-reader", READERS, self._handle_reads)
         if self.reconcile_on_open:
-            await self.reconcile_mirrors()
+            await self._repair_pending()
 
     def _load_key(self, conn: sqlite3.Connection, has_threads: bool, recorded: str | None) -> None:
         """Load the root's key; a new one only when nothing in this database was signed yet
@@ -223,6 +240,7 @@ class SQLiteStore(Store):
         self._writer = self._readers = None
         if self.mirror is not None:
             self.mirror.close()
+        await self._close_marks()
         if self._wconn is not None:
             self._wconn.close()
             self._wconn = None
@@ -352,6 +370,7 @@ class SQLiteStore(Store):
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     gone = []
+                    forget_marks(conn, ids)
                     for tid in ids:
                         fts.delete_thread_docs(conn, tid)
                         if conn.execute("DELETE FROM threads WHERE thread_id = ?", (tid,)).rowcount:
@@ -398,11 +417,14 @@ class SQLiteStore(Store):
         batch = [j for j in batch if not callable(j.payload)]
         if not batch:
             return
+        flush = list(self._mirrored) if self.mirror is not None else []
+        mark = new_mark()
         for attempt in range(MAX_BUSY_RETRIES + 1):
             outcomes = []
             self._txn_views = []  # running hashes of this transaction's jobs, published on COMMIT
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                clear_marks(conn, flush)  # the previous commits' mirrors are written
                 ts, epoch = now_pair()
                 alone = len(batch) == 1  # no savepoint needed: the transaction is the job
                 plan = fts.IndexPlan()
@@ -412,6 +434,8 @@ class SQLiteStore(Store):
                     try:
                         moved = fts.agent_moves(conn, job.payload)
                         res = self._apply(conn, job.payload, ts, epoch)
+                        if self.mirror is not None:  # these mirrors are behind until written below
+                            mark_pending(conn, res.threads, mark)
                         if not alone:
                             conn.execute("RELEASE job")
                         outcomes.append((job, res, None))
@@ -428,6 +452,7 @@ class SQLiteStore(Store):
                 if conn.in_transaction:
                     plan.apply(conn)  # agent moves only: appended events wait for the next fold
                     conn.execute("COMMIT")
+                    del self._mirrored[: len(flush)]
                     for view in self._txn_views:
                         view.publish()
                     self._unfolded += plan.appended
@@ -454,7 +479,8 @@ class SQLiteStore(Store):
                     appended.setdefault(a.thread_id, []).extend(a.events)
         if self.mirror is not None:
             for tid in sorted(fresh):
-                self._sync_mirror(conn, tid, fresh[tid], appended.get(tid))
+                if self._sync_mirror(conn, tid, fresh[tid], appended.get(tid)):
+                    self._mirrored.append((tid, mark))
         for job, res, err in outcomes:
             resolve(job, res, err)
         if self._unfolded >= fts.FOLD_ROWS:  # after the acknowledgements: nobody waits for it
@@ -465,7 +491,8 @@ class SQLiteStore(Store):
 
     def _sync_mirror(
         self, conn: sqlite3.Connection, tid: str, known: Thread, appended: list[StoredEvent] | None
-    ) -> None:
+    ) -> bool:
+        """Write the thread's files after its commit; False when that failed (its mark stays)."""
         assert self.mirror is not None
         try:
             self.mirror.sync(
@@ -480,6 +507,24 @@ class SQLiteStore(Store):
             )
         except (OSError, ThreadloomError) as exc:  # the commit stands; start-up reconcile repairs the files
             log.error("mirror write failed for thread %s: %s", tid, exc)
+            return False
+        return True
+
+    async def _close_marks(self) -> None:
+        """At close (the writer stopped): stop the background sweep and clear this process's
+        marks of mirrors it wrote, so a clean shutdown leaves nothing for the next start-up."""
+        if self._sweep is not None:
+            await asyncio.to_thread(self._sweep.stop)
+            self._sweep = None
+        conn = self._wconn
+        if not self._mirrored or conn is None:
+            return
+        done = list(self._mirrored)
+        try:
+            write_txn(conn, lambda: clear_marks(conn, done), _retry_busy)
+        except sqlite3.Error as exc:  # the marks stay: the next start-up checks those threads again
+            log.warning("cannot clear the mirror marks on close: %s", exc)
+        self._mirrored.clear()
 
     def _apply(self, conn: sqlite3.Connection, ops: list[Op], ts: str, epoch: float) -> CommitResult:
         result = CommitResult()
@@ -845,40 +890,129 @@ class SQLiteStore(Store):
         left as found and logged once (mirror.py)."""
         if self.mirror is None or self._writer is None:
             return 0
-        mirror = self.mirror
 
         def work(conn: sqlite3.Connection) -> int:
             ids = thread_ids
             if ids is None:
                 ids = [tid for (tid,) in conn.execute("SELECT thread_id FROM threads")]
-            fixed = 0
-            for tid in ids:
-                try:
-                    done = mirror.repair(
-                        tid,
-                        lambda tid=tid: _thread_and_bytes(conn, tid),
-                        lambda after, tid=tid: _read_events(conn, tid, after, None),
-                    )
-                except ThreadloomError:
-                    continue  # deleted meanwhile
-                except OSError as exc:
-                    log.error("cannot repair the mirror of thread %s: %s", tid, exc)
-                    continue
-                if done.changed:
-                    fixed += 1
-                    log.info("thread %s: mirror repaired (%s)", tid, "; ".join(done.changed))
-                for problem in done.problems:
-                    log.warning(
-                        "thread %s: %s; left as found for `threadloom verify %s` (and `threadloom doctor`)",
-                        tid,
-                        problem,
-                        tid,
-                    )
+            fixed = sum(self._repair_one(conn, tid) for tid in ids)
             if fixed:
                 log.info("repaired the mirrors of %d thread(s)", fixed)
             return fixed
 
         return await self._writer.submit(work)
+
+    def _repair_one(self, conn: sqlite3.Connection, tid: str) -> bool:
+        """Complete one thread's mirror from the database (mirror.py); True when a file was written."""
+        assert self.mirror is not None
+        try:
+            done = self.mirror.repair(
+                tid,
+                lambda: _thread_and_bytes(conn, tid),
+                lambda after: _read_events(conn, tid, after, None),
+            )
+        except ThreadloomError:
+            return False  # deleted meanwhile
+        except OSError as exc:
+            log.error("cannot repair the mirror of thread %s: %s", tid, exc)
+            return False
+        if done.changed:
+            log.info("thread %s: mirror repaired (%s)", tid, "; ".join(done.changed))
+        for problem in done.problems:
+            log.warning(
+                "thread %s: %s; left as found for `threadloom verify %s` (and `threadloom doctor`)",
+                tid,
+                problem,
+                tid,
+            )
+        return bool(done.changed)
+
+    async def _repair_pending(self) -> None:
+        """Start-up: repair the mirrors the database marks as possibly behind (a crash between a
+        commit and its mirror write), clear those marks, and schedule the one full sweep a
+        migrated database needs in the background."""
+        if self.mirror is None or self._writer is None:
+            return
+
+        def work(conn: sqlite3.Connection) -> tuple[int, int, bool]:
+            marks = pending_marks(conn)
+            fixed = sum(self._repair_one(conn, tid) for tid, _ in marks)
+            write_txn(conn, lambda: clear_marks(conn, marks), _retry_busy)
+            return len(marks), fixed, sweep_needed(conn)
+
+        checked, fixed, sweep = await self._writer.submit(work)
+        self.startup_repair = (checked, fixed)
+        if fixed:
+            log.info("repaired the mirrors of %d of %d thread(s) written last", fixed, checked)
+        if sweep:
+            self._sweep = BackgroundSweep(self._connect, self._repair_one, _retry_busy)
+            self._sweep.start()
+
+    async def recover_tail(self, thread: Thread, events: Sequence[StoredEvent], expect_count: int) -> None:
+        """Append events recovered from a mirror (``doctor --recover``) with their seq, ts and line
+        bytes as the mirror holds them, continuing the hash chain, if the thread still holds
+        exactly ``expect_count`` events (``count_guard`` otherwise); ``thread`` gives the manifest
+        and counters after them. The search index catches up through :meth:`reindex`."""
+        if self._writer is None:
+            raise StoreUnavailableError("the store is not open")
+        tid = thread.thread_id
+        lines = [e.line for e in events]
+        mark = new_mark()
+
+        def work(conn: sqlite3.Connection) -> None:
+            def txn() -> None:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    row = conn.execute(
+                        "SELECT event_count, chain_head FROM threads WHERE thread_id = ?", (tid,)
+                    ).fetchone()
+                    if row is None:
+                        raise not_found(tid)
+                    if row[0] != expect_count:
+                        raise ConflictError(
+                            f"thread {tid} holds {row[0]} events now, not the {expect_count} the recovery "
+                            "was planned on: run `threadloom doctor --recover` again",
+                            rule="count_guard",
+                        )
+                    prevs, head = chain_hashes(row[1], lines)
+                    conn.executemany(
+                        "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) VALUES (?,?,?,?,?,?)",
+                        [(tid, e.seq, e.ts, e.type, e.line, p) for e, p in zip(events, prevs)],
+                    )
+                    conn.execute(
+                        "UPDATE threads SET status = ?, updated_at = ?, heartbeat_at = ?, event_count = ?,"
+                        " text_chars = ?, input_tokens = ?, transcript_bytes = transcript_bytes + ?,"
+                        " chain_head = ?, version = ?, doc = ? WHERE thread_id = ?",
+                        (
+                            thread.status.value,
+                            thread.updated_at,
+                            thread.heartbeat_at,
+                            thread.event_count,
+                            thread.text_chars,
+                            thread.input_tokens,
+                            sum(len(line.encode()) + 1 for line in lines),
+                            head,
+                            thread.version,
+                            manifest_doc(thread),
+                            tid,
+                        ),
+                    )
+                    if self.mirror is not None:
+                        mark_pending(conn, [tid], mark)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+
+            _retry_busy(txn)
+            self._hashes.forget(tid)
+            if self.mirror is not None:
+                fresh = _get_thread(conn, tid)
+                if self._sync_mirror(conn, tid, fresh, None):
+                    self._mirrored.append((tid, mark))
+
+        await self._writer.submit(work)
+        self._notify(frozenset([tid]))
 
     async def vacuum(self) -> None:
         if self._writer is None:
