@@ -282,7 +282,6 @@ def test_serve_refuses_a_short_token_off_loopback(tmp_path: Path, cli_env: dict)
     assert "hunter2" not in proc.stderr and "threadloom token" in proc.stderr
 
 
-def test_a_scoped_token_is_refused_until_scopes_are_enforced() -> None:
-    with pytest.raises(InvalidInputError) as info:
-        check_bind(settings_for("0.0.0.0", token=LONG, token_agents=["alice"]))
-    assert info.value.rule == "http_token_scope"
+def test_scoped_tokens_are_accepted_at_start_up() -> None:
+    check_bind(settings_for("0.0.0.0", token=LONG, token_agents=["alice"]))
+    check_bind(settings_for("0.0.0.0", tokens=[TokenGrant(token=OTHER, agents=["alice", "bob"])]))

@@ -37,13 +37,6 @@ def check_bind(settings: Settings) -> None:
             rule="http_token_required",
         )
     check_grants(grants, loopback=loopback)
-    scoped = [g for g in grants if g.agents is not None]
-    if scoped:
-        raise InvalidInputError(
-            "agent-scoped tokens (token_agents, tokens[].agents) are not enforced by this build yet; "
-            "refusing to serve rather than give a scoped token every agent's threads",
-            rule="http_token_scope",
-        )
 
 
 def host_policy(settings: Settings) -> HostPolicy:
@@ -85,6 +78,9 @@ def build_http_app(server: Any, settings: Settings, web: Any = None) -> Any:
         transport_security=policy.sdk_settings(),
     )
     make_room_for_new_sessions(server.session_manager)
+    scope_mw = getattr(server, "threadloom_scope", None)
+    if scope_mw is not None and settings.grants():
+        scope_mw.tokens_required = True  # a request that lost its token's scope sees nothing
     if web is not None:
         app = PathRouter(app, web)
     return guard_app(app, settings, policy)

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from .scope import EVERY_AGENT, AgentScope
+from .scope import EVERY_AGENT, AgentScope, acting_as
 from .tokens import TokenTable
 
 log = logging.getLogger("threadloom.http")
@@ -312,7 +312,8 @@ class BearerGuard:
                 [(b"www-authenticate", b'Bearer realm="threadloom"')],
             )
             return
-        await self.app({**scope, SCOPE_KEY: granted}, receive, send)
+        with acting_as(granted):  # pages served beside /mcp call the service in this task
+            await self.app({**scope, SCOPE_KEY: granted}, receive, send)
 
 
 async def _to_login(send: Any, path: str) -> None:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from . import __version__
 from .capabilities import Capabilities
 from .errors import InvalidInputError, NotFoundError, ThreadloomError
+from .mcp_scope import install_scope_middleware
 from .messages import FORMATS
 from .models import Budget, Limits, Thread, check_thread_id
 from .numbers import quote
@@ -475,7 +476,7 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
             check_thread_id(thread_id)
             return await make(thread_id)
         except (NotFoundError, InvalidInputError) as exc:
-            raise ResourceNotFoundError(exc.message) from exc
+            raise ResourceNotFoundError(f"[{exc.rule}] {exc.message}") from exc
 
     async def _manifest(thread_id: str) -> str:
         return await service.manifest_json(thread_id)
@@ -533,4 +534,5 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
 
     flatten_tool_schemas(server)
     guard_tool_arguments(server)
+    install_scope_middleware(server)
     return server

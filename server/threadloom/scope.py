@@ -9,10 +9,12 @@ scoped client learns nothing about other agents' threads.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
-__all__ = ["AgentScope", "EVERY_AGENT"]
+__all__ = ["AgentScope", "EVERY_AGENT", "NO_AGENT", "acting_as", "current_scope"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,3 +47,23 @@ class AgentScope:
 
 EVERY_AGENT = AgentScope()
 """The scope of stdio clients, tokens without ``agents`` and operators (the CLI)."""
+
+NO_AGENT = AgentScope(frozenset(), "no agent")
+"""The scope of a request that should carry a token's scope but does not: sees nothing."""
+
+_CURRENT: ContextVar[AgentScope] = ContextVar("threadloom_agent_scope", default=EVERY_AGENT)
+
+
+def current_scope() -> AgentScope:
+    """The scope of the caller being served (the service reads it on every call)."""
+    return _CURRENT.get()
+
+
+@contextmanager
+def acting_as(scope: AgentScope) -> Iterator[AgentScope]:
+    """Serve everything inside the block in ``scope`` (tasks started inside inherit it)."""
+    token = _CURRENT.set(scope)
+    try:
+        yield scope
+    finally:
+        _CURRENT.reset(token)

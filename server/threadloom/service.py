@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from . import budgets, chain
+from . import budgets, chain, visibility
 from . import capabilities as caps_md
 from .config import Settings
 from .errors import (
@@ -35,7 +35,6 @@ from .lineage import order_chain
 from .messages import check_format, format_messages, rebuild_messages, request_body
 from .mirror import manifest_bytes
 from .models import (
-    DEFAULT_AGENT_ID,
     ENDED,
     TERMINAL,
     Budget,
@@ -80,7 +79,7 @@ from .results import (
     ThreadPage,
     WaitResult,
 )
-from .search import ChainSearchResults, ThreadSearchResults, chain_search, search_threads
+from .search import ChainSearchResults, ThreadSearchResults, chain_search
 from .store.apply import request_hash
 from .store.base import (
     AppendEvents,
@@ -196,7 +195,10 @@ class ThreadService:
     async def get_thread(self, thread_id: str) -> Thread:
         """The thread's manifest and counters, with its children counted by status."""
         thread = await self.store.get_thread(check_thread_id(thread_id))
-        return thread.model_copy(update={"children": await self.store.child_counts(thread_id)})
+        if not visibility.allows(thread):
+            raise visibility.not_found(thread_id)
+        children = await visibility.child_counts(self.store, thread_id)
+        return thread.model_copy(update={"children": children})
 
     def watch(
         self, thread_ids: Sequence[str] | set[str] = (), keys: Sequence[str] | set[str] = ()
@@ -249,9 +251,9 @@ class ThreadService:
         parent: Thread | None = None
         if parent_id is not None:
             parent = await self.store.get_thread(check_thread_id(parent_id, field="parent_id"))
-        if agent_id is None:
-            agent_id = parent.agent_id if parent else DEFAULT_AGENT_ID
-        check_agent_id(agent_id)
+            if not visibility.allows(parent):
+                raise visibility.not_found(parent_id)
+        agent_id = visibility.agent_for_new_thread(agent_id, parent)
         _check_len("title", title, MAX_TITLE)
         _check_len("directive", directive, MAX_DIRECTIVE)
         _check_len("model", model, 200)
@@ -329,8 +331,8 @@ class ThreadService:
                 ) from None
         check_count("limit", limit, lo=1, hi=MAX_LIST)
         before = decode_cursor(cursor) if cursor else None
-        rows = await self.store.list_threads(
-            agent_id=agent_id, parent_id=parent_id, status=status, limit=limit + 1, before=before
+        rows = await visibility.list_threads(
+            self.store, agent_id=agent_id, parent_id=parent_id, status=status, limit=limit + 1, before=before
         )
         more = len(rows) > limit
         rows = rows[:limit]
@@ -355,7 +357,7 @@ class ThreadService:
         Ending a thread leaves its open children alone unless ``cascade``: then every open
         descendant (created, running, paused) is cancelled too.
         """
-        check_thread_id(thread_id)
+        await visibility.visible(self.store, thread_id)
         new_status: Status | None = None
         if status is not None:
             try:
@@ -542,7 +544,7 @@ class ThreadService:
 
         With ``idempotency_key``, a retry of the same append returns the original seqs.
         """
-        check_thread_id(thread_id)
+        await visibility.visible(self.store, thread_id)
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
         validated = self._validate_events(events)
@@ -663,7 +665,7 @@ class ThreadService:
         ``wait`` (seconds, at most waiting.MAX_READ_WAIT): when there is no such event yet,
         return as soon as one is committed by anyone, or an empty page at the timeout.
         """
-        check_thread_id(thread_id)
+        await visibility.visible(self.store, thread_id)
         check_count("after_seq", after_seq, hi=MAX_SEQ)
         check_count("limit", limit, lo=1, hi=MAX_PAGE)
         if wait is not None:
@@ -684,7 +686,8 @@ class ThreadService:
 
     async def all_events(self, thread_id: str) -> list[StoredEvent]:
         """Every event of the thread in seq order."""
-        return await self.store.read_events(check_thread_id(thread_id))
+        await visibility.visible(self.store, thread_id)
+        return await self.store.read_events(thread_id)
 
     async def transcript(self, thread_id: str) -> str:
         """The thread's JSONL transcript, rendered from the database (same bytes as the mirror)."""
@@ -752,7 +755,7 @@ class ThreadService:
             InvalidStateError: the thread is not running (ThreadContinuedError names the end).
             LimitExceededError: the continuation would not start below the threshold.
         """
-        check_thread_id(thread_id)
+        await visibility.visible(self.store, thread_id)
         if summary is not None:
             if not isinstance(summary, str):
                 raise InvalidInputError(
@@ -868,7 +871,7 @@ class ThreadService:
                 transcript of its end fails verification (``force``, for operators only, goes on).
             LimitExceededError: the message cannot fit below the threshold.
         """
-        check_thread_id(thread_id)
+        await visibility.visible(self.store, thread_id)
         check_format(format)
         if not isinstance(message, str) or not message.strip():
             raise InvalidInputError(
@@ -883,6 +886,8 @@ class ThreadService:
         for attempt in range(PLAN_RETRIES):
             start = await self.store.get_thread(thread_id)
             end, problem = await chain.resolve_end(self.store, start)
+            if not visibility.allows(end):
+                raise visibility.not_found(thread_id)
             if problem:
                 raise IntegrityError(
                     f"cannot resume the chain of thread {thread_id}: its links are broken ({problem}); "
@@ -945,15 +950,18 @@ class ThreadService:
     async def get_chain(self, thread_id: str) -> ChainView:
         """Every thread of the chain of ``thread_id`` (any member) in link order, and its end."""
         start = await self.store.get_thread(check_thread_id(thread_id))
+        if not visibility.allows(start):
+            raise visibility.not_found(thread_id)
         walk = await chain.walk_chain(self.store, start)
-        costs = [t.cost for t in walk.threads if t.cost is not None]
+        members = visibility.keep(walk.threads)
+        costs = [t.cost for t in members if t.cost is not None]
         return ChainView(
             thread_id=thread_id,
             chain_root_id=walk.root_id,
             end_thread_id=walk.end.thread_id,
             end_status=walk.end.status,
-            threads=[ChainLink.of(t) for t in walk.threads],
-            total_events=sum(t.event_count for t in walk.threads),
+            threads=[ChainLink.of(t) for t in members],
+            total_events=sum(t.event_count for t in members),
             total_cost=round(sum(costs), 10) if costs else None,
             problems=walk.problems,
         )
@@ -966,7 +974,7 @@ class ThreadService:
         A mirror write of another process still in flight looks like a short transcript or
         an older thread.json; that is read again a few times before it is reported.
         """
-        check_thread_id(thread_id)
+        await visibility.visible(self.store, thread_id)
         signer = self.store.signer
         for attempt in range(VERIFY_LAG_RETRIES + 1):
             snap = await self.store.read_integrity(thread_id)
@@ -1023,7 +1031,7 @@ class ThreadService:
     async def chain_threads(self, thread_id: str) -> list[Thread]:
         """Every thread of the chain of ``thread_id`` (any member), in link order."""
         thread = await self.get_thread(thread_id)
-        return order_chain(await self.store.list_chain(thread.chain_root_id) or [thread])
+        return visibility.keep(order_chain(await self.store.list_chain(thread.chain_root_id) or [thread]))
 
     async def delete_threads(
         self, thread_ids: Sequence[str], *, chain: bool = False, force: bool = False, dry_run: bool = False
@@ -1041,13 +1049,15 @@ class ThreadService:
             InvalidStateError: ``delete_partial_chain`` or ``delete_active``.
         """
         ids = [check_thread_id(t) for t in dict.fromkeys(thread_ids)]
-        found = await self.store.get_threads(ids)
+        found = visibility.keep_map(await self.store.get_threads(ids))
         missing = [t for t in ids if t not in found]
         doomed: dict[str, Thread] = {}
         for tid in ids:
             if tid not in found or tid in doomed:
                 continue
-            members = order_chain(await self.store.list_chain(found[tid].chain_root_id) or [found[tid]])
+            members = visibility.keep(
+                order_chain(await self.store.list_chain(found[tid].chain_root_id) or [found[tid]])
+            )
             rest = [m.thread_id for m in members if m.thread_id not in found]
             if rest and not chain:
                 raise InvalidStateError(
@@ -1122,6 +1132,7 @@ class ThreadService:
         ``text``: the full-text index, best BM25 first; ``regex``: RE2 over the chain's
         events in order. Each hit has a snippet and ``context`` events either side.
         """
+        await visibility.visible(self.store, thread_id)
         return await chain_search(
             self.store,
             thread_id,
@@ -1136,7 +1147,9 @@ class ThreadService:
         self, query: str, *, agent_id: str | None = None, limit: int = 5, context: int = 3
     ) -> ThreadSearchResults:
         """The threads (of ``agent_id`` when given) that best match ``query``, one hit each."""
-        return await search_threads(self.store, query, agent_id=agent_id, limit=limit, context=context)
+        return await visibility.search_threads(
+            self.store, query, agent_id=agent_id, limit=limit, context=context
+        )
 
     async def reindex(self, *, progress: ReindexProgress | None = None) -> ReindexStats:
         """Bring the search index up to date with the events (idempotent, incremental)."""

@@ -17,6 +17,7 @@ from .errors import InvalidInputError, NotFoundError
 from .models import TERMINAL, Status, Thread, check_thread_id
 from .numbers import quote
 from .results import WaitItem, WaitResult
+from .visibility import keep_map
 
 if TYPE_CHECKING:
     from .service import ThreadService
@@ -77,7 +78,7 @@ async def wait_threads(
     started = time.monotonic()
 
     async with service.hub.subscribe(requested) as sub:  # registered before the first read: no lost wake
-        found = await service.store.get_threads(requested)
+        found = keep_map(await service.store.get_threads(requested))  # another agent's: missing
         missing = [t for t in requested if t not in found]
         if missing:
             raise NotFoundError(
