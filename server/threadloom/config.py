@@ -52,6 +52,8 @@ class Settings(BaseModel):
     max_event_bytes: int = Field(default=DEFAULT_MAX_EVENT_BYTES, ge=1024)
     max_batch_events: int = Field(default=DEFAULT_MAX_BATCH_EVENTS, ge=1)
     max_request_bytes: int = Field(default=16 * 1_048_576, ge=65536)
+    max_append_bytes: int = Field(default=16 * 1_048_576, ge=1024, le=2**40)
+    max_resource_bytes: int = Field(default=16 * 1_048_576, ge=65536, le=2**40)
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
     token: str | None = Field(default=None, repr=False)

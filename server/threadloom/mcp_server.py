@@ -9,10 +9,11 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
@@ -471,18 +472,22 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
 
     # -------------------------------------------------------------- resources
 
+    cap = service.settings.max_resource_bytes
+
     async def _resource(thread_id: str, make: Callable[[str], Awaitable[str]]) -> str:
         try:
             check_thread_id(thread_id)
             return await make(thread_id)
         except (NotFoundError, InvalidInputError) as exc:
             raise ResourceNotFoundError(f"[{exc.rule}] {exc.message}") from exc
+        except ThreadloomError as exc:  # e.g. resource_size: too big for one read
+            raise ResourceError(f"[{exc.rule}] {exc.message}") from exc
 
     async def _manifest(thread_id: str) -> str:
         return await service.manifest_json(thread_id)
 
     async def _messages(thread_id: str) -> str:
-        return json.dumps(await service.messages(thread_id), ensure_ascii=False)
+        return json.dumps(await service.messages(thread_id, max_bytes=cap), ensure_ascii=False)
 
     async def _chain(thread_id: str) -> str:
         return (await service.get_chain(thread_id)).model_dump_json()
@@ -490,7 +495,7 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
     @server.resource("thread://{thread_id}/transcript", mime_type="application/x-ndjson")
     async def transcript(thread_id: str) -> str:
         """The thread's events as JSONL, one canonical JSON line per event, in seq order."""
-        return await _resource(thread_id, service.transcript)
+        return await _resource(thread_id, partial(service.transcript, max_bytes=cap))
 
     @server.resource("thread://{thread_id}/thread.json", mime_type="application/json")
     async def thread_json(thread_id: str) -> str:
@@ -515,7 +520,7 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
             raise ResourceNotFoundError(f"format must be one of {', '.join(FORMATS)}; got {quote(format)}")
 
         async def make(tid: str) -> str:
-            return json.dumps(await service.conversation(tid, format), ensure_ascii=False)
+            return json.dumps(await service.conversation(tid, format, max_bytes=cap), ensure_ascii=False)
 
         return await _resource(thread_id, make)
 

@@ -113,6 +113,8 @@ RACE_RULES = frozenset({"status_guard", "version_guard", "count_guard"})
 ACCOUNT_PLAN_RETRIES = 64
 """Plans that touch a parent's accounts race with its other children: more, jittered tries."""
 VERIFY_LAG_RETRIES = 3
+RESOURCE_PAGE = 1000
+"""Events read per page when a resource read is capped (max_resource_bytes)."""
 _UNSET: Any = object()
 
 
@@ -482,6 +484,7 @@ class ThreadService:
                 rule="batch_size",
             )
         out = []
+        total = 0
         for i, raw in enumerate(events):
             where = "event" if len(events) == 1 else f"events[{i}]"
             ev = parse_event(raw, where=where)  # typed fields first: their errors name the range
@@ -500,6 +503,14 @@ class ThreadService:
                     f"{where} is {size} bytes of JSON; the limit (max_event_bytes) is "
                     f"{self.settings.max_event_bytes}",
                     rule="event_size",
+                )
+            total += size
+            if total > self.settings.max_append_bytes:
+                raise InvalidInputError(
+                    f"this append is over {self.settings.max_append_bytes} bytes of JSON by events[{i}] "
+                    f"(max_append_bytes; {total} bytes in {i + 1} of {len(events)} events): send the events "
+                    "in several calls. Nothing was written",
+                    rule="request_size",
                 )
             tokens = ev.input_tokens if isinstance(ev, ResultEvent) else None
             out.append((ev, NewEvent(payload["type"], payload, event_text_chars(ev), tokens)))
@@ -684,24 +695,49 @@ class ThreadService:
             event_count=thread.event_count,
         )
 
-    async def all_events(self, thread_id: str) -> list[StoredEvent]:
-        """Every event of the thread in seq order."""
+    async def all_events(self, thread_id: str, *, max_bytes: int | None = None) -> list[StoredEvent]:
+        """Every event of the thread in seq order.
+
+        ``max_bytes`` (resources read by clients): read a page at a time and stop once the
+        transcript lines pass it, raising LimitExceededError (``resource_size``) that points
+        to read_events, so a huge thread is never held whole for one read.
+        """
         await visibility.visible(self.store, thread_id)
-        return await self.store.read_events(thread_id)
+        if max_bytes is None:
+            return await self.store.read_events(thread_id)
+        out: list[StoredEvent] = []
+        size = after = 0
+        while True:
+            page = await self.store.read_events(thread_id, after_seq=after, limit=RESOURCE_PAGE)
+            for e in page:
+                size += len(e.line.encode()) + 1
+                if size > max_bytes:
+                    raise LimitExceededError(
+                        f"thread {thread_id} has more than {max_bytes} bytes of events (max_resource_bytes), "
+                        "too much for one resource read: read it a page at a time with "
+                        f"read_events(thread_id={thread_id!r}, after_seq=..., limit=...)",
+                        rule="resource_size",
+                    )
+            out += page
+            if len(page) < RESOURCE_PAGE:
+                return out
+            after = page[-1].seq
 
-    async def transcript(self, thread_id: str) -> str:
+    async def transcript(self, thread_id: str, *, max_bytes: int | None = None) -> str:
         """The thread's JSONL transcript, rendered from the database (same bytes as the mirror)."""
-        return "".join(e.line + "\n" for e in await self.all_events(thread_id))
+        return "".join(e.line + "\n" for e in await self.all_events(thread_id, max_bytes=max_bytes))
 
-    async def messages(self, thread_id: str) -> list[dict[str, Any]]:
+    async def messages(self, thread_id: str, *, max_bytes: int | None = None) -> list[dict[str, Any]]:
         """The thread's conversation rebuilt from its events (neutral content-block form)."""
-        return rebuild_messages(await self.all_events(thread_id))
+        return rebuild_messages(await self.all_events(thread_id, max_bytes=max_bytes))
 
-    async def conversation(self, thread_id: str, format: str = "neutral") -> Any:
+    async def conversation(
+        self, thread_id: str, format: str = "neutral", *, max_bytes: int | None = None
+    ) -> Any:
         """The conversation in ``format``: the neutral list, or the provider's request fields
         (``{"system"?, "messages"}`` for anthropic, ``{"messages"}`` for openai)."""
         check_format(format)
-        return request_body(await self.messages(thread_id), format)
+        return request_body(await self.messages(thread_id, max_bytes=max_bytes), format)
 
     # ------------------------------------------------------------------- chains
     # Planning lives in chain.py; here: when to hand off, guards, retries, results.
