@@ -120,3 +120,14 @@ async def test_no_error_quotes_more_than_200_characters_of_a_value(
     assert "[" in text and "]" in text, text
     assert "q" * 201 not in text, text[:600]
     assert len(text) < 1500, text[:600]
+
+
+async def test_an_unknown_tool_or_resource_is_named_in_at_most_200_characters(client: Client) -> None:
+    text = await call_error(client, "create_" + LONG, {})
+    assert "[unknown_tool]" in text and "create_thread" in text and LONG[:201] not in text
+    with pytest.raises(Exception) as err:
+        await client.read_resource("thread://" + LONG + "/nothing-here")
+    assert "[resource_uri]" in str(err.value) and LONG[:201] not in str(err.value)
+    with pytest.raises(Exception) as err:
+        await client.read_resource(f"thread://{LONG}/transcript")
+    assert "[thread_id_format]" in str(err.value) and LONG[:201] not in str(err.value)

@@ -39,7 +39,7 @@ from .results import (
 from .schema_flat import flatten_tool_schemas
 from .search import ChainSearchResults, ThreadSearchResults
 from .service import ThreadService
-from .tool_args import guard_tool_arguments
+from .tool_args import guard_resource_uris, guard_tool_arguments
 from .verify import VerifyReport
 
 P = ParamSpec("P")
@@ -539,5 +539,6 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
 
     flatten_tool_schemas(server)
     guard_tool_arguments(server)
+    guard_resource_uris(server)
     install_scope_middleware(server)
     return server

@@ -1,4 +1,5 @@
-"""Tool arguments at the MCP edge: unknown names refused, type and range errors named.
+"""Tool arguments (and resource URIs) at the MCP edge: unknown names refused, type and
+range errors named.
 
 The SDK ignores an argument a tool does not declare (so a misspelt ``metadta`` loses its
 data without a word) and reports a value that fails its type as a raw pydantic dump.
@@ -93,10 +94,12 @@ def guard_tool_arguments(server: Any) -> None:
         name: str, arguments: dict[str, Any], context: Any, convert_result: bool = False
     ) -> Any:
         tool = manager.get_tool(name)
-        if tool is not None:
-            problem = unknown_arguments(name, arguments, list(tool.parameters.get("properties", {})))
-            if problem is not None:
-                raise ToolError(f"Error executing tool {name}: {problem}")
+        if tool is None:
+            names = ", ".join(t.name for t in manager.list_tools())
+            raise ToolError(f"[unknown_tool] there is no tool {quote(name)}; the tools are {names}")
+        problem = unknown_arguments(name, arguments, list(tool.parameters.get("properties", {})))
+        if problem is not None:
+            raise ToolError(f"Error executing tool {name}: {problem}")
         try:
             return await original(name, arguments, context, convert_result=convert_result)
         except ToolError as exc:
@@ -106,3 +109,25 @@ def guard_tool_arguments(server: Any) -> None:
             raise ToolError(f"Error executing tool {name}: {describe_validation(name, cause)}") from cause
 
     manager.call_tool = call_tool
+
+
+def guard_resource_uris(server: Any) -> None:
+    """Quote at most 200 characters of a resource URI no resource or template matches."""
+    from mcp.server.mcpserver.exceptions import ResourceNotFoundError
+
+    manager = server._resource_manager
+    original = manager.get_resource
+
+    async def get_resource(uri: Any, context: Any) -> Any:
+        try:
+            return await original(uri, context)
+        except ResourceNotFoundError as exc:
+            if not str(exc).startswith("Unknown resource:"):
+                raise
+            raise ResourceNotFoundError(
+                f"[resource_uri] no resource is named {quote(str(uri))}; resources are "
+                "thread://{id}/transcript, thread://{id}/thread.json, thread://{id}/capabilities.md, "
+                "thread://{id}/messages[?format=...] and chain://{id}"
+            ) from exc
+
+    manager.get_resource = get_resource
