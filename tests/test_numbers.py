@@ -199,6 +199,11 @@ RAW = [
     ("create_thread", '{"budget": {"max_spend": NaN}}', "argument_range"),
     ("create_thread", '{"metadata": {"x": 1e400}}', "metadata_shape"),
     ("create_thread", '{"metadata": {"x": NaN}}', "metadata_shape"),
+    (
+        "create_thread",
+        '{"capabilities": {"tools": [{"name": "t", "description": "d", "input_schema": {"default": NaN}}]}}',
+        "capabilities_shape",
+    ),
     ("append_event", '{"thread_id": "TID", "event": {"type": "result", "cost": 1e400}}', "event_field"),
     ("append_event", '{"thread_id": "TID", "event": {"type": "result", "cost": NaN}}', "event_field"),
     (

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import InvalidInputError
 from .integrity import Signer
+from .numbers import check_finite_json
 
 CAPABILITIES_FILE = "capabilities.md"
 MAX_CAPABILITIES_BYTES = 1_048_576
@@ -65,12 +66,13 @@ def check_capabilities(value: object) -> dict[str, Any]:
         InvalidInputError: naming the field that broke the shape.
     """
     if isinstance(value, Capabilities):
-        value = value.model_dump(mode="json")
+        value = value.model_dump()  # not mode="json": that would turn NaN into null unseen
     if not isinstance(value, dict):
         raise InvalidInputError(
             f"capabilities must be an object {{tools: [...], tree: ...}}; got {type(value).__name__}",
             rule="capabilities_shape",
         )
+    check_finite_json("capabilities", value, rule="capabilities_shape")
     try:
         caps = Capabilities.model_validate(value)
     except ValidationError as exc:
