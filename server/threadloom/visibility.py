@@ -84,6 +84,8 @@ def agent_for_new_thread(agent_id: str | None, parent: Thread | None) -> str:
             agent_id = DEFAULT_AGENT_ID
         elif len(scope.sorted_agents()) == 1:
             agent_id = scope.sorted_agents()[0]
+        elif not scope.sorted_agents():
+            raise InvalidInputError("this request may act for no agent", rule="agent_scope")
         else:
             raise InvalidInputError(
                 "give agent_id: this token acts for several agents "
@@ -155,8 +157,10 @@ async def search_threads(
     if agent_id is not None:
         found = await search(store, query, agent_id=agent_id, limit=limit, context=context)
         return found if scope.allows(agent_id) else found.model_copy(update={"results": []})
-    each = [
-        await search(store, query, agent_id=a, limit=limit, context=context) for a in scope.sorted_agents()
-    ]
+    agents = scope.sorted_agents()
+    if not agents:  # a request that lost its token's scope: check the query, find nothing
+        found = await search(store, query, agent_id=DEFAULT_AGENT_ID, limit=limit, context=context)
+        return found.model_copy(update={"results": [], "agent_id": None})
+    each = [await search(store, query, agent_id=a, limit=limit, context=context) for a in agents]
     results = sorted((r for found in each for r in found.results), key=lambda r: -(r.score or 0.0))
     return each[0].model_copy(update={"results": results[:limit], "agent_id": None})
