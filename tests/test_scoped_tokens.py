@@ -266,3 +266,22 @@ async def test_a_scoped_token_is_accepted_at_start_up(server: str) -> None:
         r = await http.post(server, json={}, headers={"Authorization": f"Bearer {ALICE}"})
     assert r.status_code != 401
     assert re.match(r"http://127\.0\.0\.1:\d+/mcp", server)
+
+
+async def test_the_web_pages_beside_mcp_keep_to_the_tokens_agents(server: str) -> None:
+    t = await setup(server, "auto")
+    base = server.removesuffix("/mcp")
+    pages = ["/t/{}", "/t/{}/events", "/t/{}/verify", "/t/{}/export/transcript.jsonl"]
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {ALICE}"}, timeout=30) as http:
+        home = await http.get(base + "/", headers={"Accept": "text/html"})
+        assert home.status_code == 200 and t["a"] in home.text
+        assert t["b"] not in home.text and t["b_child"] not in home.text
+        mine = await http.get(base + f"/t/{t['a']}", headers={"Accept": "text/html"})
+        assert mine.status_code == 200 and t["b_child"] not in mine.text
+        for page in pages:
+            missing = await http.get(base + page.format(NOBODY))
+            assert missing.status_code == 404, page
+            for target in (t["b"], t["b_child"]):
+                got = await http.get(base + page.format(target))
+                assert got.status_code == 404, (page, got.status_code)
+                assert "bobsecret" not in got.text
