@@ -193,9 +193,17 @@
     window.addEventListener("pagehide", function () { es.close(); });
   }
 
+  // Paint first, then start the work that talks to the server (verify, paging, live
+  // streams): on a busy machine that work would otherwise delay the first screen.
+  function afterFirstPaint(fn) {
+    requestAnimationFrame(function () { setTimeout(fn, 0); });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
-    var root = document.getElementById("thread");
-    if (root) threadPage(root);
-    liveRows();
+    afterFirstPaint(function () {
+      var root = document.getElementById("thread");
+      if (root) threadPage(root);
+      liveRows();
+    });
   });
 })();
