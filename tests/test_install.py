@@ -252,6 +252,14 @@ def test_list_shows_presence_and_configuration(home: Path) -> None:
     assert human.exit_code == 0 and "configured" in human.stdout and "cursor" in human.stdout
 
 
+def test_install_says_when_the_client_is_not_installed(home: Path) -> None:
+    res = run("install", "claude-desktop")
+    assert res.exit_code == 0 and "Claude Desktop does not look installed" in res.stderr
+    (home / ".gemini").mkdir()
+    res = run("install", "gemini-cli")
+    assert res.exit_code == 0 and "does not look installed" not in res.stderr
+
+
 # ------------------------------------------------------------------ Claude Code hooks
 
 HOOK_EVENTS = ["SessionStart", "UserPromptSubmit", "PostToolUse", "Stop", "SubagentStop", "PreCompact"]

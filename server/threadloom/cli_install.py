@@ -74,6 +74,7 @@ def install(
         fail(f"name the client to install into: {CLIENT_NAMES} (or --list)", 2)
     try:
         plan = inst.plan_install(client, scope=_scope(scope), root=root, project=project, hooks=hooks)
+        present = plan.client.present()  # before our own file makes it look present
         if not dry_run:
             plan.apply()
     except ThreadloomError as exc:
@@ -83,6 +84,8 @@ def install(
         fail(f"{exc.filename or ''}: {exc.strerror or exc}")
         raise
     _report(out, plan, dry_run)
+    if not present and not out.json:
+        out.note(f"note: {plan.client.label} does not look installed here; the configuration waits for it")
 
 
 @app.command(rich_help_panel=SETUP)
@@ -140,10 +143,6 @@ def _report(out: Out, plan: Any, dry_run: bool) -> None:
         out.note(f"server command: {escape(' '.join(plan.command))}")
         if plan.changed:
             out.note(f"restart {plan.client.label} to load it")
-        if not plan.client.present():
-            out.note(
-                f"note: {plan.client.label} does not look installed here; the configuration waits for it"
-            )
 
 
 def _show_list(out: Out, statuses: list[Any]) -> None:
