@@ -285,3 +285,25 @@ async def test_the_web_pages_beside_mcp_keep_to_the_tokens_agents(server: str) -
                 got = await http.get(base + page.format(target))
                 assert got.status_code == 404, (page, got.status_code)
                 assert "bobsecret" not in got.text
+
+
+async def test_a_session_answers_only_the_token_that_opened_it(server: str) -> None:
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    base = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    async with httpx2.AsyncClient(timeout=30) as http:
+        opened = await http.post(server, json=init, headers={**base, "Authorization": f"Bearer {ALICE}"})
+        sid = opened.headers["mcp-session-id"]
+        ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+        session = {**base, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"}
+        for token, status in ((PAIR, 404), (ADMIN, 404), (ALICE, 200)):
+            r = await http.post(server, json=ping, headers={**session, "Authorization": f"Bearer {token}"})
+            assert r.status_code == status, (token[:1], r.status_code, r.text[:200])

@@ -288,11 +288,13 @@ class BearerGuard:
             await self.app(scope, receive, send)
             return
         auth = next((v for k, v in scope.get("headers", []) if k == b"authorization"), None)
-        granted = self.tokens.lookup(auth)
+        grant = self.tokens.lookup_grant(auth)
         path = scope.get("path", "")
-        if granted is None and not is_mcp_path(path):
+        if grant is None and not is_mcp_path(path):
             cookie = cookie_token(scope)
-            granted = self.tokens.lookup(f"Bearer {cookie}".encode()) if cookie else None
+            grant = self.tokens.lookup_grant(f"Bearer {cookie}".encode()) if cookie else None
+        granted = None if grant is None else grant[1]
+        if granted is None and not is_mcp_path(path):
             if granted is None and is_public_web_path(path):
                 await self.app(scope, receive, send)
                 return
@@ -312,8 +314,19 @@ class BearerGuard:
                 [(b"www-authenticate", b'Bearer realm="threadloom"')],
             )
             return
+        assert grant is not None
+        inner = {**scope, SCOPE_KEY: granted, "user": _principal(grant[0])}
         with acting_as(granted):  # pages served beside /mcp call the service in this task
-            await self.app({**scope, SCOPE_KEY: granted}, receive, send)
+            await self.app(inner, receive, send)
+
+
+def _principal(index: int) -> Any:
+    """The SDK's user for grant ``index``: its session manager answers a session only to the
+    token that opened it (404 to any other), so one token cannot ride another's session."""
+    from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+    from mcp.server.auth.provider import AccessToken
+
+    return AuthenticatedUser(AccessToken(token="", client_id=f"threadloom-token-{index + 1}", scopes=[]))
 
 
 async def _to_login(send: Any, path: str) -> None:

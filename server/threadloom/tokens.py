@@ -104,13 +104,19 @@ class TokenTable:
         The scheme ``Bearer`` is matched case-insensitively (RFC 9110 §11.1); every
         configured token is compared, so the time taken does not tell which one matched.
         """
+        found = self.lookup_grant(authorization)
+        return None if found is None else found[1]
+
+    def lookup_grant(self, authorization: bytes | None) -> tuple[int, AgentScope] | None:
+        """:meth:`lookup`, with the position of the matching grant (which names the
+        principal an HTTP session belongs to, never the token itself)."""
         presented = bearer_credentials(authorization)
         if presented is None:
             return None
-        found: AgentScope | None = None
-        for token, scope in self._entries:
+        found: tuple[int, AgentScope] | None = None
+        for i, (token, scope) in enumerate(self._entries):
             if hmac.compare_digest(presented, token) and found is None:
-                found = scope
+                found = (i, scope)
         return found
 
 
