@@ -7,6 +7,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 from mcp import Client
 
@@ -311,3 +312,22 @@ async def test_forks_are_listed_on_the_thread_page(svc: ThreadService, filled: F
     assert 'class="card forks"' in source.text and f"/t/{fork.thread_id}" in source.text
     assert "Try another runner" in source.text and "from this thread at #2" in source.text
     assert f'href="/t/{filled.worker}#e2"' in forked.text  # the fork point in its manifest
+
+
+async def test_live_rows_keep_to_the_tokens_agents(svc: ThreadService, filled: Filled) -> None:
+    from threadloom.scope import EVERY_AGENT, AgentScope, acting_as
+    from threadloom.web import live
+
+    rows_seen: list[str] = []
+    with acting_as(AgentScope.of(["orchestrator"])):
+        stream = live.rows_stream(svc, [filled.hostile, filled.parent], lambda t: t.thread_id)
+        assert await anext(stream) == b": live\n\n"
+        with acting_as(EVERY_AGENT):  # someone else writes both
+            await svc.append(filled.hostile, [{"role": "user", "text": "not for orchestrator eyes"}])
+            await svc.append(filled.parent, [{"role": "user", "text": "mine"}])
+        with anyio.fail_after(5):
+            while filled.parent not in rows_seen:
+                rows_seen.append((await anext(stream)).decode())
+                rows_seen[-1] = rows_seen[-1].split('"thread_id": "')[1][:12]
+        await stream.aclose()
+    assert filled.hostile not in rows_seen

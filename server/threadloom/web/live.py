@@ -19,6 +19,7 @@ import anyio
 
 from ..errors import NotFoundError
 from ..models import Thread
+from ..scope import current_scope
 from ..service import ThreadService
 
 KEEPALIVE = 15.0
@@ -132,7 +133,10 @@ async def rows_stream(
             if idle.cancelled_caught:
                 yield b": ping\n\n"
                 continue
+            scope = current_scope()  # the token's agents: the hub pushes every watched thread
             for tid, thread in sorted(updates.items()):
+                if not scope.allows(thread.agent_id):
+                    continue
                 row = {"thread_id": tid, "parent_id": thread.parent_id, "html": render_row(thread)}
                 yield sse("row", json.dumps(row))
     finally:
