@@ -8,7 +8,14 @@ crosses the context threshold, and times that append end to end: the append comm
 the tail read (backwards from the end, never a scan), the handoff commit (new thread
 seeded with ~16,000 tokens of carried messages, old thread linked) and the mirror
 writes. The baseline, measured in the same run on a twin thread of the same size, is
-the same append without a handoff. Goal (issue 4): under 50 ms at 10,000 events.
+the same append without a handoff. Goal (issues 4 and 17.4): under 50 ms at 10,000 events,
+including the verification every handoff now runs first (issue 14.8).
+
+The verification columns time that check alone on a third twin: ``verify`` is the quick
+check a handoff runs (verify_anchored.py: one hash over the lines before the anchor,
+line-by-line only after it), ``full`` is ``verify_thread``'s line-by-line check of
+everything, for scale; ``cold`` is the quick check in a process that did not write the
+thread (a new server: its anchor is the last signed checkpoint, with a line-by-line tail).
 Prints a table and writes benchmarks/results/handoff.json.
 """
 
@@ -71,6 +78,7 @@ async def measure(events: int, repeats: int, durability: str, size: str) -> dict
     root = Path(tempfile.mkdtemp(prefix="threadloom-bench-handoff-"))
     settings = Settings(root=root, durability=durability)
     trigger_ms, trigger_cpu_ms, plain_ms, carried, new_events = [], [], [], [], []
+    verify_ms, full_ms, cold_ms, twins = [], [], [], []
     async with ThreadService(SQLiteStore(root, durability=durability), settings) as svc:
         sentences = SIZES[size]
         probe = await build(svc, events, 10_000_000, sentences)
@@ -97,6 +105,19 @@ async def measure(events: int, repeats: int, durability: str, size: str) -> dict
             assert out.handoff is not None, out.warning
             carried.append(out.handoff.carried_messages)
             new_events.append((await svc.get_thread(out.handoff.thread_id)).event_count)
+            twin = await build(svc, events, 10_000_000, sentences)
+            t0 = time.perf_counter()
+            assert (await svc.ensure_verified(twin)).ok
+            verify_ms.append((time.perf_counter() - t0) * 1000)
+            t0 = time.perf_counter()
+            assert (await svc.verify_thread(twin)).ok
+            full_ms.append((time.perf_counter() - t0) * 1000)
+            twins.append(twin)
+    async with ThreadService(SQLiteStore(root, durability=durability), settings) as svc:  # a new process
+        for twin in twins:
+            t0 = time.perf_counter()
+            assert (await svc.ensure_verified(twin)).ok
+            cold_ms.append((time.perf_counter() - t0) * 1000)
     med_t, med_p = statistics.median(trigger_ms), statistics.median(plain_ms)
     return {
         "events": events,
@@ -108,6 +129,9 @@ async def measure(events: int, repeats: int, durability: str, size: str) -> dict
         "handoff_append_cpu_ms_median": statistics.median(trigger_cpu_ms),
         "plain_append_ms_median": med_p,
         "ratio": med_t / med_p,
+        "verify_ms_median": statistics.median(verify_ms),
+        "verify_full_ms_median": statistics.median(full_ms),
+        "verify_cold_ms_median": statistics.median(cold_ms),
         "carried_messages": statistics.median(carried),
         "new_thread_events": statistics.median(new_events),
         "goal_ms": GOAL_MS,
@@ -129,13 +153,14 @@ async def main() -> None:
                 rows.append(await measure(n, args.repeats, durability, size))
     print(
         f"{'durability':<10} {'events':>8} {'size':<8} {'handoff append':>15} {'max':>8} {'cpu':>8} {'plain append':>13} "
-        f"{'ratio':>7} {'carried':>8}  goal <{GOAL_MS:.0f} ms"
+        f"{'ratio':>7} {'carried':>8} {'verify':>8} {'full':>8} {'cold':>8}  goal <{GOAL_MS:.0f} ms"
     )
     for r in rows:
         print(
             f"{r['durability']:<10} {r['events']:>8,} {r['event_size']:<8} {r['handoff_append_ms_median']:>12.1f} ms "
             f"{r['handoff_append_ms_max']:>5.1f} ms {r['handoff_append_cpu_ms_median']:>5.1f} ms"
-            f" {r['plain_append_ms_median']:>10.2f} ms {r['ratio']:>6.1f}x {r['carried_messages']:>8.0f}  "
+            f" {r['plain_append_ms_median']:>10.2f} ms {r['ratio']:>6.1f}x {r['carried_messages']:>8.0f}"
+            f" {r['verify_ms_median']:>5.1f} ms {r['verify_full_ms_median']:>5.0f} ms {r['verify_cold_ms_median']:>5.0f} ms  "
             f"{'yes' if r['meets_goal'] else 'NO'}"
         )
     RESULTS.mkdir(exist_ok=True)

@@ -121,10 +121,15 @@ class Carried:
     chars: int
 
     @classmethod
-    def from_stored(cls, ev: StoredEvent) -> Carried:
+    def from_stored(cls, ev: StoredEvent) -> Carried | None:
+        """The event as carried, or None when it is no part of the conversation. The type is
+        the line's own (what verification proves), never the row's ``type`` column."""
         data = ev.data()
+        etype = data.get("type")
+        if etype not in CONVERSATION_TYPES:
+            return None
         del data["seq"], data["ts"]
-        return cls(ev.seq, ev.type, data, conversation_chars(data))
+        return cls(ev.seq, etype, data, conversation_chars(data))
 
     def new_event(self) -> NewEvent:
         return NewEvent(self.type, self.payload, self.chars)
@@ -180,9 +185,9 @@ async def read_carry(store: Store, thread: Thread, budget_chars: int) -> list[Ca
         lo = max(0, hi - want)
         page = await store.read_events(thread.thread_id, after_seq=lo, limit=hi - lo)
         for ev in reversed(page):
-            if ev.type not in CONVERSATION_TYPES:
-                continue
             c = Carried.from_stored(ev)
+            if c is None:
+                continue
             if used + c.chars > budget_chars:
                 full = True
                 break
@@ -371,7 +376,7 @@ async def plan_resume(
     reason = "resume"
     if end.text_chars + len(message) <= max_chars:
         events = await store.read_events(end.thread_id)
-        carried = [Carried.from_stored(e) for e in events if e.type in CONVERSATION_TYPES]
+        carried = [c for e in events if (c := Carried.from_stored(e)) is not None]
         seed: str | None = None
         trimmed = False
     else:

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import stat
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -303,8 +304,12 @@ def checkpoint_payload(signer: Signer, digest_hex: str) -> dict[str, Any]:
     return {"type": "checkpoint", "sha256": digest_hex, "signature": signer.sign(bytes.fromhex(digest_hex))}
 
 
-FetchLines = Callable[[int, int], list[str]]
-"""Lines of one thread with ``after < seq <= upto``, in seq order, from the database."""
+FetchLines = Callable[[int, int], Sequence[str | bytes]]
+"""Lines of one thread with ``after < seq <= upto``, in seq order, from the database.
+
+Any list whose items joined by newlines give those lines will do (a backend may hand
+them over as one pre-joined value, text or UTF-8 bytes): the hash sees ``item + "\\n"``
+for each item."""
 
 
 class TranscriptHashes:
@@ -312,30 +317,61 @@ class TranscriptHashes:
 
     Writers never touch it directly: a transaction works on a :class:`HashView` and
     publishes it only when the transaction committed, so a rollback leaves no trace.
+
+    A state is **trusted** when every line it covers went through this process: the thread
+    was created here and every append extended it, or verification proved the lines it
+    covers (:meth:`trust`). A state that read lines from the database to catch up (a new
+    process, another process's appends) hashes whatever the database held: it signs
+    checkpoints like any other, but is no anchor for verification (:meth:`anchor`).
+    Read from the writer and the readers' threads, hence the lock.
     """
 
     def __init__(self, max_threads: int = HASH_CACHE_THREADS) -> None:
-        self._states: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        self._states: OrderedDict[str, tuple[int, Any, bool]] = OrderedDict()
         self._max = max_threads
+        self._lock = threading.Lock()
 
     def view(self, parents: Sequence[HashView] = ()) -> HashView:
         """A scratch view over the cache and the (uncommitted) ``parents``, newest last."""
         return HashView(self, tuple(parents))
 
-    def get(self, thread_id: str) -> tuple[int, Any] | None:
-        state = self._states.get(thread_id)
-        if state is not None:
-            self._states.move_to_end(thread_id)
-        return state
+    def get(self, thread_id: str) -> tuple[int, Any, bool] | None:
+        with self._lock:
+            state = self._states.get(thread_id)
+            if state is not None:
+                self._states.move_to_end(thread_id)
+            return state
 
-    def put(self, thread_id: str, seq: int, state: Any) -> None:
-        self._states[thread_id] = (seq, state)
-        self._states.move_to_end(thread_id)
-        while len(self._states) > self._max:
-            self._states.popitem(last=False)
+    def put(self, thread_id: str, seq: int, state: Any, trusted: bool = False) -> None:
+        with self._lock:
+            self._states[thread_id] = (seq, state, trusted)
+            self._states.move_to_end(thread_id)
+            while len(self._states) > self._max:
+                self._states.popitem(last=False)
 
     def forget(self, thread_id: str) -> None:
-        self._states.pop(thread_id, None)
+        with self._lock:
+            self._states.pop(thread_id, None)
+
+    def anchor(self, thread_id: str) -> tuple[int, Any] | None:
+        """(seq, a copy of the hash of lines 1..seq) when the state is trusted, else None."""
+        with self._lock:
+            state = self._states.get(thread_id)
+            if state is None or not state[2]:
+                return None
+            return state[0], state[1].copy()
+
+    def trust(self, thread_id: str, seq: int, state: Any) -> None:
+        """Verification proved lines 1..``seq`` hash to ``state``: keep it as an anchor, unless
+        the cache already holds a newer state (a writer went on meanwhile)."""
+        with self._lock:
+            have = self._states.get(thread_id)
+            if have is not None and (have[0] > seq or (have[0] == seq and have[2])):
+                return
+            self._states[thread_id] = (seq, state.copy(), True)
+            self._states.move_to_end(thread_id)
+            while len(self._states) > self._max:
+                self._states.popitem(last=False)
 
 
 class HashView:
@@ -344,15 +380,19 @@ class HashView:
     def __init__(self, cache: TranscriptHashes, parents: tuple[HashView, ...]) -> None:
         self._cache = cache
         self._parents = parents
-        self._mine: dict[str, tuple[int, Any]] = {}
+        self._mine: dict[str, tuple[int, Any, bool]] = {}
 
-    def _lookup(self, thread_id: str) -> tuple[int, Any] | None:
+    def _lookup(self, thread_id: str) -> tuple[int, Any, bool] | None:
         if thread_id in self._mine:
             return self._mine[thread_id]
         for view in reversed(self._parents):
             if thread_id in view._mine:
                 return view._mine[thread_id]
         return self._cache.get(thread_id)
+
+    def start(self, thread_id: str) -> None:
+        """A thread was created in this transaction: its (empty) transcript is known exactly."""
+        self._mine[thread_id] = (0, hashlib.sha256(), True)
 
     def extend(self, thread_id: str, count_before: int, lines: Sequence[str]) -> None:
         """Lines were appended after seq ``count_before``; extend the running hash if it is there."""
@@ -363,24 +403,25 @@ class HashView:
         for line in lines:
             h.update(line.encode())
             h.update(b"\n")
-        self._mine[thread_id] = (count_before + len(lines), h)
+        self._mine[thread_id] = (count_before + len(lines), h, state[2])
 
     def digest(self, thread_id: str, upto: int, fetch: FetchLines) -> str:
         """SHA-256 (hex) of the transcript bytes of seqs 1..``upto``; reads only the lines it lacks."""
         state = self._lookup(thread_id)
         if state is not None and state[0] <= upto:
-            seq, h = state[0], state[1].copy()
+            seq, h, trusted = state[0], state[1].copy(), state[2]
         else:
-            seq, h = 0, hashlib.sha256()
+            seq, h, trusted = 0, hashlib.sha256(), False
         if seq < upto:
+            trusted = False  # lines read from the database, as it holds them now
             for line in fetch(seq, upto):
-                h.update(line.encode())
+                h.update(line if isinstance(line, bytes) else line.encode())
                 h.update(b"\n")
-            self._mine[thread_id] = (upto, h.copy())
+        self._mine[thread_id] = (upto, h.copy(), trusted)
         return h.hexdigest()
 
     def publish(self) -> None:
         """Make this view's states the cache's (call once its transaction committed)."""
-        for tid, (seq, h) in self._mine.items():
-            self._cache.put(tid, seq, h)
+        for tid, (seq, h, trusted) in self._mine.items():
+            self._cache.put(tid, seq, h, trusted)
         self._mine.clear()

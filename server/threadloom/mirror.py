@@ -248,6 +248,8 @@ class Mirror:
     def _append_known(self, thread_id: str, fd: int, appended: list[StoredEvent] | None) -> bool:
         """Append ``appended`` straight from memory when the file ends just before them."""
         cached = self._cache.get(thread_id)
+        if cached is None and appended and appended[0].seq == 1:
+            cached = (0, 0)  # a new thread: its file must be empty (checked below)
         if not appended or cached is None or cached[1] + 1 != appended[0].seq:
             return False
         if os.fstat(fd).st_size != cached[0]:

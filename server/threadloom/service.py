@@ -94,6 +94,7 @@ from .store.base import (
     Store,
 )
 from .verify import VerificationFailed, VerifyReport, lagging, verify_snapshot
+from .verify_anchored import verify_anchored
 from .waiting import MAX_READ_WAIT, wait_for_events, wait_threads
 from .wake import Subscription, WakeHub
 
@@ -115,6 +116,8 @@ ACCOUNT_PLAN_RETRIES = 64
 VERIFY_LAG_RETRIES = 3
 RESOURCE_PAGE = 1000
 """Events read per page when a resource read is capped (max_resource_bytes)."""
+ANCHORED_INLINE_LINES = 2000
+"""A quick verification with more lines after its anchor than this runs on a worker thread."""
 _UNSET: Any = object()
 
 
@@ -780,16 +783,20 @@ class ThreadService:
         return outcome.model_copy(update={"handoff": info, "status": Status.CONTINUED})
 
     async def handoff(
-        self, thread_id: str, *, summary: str | None = None, reason: str = "explicit"
+        self, thread_id: str, *, summary: str | None = None, reason: str = "explicit", force: bool = False
     ) -> HandoffInfo:
         """Continue a running thread in a fresh sibling now, before the threshold (DESIGN §7).
 
         ``summary`` (the client's own account of the work so far) goes into the
-        continuation message. Returns where to append from now on.
+        continuation message. Returns where to append from now on. The thread is verified
+        first, as for a resume; ``force`` (operators only, never an MCP argument) goes on
+        when it fails, logging why.
 
         Raises:
             InvalidStateError: the thread is not running (ThreadContinuedError names the end).
             LimitExceededError: the continuation would not start below the threshold.
+            IntegrityError: ``integrity_failed``, the transcript fails verification (the
+                message names the first bad line).
         """
         await visibility.visible(self.store, thread_id)
         if summary is not None:
@@ -802,19 +809,32 @@ class ThreadService:
             raise InvalidInputError(
                 f"reason must be 1-{MAX_REASON} characters; got {reason!r:.80}", rule="reason_length"
             )
-        info = await self._handoff(thread_id, summary=summary or None, reason=reason.strip(), auto=False)
+        info = await self._handoff(
+            thread_id, summary=summary or None, reason=reason.strip(), auto=False, force=force
+        )
         assert info is not None
         return info
 
     async def _handoff(
-        self, thread_id: str, *, summary: str | None, reason: str, auto: bool, first: Thread | None = None
+        self,
+        thread_id: str,
+        *,
+        summary: str | None,
+        reason: str,
+        auto: bool,
+        first: Thread | None = None,
+        force: bool = False,
     ) -> HandoffInfo | None:
-        """Plan and commit one handoff, re-planning when a guard reports a race.
+        """Verify, plan and commit one handoff, re-planning when a guard reports a race.
 
         ``auto``: only if the thread is (still) at its threshold; a thread that another
-        caller handed off already is reported, not handed off twice.
+        caller handed off already is reported, not handed off twice. A thread that fails
+        verification is refused (``integrity_failed``) unless ``force``.
         """
-        for attempt in range(PLAN_RETRIES):
+        tries = [0]
+
+        async def attempt_handoff() -> HandoffInfo | None:
+            attempt, tries[0] = tries[0], tries[0] + 1
             thread = first if first is not None and attempt == 0 else await self.store.get_thread(thread_id)
             if thread.status != Status.RUNNING:
                 if auto:
@@ -828,7 +848,7 @@ class ThreadService:
             threshold = self._threshold(thread)
             if auto and thread.context().ratio < threshold:
                 return None
-            plan = await chain.plan_handoff(
+            planning = chain.plan_handoff(
                 self.store,
                 thread,
                 reason=reason,
@@ -837,12 +857,11 @@ class ThreadService:
                 ceiling_tokens=self.settings.resume_ceiling_tokens,
                 threshold=threshold,
             )
-            try:
-                res = await self.store.commit(plan.ops)
-            except ConflictError as exc:
-                if exc.rule in RACE_RULES and attempt < PLAN_RETRIES - 1:
-                    continue
-                raise
+            if attempt == 0:  # an edited transcript must not become the new thread's context
+                plan = await self._verified_then(thread_id, planning, force=force)
+            else:
+                plan = await planning
+            res = await self.store.commit(plan.ops)
             new = res.threads[plan.new.thread_id]
             ctx = new.context()
             log.info(
@@ -866,7 +885,31 @@ class ThreadService:
                     f"{len(plan.carried)} messages (read thread://{new.thread_id}/messages)."
                 ),
             )
-        raise AssertionError("unreachable")
+
+        return await self._retrying(attempt_handoff)
+
+    async def _verified_then(self, thread_id: str, planning: Awaitable[T], *, force: bool) -> T:
+        """``planning``'s result once the thread verified (ensure_verified): both read at once
+        (the check mostly waits on the database and hashes outside the GIL), and a failed
+        verification wins over anything the plan raised, since nothing is committed yet."""
+        errors: dict[str, BaseException] = {}
+        planned: list[T] = []
+
+        async def verify() -> None:
+            try:
+                await self.ensure_verified(thread_id, force=force)
+            except ThreadloomError as exc:
+                errors["verify"] = exc
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(verify)
+            try:
+                planned.append(await planning)
+            except ThreadloomError as exc:
+                errors["plan"] = exc
+        if errors:
+            raise errors.get("verify") or errors["plan"]
+        return planned[0]
 
     async def _past_handoff(self, thread: Thread) -> HandoffInfo | None:
         """The handoff a continued thread already made, pointing at its chain's current end."""
@@ -919,7 +962,9 @@ class ThreadService:
                 f"message is {size} bytes of JSON; the limit (max_event_bytes) is {self.settings.max_event_bytes}",
                 rule="event_size",
             )
-        for attempt in range(PLAN_RETRIES):
+        verified = [False]
+
+        async def attempt_resume() -> ResumeOutcome:
             start = await self.store.get_thread(thread_id)
             end, problem = await chain.resolve_end(self.store, start)
             if not visibility.allows(end):
@@ -942,8 +987,9 @@ class ThreadService:
                     + (f" ({hint})" if hint else ""),
                     rule="resume_not_finished",
                 )
-            if attempt == 0:  # a transcript edited on disk must not become the new thread's context
+            if not verified[0]:  # a transcript edited on disk must not become the new thread's context
                 await self.ensure_verified(end.thread_id, force=force)
+                verified[0] = True
             plan = await chain.plan_resume(
                 self.store,
                 end,
@@ -952,12 +998,7 @@ class ThreadService:
                 ceiling_tokens=self.settings.resume_ceiling_tokens,
                 threshold=self._threshold(end),
             )
-            try:
-                res = await self.store.commit(plan.ops)
-            except ConflictError as exc:
-                if exc.rule in RACE_RULES and attempt < PLAN_RETRIES - 1:
-                    continue
-                raise
+            res = await self.store.commit(plan.ops)
             new = res.threads[plan.new.thread_id]
             system, messages = format_messages(rebuild_messages(res.appends[0].events), format)
             how = (
@@ -981,7 +1022,8 @@ class ThreadService:
                     f"and your message; append to {new.thread_id} from now on"
                 ),
             )
-        raise AssertionError("unreachable")
+
+        return await self._retrying(attempt_resume)
 
     async def get_chain(self, thread_id: str) -> ChainView:
         """Every thread of the chain of ``thread_id`` (any member) in link order, and its end."""
@@ -1028,6 +1070,9 @@ class ThreadService:
             VerificationFailed: an IntegrityError (``rule='integrity_failed'``) with the first
                 problem in its message and the whole report on ``.report``.
         """
+        quick = await self._verify_anchored(thread_id)
+        if quick is not None:
+            return quick
         report = await self.verify_thread(thread_id)
         if report.ok:
             return report
@@ -1035,6 +1080,22 @@ class ThreadService:
             log.warning("thread %s failed verification, going on (--force): %s", thread_id, report.summary)
             return report
         raise VerificationFailed(report)
+
+    async def _verify_anchored(self, thread_id: str) -> VerifyReport | None:
+        """The intact thread's report from the quick check (verify_anchored.py), or None when
+        it must be verified in full (a problem, a write in flight, no usable anchor)."""
+        snap = await self.store.read_anchored(check_thread_id(thread_id))
+        if snap is None:
+            return None
+        signer = self.store.signer
+        if len(snap.tail) > ANCHORED_INLINE_LINES:
+            found = await anyio.to_thread.run_sync(verify_anchored, snap, signer)
+        else:
+            found = verify_anchored(snap, signer)
+        if found is None:
+            return None
+        self.store.trust_verified(thread_id, found.events, found.state)
+        return found.report
 
     async def manifest_json(self, thread_id: str) -> str:
         """The thread's signed ``thread.json`` (the same bytes the mirror writes)."""

@@ -34,6 +34,7 @@ __all__ = [
     "ImportThread",
     "Op",
     "IntegritySnapshot",
+    "AnchoredSnapshot",
     "AppendResult",
     "CommitResult",
     "IdempotencyRecord",
@@ -130,6 +131,27 @@ class IntegritySnapshot:
     events: list[StoredEvent]
     chain_head: str | None
     files: MirrorFiles | None
+
+
+@dataclass(frozen=True, slots=True)
+class AnchoredSnapshot:
+    """What a quick verification reads (verify_anchored.py), as of one moment.
+
+    ``anchor``: (m, hash of lines 1..m) this process trusts, if any. ``base`` is the larger
+    of m and (the seq of the last checkpoint after m) - 1; ``prefix`` holds lines 1..base
+    joined by newlines, UTF-8 (None when base is 0) and ``tail`` the events after it, with their
+    ``prev_hash``. ``files`` as in :class:`IntegritySnapshot`. ``imported``: the thread came
+    in through ``threadloom import`` (its signatures are another key's: checked in full).
+    """
+
+    thread: Thread
+    chain_head: str | None
+    anchor: tuple[int, Any] | None
+    base: int
+    prefix: bytes | None
+    tail: list[StoredEvent]
+    files: MirrorFiles | None
+    imported: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +374,19 @@ class Store(abc.ABC):
         thread = await self.get_thread(thread_id)
         events = await self.read_events(thread_id)
         return IntegritySnapshot(thread, events, None, None)
+
+    async def read_anchored(self, thread_id: str) -> AnchoredSnapshot | None:
+        """What :func:`~threadloom.verify_anchored.verify_anchored` needs, read consistently
+        like :meth:`read_integrity`; None where the backend offers no quick path (then the
+        caller verifies in full). Raises NotFoundError."""
+        return None
+
+    def trust_verified(self, thread_id: str, seq: int, state: Any) -> None:
+        """Verification proved lines 1..``seq`` of the thread hash to ``state``: keep it as the
+        anchor of the next quick verification (where the backend keeps running hashes)."""
+        hashes = getattr(self, "_hashes", None)
+        if hashes is not None:
+            hashes.trust(thread_id, seq, state)
 
     # -------------------------------------------------------------------- search
     #

@@ -27,6 +27,7 @@ from .apply import (
     wants_checkpoint,
 )
 from .base import (
+    AnchoredSnapshot,
     AppendEvents,
     AppendResult,
     CommitResult,
@@ -110,6 +111,7 @@ class MemoryStore(Store):
                 threads[tid] = op.thread.model_copy(
                     update={"event_count": 0, "text_chars": 0, "input_tokens": None, "version": 1}
                 )
+                view.start(tid)
             elif isinstance(op, AppendEvents):
                 t = current(op.thread_id)
                 check_status_guard(op, t.status)
@@ -241,6 +243,20 @@ class MemoryStore(Store):
         return IntegritySnapshot(
             thread, list(self._events.get(thread_id, [])), self._heads.get(thread_id), None
         )
+
+    async def read_anchored(self, thread_id: str) -> AnchoredSnapshot:
+        thread = self._threads.get(thread_id)  # one instant, as read_integrity
+        if thread is None:
+            raise not_found(thread_id)
+        events = list(self._events.get(thread_id, []))
+        anchor = self._hashes.anchor(thread_id)
+        if anchor is not None and anchor[0] > len(events):
+            anchor = None
+        m = anchor[0] if anchor is not None else 0
+        cp = next((e.seq for e in reversed(events[m:]) if e.type == "checkpoint"), 0)
+        base = max(m, cp - 1)
+        prefix = "\n".join(e.line for e in events[:base]).encode() if base else None
+        return AnchoredSnapshot(thread, self._heads.get(thread_id), anchor, base, prefix, events[base:], None)
 
     async def list_chain(self, chain_root_id: str) -> list[Thread]:
         rows = [t for t in self._threads.values() if t.chain_root_id == chain_root_id]

@@ -50,6 +50,7 @@ from .apply import (
     wants_checkpoint,
 )
 from .base import (
+    AnchoredSnapshot,
     AppendEvents,
     AppendResult,
     CommitResult,
@@ -453,6 +454,7 @@ class PostgresStore(Store):
             )
             reread.add(t.thread_id)
             result.threads[t.thread_id] = t
+            view.start(t.thread_id)
         elif isinstance(op, AppendEvents):
             text_delta, last_tokens = counters_after(op.events, 0, None)
             # one round trip: lock the row, move the counters, learn the base seq, status and head
@@ -601,11 +603,13 @@ class PostgresStore(Store):
         after = cached[0] if cached is not None and cached[0] <= state.count else 0
         lines: list[str] = []
         if after < state.count:
-            cur = await conn.execute(
-                "SELECT line FROM events WHERE thread_id = %s AND seq > %s AND seq <= %s ORDER BY seq",
+            cur = await conn.execute(  # one joined value: no row per line
+                "SELECT convert_to(string_agg(line, E'\\n' ORDER BY seq), 'UTF8') FROM events"
+                " WHERE thread_id = %s AND seq > %s AND seq <= %s",
                 (tid, after, state.count),
             )
-            lines = [r[0] for r in await cur.fetchall()]
+            text = (await cur.fetchone())[0]  # type: ignore[index]
+            lines = [] if text is None else [bytes(text)]
         digest = view.digest(tid, state.count, lambda _a, _u: lines)
         event = checkpoint_event(self.signer, digest)
         seq = state.count + 1
@@ -638,6 +642,45 @@ class PostgresStore(Store):
             )
             events = [StoredEvent(thread_id, *r) for r in await cur.fetchall()]
             return IntegritySnapshot(_row_to_thread(row[:10]), events, row[10], None)
+
+        return await self._run(fn, write=False)
+
+    async def read_anchored(self, thread_id: str) -> AnchoredSnapshot:
+        async def fn(conn: psycopg.AsyncConnection) -> AnchoredSnapshot:
+            anchor = self._hashes.anchor(thread_id)  # before the snapshot: what it covers is committed
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cur = await conn.execute(
+                f"SELECT {_THREAD_COLS}, chain_head FROM threads WHERE thread_id = %s", (thread_id,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise not_found(thread_id)
+            thread = _row_to_thread(row[:10])
+            if anchor is not None and anchor[0] > thread.event_count:
+                anchor = None
+            m = anchor[0] if anchor is not None else 0
+            cur = await conn.execute(
+                "SELECT seq FROM events WHERE thread_id = %s AND seq > %s AND type = 'checkpoint'"
+                " ORDER BY seq DESC LIMIT 1",
+                (thread_id, m),
+            )
+            cp = await cur.fetchone()
+            base = max(m, cp[0] - 1 if cp else 0)
+            prefix = None
+            if base:
+                cur = await conn.execute(
+                    "SELECT convert_to(string_agg(line, E'\\n' ORDER BY seq), 'UTF8') FROM events"
+                    " WHERE thread_id = %s AND seq <= %s",
+                    (thread_id, base),
+                )
+                joined = (await cur.fetchone())[0]  # type: ignore[index]
+                prefix = None if joined is None else bytes(joined)
+            cur = await conn.execute(
+                "SELECT seq, ts, type, line, prev_hash FROM events WHERE thread_id = %s AND seq > %s ORDER BY seq",
+                (thread_id, base),
+            )
+            tail = [StoredEvent(thread_id, *r) for r in await cur.fetchall()]
+            return AnchoredSnapshot(thread, row[10], anchor, base, prefix, tail, None)
 
         return await self._run(fn, write=False)
 

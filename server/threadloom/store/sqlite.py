@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -47,6 +48,7 @@ from .apply import (
     wants_checkpoint,
 )
 from .base import (
+    AnchoredSnapshot,
     AppendEvents,
     AppendResult,
     CommitResult,
@@ -87,6 +89,13 @@ MAX_GROUP = 256
 READERS = 2
 WATCH_INTERVAL = 0.005  # seconds between data_version polls while someone waits
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
+
+JOINED_LINES = (
+    "SELECT CAST(group_concat(line, char(10)) AS BLOB) FROM"
+    " (SELECT line FROM events WHERE thread_id = ? AND seq > ? AND seq <= ? ORDER BY seq)"
+)
+"""A thread's lines ``after < seq <= upto`` joined by newlines, as one UTF-8 value (SQLite keeps
+the subquery's order for group_concat; as a BLOB it skips a decode, 3-5x faster for 1 MB)."""
 
 _THREAD_COLS = "thread_id, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version, accounts"
 
@@ -340,6 +349,40 @@ class SQLiteStore(Store):
 
         return await self._read(fn)
 
+    async def read_anchored(self, thread_id: str) -> AnchoredSnapshot:
+        def db(c: sqlite3.Connection) -> AnchoredSnapshot:
+            anchor = self._hashes.anchor(thread_id)  # before the snapshot: what it covers is committed
+            c.execute("BEGIN")
+            try:
+                row = c.execute(
+                    f"SELECT {_THREAD_COLS}, chain_head FROM threads WHERE thread_id = ?", (thread_id,)
+                ).fetchone()
+                if row is None:
+                    raise not_found(thread_id)
+                thread = _row_to_thread(row[:-1])
+                if anchor is not None and anchor[0] > thread.event_count:
+                    anchor = None
+                m = anchor[0] if anchor is not None else 0
+                cp = c.execute(
+                    "SELECT seq FROM events WHERE thread_id = ? AND seq > ? AND type = 'checkpoint'"
+                    " ORDER BY seq DESC LIMIT 1",
+                    (thread_id, m),
+                ).fetchone()
+                base = max(m, cp[0] - 1 if cp else 0)
+                prefix = c.execute(JOINED_LINES, (thread_id, 0, base)).fetchone()[0] if base else None
+                tail = _read_events(c, thread_id, base, None)
+            finally:
+                c.execute("COMMIT")
+            return AnchoredSnapshot(thread, row[-1], anchor, base, prefix, tail, None)
+
+        def fn(c: sqlite3.Connection) -> AnchoredSnapshot:
+            if self.mirror is None:
+                return db(c)
+            snap, files = self.mirror.read_files(thread_id, lambda: db(c))
+            return dc_replace(snap, files=files)
+
+        return await self._read(fn)
+
     async def list_stale(self, now: float, *, limit: int = 100) -> list[Thread]:
         q = (
             f"SELECT {_THREAD_COLS} FROM threads WHERE status = 'running' "
@@ -553,6 +596,7 @@ class SQLiteStore(Store):
                     ),
                 )
                 result.threads[t.thread_id] = None  # type: ignore[assignment]  # read after commit
+                view.start(t.thread_id)
             elif isinstance(op, AppendEvents):
                 res, state = self._append(conn, op, ts, epoch, view)
                 result.appends.append(res)
@@ -738,9 +782,9 @@ class SQLiteStore(Store):
     ) -> None:
         """Append the signed checkpoint after the thread's last event in this transaction."""
 
-        def fetch(after: int, upto: int) -> list[str]:
-            q = "SELECT line FROM events WHERE thread_id = ? AND seq > ? AND seq <= ? ORDER BY seq"
-            return [line for (line,) in conn.execute(q, (tid, after, upto))]
+        def fetch(after: int, upto: int) -> list[str]:  # one joined string: no row objects
+            (text,) = conn.execute(JOINED_LINES, (tid, after, upto)).fetchone()
+            return [] if text is None else [text]
 
         digest = view.digest(tid, state.count, fetch)
         event = checkpoint_event(self.signer, digest)
