@@ -57,6 +57,7 @@ from .models import (
     utc_now,
 )
 from .numbers import quote
+from .provenance import ImportRecord, SignedSpan, parse_spans
 from .service import ThreadService
 from .store.apply import COUNTER_FIELDS
 
@@ -125,6 +126,11 @@ async def export_bundle(
     threads = [t for members in chains.values() for t in members]
     summary.threads = len(threads)
     total_events = sum(t.event_count for t in threads)
+    signer = service.store.signer
+    records = await service.store.import_records([t.thread_id for t in threads])
+    keys = {signer.key_id: signer.public_pem.decode("ascii")}
+    for record in records.values():
+        keys.update(record.keys)
     header = {
         "kind": BUNDLE_KIND,
         "format": BUNDLE_FORMAT,
@@ -132,6 +138,7 @@ async def export_bundle(
         "exported_at": iso(utc_now()),
         "threads": len(threads),
         "events": total_events,
+        "keys": keys,
     }
     out.write(canonical_json(header) + "\n")
     for root in sorted(chains, key=lambda r: (chains[r][0].created_at, r)):
@@ -147,12 +154,9 @@ async def export_bundle(
             # the manifest first, then exactly the events it counts: one consistent moment
             thread = (await service.store.get_threads([listed.thread_id])).get(listed.thread_id, listed)
             events = await _all_events(service, thread.thread_id, upto=thread.event_count)
-            out.write(
-                canonical_json(
-                    {"kind": "thread", "thread": thread.model_dump(mode="json", include=EXPORT_FIELDS)}
-                )
-                + "\n"
-            )
+            rec = {"kind": "thread", "thread": thread.model_dump(mode="json", include=EXPORT_FIELDS)}
+            rec["signed_by"] = _signed_by(records.get(thread.thread_id), signer.key_id, thread.event_count)
+            out.write(canonical_json(rec) + "\n")
             for ev in events:
                 out.write('{"event":' + ev.line + ',"kind":"event","thread_id":"' + ev.thread_id + '"}\n')
             summary.events += len(events)
@@ -161,6 +165,15 @@ async def export_bundle(
     summary.threads = len(summary.thread_ids)  # as written (a chain may have grown since it was listed)
     out.write(canonical_json({"kind": "end", "threads": summary.threads, "events": summary.events}) + "\n")
     return summary
+
+
+def _signed_by(record: ImportRecord | None, own: str, count: int) -> list[dict[str, Any]]:
+    """Which key signed the thread's checkpoints, as spans (provenance.SignedSpan): the ones
+    recorded when it was imported here, then this root's own key for what it signed since."""
+    spans = [s.model_dump(mode="json") for s in record.spans] if record is not None else []
+    if record is None or count > record.events:
+        spans.append({"upto": count, "key_id": own})
+    return spans
 
 
 async def _all_events(
@@ -190,6 +203,8 @@ class Candidate:
     error: str | None = None  # the first problem found ...
     error_at: str | None = None  # ... and the file:line it is on
     raw_id: str = "?"
+    keys: dict[str, str] = field(default_factory=dict)  # the bundle's public keys (PEM by key id)
+    signed_by: list[SignedSpan] = field(default_factory=list)  # which key the bundle says signed what
 
     def fail(self, where: str, message: str) -> None:
         if self.error is None:
@@ -294,7 +309,12 @@ def read_source(path: Path) -> list[Candidate]:
                 f"{__version__} (it reads format {BUNDLE_FORMAT})",
                 rule="import_format",
             )
-        return _read_bundle(path, lines, first)
+        keys = head.get("keys")
+        keys = {str(k): v for k, v in keys.items() if isinstance(v, str)} if isinstance(keys, dict) else {}
+        cands = _read_bundle(path, lines, first)
+        for cand in cands:
+            cand.keys = keys
+        return cands
     return [_read_legacy(path, lines, first, head)]
 
 
@@ -330,6 +350,7 @@ class _Bundle:
                     f"thread_id {quote(raw_id)} is not 12 hex digits", rule="import_manifest"
                 )
             self.cur.thread = thread
+            self.cur.signed_by = parse_spans(rec.get("signed_by"))
         elif kind == "event":
             cur = self.cur
             if cur is None:
@@ -723,8 +744,17 @@ async def import_files(
             else (good[t].thread, good[t].events)
             for t in ids
         ]
+        keys: dict[str, str] = {}
+        for t in ids:
+            keys.update(good[t].keys)
         try:
-            await service.import_threads(batch, index=False)  # type: ignore[arg-type]
+            await service.import_threads(  # type: ignore[arg-type]
+                batch,
+                index=False,
+                keys=keys,
+                renamed={renames[t]: t for t in ids if t in renames},
+                declared={renames.get(t, t): good[t].signed_by for t in ids},
+            )
         except ThreadloomError as exc:
             for tid in ids:
                 report.refused.append(_refusal(tid, good[tid].where, exc.message))

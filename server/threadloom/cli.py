@@ -256,13 +256,19 @@ def verify(
     all_threads: Annotated[bool, typer.Option("--all", help="verify every thread of the root")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the report(s) as JSON on stdout")] = False,
     root: RootOpt = None,
+    store: Annotated[
+        str | None,
+        typer.Option("--store", help="sqlite (default, the root's threads.db) or a postgresql:// URL"),
+    ] = None,
 ) -> None:
     """Verify signatures, checkpoints, the hash chain and the mirror files of one thread or
-    of all (--all). Exit code 0 when everything is intact, 1 when a problem was found."""
+    of all (--all). Imported threads are checked with the key that signed them (reported as
+    known or unknown, see `threadloom trust`). Exit code 0 when everything is intact, 1 when
+    a problem was found."""
     if (thread_id is None) == (not all_threads):
         fail("give a thread id or --all (not both)", 2)
-    settings = settings_from(root=root)
-    if not (settings.root / "threads.db").exists():
+    settings = settings_from(root=root, store=store)
+    if settings.store == "sqlite" and not (settings.root / "threads.db").exists():
         fail(f"no threadloom data at {settings.root} (set --root or $THREADLOOM_HOME)", 2)
     try:
         ok = anyio.run(_verify, settings, thread_id, as_json)
@@ -383,12 +389,97 @@ def _print_report(report: object) -> None:
             f"{report.thread_id}: ok ({report.events} events, {report.checkpoints} checkpoints, "
             f"files {'checked' if report.files_checked else 'not kept'})"
         )
+        if report.imported is not None:
+            typer.echo(f"  {report.imported.describe()}")
         return
     first = f", first bad line {report.first_bad_line}" if report.first_bad_line is not None else ""
     typer.echo(f"{report.thread_id}: {len(report.problems)} problem(s){first}")
+    if report.imported is not None:
+        typer.echo(f"  {report.imported.describe()}")
     for p in report.problems:
         where = f"{p.source}:{p.line}" if p.line is not None else p.source
         typer.echo(f"  {where}  [{p.rule}] {p.message}")
+
+
+@app.command(rich_help_panel=MAINTAIN)
+def key(
+    root: RootOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help='print {"key_id", "public_key", "path"}')] = False,
+) -> None:
+    """Print this root's signing key id and public key: what another root's operator gives to
+    `threadloom trust` so that threads exported from here verify there as signed by a known key."""
+    from .integrity import Signer
+
+    settings = settings_from(root=root)
+    signer = Signer.for_root(settings.root)
+    if signer.public_path is None or not signer.public_path.exists():
+        fail(
+            f"{settings.root} has no signing key yet ({signer.public_path} is missing): start the server once",
+            2,
+        )
+    from .trust import parse_public_key
+
+    try:
+        pub = parse_public_key(signer.public_path.read_bytes(), where=str(signer.public_path))  # type: ignore[union-attr]
+    except (ThreadloomError, OSError) as exc:
+        fail(str(getattr(exc, "message", exc)), 2)
+        raise
+    if as_json:
+        typer.echo(json.dumps({"key_id": pub.key_id, "public_key": pub.pem, "path": str(signer.public_path)}))
+    else:
+        typer.echo(f"key {pub.key_id} ({signer.public_path})")
+        typer.echo(pub.pem, nl=False)
+
+
+@app.command(rich_help_panel=MAINTAIN)
+def trust(
+    files: Annotated[
+        list[Path] | None,
+        typer.Argument(help="another root's public key file (its keys/ed25519.pub)", show_default=False),
+    ] = None,
+    list_: Annotated[bool, typer.Option("--list", help="list the keys this root trusts")] = False,
+    root: RootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Trust other roots' public keys: imported threads they signed then verify as "signed by
+    key K (known)". The key is kept in ROOT/keys/trusted/ (the trusted_keys setting names
+    more files); verification of threads this root signed is unchanged."""
+    from .trust import trust_key, trusted_keys
+
+    settings = settings_from(root=root)
+    out = Out(as_json)
+    if bool(files) == list_:
+        fail("give public key files to trust, or --list", 2)
+    if list_:
+        try:
+            keys = trusted_keys(settings.root, settings.trusted_keys)
+        except ThreadloomError as exc:
+            fail(f"[{exc.rule}] {exc.message}", 2)
+            raise
+        if out.json:
+            out.emit({"keys": [{"key_id": k, "public_key": v.pem} for k, v in keys.items()]})
+        else:
+            for kid in keys:
+                typer.echo(kid)
+            out.note(f"{len(keys)} trusted key(s)")
+        return
+    added = []
+    for f in files or []:
+        try:
+            with open(f, "rb") as fh:
+                data = fh.read(16_385)
+            pub, new = trust_key(settings.root, data, where=str(f))
+        except ThreadloomError as exc:
+            fail(f"[{exc.rule}] {exc.message}", 2)
+            raise
+        except OSError as exc:
+            fail(f"{f}: {exc.strerror or exc}", 2)
+            raise
+        added.append({"key_id": pub.key_id, "file": str(f), "new": new})
+        if not out.json:
+            out.note(f"{'trusting' if new else 'already trusted:'} key {pub.key_id} ({f})")
+    if out.json:
+        out.emit({"trusted": added})
 
 
 # ------------------------------------------------------------------ operator commands

@@ -59,6 +59,11 @@ class Settings(BaseModel):
     token: str | None = Field(default=None, repr=False)
     token_agents: list[str] | None = Field(default=None, min_length=1)
     tokens: list[TokenGrant] = Field(default_factory=list, repr=False)
+    trusted_keys: list[Path] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="other roots' public key files (.pub) whose signatures verify calls known",
+    )
     allowed_hosts: list[str] = Field(default_factory=list, max_length=1000)
     allowed_origins: list[str] = Field(default_factory=list, max_length=1000)
     http_header_timeout: float = Field(
@@ -89,7 +94,7 @@ class Settings(BaseModel):
 
 _ENV_KEYS = {name: ENV_PREFIX + name.upper() for name in Settings.model_fields}
 _ENV_KEYS["root"] = "THREADLOOM_HOME"
-_LIST_KEYS = ("token_agents", "allowed_hosts", "allowed_origins")
+_LIST_KEYS = ("token_agents", "allowed_hosts", "allowed_origins", "trusted_keys")
 """Settings given in the environment as comma-separated lists."""
 SECRET_KEYS = frozenset({"token", "tokens"})
 """Settings whose values no message ever quotes."""

@@ -13,7 +13,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -68,6 +68,7 @@ from .numbers import (
     check_usage_sums,
     quote,
 )
+from .provenance import SignedSpan, build_record, signer_key
 from .results import (
     AppendOutcome,
     ChainLink,
@@ -93,6 +94,7 @@ from .store.base import (
     ReindexStats,
     Store,
 )
+from .trust import PublicKey, parse_public_key, trusted_keys
 from .verify import VerificationFailed, VerifyReport, lagging, verify_snapshot
 from .verify_anchored import verify_anchored
 from .waiting import MAX_READ_WAIT, wait_for_events, wait_threads
@@ -1059,7 +1061,13 @@ class ThreadService:
             if attempt == VERIFY_LAG_RETRIES or not lagging(snap):
                 break
             await anyio.sleep(0.02 * (attempt + 1))
-        return await anyio.to_thread.run_sync(verify_snapshot, snap, signer)
+        trusted = self.trusted_keys() if snap.imported is not None else None
+        return await anyio.to_thread.run_sync(verify_snapshot, snap, signer, trusted)
+
+    def trusted_keys(self) -> dict[str, PublicKey]:
+        """Other roots' public keys this root trusts (trust.py): ``keys/trusted/`` and the
+        ``trusted_keys`` setting, read afresh so that `threadloom trust` applies at once."""
+        return trusted_keys(self.settings.root, self.settings.trusted_keys)
 
     async def ensure_verified(self, thread_id: str, *, force: bool = False) -> VerifyReport:
         """Verify before rebuilding messages (resume, handoff): raise unless it is intact.
@@ -1178,7 +1186,13 @@ class ThreadService:
         return DeleteOutcome(deleted=list(doomed), missing=missing)
 
     async def import_threads(
-        self, threads: Sequence[tuple[Thread, Sequence[StoredEvent]]], *, index: bool = True
+        self,
+        threads: Sequence[tuple[Thread, Sequence[StoredEvent]]],
+        *,
+        index: bool = True,
+        keys: Mapping[str, str] | None = None,
+        renamed: Mapping[str, str] | None = None,
+        declared: Mapping[str, Sequence[SignedSpan]] | None = None,
     ) -> list[str]:
         """Insert threads exactly as exported (ids, seqs, timestamps, counters), in one commit.
 
@@ -1187,13 +1201,36 @@ class ThreadService:
         ``thread_exists``) and events not numbered 1..n. With ``index`` the imported
         messages are then indexed for search (:meth:`index_imported`); a caller importing
         many batches passes ``index=False`` and calls it once at the end.
+
+        Each thread gets a countersigned import record (provenance.py): which key verified
+        its checkpoints, among ``keys`` (public key PEMs by id, from the bundle), this
+        root's own key and the keys it trusts. ``renamed`` maps a new id to the id the
+        thread was exported under; ``declared``, by id, which key the bundle says signed
+        what (its ``signed_by``).
         """
         if not threads:
             return []
+        candidates = {**self.trusted_keys(), self.store.signer.key_id: signer_key(self.store.signer)}
+        for kid, pem in (keys or {}).items():
+            try:
+                key = parse_public_key(pem, where=f"public key {kid} of the bundle")
+            except InvalidInputError:
+                continue
+            candidates.setdefault(key.key_id, key)
+        now = iso(utc_now())
         ops: list[Op] = []
         for thread, events in threads:
             check_thread_id(thread.thread_id)
-            ops.append(ImportThread(thread, tuple(events)))
+            record = build_record(
+                thread.thread_id,
+                events,
+                candidates,
+                self.store.signer,
+                imported_at=now,
+                renamed_from=(renamed or {}).get(thread.thread_id),
+                declared=(declared or {}).get(thread.thread_id, ()),
+            )
+            ops.append(ImportThread(thread, tuple(events), record))
         await self.store.commit(ops)
         if index:
             await self.index_imported()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -19,7 +20,9 @@ from .drift import compare
 from .errors import IntegrityError
 from .integrity import GENESIS, SIGNATURE_FIELD, Signer, chain_next, manifest_signature_ok
 from .models import ENDED, MANIFEST_FIELDS, StoredEvent, Thread
+from .provenance import ImportInfo, ImportRecord, KeyUse, signer_key
 from .store.base import IntegritySnapshot
+from .trust import PublicKey
 
 Source = Literal["transcript", "database", "thread.json", "capabilities.md"]
 
@@ -51,6 +54,9 @@ class VerifyReport(BaseModel):
     last_checkpoint_seq: int | None = None
     files_checked: bool = Field(description="false when the backend keeps no mirror files (memory)")
     key_id: str = Field(description="the signing key's id (first 16 hex of SHA-256 of the public key)")
+    imported: ImportInfo | None = Field(
+        default=None, description="for a thread that came in through `threadloom import`: from where"
+    )
 
 
 class VerificationFailed(IntegrityError):
@@ -68,17 +74,61 @@ class VerificationFailed(IntegrityError):
 
 
 class _Problems:
-    def __init__(self) -> None:
+    def __init__(
+        self, imported: ImportRecord | None = None, known: Mapping[str, PublicKey] | None = None
+    ) -> None:
         self.items: list[VerifyProblem] = []
         self.good_signatures: set[tuple[str, str]] = set()  # (sha256, signature) already verified
+        self.imported = imported
+        self.known: Mapping[str, PublicKey] = known or {}
+        self.keys: dict[str, PublicKey] = {**(imported.public_keys() if imported else {}), **self.known}
+        self.uses: dict[str | None, int] = {}  # imported checkpoints per key that verified them
 
     def add(self, source: Source, line: int | None, rule: str, message: str) -> None:
         self.items.append(VerifyProblem(source=source, line=line, rule=rule, message=message))
 
+    def check_imported(self, source: Source, n: int, digest: bytes, pair: tuple[str, str]) -> None:
+        """An imported checkpoint: the key recorded at import must verify it (or, where none
+        did then, any key this root knows now; else it counts as signed by an unknown key)."""
+        assert self.imported is not None
+        kid = self.imported.key_for(n)
+        if kid is not None:
+            key = self.keys.get(kid)
+            if key is None or not key.verify(digest, pair[1]):
+                self.add(
+                    source,
+                    n,
+                    "checkpoint_signature",
+                    f"checkpoint at line {n}: the signature does not verify with key {kid}, which "
+                    "verified it when the thread was imported (edited since the import)",
+                )
+                return
+        else:
+            kid = next((k for k, key in self.known.items() if key.verify(digest, pair[1])), None)
+            said = self.imported.declared_for(n)
+            if kid is None and said is not None and said in self.keys:
+                self.add(
+                    source,
+                    n,
+                    "checkpoint_signature",
+                    f"checkpoint at line {n}: the signature does not verify with key {said}, which the "
+                    "bundle said signed it (forged or edited before the import)",
+                )
+                return
+        self.good_signatures.add(pair)
+        if source == "database":
+            self.uses[kid] = self.uses.get(kid, 0) + 1
 
-def verify_snapshot(snap: IntegritySnapshot, signer: Signer) -> VerifyReport:
-    """Check everything DESIGN §8 signs or chains; see the module docstring."""
-    found = _Problems()
+
+def verify_snapshot(
+    snap: IntegritySnapshot, signer: Signer, trusted: Mapping[str, PublicKey] | None = None
+) -> VerifyReport:
+    """Check everything DESIGN §8 signs or chains; see the module docstring.
+
+    ``trusted``: other roots' keys this root trusts (trust.py), for imported threads.
+    """
+    known = {**(trusted or {}), signer.key_id: signer_key(signer)}
+    found = _Problems(snap.imported, known)
     thread, events = snap.thread, snap.events
     checkpoints, last_cp = _check_database(thread, events, snap.chain_head, signer, found)
     if snap.files is not None and snap.files.unreadable is not None:
@@ -105,6 +155,9 @@ def verify_snapshot(snap: IntegritySnapshot, signer: Signer) -> VerifyReport:
             summary += f" (+{len(found.items) - 1} more)"
     else:
         summary = "ok"
+    info = _import_info(snap.imported, found) if snap.imported is not None else None
+    if info is not None and not found.items:
+        summary = f"ok ({info.describe()})"
     return VerifyReport(
         thread_id=thread.thread_id,
         ok=not found.items,
@@ -116,6 +169,21 @@ def verify_snapshot(snap: IntegritySnapshot, signer: Signer) -> VerifyReport:
         last_checkpoint_seq=last_cp,
         files_checked=snap.files is not None,
         key_id=signer.key_id,
+        imported=info,
+    )
+
+
+def _import_info(record: ImportRecord, found: _Problems) -> ImportInfo:
+    uses = [
+        KeyUse(key_id=kid, known=kid is not None and kid in found.known, checkpoints=n)
+        for kid, n in found.uses.items()
+    ]
+    return ImportInfo(
+        imported_at=record.imported_at,
+        events=record.events,
+        renamed_from=record.renamed_from,
+        signed_by=uses,
+        countersigned_by=record.countersigned_by,
     )
 
 
@@ -193,6 +261,11 @@ def _check_database(
         running.update(ev.line.encode())
         running.update(b"\n")
         prev = chain_next(prev, ev.line)
+        if found.imported is not None and n == found.imported.events:
+            _check_import_hash(found.imported, n, running.hexdigest(), found)
+    imported = found.imported
+    if imported is not None:
+        _check_countersignature(thread, imported, len(events), signer, found)
     if unchained:
         found.add(
             "database",
@@ -214,7 +287,8 @@ def _check_database(
             "event_count",
             f"the thread records {thread.event_count} events but the database holds {len(events)}",
         )
-    if thread.status in ENDED and events and events[-1].type != "checkpoint":
+    covered = imported is not None and imported.events == len(events)  # the countersignature signs it all
+    if thread.status in ENDED and events and events[-1].type != "checkpoint" and not covered:
         found.add(
             "database",
             len(events),
@@ -225,11 +299,48 @@ def _check_database(
     return checkpoints, last_cp
 
 
+def _check_import_hash(record: ImportRecord, n: int, actual: str, found: _Problems) -> None:
+    if actual != record.sha256:
+        found.add(
+            "database",
+            None,
+            "import_hash",
+            f"the first {n} lines no longer hash to what this root countersigned when it imported the "
+            "thread: a line was changed, removed or added since the import",
+        )
+
+
+def _check_countersignature(
+    thread: Thread, record: ImportRecord, count: int, signer: Signer, found: _Problems
+) -> None:
+    if (
+        record.thread_id != thread.thread_id
+        or record.countersigned_by != signer.key_id
+        or not signer.verify(record.statement(), record.countersignature)
+    ):
+        found.add(
+            "database",
+            None,
+            "import_countersignature",
+            "the record of this thread's import does not verify with this root's key: it was forged "
+            "or edited (only the root that imported a thread signs its record)",
+        )
+    if count < record.events:
+        found.add(
+            "database",
+            count + 1,
+            "import_hash",
+            f"the thread came in with {record.events} events but the database holds {count}",
+        )
+
+
 def _check_checkpoint(
     source: Source, n: int, data: dict[str, Any], actual: str, signer: Signer, found: _Problems
 ) -> None:
     recorded = data.get("sha256")
-    if recorded != actual:
+    imported = found.imported is not None and n <= found.imported.events
+    renamed = imported and found.imported is not None and found.imported.renamed_from is not None
+    if recorded != actual and not renamed:  # renamed: its ids were rewritten after the source signed
         found.add(
             source,
             n,
@@ -242,6 +353,8 @@ def _check_checkpoint(
         found.add(source, n, "checkpoint_signature", f"checkpoint at line {n} has no valid sha256 to check")
     elif isinstance(signature, str) and (recorded, signature) in found.good_signatures:
         pass  # the same pair verified already (the file's copy of a database line)
+    elif imported:
+        found.check_imported(source, n, bytes.fromhex(recorded), (recorded, str(signature)))
     elif signer.verify(bytes.fromhex(recorded), signature):
         found.good_signatures.add((recorded, signature))  # type: ignore[arg-type]
     else:

@@ -22,6 +22,7 @@ from ..errors import NotFoundError, ThreadloomError
 from ..integrity import Signer
 from ..mirror import MirrorFiles
 from ..models import BudgetState, Status, StoredEvent, Thread, Usage, UsageDelta
+from ..provenance import ImportRecord
 from ..textquery import Mode, TextQuery
 from .textsearch import Finder, PythonIndex, event_document, scan_documents
 
@@ -131,6 +132,8 @@ class IntegritySnapshot:
     events: list[StoredEvent]
     chain_head: str | None
     files: MirrorFiles | None
+    imported: ImportRecord | None = None
+    """The record of the thread's import (provenance.py), when it came in through one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,8 @@ class ImportThread:
 
     thread: Thread
     events: tuple[StoredEvent, ...]
+    record: ImportRecord | None = None
+    """The countersigned record of this import (provenance.py), stored beside the thread."""
 
 
 Op = CreateThread | AppendEvents | PutThread | PutUsage | ImportThread
@@ -374,6 +379,10 @@ class Store(abc.ABC):
         thread = await self.get_thread(thread_id)
         events = await self.read_events(thread_id)
         return IntegritySnapshot(thread, events, None, None)
+
+    async def import_records(self, thread_ids: Sequence[str]) -> dict[str, ImportRecord]:
+        """The import records (provenance.py) of those of ``thread_ids`` that were imported."""
+        return {}
 
     async def read_anchored(self, thread_id: str) -> AnchoredSnapshot | None:
         """What :func:`~threadloom.verify_anchored.verify_anchored` needs, read consistently

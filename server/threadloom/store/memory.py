@@ -11,6 +11,7 @@ import anyio.lowlevel
 from ..errors import ConflictError
 from ..integrity import Signer, TranscriptHashes, chain_hashes
 from ..models import Status, StoredEvent, Thread, parse_iso
+from ..provenance import ImportRecord
 from .apply import (
     add_usage,
     check_count_guard,
@@ -58,6 +59,7 @@ class MemoryStore(Store):
         self._heads: dict[str, str] = {}
         self._idem: dict[tuple[str, str], IdempotencyRecord] = {}
         self._hashes = TranscriptHashes()
+        self._imports: dict[str, ImportRecord] = {}
 
     async def open(self) -> None:
         self.signer.load(allow_create=not self._threads)
@@ -71,6 +73,7 @@ class MemoryStore(Store):
         new_events: dict[str, list[StoredEvent]] = {}
         new_idem: dict[tuple[str, str], IdempotencyRecord] = {}
         heads: dict[str, str] = {}
+        records: dict[str, ImportRecord] = {}
         view = self._hashes.view()
         checkpoint: dict[str, bool] = {}
         last_append: dict[str, AppendResult] = {}
@@ -157,6 +160,8 @@ class MemoryStore(Store):
                 threads[tid] = op.thread.model_copy(update={"version": max(1, op.thread.version)})
                 prevs, heads[tid] = chain_hashes(None, [e.line for e in op.events])  # this store's hash chain
                 new_events[tid] = [dc_replace(e, prev_hash=p) for e, p in zip(op.events, prevs)]
+                if op.record is not None:
+                    records[tid] = op.record
         if self.checkpoints:
             for tid, asked in checkpoint.items():
                 t = current(tid)
@@ -176,6 +181,7 @@ class MemoryStore(Store):
         for tid in threads:
             self._events.setdefault(tid, [])
         self._heads.update(heads)
+        self._imports.update(records)
         self._idem.update(new_idem)
         view.publish()
         result.threads = dict(threads)
@@ -241,8 +247,15 @@ class MemoryStore(Store):
         if thread is None:
             raise not_found(thread_id)
         return IntegritySnapshot(
-            thread, list(self._events.get(thread_id, [])), self._heads.get(thread_id), None
+            thread,
+            list(self._events.get(thread_id, [])),
+            self._heads.get(thread_id),
+            None,
+            self._imports.get(thread_id),
         )
+
+    async def import_records(self, thread_ids: Sequence[str]) -> dict[str, ImportRecord]:
+        return {t: self._imports[t] for t in thread_ids if t in self._imports}
 
     async def read_anchored(self, thread_id: str) -> AnchoredSnapshot:
         thread = self._threads.get(thread_id)  # one instant, as read_integrity
@@ -256,7 +269,10 @@ class MemoryStore(Store):
         cp = next((e.seq for e in reversed(events[m:]) if e.type == "checkpoint"), 0)
         base = max(m, cp - 1)
         prefix = "\n".join(e.line for e in events[:base]).encode() if base else None
-        return AnchoredSnapshot(thread, self._heads.get(thread_id), anchor, base, prefix, events[base:], None)
+        imported = thread_id in self._imports
+        return AnchoredSnapshot(
+            thread, self._heads.get(thread_id), anchor, base, prefix, events[base:], None, imported
+        )
 
     async def list_chain(self, chain_root_id: str) -> list[Thread]:
         rows = [t for t in self._threads.values() if t.chain_root_id == chain_root_id]
@@ -268,6 +284,7 @@ class MemoryStore(Store):
             del self._threads[tid]
             self._events.pop(tid, None)
             self._heads.pop(tid, None)
+            self._imports.pop(tid, None)
             self._hashes.forget(tid)
         for key in [k for k in self._idem if k[0] in gone]:
             del self._idem[key]

@@ -27,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 from ..errors import ConflictError, IntegrityError, StoreUnavailableError, ThreadloomError
 from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes, chain_next
 from ..models import Status, StoredEvent, Thread, Usage, parse_iso, render_line
+from ..provenance import ImportRecord
 from ..textquery import Mode, TextQuery
 from . import pgappend, pgsearch
 from .apply import (
@@ -592,6 +593,11 @@ class PostgresStore(Store):
                             [v for r in part for v in r],
                         )
                     await pgsearch.insert_docs(conn, t.thread_id, pgsearch.stored_doc_rows(op.events))
+            if op.record is not None:
+                await conn.execute(
+                    "INSERT INTO thread_imports (thread_id, record) VALUES (%s, %s)",
+                    (t.thread_id, op.record.to_json()),
+                )
             reread.add(t.thread_id)
             result.threads[t.thread_id] = t
 
@@ -641,7 +647,8 @@ class PostgresStore(Store):
                 (thread_id,),
             )
             events = [StoredEvent(thread_id, *r) for r in await cur.fetchall()]
-            return IntegritySnapshot(_row_to_thread(row[:10]), events, row[10], None)
+            record = await _import_record(conn, thread_id)
+            return IntegritySnapshot(_row_to_thread(row[:10]), events, row[10], None, record)
 
         return await self._run(fn, write=False)
 
@@ -680,9 +687,16 @@ class PostgresStore(Store):
                 (thread_id, base),
             )
             tail = [StoredEvent(thread_id, *r) for r in await cur.fetchall()]
-            return AnchoredSnapshot(thread, row[10], anchor, base, prefix, tail, None)
+            imported = await _import_record(conn, thread_id) is not None
+            return AnchoredSnapshot(thread, row[10], anchor, base, prefix, tail, None, imported)
 
         return await self._run(fn, write=False)
+
+    async def import_records(self, thread_ids: Sequence[str]) -> dict[str, ImportRecord]:
+        rows = await self._fetch(
+            "SELECT thread_id, record FROM thread_imports WHERE thread_id = ANY(%s)", (list(thread_ids),)
+        )
+        return {tid: ImportRecord.from_json(text) for tid, text in rows}
 
     async def delete_threads(self, thread_ids: Sequence[str]) -> int:
         ids = list(dict.fromkeys(thread_ids))
@@ -694,6 +708,7 @@ class PostgresStore(Store):
             gone = [r[0] for r in await cur.fetchall()]
             await conn.execute("DELETE FROM events WHERE thread_id = ANY(%s)", (ids,))
             await conn.execute("DELETE FROM idempotency WHERE thread_id = ANY(%s)", (ids,))
+            await conn.execute("DELETE FROM thread_imports WHERE thread_id = ANY(%s)", (ids,))
             await pgsearch.delete_docs(conn, ids)
             return gone
 
@@ -922,3 +937,9 @@ async def _migrate(conn: psycopg.AsyncConnection) -> int:
         if current < POSTGRES_SEARCH_VERSION:  # events written before the index: searchable at once
             await pgsearch.backfill(conn)
     return len(POSTGRES_MIGRATIONS)
+
+
+async def _import_record(conn: psycopg.AsyncConnection, thread_id: str) -> ImportRecord | None:
+    cur = await conn.execute("SELECT record FROM thread_imports WHERE thread_id = %s", (thread_id,))
+    row = await cur.fetchone()
+    return None if row is None else ImportRecord.from_json(row[0])

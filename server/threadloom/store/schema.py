@@ -109,6 +109,18 @@ SQLITE_MIGRATIONS.append(
     )
 )
 SQLITE_MIGRATIONS.append(("0005_search_external_content", EXTERNAL_CONTENT_SQL))
+SQLITE_MIGRATIONS.append(
+    (
+        "0006_thread_imports",
+        """
+        CREATE TABLE IF NOT EXISTS thread_imports (
+            thread_id TEXT PRIMARY KEY,
+            record    TEXT NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    )
+)
+"""The countersigned record of each imported thread (provenance.py)."""
 
 
 def apply_sqlite_migrations(conn: sqlite3.Connection, migrations: list[tuple[str, str]]) -> int:
@@ -242,3 +254,10 @@ POSTGRES_MIGRATIONS.append(
         [*(f"DROP INDEX IF EXISTS {n}" for n in _REPLACED_INDEXES), *_filter_index_statements()],
     )
 )
+POSTGRES_MIGRATIONS.append(
+    (
+        "0006_thread_imports",
+        ["CREATE TABLE IF NOT EXISTS thread_imports (thread_id TEXT PRIMARY KEY, record TEXT NOT NULL)"],
+    )
+)
+"""The countersigned record of each imported thread (provenance.py)."""

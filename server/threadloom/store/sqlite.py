@@ -25,6 +25,7 @@ from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes, chain_
 from ..mirror import Mirror
 from ..models import Status, StoredEvent, Thread, Usage, parse_iso, render_line
 from ..private import ensure_file, make_dir
+from ..provenance import ImportRecord
 from ..textquery import Mode, TextQuery
 from . import fts
 from .apply import (
@@ -329,7 +330,7 @@ class SQLiteStore(Store):
         return await self._read(lambda c: _find_idem(c, thread_id, key))
 
     async def read_integrity(self, thread_id: str) -> IntegritySnapshot:
-        def db(c: sqlite3.Connection) -> tuple[Thread, list[StoredEvent], str | None]:
+        def db(c: sqlite3.Connection) -> IntegritySnapshot:
             c.execute("BEGIN")  # one snapshot for the row and the events
             try:
                 row = c.execute(
@@ -337,15 +338,31 @@ class SQLiteStore(Store):
                 ).fetchone()
                 if row is None:
                     raise not_found(thread_id)
-                return _row_to_thread(row[:-1]), _read_events(c, thread_id, 0, None), row[-1]
+                events = _read_events(c, thread_id, 0, None)
+                record = _import_record(c, thread_id)
+                return IntegritySnapshot(_row_to_thread(row[:-1]), events, row[-1], None, record)
             finally:
                 c.execute("COMMIT")
 
         def fn(c: sqlite3.Connection) -> IntegritySnapshot:
             if self.mirror is None:
-                return IntegritySnapshot(*db(c), None)
-            (thread, events, head), files = self.mirror.read_files(thread_id, lambda: db(c))
-            return IntegritySnapshot(thread, events, head, files)
+                return db(c)
+            snap, files = self.mirror.read_files(thread_id, lambda: db(c))
+            return dc_replace(snap, files=files)
+
+        return await self._read(fn)
+
+    async def import_records(self, thread_ids: Sequence[str]) -> dict[str, ImportRecord]:
+        ids = list(dict.fromkeys(thread_ids))
+
+        def fn(c: sqlite3.Connection) -> dict[str, ImportRecord]:
+            out: dict[str, ImportRecord] = {}
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                q = f"SELECT thread_id, record FROM thread_imports WHERE thread_id IN ({','.join('?' * len(part))})"
+                for tid, text in c.execute(q, part):
+                    out[tid] = ImportRecord.from_json(text)
+            return out
 
         return await self._read(fn)
 
@@ -371,9 +388,10 @@ class SQLiteStore(Store):
                 base = max(m, cp[0] - 1 if cp else 0)
                 prefix = c.execute(JOINED_LINES, (thread_id, 0, base)).fetchone()[0] if base else None
                 tail = _read_events(c, thread_id, base, None)
+                imported = _import_record(c, thread_id) is not None
             finally:
                 c.execute("COMMIT")
-            return AnchoredSnapshot(thread, row[-1], anchor, base, prefix, tail, None)
+            return AnchoredSnapshot(thread, row[-1], anchor, base, prefix, tail, None, imported)
 
         def fn(c: sqlite3.Connection) -> AnchoredSnapshot:
             if self.mirror is None:
@@ -420,6 +438,7 @@ class SQLiteStore(Store):
                             gone.append(tid)
                         conn.execute("DELETE FROM events WHERE thread_id = ?", (tid,))
                         conn.execute("DELETE FROM idempotency WHERE thread_id = ?", (tid,))
+                        conn.execute("DELETE FROM thread_imports WHERE thread_id = ?", (tid,))
                     conn.execute("COMMIT")
                     return gone
                 except BaseException:
@@ -683,6 +702,11 @@ class SQLiteStore(Store):
                     "UPDATE threads SET chain_head = ?, accounts = ? WHERE thread_id = ?",
                     (head, accounts_doc(t.usage, t.budget), t.thread_id),
                 )
+                if op.record is not None:
+                    conn.execute(
+                        "INSERT INTO thread_imports (thread_id, record) VALUES (?, ?)",
+                        (t.thread_id, op.record.to_json()),
+                    )
                 result.threads[t.thread_id] = None  # type: ignore[assignment]  # read after commit
         if self.checkpoints:
             for tid, state in appended.items():
@@ -1131,3 +1155,8 @@ def _retry_busy(fn: Callable[[], T]) -> T:
                 raise
             time.sleep(min(0.002 * 2**attempt, 0.5))
     raise AssertionError("unreachable")
+
+
+def _import_record(c: sqlite3.Connection, thread_id: str) -> ImportRecord | None:
+    row = c.execute("SELECT record FROM thread_imports WHERE thread_id = ?", (thread_id,)).fetchone()
+    return None if row is None else ImportRecord.from_json(row[0])
