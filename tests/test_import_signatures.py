@@ -307,3 +307,24 @@ async def test_imports_verify_on_every_backend(
     assert {u.key_id for u in again.imported.signed_by} == {key_id(src)}
     assert await service.delete_threads([ids["b"]], chain=True, force=True)
     assert await service.store.import_records([ids["b"]]) == {}
+
+
+@pytest.mark.anyio
+async def test_a_thread_deleted_and_imported_again_under_its_id_signs_its_new_lines(
+    service: ThreadService, tmp_path: Path
+) -> None:
+    """The running hash a process keeps of a thread must not outlive the thread: an import
+    under the same id with other lines would otherwise sign a checkpoint over the old ones."""
+    from threadloom.bundle import collect_chains, export_bundle
+
+    t = await service.create_thread()
+    await service.append(t.thread_id, [msg("first words"), msg("an answer", "assistant")])
+    bundle = tmp_path / "one.jsonl"
+    with open(bundle, "w") as f:
+        await export_bundle(service, await collect_chains(service, [t.thread_id]), f)
+    await service.delete_threads([t.thread_id], force=True)
+    bundle.write_text(bundle.read_text().replace("first words", "other words"))
+    assert (await import_files(service, [bundle])).imported == [t.thread_id]
+    await service.append(t.thread_id, [msg("more"), {"type": "result"}])  # a checkpoint, signed here
+    report = await service.verify_thread(t.thread_id)
+    assert report.ok, report.problems

@@ -159,6 +159,7 @@ class MemoryStore(Store):
                     raise ConflictError(f"thread {tid} exists already", rule="thread_exists")
                 threads[tid] = op.thread.model_copy(update={"version": max(1, op.thread.version)})
                 prevs, heads[tid] = chain_hashes(None, [e.line for e in op.events])  # this store's hash chain
+                self._hashes.forget(tid)  # a state left from a deleted thread of that id is stale
                 new_events[tid] = [dc_replace(e, prev_hash=p) for e, p in zip(op.events, prevs)]
                 if op.record is not None:
                     records[tid] = op.record

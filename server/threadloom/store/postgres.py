@@ -556,6 +556,7 @@ class PostgresStore(Store):
             if await cur.fetchone() is not None:
                 raise ConflictError(f"thread {t.thread_id} exists already", rule="thread_exists")
             prevs, head = chain_hashes(None, [e.line for e in op.events])  # this store's hash chain
+            self._hashes.forget(t.thread_id)  # a state left from a deleted thread of that id is stale
             await conn.execute(
                 "INSERT INTO threads (thread_id, agent_id, parent_id, status, created_at, updated_at,"
                 " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, event_count, text_chars,"
@@ -715,6 +716,7 @@ class PostgresStore(Store):
         gone = await self._run(txn, write=True)
         for tid in ids:
             self._tails.forget(tid)
+            self._hashes.forget(tid)
         if gone:
             await self._announce(gone)
             self._notify(frozenset(gone))

@@ -694,6 +694,7 @@ class SQLiteStore(Store):
                     ),
                 )
                 prevs, head = chain_hashes(None, [e.line for e in op.events])  # this store's hash chain
+                self._hashes.forget(t.thread_id)  # a state left from a deleted thread of that id is stale
                 conn.executemany(
                     "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) VALUES (?,?,?,?,?,?)",
                     [(e.thread_id, e.seq, e.ts, e.type, e.line, p) for e, p in zip(op.events, prevs)],
