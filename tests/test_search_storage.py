@@ -70,7 +70,7 @@ async def _answers(svc: ThreadService, ids: list[str]) -> list[Any]:
 def _to_copying_layout(db: Path) -> None:
     """Turn the index back into the one that kept its own copy of the text (0003)."""
     statements = [s for s in fts.MIGRATION_SQL.split(";") if s.strip() and "CREATE VIEW" not in s]
-    _sql(db, f"DROP TABLE {fts.TABLE}", *statements, "DELETE FROM schema_migrations WHERE version = 5")
+    _sql(db, f"DROP TABLE {fts.TABLE}", *statements, "DELETE FROM schema_migrations WHERE version >= 5")
 
 
 async def test_results_are_unchanged_by_the_storage_change_and_by_reindex(
