@@ -31,7 +31,6 @@ from typing import Any
 from ..models import ENDED, StoredEvent
 from .apply import counters_after, now_pair, rendered_events
 from .base import AppendEvents
-from .pgsearch import doc_rows
 
 __all__ = ["FUNCTION_SQL", "CALL", "Tails", "Rendered", "render", "fits", "GroupCommit"]
 
@@ -159,6 +158,8 @@ def render(op: AppendEvents, base: int, head: str | None, ts: str, epoch: float)
     prevs = [e.prev_hash for e in stored]
     text_delta, last_tokens = counters_after(op.events, 0, None)
     seqs = [e.seq for e in stored]
+    from .pgsearch import doc_rows  # psycopg is imported only by PostgreSQL stores (schema.py imports us)
+
     docs = doc_rows(op.events, seqs)
     args = (
         op.thread_id, base, head, ts, epoch,
