@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from dataclasses import replace as dc_replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..errors import ConflictError, IntegrityError, StoreUnavailableError, ThreadloomError
 from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes, chain_next
@@ -617,11 +617,13 @@ class SQLiteStore(Store):
                 result.threads[t.thread_id] = None  # type: ignore[assignment]  # read after commit
                 view.start(t.thread_id)
             elif isinstance(op, AppendEvents):
-                res, state = self._append(conn, op, ts, epoch, view)
+                res, state, after = self._append(conn, op, ts, epoch, view)
                 result.appends.append(res)
                 asked = op.checkpoint or (op.thread_id in appended and appended[op.thread_id].asked)
                 appended[op.thread_id] = _Appended(asked, *state, res)
-                result.threads[op.thread_id] = None  # type: ignore[assignment]  # filled after commit
+                # known now unless another op of this job touched the thread (then read after commit)
+                once = op.thread_id not in result.threads and not asked
+                result.threads[op.thread_id] = _row_to_thread(after) if once else None  # type: ignore[assignment]
             elif isinstance(op, PutUsage):
                 row = conn.execute(
                     "SELECT accounts FROM threads WHERE thread_id = ?", (op.thread_id,)
@@ -713,6 +715,7 @@ class SQLiteStore(Store):
             for tid, state in appended.items():
                 if wants_checkpoint(state.asked, state.status):
                     self._checkpoint(conn, tid, state, ts, epoch, view)
+                    result.threads[tid] = None  # type: ignore[assignment]  # read after commit
         self._txn_views.append(view)
         return result
 
@@ -753,16 +756,15 @@ class SQLiteStore(Store):
 
     def _append(
         self, conn: sqlite3.Connection, op: AppendEvents, ts: str, epoch: float, view: HashView
-    ) -> tuple[AppendResult, tuple[Status, int, str]]:
-        """Insert the op's events; return them and the thread's (status, event count, chain head)."""
+    ) -> tuple[AppendResult, tuple[Status, int, str], tuple[Any, ...]]:
+        """Insert the op's events; return them, the thread's (status, event count, chain head)
+        and its row as the append left it (so the commit needs no read afterwards)."""
         row = conn.execute(
-            "SELECT status, event_count, text_chars, input_tokens, chain_head, accounts FROM threads"
-            " WHERE thread_id = ?",
-            (op.thread_id,),
+            f"SELECT {_THREAD_COLS}, chain_head FROM threads WHERE thread_id = ?", (op.thread_id,)
         ).fetchone()
         if row is None:
             raise not_found(op.thread_id)
-        status, count, text_chars, input_tokens, head, accounts = row
+        _tid, doc, status, _u, _h, count, text_chars, input_tokens, version, accounts, head = row
         check_status_guard(op, Status(status))
         check_count_guard(op, count)
         if op.idempotency_key is not None:
@@ -800,7 +802,20 @@ class SQLiteStore(Store):
                 "INSERT INTO idempotency (thread_id, key, request_hash, seqs, created_at) VALUES (?,?,?,?,?)",
                 (op.thread_id, op.idempotency_key, op.request_hash or "", json.dumps(seqs), ts),
             )
-        return AppendResult(op.thread_id, seqs, stored), (Status(status), count + len(stored), head)
+        after = (
+            op.thread_id,
+            doc,
+            status,
+            ts,
+            ts,
+            count + len(stored),
+            text_chars,
+            input_tokens,
+            version,
+            accounts,
+        )
+        result = AppendResult(op.thread_id, seqs, stored)
+        return result, (Status(status), count + len(stored), head), after
 
     def _checkpoint(
         self, conn: sqlite3.Connection, tid: str, state: _Appended, ts: str, epoch: float, view: HashView

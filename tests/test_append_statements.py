@@ -1,0 +1,41 @@
+"""The statements one append runs on SQLite (issue 16: a lean append path).
+
+Counted with the writer connection's trace callback. A single-event append to a running
+thread is: BEGIN, the thread's row, the event insert, the row update, COMMIT, and the
+mirror's check that no other process moved the manifest meanwhile. The search index is
+folded later (docs/search.md) and the thread is not read again after the commit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from threadloom.service import ThreadService
+from threadloom.store import SQLiteStore
+
+pytestmark = pytest.mark.anyio
+
+MAX_STATEMENTS = 6
+
+
+async def test_a_single_append_runs_at_most_six_statements(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "root", durability="normal")
+    async with ThreadService(store) as svc:
+        t = await svc.create_thread(title="lean")
+        await svc.append(t.thread_id, [{"type": "message", "role": "user", "text": "first"}])
+        seen: list[str] = []
+        conn = store._wconn
+        assert conn is not None
+        conn.set_trace_callback(seen.append)
+        try:
+            out = await svc.append(t.thread_id, [{"type": "message", "role": "user", "text": "second"}])
+        finally:
+            conn.set_trace_callback(None)
+        assert out.seq == 3 or out.seqs == [3]
+        print(f"{len(seen)} statements:", *seen, sep="\n  ")
+        assert len(seen) <= MAX_STATEMENTS, seen
+        assert not any("search_index" in s for s in seen)  # no index segment per commit
+        after = await svc.get_thread(t.thread_id)
+        assert after.event_count == 3  # the result built from the transaction is the stored state
