@@ -131,6 +131,23 @@ async def store_append(
         return per * batch * writers / (time.perf_counter() - t0)
 
 
+async def append_cpu(durability: str, n: int, reps: int = 3) -> float:
+    """CPU ms per single-event ``ThreadService.append`` (all of the process's threads: the
+    event loop and the writer), median of ``reps`` fresh stores."""
+    samples = []
+    for _ in range(reps):
+        root = Path(tempfile.mkdtemp())
+        async with ThreadService(SQLiteStore(root, durability=durability), Settings(root=root)) as svc:
+            tid = (await svc.create_thread(context_window=10_000_000)).thread_id
+            for i in range(50):  # warm up
+                await svc.append(tid, [event(i)])
+            c0 = time.process_time()
+            for i in range(n):
+                await svc.append(tid, [event(i)])
+            samples.append((time.process_time() - c0) / n * 1000)
+    return sorted(samples)[len(samples) // 2]
+
+
 def _writer_process(kind: str, root: str, dsn: str | None, per: int, start: Any, ends: Any) -> None:
     """One server process: its own store on the shared root / database, one thread, ``per`` appends."""
 
@@ -269,6 +286,7 @@ async def main() -> None:
                     "ratio": eps / base,
                 }
             )
+    cpu = {} if args.compare_only else {d: await append_cpu(d, min(n, 2000)) for d in ("full", "normal")}
     latency = (
         {} if args.compare_only else {d: await stdio_latency(args.stdio_calls, d) for d in ("full", "normal")}
     )
@@ -291,6 +309,8 @@ async def main() -> None:
     print(f"{'durability':<10} {'case':<42} {'events/s':>10} {'vs raw':>8}")
     for r in rows:
         print(f"{r['durability']:<10} {r['case']:<42} {r['events_per_s']:>10,.0f} {r['ratio']:>7.2f}x")
+    for d, ms in cpu.items():
+        print(f"CPU per single append, durability {d}: {ms:.3f} ms (median of 3; goal for normal <= 0.3 ms)")
     if latency:
         print()
         print(f"{'stdio, per call':<26} {'no-op tool':>18} {'append_event':>18} {'get_thread':>18}")
@@ -331,6 +351,7 @@ async def main() -> None:
         "events": n,
         "throughput": rows,
         "stdio_latency": latency,
+        "cpu_ms_per_append": cpu,
     }
     path = RESULTS / ("append-compare.json" if args.compare_only else "append.json")
     path.write_text(json.dumps(out, indent=2))
