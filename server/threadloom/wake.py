@@ -101,7 +101,7 @@ class WakeHub:
         self._dirty = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
         self._stop_watch: object = None
-        self._seen: dict[str, tuple[int, int, str]] = {}
+        self._seen: dict[str, tuple[int, int, str, int]] = {}
         self.queries = 0  # reads the hub made: the DB work that waiting costs
         self._hwm: str | None = None  # updated_at high-water mark of external changes seen
         store.add_commit_listener(self._on_commit)
@@ -150,9 +150,12 @@ class WakeHub:
                 for sub in {s for subs in self._key_subs.values() for s in subs}:
                     sub.push_missed()
             for tid, thread in threads.items():
-                mark = (thread.event_count, thread.version, thread.status.value)
-                if pending is None and self._seen.get(tid) == mark:
-                    continue  # an external change elsewhere: this thread did not move
+                mark = (thread.event_count, thread.version, thread.status.value, thread.usage.version)
+                if self._seen.get(tid) == mark:
+                    # already announced in this state: an external change elsewhere, or this
+                    # process's commit already seen by the external watcher (it wakes on our
+                    # writer's commits too, and may read them first)
+                    continue
                 subs = set(self._subs.get(tid, ()))
                 if self._key_subs:
                     for key in thread_keys(thread):
