@@ -104,6 +104,12 @@ _THREAD_COLS = "thread_id, doc, status, updated_at, heartbeat_at, event_count, t
 _row_to_thread = row_to_thread
 
 
+def _op_thread(op: Op) -> str | None:
+    """The thread an op writes (every op names one)."""
+    tid = getattr(op, "thread_id", None)
+    return tid if tid is not None else getattr(getattr(op, "thread", None), "thread_id", None)
+
+
 def _is_busy(exc: sqlite3.Error) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text
@@ -480,13 +486,16 @@ class SQLiteStore(Store):
         if not batch:
             return
         flush = list(self._mirrored) if self.mirror is not None else []
+        # a thread this batch marks again needs no delete first: its new mark replaces the old
+        touched = {_op_thread(op) for job in batch for op in job.payload}
+        clear = [m for m in flush if m[0] not in touched]
         mark = new_mark()
         for attempt in range(MAX_BUSY_RETRIES + 1):
             outcomes = []
             self._txn_views = []  # running hashes of this transaction's jobs, published on COMMIT
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                clear_marks(conn, flush)  # the previous commits' mirrors are written
+                clear_marks(conn, clear)  # the previous commits' mirrors are written
                 ts, epoch = now_pair()
                 alone = len(batch) == 1  # no savepoint needed: the transaction is the job
                 plan = fts.IndexPlan()
