@@ -262,7 +262,15 @@ def test_install_says_when_the_client_is_not_installed(home: Path) -> None:
 
 # ------------------------------------------------------------------ Claude Code hooks
 
-HOOK_EVENTS = ["SessionStart", "UserPromptSubmit", "PostToolUse", "Stop", "SubagentStop", "PreCompact"]
+HOOK_EVENTS = [
+    "SessionStart",
+    "UserPromptSubmit",
+    "PostToolUse",
+    "Stop",
+    "SubagentStop",
+    "PreCompact",
+    "SessionEnd",
+]
 USER_HOOK = {"type": "command", "command": "echo mine"}
 
 

@@ -23,6 +23,7 @@ HOOK_EVENTS: dict[str, str | None] = {
     "Stop": None,
     "SubagentStop": None,
     "PreCompact": None,
+    "SessionEnd": None,
 }
 """Each event threadloom listens to, with the matcher of its group (None: no matcher)."""
 
