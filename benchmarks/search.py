@@ -21,6 +21,13 @@ fresh schema of a PostgreSQL database, ``--pg-dsn``), one 5-thread continuation 
 
 Prints a table and writes benchmarks/results/search.json (search_postgres.json). On
 PostgreSQL the append cases are the ones that apply there (no mirrors or durability modes).
+
+    PYTHONPATH=server python benchmarks/search.py --semantic [--store postgres] [--model DIR]
+
+measures semantic and hybrid search instead (benchmarks/semantic_bench.py: retrieval
+quality on a labelled paraphrase set, embedding throughput, query latency at 100,000
+messages, appends/s with the background indexer next to without it) and writes
+benchmarks/results/semantic.json (semantic_postgres.json).
 """
 
 from __future__ import annotations
@@ -640,7 +647,17 @@ async def main() -> None:
     ap.add_argument("--root", type=Path, default=None, help="reuse/keep the SQLite corpus here")
     ap.add_argument("--skip-append", action="store_true")
     ap.add_argument("--append-only", action="store_true", help="only the append cost of indexing")
+    ap.add_argument("--semantic", action="store_true", help="semantic/hybrid figures (semantic_bench.py)")
+    ap.add_argument(
+        "--model", type=Path, default=None, help="--semantic: model folder (default: build_model.py's)"
+    )
+    ap.add_argument(
+        "--writers", type=int, default=4, help="--semantic: concurrent writers of the append case"
+    )
     args = ap.parse_args()
+    if args.semantic:
+        await semantic(args)
+        return
     args.queries = args.queries or (700 if args.full else 350)
     args.global_scans = args.global_scans if args.global_scans is not None else (4 if args.full else 8)
     for kind in ["sqlite", "postgres"] if args.store == "both" else [args.store]:
@@ -661,6 +678,56 @@ async def main() -> None:
             bench.drop()
             if pg or args.root is None:
                 shutil.rmtree(root, ignore_errors=True)
+
+
+async def semantic(args: argparse.Namespace) -> None:
+    import semantic_bench
+    from build_model import ensure_model
+
+    model = str(args.model or ensure_model())
+    for kind in ["sqlite", "postgres"] if args.store == "both" else [args.store]:
+        pg = kind == "postgres"
+        root = Path(tempfile.mkdtemp(prefix="tl-semantic-"))
+        bench = PgBench(root, args.pg_dsn) if pg else Bench(root)
+        dsns: dict[str, str] = {}
+
+        def make_store(name: str, pg: bool = pg, bench: Bench = bench, root: Path = root) -> Store:
+            if pg:
+                from threadloom.integrity import Signer
+                from threadloom.store.postgres import PostgresStore
+
+                assert isinstance(bench, PgBench)
+                dsn = dsns.setdefault(name, bench.new_schema())
+                return PostgresStore(dsn, durability="normal", pool_size=4, signer=Signer.for_root(root))
+            return SQLiteStore(root / name, durability="normal", mirrors=False)
+
+        try:
+            result = await semantic_bench.run(
+                make_store=make_store,
+                corpus=Corpus(),
+                new_thread=new_thread,
+                model=model,
+                messages=args.messages or 100_000,
+                threads=args.threads or 1_000,
+                reps=args.reps,
+                append_events=args.append_events,
+                writers=args.writers,
+                skip_append=args.skip_append,
+                label=kind,
+            )
+        finally:
+            bench.drop()
+            shutil.rmtree(root, ignore_errors=True)
+        result["machine"] = {
+            "python": platform.python_version(),
+            "sqlite": sqlite3.sqlite_version,
+            "cpus": os.cpu_count(),
+        }
+        semantic_bench.print_result(result)
+        RESULTS.mkdir(exist_ok=True)
+        out = RESULTS / ("semantic_postgres.json" if pg else "semantic.json")
+        out.write_text(json.dumps(result, indent=2))
+        print(f"wrote {out}")
 
 
 async def run(args: argparse.Namespace, corpus: Corpus, bench: Bench, messages: int, threads: int) -> None:

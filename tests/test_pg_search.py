@@ -292,6 +292,8 @@ async def test_a_database_at_schema_version_2_is_indexed_when_migrated(pg_dsn: s
     with psycopg.connect(pg_dsn, autocommit=True) as conn:  # back to a version-2 database
         conn.execute("DROP TABLE search_docs")
         conn.execute("DROP FUNCTION threadloom_append")
+        conn.execute("DROP TABLE vectors")
+        conn.execute("DELETE FROM meta WHERE key = 'vectors_generation'")
         conn.execute("DELETE FROM schema_migrations WHERE version >= 3")
     async with ThreadService(PostgresStore(pg_dsn, pool_size=2, signer=signer), settings) as service:
         res = await service.search_threads("walrus", limit=10)

@@ -174,8 +174,18 @@ async def _serve(settings: Settings, http: bool, allow_delete: bool = False) -> 
             from .web import build_web_app
 
             web = build_web_app(service, settings)
+        semantic = service.semantic
+        if semantic.enabled:  # a configured model that is missing stops the server now, saying how to get it
+            await anyio.to_thread.run_sync(semantic.embedder)
+        elif settings.semantic_model:
+            logging.getLogger("threadloom").warning(
+                "semantic_model is set but %s: searches are text only (pip install 'threadloom[semantic]')",
+                semantic.status()["extra_missing"],
+            )
         async with anyio.create_task_group() as tg:
             tg.start_soon(service.run_sweeper)
+            if semantic.enabled:
+                tg.start_soon(service.run_indexer)
             if http:
                 logging.getLogger("threadloom").warning(
                     "serving MCP over HTTP at http://%s:%d/mcp and the inspector at http://%s:%d/ (root %s)",
@@ -856,6 +866,13 @@ def search(
     tools: Annotated[
         bool, typer.Option("--tools", help="with --chain: also search tool inputs and outputs")
     ] = False,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            "--mode",
+            help="hybrid, text or semantic (default: hybrid when semantic search is set up, else text)",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Search messages: across threads (best hit per thread), or within one chain (--chain)."""
@@ -869,6 +886,8 @@ def search(
         fail("--agent filters searches across threads; a --chain search is already one chain")
     if tools and not chain:
         fail("--tools applies to a --chain search")
+    if regex and mode:
+        fail("--regex and --mode are two kinds of search: give one")
     if not hasattr(ThreadService, "chain_search"):
         fail("search is not available in this build of threadloom (it needs the search index)")
 
@@ -879,12 +898,12 @@ def search(
                 return await svc.chain_search(  # type: ignore[attr-defined]
                     chain,
                     query,
-                    search_type="regex" if regex else "text",
+                    search_type="regex" if regex else mode,
                     limit=limit,
                     context=context,
                     **extra,
                 )
-            return await svc.search_threads(query, agent_id=agent, limit=limit, context=context)  # type: ignore[attr-defined]
+            return await svc.search_threads(query, agent_id=agent, limit=limit, context=context, mode=mode)  # type: ignore[attr-defined]
 
     found = run(body)
     data = found.model_dump(mode="json") if hasattr(found, "model_dump") else found
@@ -1436,17 +1455,43 @@ def delete(
 
 
 @app.command(rich_help_panel=MAINTAIN)
-def reindex(root: RootOpt = None, as_json: JsonOpt = False) -> None:
-    """Bring the full-text search index up to date with the events.
+def reindex(
+    root: RootOpt = None,
+    embeddings: Annotated[
+        bool,
+        typer.Option(
+            "--embeddings",
+            help="backfill semantic-search vectors instead (needs threadloom[semantic] and semantic_model)",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Bring the full-text search index (or, with --embeddings, the vectors) up to date.
 
     Indexes the events the index lacks (after importing old transcripts, for example)
     and removes rows whose events are gone. Idempotent: a second run has nothing to do.
-    Safe while a server uses the same root.
+    With --embeddings: embeds the messages that have no vector and removes vectors whose
+    event is gone (or that another model made); each batch is committed, so a run that is
+    killed resumes where it stopped. Safe while a server uses the same root.
     """
     settings = settings_from(root=root)
     if settings.store == "sqlite" and not (settings.root / "threads.db").exists():
         db = settings.root / "threads.db"
         fail(f"no threadloom database at {db} (give --root or set THREADLOOM_HOME)", 2)
+    if embeddings:
+        try:
+            result, seconds = anyio.run(_reindex_embeddings, settings)
+        except ThreadloomError as exc:
+            fail(f"[{exc.rule}] {exc.message}", 2)
+        if as_json:
+            counts = {"embedded": result.embedded, "cleaned": result.cleaned, "vectors": result.vectors}
+            typer.echo(json.dumps({**counts, "model": result.model, "seconds": round(seconds, 3)}, indent=2))
+            return
+        typer.echo(
+            f"embeddings: {result.embedded} embedded, {result.cleaned} cleaned; {result.vectors} vectors "
+            f"of model {result.model} ({seconds:.1f} s)"
+        )
+        return
     try:
         stats, seconds = anyio.run(_reindex, settings, as_json)
     except ThreadloomError as exc:
@@ -1481,6 +1526,36 @@ async def _reindex(settings: Settings, quiet: bool = False) -> tuple[ReindexStat
         else:
             stats = await service.reindex()
     return stats, time.perf_counter() - started
+
+
+async def _reindex_embeddings(settings: Settings) -> tuple[Any, float]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .service import ThreadService
+    from .store import make_store
+
+    console = Console(stderr=True)
+    started = time.perf_counter()
+    async with ThreadService(make_store(settings), settings) as service:
+        if console.is_terminal:
+            columns = (TextColumn("embedding messages"), BarColumn(), MofNCompleteColumn())
+            with Progress(*columns, TimeRemainingColumn(), console=console, transient=True) as bar:
+                task = bar.add_task("embeddings", total=None)
+                result = await service.reindex_embeddings(
+                    progress=lambda done, total: bar.update(task, completed=done, total=total)
+                )
+        else:
+            last = [0.0]
+
+            def note(done: int, total: int) -> None:  # a line every few seconds for logs
+                now = time.perf_counter()
+                if now - last[0] >= 5 or done == total:
+                    last[0] = now
+                    print(f"embedded {done}/{total}", file=sys.stderr, flush=True)
+
+            result = await service.reindex_embeddings(progress=note)
+    return result, time.perf_counter() - started
 
 
 from . import cli_install  # noqa: E402,F401  (registers `install` and `uninstall`)

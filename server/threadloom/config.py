@@ -74,6 +74,11 @@ class Settings(BaseModel):
         default=DEFAULT_HTTP_SESSION_IDLE_TIMEOUT, gt=0, le=7 * 86_400, allow_inf_nan=False
     )
     http_max_sessions: int = Field(default=DEFAULT_HTTP_MAX_SESSIONS, ge=1, le=1_000_000)
+    semantic_model: str | None = Field(
+        default=None, min_length=1, max_length=1000, description="model2vec model folder or cached id"
+    )
+    semantic_tool_results: bool = False
+    semantic_batch: int = Field(default=256, ge=1, le=10_000)
 
     @field_validator("continuation_template")
     @classmethod

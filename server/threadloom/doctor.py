@@ -42,6 +42,7 @@ from .mirror import (
 )
 from .models import THREAD_ID_RE
 from .private import loose_paths, tighten
+from .semantic import health as semantic_health
 from .service import ThreadService
 from .store.schema import SQLITE_MIGRATIONS
 from .store.sqlite import SQLiteStore
@@ -701,6 +702,8 @@ async def run_doctor(
             try:
                 async with service:
                     checks += await check_data(service, root, progress=progress, on_total=on_total)
+                    state, detail, fix = await semantic_health(service.semantic)
+                    checks.append(Check("semantic", state, detail, fix))
             except ThreadloomError as exc:
                 checks.append(_problem("database", exc.message, "check the file; restore from a backup"))
         else:  # no usable database: every thread folder with lines is all that is left

@@ -424,8 +424,12 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
             ),
         ],
         search_type: Annotated[
-            Literal["text", "regex"], Field(description="text (ranked, full-text index) or regex (in order)")
-        ] = "text",
+            Literal["text", "regex", "semantic", "hybrid"] | None,
+            Field(
+                description="text (ranked, full-text index), regex (in order), semantic (by meaning) or "
+                "hybrid (both fused); default: hybrid when the server has semantic search, else text"
+            ),
+        ] = None,
         limit: Annotated[int, Field(description="most hits to return, 1-100")] = 20,
         context: Annotated[int, Field(description="events to show before and after each hit, 0-10")] = 3,
         include_tools: Annotated[
@@ -438,7 +442,8 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
         threads, e.g. where an error first appeared. Text hits come best first (events
         holding every word before those holding some); regex hits come in chain order,
         oldest first. Each hit has thread_id, seq, role, ts, a snippet with matches between
-        ** markers, and the events before/after it; read more with read_events.
+        ** markers, `matched` (text/semantic/regex) and the events before/after it; read more
+        with read_events.
         """
         return await service.chain_search(
             thread_id,
@@ -461,14 +466,22 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
         agent_id: Annotated[str | None, Field(description="only this agent's threads")] = None,
         limit: Annotated[int, Field(description="most threads to return, 1-50")] = 5,
         context: Annotated[int, Field(description="events to show before and after each hit, 0-10")] = 3,
+        mode: Annotated[
+            Literal["hybrid", "text", "semantic"] | None,
+            Field(
+                description="text (words), semantic (meaning) or hybrid (both fused); default: hybrid "
+                "when the server has semantic search, else text"
+            ),
+        ] = None,
     ) -> ThreadSearchResults:
         """Search past threads' messages ("have I solved something like this before?").
 
         Returns the best-matching threads, best first, one hit each (its best message) with
-        the thread's title, status, a snippet with matches between ** markers and the
-        events around the hit. Pass agent_id to search only that agent's threads.
+        the thread's title, status, a snippet with matches between ** markers, `matched`
+        (text/semantic) and the events around the hit. Pass agent_id to search only that
+        agent's threads.
         """
-        return await service.search_threads(query, agent_id=agent_id, limit=limit, context=context)
+        return await service.search_threads(query, agent_id=agent_id, limit=limit, context=context, mode=mode)
 
     # -------------------------------------------------------------- resources
 

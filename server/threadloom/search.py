@@ -8,6 +8,11 @@ in order with RE2, whose matching time is linear in the text: no pattern can sta
 the server. Each hit carries a highlighted snippet and the ``context`` conversational
 events (messages, assistant text, tool calls and results) before and after it in
 its thread.
+
+Semantic search (the ``semantic`` extra, docs/semantic.md) ranks events by the cosine of
+their vector to the query's; hybrid merges the BM25 and the vector rankings by reciprocal
+rank fusion (each list adds ``1 / (RRF_K + rank)``; search_threads fuses threads, each
+thread ranked by its best hit in each list). Every hit says which searches found it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import re2
@@ -29,6 +34,9 @@ from .store.base import SearchHit, Store
 from .store.textsearch import INDEXED_TYPES, document_fields
 from .textquery import TextQuery, clause_positions, parse_query, tokens_with_spans
 
+if TYPE_CHECKING:
+    from .semantic import SemanticIndex
+
 __all__ = [
     "ContextMessage",
     "SearchResult",
@@ -40,9 +48,16 @@ __all__ = [
     "compile_pattern",
     "RegexFinder",
     "text_snippet",
+    "rrf",
 ]
 
-SearchType = Literal["text", "regex"]
+SearchType = Literal["text", "regex", "semantic", "hybrid"]
+SearchMode = Literal["hybrid", "text", "semantic"]
+MatchKind = Literal["text", "semantic", "regex"]
+RRF_K = 60
+"""Reciprocal rank fusion constant: a hit at rank r of one list adds 1 / (RRF_K + r)."""
+FUSE_DEPTH = 50
+"""Hybrid search fuses the best FUSE_DEPTH hits (at least ``limit``) of each ranking."""
 
 MAX_CHAIN_LIMIT = 100
 MAX_THREADS_LIMIT = 50
@@ -85,7 +100,12 @@ class SearchResult(BaseModel):
     ts: str
     snippet: str = Field(description=f"the matching text with matches between {MARK} markers")
     score: float | None = Field(
-        description="relevance, higher is better (text search: BM25, ts_rank on PostgreSQL); null for regex"
+        description="relevance, higher is better (text: BM25, ts_rank on PostgreSQL; semantic: cosine; "
+        "hybrid: reciprocal rank fusion); null for regex"
+    )
+    matched: list[MatchKind] = Field(
+        default_factory=list,
+        description="which searches found this hit: text, semantic (hybrid: one or both)",
     )
     before: list[ContextMessage] = Field(description="up to `context` events before the hit, oldest first")
     after: list[ContextMessage] = Field(description="up to `context` events after the hit, oldest first")
@@ -108,7 +128,8 @@ class ChainSearchResults(BaseModel):
     query: str
     search_type: SearchType
     results: list[SearchResult] = Field(
-        description="text: best first (events holding every word first); regex: in chain order"
+        description="text, semantic, hybrid: best first (text: events holding every word first); "
+        "regex: in chain order"
     )
 
 
@@ -117,6 +138,7 @@ class ThreadSearchResults(BaseModel):
 
     query: str
     agent_id: str | None
+    mode: SearchMode
     results: list[ThreadSearchResult]
 
 
@@ -341,6 +363,7 @@ async def _present(
     context: int,
     snippet: Callable[[str], str | None],
     include_tools: bool,
+    kinds: Sequence[list[MatchKind]] | None = None,
 ) -> list[SearchResult]:
     windows: list[Window | None] = [None] * len(hits)
 
@@ -351,7 +374,7 @@ async def _present(
         for i, h in enumerate(hits):
             tg.start_soon(load, i, h)
     out: list[SearchResult] = []
-    for h, window in zip(hits, windows):
+    for i, (h, window) in enumerate(zip(hits, windows)):
         if window is None:
             continue
         event, before, after = window
@@ -374,6 +397,7 @@ async def _present(
                 ts=event.ts,
                 snippet=text,
                 score=h.score,
+                matched=list(kinds[i]) if kinds is not None else [],
                 before=[_context_message(e) for e in before],
                 after=[_context_message(e) for e in after],
             )
@@ -414,6 +438,133 @@ async def _ranked(
     return hits
 
 
+# ---------------------------------------------------------------------- fusion
+
+
+def rrf(
+    rankings: Sequence[tuple[MatchKind, Sequence[SearchHit]]],
+    *,
+    by_thread: bool,
+    limit: int,
+    k: int = RRF_K,
+) -> list[tuple[SearchHit, list[MatchKind]]]:
+    """Reciprocal rank fusion of ``rankings`` (each best first): the best ``limit`` keys by
+    the sum over lists of ``1 / (k + rank)``. A key is an event, or with ``by_thread`` a
+    thread (ranked by its first hit in each list). Each result is the hit of its key from
+    the list that ranked it highest (the first list on a tie), with the fused score and
+    the kinds of the lists it appeared in. Ties go to the better single rank, then the key.
+    """
+    scores: dict[Any, float] = {}
+    best: dict[Any, tuple[int, SearchHit]] = {}
+    kinds: dict[Any, list[MatchKind]] = {}
+    for kind, hits in rankings:
+        seen: set[Any] = set()
+        rank = 0
+        for h in hits:
+            key: Any = h.thread_id if by_thread else (h.thread_id, h.seq)
+            if key in seen:
+                continue
+            seen.add(key)
+            rank += 1
+            scores[key] = scores.get(key, 0.0) + 1.0 / (k + rank)
+            kinds.setdefault(key, []).append(kind)
+            if key not in best or rank < best[key][0]:
+                best[key] = (rank, h)
+    order = sorted(scores, key=lambda key: (-scores[key], best[key][0], str(key)))
+    out = []
+    for key in order[:limit]:
+        h = best[key][1]
+        out.append((SearchHit(h.thread_id, h.seq, round(scores[key], 6)), kinds[key]))
+    return out
+
+
+def _pick_mode(mode: str | None, semantic: SemanticIndex | None, *, name: str, allowed: Sequence[str]) -> str:
+    if mode is None:
+        return semantic.default_mode() if semantic is not None else "text"
+    if mode not in allowed:
+        raise InvalidInputError(
+            f"{name} must be one of {', '.join(repr(m) for m in allowed)}; got {quote(mode)}", rule=name
+        )
+    return mode
+
+
+async def _vector_hits(
+    store: Store,
+    semantic: SemanticIndex | None,
+    query: str,
+    *,
+    limit: int,
+    thread_ids: Sequence[str] | None = None,
+    agent_id: str | None = None,
+    best_per_thread: bool = False,
+) -> list[SearchHit]:
+    if semantic is None:
+        from .embedding import load_embedder
+
+        load_embedder(None)  # raises, naming the extra or the setting
+        raise AssertionError("unreachable")
+    vector = await semantic.encode_query(query)
+    if not vector:  # no word of the query is known to the model
+        return []
+    return await store.search_vectors(
+        semantic.model_id,
+        vector,
+        thread_ids=thread_ids,
+        agent_id=agent_id,
+        limit=limit,
+        best_per_thread=best_per_thread,
+    )
+
+
+async def _mode_hits(
+    store: Store,
+    semantic: SemanticIndex | None,
+    mode: str,
+    query: str,
+    parsed: TextQuery,
+    *,
+    limit: int,
+    thread_ids: Sequence[str] | None = None,
+    agent_id: str | None = None,
+    include_tools: bool = False,
+    best_per_thread: bool = False,
+) -> tuple[list[SearchHit], list[list[MatchKind]]]:
+    """The hits of a text, semantic or hybrid search, with the kinds that found each."""
+    scope: dict[str, Any] = {
+        "thread_ids": thread_ids,
+        "agent_id": agent_id,
+        "best_per_thread": best_per_thread,
+    }
+    if mode == "text":
+        hits = await _ranked(store, parsed, limit=limit, include_tools=include_tools, **scope)
+        return hits, [["text"] for _ in hits]
+    if mode == "semantic":
+        hits = await _vector_hits(store, semantic, query, limit=limit, **scope)
+        return hits, [["semantic"] for _ in hits]
+    depth = max(FUSE_DEPTH, limit)
+    if semantic is None:
+        return await _mode_hits(store, semantic, "semantic", query, parsed, limit=limit, **scope)  # refuses
+    qvec = await semantic.encode_query(query)  # refuses here, before any search, when unavailable
+    lists: dict[str, list[SearchHit]] = {"semantic": []}
+
+    async def vectors() -> None:
+        if qvec:
+            lists["semantic"] = await store.search_vectors(semantic.model_id, qvec, limit=depth, **scope)
+
+    async def words() -> None:
+        lists["text"] = await _ranked(store, parsed, limit=depth, include_tools=include_tools, **scope)
+
+    try:
+        async with anyio.create_task_group() as tg:  # on two of the store's readers at once
+            tg.start_soon(vectors)
+            tg.start_soon(words)
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from None
+    text, vector = lists["text"], lists["semantic"]
+    fused = rrf([("text", text), ("semantic", vector)], by_thread=best_per_thread, limit=limit)
+    return [h for h, _ in fused], [k for _, k in fused]
+
+
 # ---------------------------------------------------------------------- entry points
 
 
@@ -422,58 +573,88 @@ async def chain_search(
     thread_id: str,
     query: str,
     *,
-    search_type: str = "text",
+    search_type: str | None = None,
     limit: int = 20,
     context: int = 3,
     include_tools: bool = False,
+    semantic: SemanticIndex | None = None,
 ) -> ChainSearchResults:
-    """Search every thread of ``thread_id``'s continuation chain (see module docstring)."""
+    """Search every thread of ``thread_id``'s continuation chain (see module docstring).
+
+    ``search_type`` None picks the default: hybrid when semantic search is set up, else text.
+    """
     check_thread_id(thread_id)
-    if search_type not in ("text", "regex"):
-        raise InvalidInputError(
-            f"search_type must be 'text' or 'regex'; got {quote(search_type)}", rule="search_type"
-        )
+    search_type = _pick_mode(
+        search_type, semantic, name="search_type", allowed=("text", "regex", "semantic", "hybrid")
+    )
     _check_range("limit", limit, 1, MAX_CHAIN_LIMIT)
     _check_range("context", context, 0, MAX_CONTEXT)
-    if search_type == "text":
+    if search_type != "regex":
         parsed = parse_query(query).content_words()
         snippet: Callable[[str], str | None] = partial(text_snippet, query=parsed)
     else:
         finder = RegexFinder(query)
         snippet = partial(regex_snippet, pattern=finder.compiled)
+    if search_type in ("semantic", "hybrid") and semantic is not None:
+        await anyio.to_thread.run_sync(semantic.embedder)  # refuse before any work
     thread = await store.get_thread(thread_id)
     chain = [t.thread_id for t in await store.list_chain(thread.chain_root_id)]
     if thread_id not in chain:
         chain.append(thread_id)
-    if search_type == "text":
-        hits = await _ranked(store, parsed, limit=limit, thread_ids=chain, include_tools=include_tools)
-    else:
+    if search_type == "regex":
         hits = await store.scan_text(chain, finder, include_tools=include_tools, limit=limit, pattern=query)
+        kinds: list[list[MatchKind]] = [["regex"] for _ in hits]
+    else:
+        hits, kinds = await _mode_hits(
+            store,
+            semantic,
+            search_type,
+            query,
+            parsed,
+            limit=limit,
+            thread_ids=chain,
+            include_tools=include_tools,
+        )
     return ChainSearchResults(
         thread_id=thread_id,
         chain_root_id=thread.chain_root_id,
         threads=chain,
         query=query,
         search_type=search_type,  # type: ignore[arg-type]
-        results=await _present(store, hits, context, snippet, include_tools),
+        results=await _present(store, hits, context, snippet, include_tools, kinds),
     )
 
 
 async def search_threads(
-    store: Store, query: str, *, agent_id: str | None = None, limit: int = 5, context: int = 3
+    store: Store,
+    query: str,
+    *,
+    agent_id: str | None = None,
+    limit: int = 5,
+    context: int = 3,
+    mode: str | None = None,
+    semantic: SemanticIndex | None = None,
 ) -> ThreadSearchResults:
-    """The best-matching threads (one hit each, best first), of one agent when given."""
+    """The best-matching threads (one hit each, best first), of one agent when given.
+
+    ``mode``: text (BM25), semantic (vectors) or hybrid (both, fused); None picks hybrid
+    when semantic search is set up, else text.
+    """
     if agent_id is not None:
         check_agent_id(agent_id)
+    mode = _pick_mode(mode, semantic, name="mode", allowed=("hybrid", "text", "semantic"))
     _check_range("limit", limit, 1, MAX_THREADS_LIMIT)
     _check_range("context", context, 0, MAX_CONTEXT)
     parsed = parse_query(query).content_words()
-    hits = await _ranked(store, parsed, limit=limit, agent_id=agent_id, best_per_thread=True)
+    hits, kinds = await _mode_hits(
+        store, semantic, mode, query, parsed, limit=limit, agent_id=agent_id, best_per_thread=True
+    )
     threads = await store.get_threads([h.thread_id for h in hits])
-    results = await _present(store, hits, context, partial(text_snippet, query=parsed), False)
+    results = await _present(store, hits, context, partial(text_snippet, query=parsed), False, kinds)
     return ThreadSearchResults(
         query=query,
         agent_id=agent_id,
+        mode=mode,  # type: ignore[arg-type]
         results=[
             ThreadSearchResult(
                 **r.model_dump(),

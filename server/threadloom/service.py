@@ -81,6 +81,7 @@ from .results import (
     WaitResult,
 )
 from .search import ChainSearchResults, ThreadSearchResults, chain_search
+from .semantic import EmbedProgress, EmbedStats, SemanticIndex
 from .store.apply import request_hash
 from .store.base import (
     AppendEvents,
@@ -168,6 +169,7 @@ class ThreadService:
         self.store = store
         self.settings = settings or Settings()
         self.hub = WakeHub(store)
+        self.semantic = SemanticIndex(store, self.settings)
 
     async def open(self) -> None:
         await self.store.open()
@@ -1256,7 +1258,7 @@ class ThreadService:
         thread_id: str,
         query: str,
         *,
-        search_type: str = "text",
+        search_type: str | None = None,
         limit: int = 20,
         context: int = 3,
         include_tools: bool = False,
@@ -1264,7 +1266,9 @@ class ThreadService:
         """Search every thread of ``thread_id``'s continuation chain.
 
         ``text``: the full-text index, best BM25 first; ``regex``: RE2 over the chain's
-        events in order. Each hit has a snippet and ``context`` events either side.
+        events in order; ``semantic``: nearest vectors; ``hybrid``: BM25 and vectors fused
+        (None: hybrid when semantic search is set up, else text). Each hit has a snippet
+        and ``context`` events either side.
         """
         await visibility.visible(self.store, thread_id)
         return await chain_search(
@@ -1275,19 +1279,48 @@ class ThreadService:
             limit=limit,
             context=context,
             include_tools=include_tools,
+            semantic=self.semantic,
         )
 
     async def search_threads(
-        self, query: str, *, agent_id: str | None = None, limit: int = 5, context: int = 3
+        self,
+        query: str,
+        *,
+        agent_id: str | None = None,
+        limit: int = 5,
+        context: int = 3,
+        mode: str | None = None,
     ) -> ThreadSearchResults:
-        """The threads (of ``agent_id`` when given) that best match ``query``, one hit each."""
+        """The threads (of ``agent_id`` when given) that best match ``query``, one hit each.
+
+        ``mode``: hybrid, text or semantic; None: hybrid when semantic search is set up
+        (the extra installed and semantic_model set), else text.
+        """
         return await visibility.search_threads(
-            self.store, query, agent_id=agent_id, limit=limit, context=context
+            self.store,
+            query,
+            agent_id=agent_id,
+            limit=limit,
+            context=context,
+            mode=mode,
+            semantic=self.semantic,
         )
 
     async def reindex(self, *, progress: ReindexProgress | None = None) -> ReindexStats:
         """Bring the search index up to date with the events (idempotent, incremental)."""
         return await self.store.reindex(progress=progress)
+
+    async def reindex_embeddings(self, *, progress: EmbedProgress | None = None) -> EmbedStats:
+        """Backfill vectors: remove orphans, embed what is missing (idempotent, resumable).
+
+        Raises:
+            SemanticUnavailableError: the extra or the model is missing (the message says how to get it).
+        """
+        return await self.semantic.backfill(progress=progress)
+
+    async def run_indexer(self) -> None:
+        """Embed new events in the background after each commit (until cancelled)."""
+        await self.semantic.run_indexer()
 
     # ------------------------------------------------------------------ sweeper
 

@@ -146,21 +146,23 @@ async def child_counts(store: Store, parent_id: str) -> dict[str, int]:
 
 
 async def search_threads(
-    store: Store, query: str, *, agent_id: str | None, limit: int, context: int
+    store: Store, query: str, *, agent_id: str | None, limit: int, context: int, **options: Any
 ) -> ThreadSearchResults:
-    """search.search_threads limited to the current scope (several agents: merged by score)."""
+    """search.search_threads limited to the current scope (several agents: merged by score).
+
+    ``options`` go to search.search_threads as they are (``mode``, ``semantic``)."""
     from .search import search_threads as search
 
     scope = current_scope()
     if scope.unrestricted:
-        return await search(store, query, agent_id=agent_id, limit=limit, context=context)
+        return await search(store, query, agent_id=agent_id, limit=limit, context=context, **options)
     if agent_id is not None:
-        found = await search(store, query, agent_id=agent_id, limit=limit, context=context)
+        found = await search(store, query, agent_id=agent_id, limit=limit, context=context, **options)
         return found if scope.allows(agent_id) else found.model_copy(update={"results": []})
     agents = scope.sorted_agents()
     if not agents:  # a request that lost its token's scope: check the query, find nothing
-        found = await search(store, query, agent_id=DEFAULT_AGENT_ID, limit=limit, context=context)
+        found = await search(store, query, agent_id=DEFAULT_AGENT_ID, limit=limit, context=context, **options)
         return found.model_copy(update={"results": [], "agent_id": None})
-    each = [await search(store, query, agent_id=a, limit=limit, context=context) for a in agents]
+    each = [await search(store, query, agent_id=a, limit=limit, context=context, **options) for a in agents]
     results = sorted((r for found in each for r in found.results), key=lambda r: -(r.score or 0.0))
     return each[0].model_copy(update={"results": results[:limit], "agent_id": None})

@@ -45,6 +45,7 @@ __all__ = [
     "SearchHit",
     "ReindexStats",
     "ReindexProgress",
+    "VectorRow",
 ]
 
 
@@ -246,6 +247,16 @@ class ReindexStats:
     added: int = 0
     removed: int = 0
     documents: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class VectorRow:
+    """The vector of one event under one model: unit-length float32 little-endian bytes,
+    or ``b""`` for an event with nothing to embed (so it is not offered again)."""
+
+    thread_id: str
+    seq: int
+    vector: bytes
 
 
 ReindexProgress = Callable[[int, int], None]
@@ -497,6 +508,62 @@ class Store(abc.ABC):
         if progress is not None:
             progress(0, 0)
         return ReindexStats(documents=count)
+
+    # ------------------------------------------------------------------ vectors
+    #
+    # Semantic search (docs/semantic.md): the service embeds events and hands the vectors
+    # to the store; the store keeps one row per (event, model) and scans them. Deleting a
+    # thread deletes its vectors in the same transaction.
+
+    vector_index: str = "exact"
+    """How :meth:`search_vectors` finds neighbours here: ``exact`` (a scan of every vector)."""
+
+    @abc.abstractmethod
+    async def missing_vectors(
+        self,
+        model: str,
+        types: Sequence[str],
+        *,
+        thread_id: str | None = None,
+        after: tuple[str, int] | None = None,
+        limit: int = 256,
+    ) -> list[StoredEvent]:
+        """Events of ``types`` without a vector of ``model``, in (thread_id, seq) order, at
+        most ``limit``: only of ``thread_id`` when given, only past ``after`` (a
+        (thread_id, seq) place) when given."""
+
+    @abc.abstractmethod
+    async def count_missing_vectors(self, model: str, types: Sequence[str]) -> int:
+        """How many events of ``types`` have no vector of ``model``."""
+
+    @abc.abstractmethod
+    async def put_vectors(self, model: str, rows: Sequence[VectorRow]) -> int:
+        """Keep these vectors (one transaction); rows whose event is gone, or that already
+        have a vector of ``model``, are skipped. Returns how many rows were added."""
+
+    @abc.abstractmethod
+    async def clean_vectors(self, model: str, types: Sequence[str]) -> int:
+        """Remove vectors whose event is gone or not of ``types``, and vectors of any
+        other model. Returns how many rows were removed."""
+
+    @abc.abstractmethod
+    async def count_vectors(self, model: str) -> int:
+        """How many events have a (possibly empty) vector of ``model``."""
+
+    @abc.abstractmethod
+    async def search_vectors(
+        self,
+        model: str,
+        query: bytes,
+        *,
+        thread_ids: Sequence[str] | None = None,
+        agent_id: str | None = None,
+        limit: int = 20,
+        best_per_thread: bool = False,
+    ) -> list[SearchHit]:
+        """Events whose vector of ``model`` is nearest ``query`` (a unit vector as bytes),
+        best cosine first, at most ``limit``; scoped like :meth:`search_text`. Empty vectors
+        and vectors of another dimension never match."""
 
     async def _all_threads(self) -> list[Thread]:
         out: list[Thread] = []

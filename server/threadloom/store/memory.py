@@ -40,7 +40,9 @@ from .base import (
     Op,
     PutThread,
     PutUsage,
+    SearchHit,
     Store,
+    VectorRow,
 )
 
 
@@ -60,6 +62,7 @@ class MemoryStore(Store):
         self._idem: dict[tuple[str, str], IdempotencyRecord] = {}
         self._hashes = TranscriptHashes()
         self._imports: dict[str, ImportRecord] = {}
+        self._vectors: dict[str, dict[tuple[str, int], bytes]] = {}
 
     async def open(self) -> None:
         self.signer.load(allow_create=not self._threads)
@@ -287,6 +290,9 @@ class MemoryStore(Store):
             self._heads.pop(tid, None)
             self._imports.pop(tid, None)
             self._hashes.forget(tid)
+        for rows in self._vectors.values():
+            for key in [k for k in rows if k[0] in gone]:
+                del rows[key]
         for key in [k for k in self._idem if k[0] in gone]:
             del self._idem[key]
         if gone:
@@ -300,3 +306,88 @@ class MemoryStore(Store):
             if t.status == Status.RUNNING and parse_iso(t.heartbeat_at).timestamp() + t.stale_after < now
         ]
         return stale[:limit]
+
+    # ---------------------------------------------------------------- vectors
+
+    async def missing_vectors(
+        self,
+        model: str,
+        types: Sequence[str],
+        *,
+        thread_id: str | None = None,
+        after: tuple[str, int] | None = None,
+        limit: int = 256,
+    ) -> list[StoredEvent]:
+        have = self._vectors.get(model, {})
+        out: list[StoredEvent] = []
+        for tid in sorted(self._events) if thread_id is None else [thread_id]:
+            for ev in self._events.get(tid, []):
+                if after is not None and (tid, ev.seq) <= after:
+                    continue
+                if ev.type in types and (tid, ev.seq) not in have:
+                    out.append(ev)
+                    if len(out) >= limit:
+                        return out
+        return out
+
+    async def count_missing_vectors(self, model: str, types: Sequence[str]) -> int:
+        have = self._vectors.get(model, {})
+        return sum(
+            1
+            for tid, events in self._events.items()
+            for ev in events
+            if ev.type in types and (tid, ev.seq) not in have
+        )
+
+    async def put_vectors(self, model: str, rows: Sequence[VectorRow]) -> int:
+        have = self._vectors.setdefault(model, {})
+        added = 0
+        for r in rows:
+            events = self._events.get(r.thread_id, [])
+            if (r.thread_id, r.seq) in have or not (1 <= r.seq <= len(events)):
+                continue
+            have[(r.thread_id, r.seq)] = r.vector
+            added += 1
+        return added
+
+    async def clean_vectors(self, model: str, types: Sequence[str]) -> int:
+        removed = 0
+        for name in list(self._vectors):
+            rows = self._vectors[name]
+            for tid, seq in list(rows):
+                events = self._events.get(tid, [])
+                gone = not (1 <= seq <= len(events)) or events[seq - 1].type not in types
+                if name != model or gone:
+                    del rows[(tid, seq)]
+                    removed += 1
+            if not rows:
+                del self._vectors[name]
+        return removed
+
+    async def count_vectors(self, model: str) -> int:
+        return len(self._vectors.get(model, {}))
+
+    async def search_vectors(
+        self,
+        model: str,
+        query: bytes,
+        *,
+        thread_ids: Sequence[str] | None = None,
+        agent_id: str | None = None,
+        limit: int = 20,
+        best_per_thread: bool = False,
+    ) -> list[SearchHit]:
+        from .vectors import Matrix, scope_filter
+
+        agents = None
+        if agent_id is not None:
+            agents = {t for t, th in self._threads.items() if th.agent_id == agent_id}
+        matrix = Matrix()
+        matrix.extend(
+            (i, tid, seq, vec)
+            for i, ((tid, seq), vec) in enumerate(sorted(self._vectors.get(model, {}).items()), start=1)
+            if vec
+        )
+        return matrix.search(
+            query, allowed=scope_filter(thread_ids, agents), limit=limit, best_per_thread=best_per_thread
+        )

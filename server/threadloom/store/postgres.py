@@ -29,7 +29,7 @@ from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes, chain_
 from ..models import Status, StoredEvent, Thread, Usage, parse_iso, render_line
 from ..provenance import ImportRecord
 from ..textquery import Mode, TextQuery
-from . import pgappend, pgsearch
+from . import pgappend, pgsearch, pgvectors
 from .apply import (
     accounts_doc,
     accounts_from_doc,
@@ -66,6 +66,7 @@ from .base import (
     ReindexStats,
     SearchHit,
     Store,
+    VectorRow,
 )
 from .schema import POSTGRES_MIGRATIONS, POSTGRES_SEARCH_VERSION, SchemaTooNew
 from .textsearch import Finder
@@ -140,6 +141,7 @@ class PostgresStore(Store):
         self._instance = uuid.uuid4().hex[:16]
         self._group = pgappend.GroupCommit(self._tails, self._call_group)
         self._regex_ok: bool | None = None
+        self._vectors = pgvectors.PgVectors()
 
     # ------------------------------------------------------------- life cycle
 
@@ -711,6 +713,7 @@ class PostgresStore(Store):
             await conn.execute("DELETE FROM idempotency WHERE thread_id = ANY(%s)", (ids,))
             await conn.execute("DELETE FROM thread_imports WHERE thread_id = ANY(%s)", (ids,))
             await pgsearch.delete_docs(conn, ids)
+            await pgvectors.delete_threads(conn, ids)
             return gone
 
         gone = await self._run(txn, write=True)
@@ -868,6 +871,58 @@ class PostgresStore(Store):
     async def reindex(self, *, progress: ReindexProgress | None = None) -> ReindexStats:
         """Removes rows whose event is gone, then indexes events lacking a row, in batches."""
         return await pgsearch.reindex(self._run, progress=progress)
+
+    # ----------------------------------------------------------------- vectors
+
+    async def missing_vectors(
+        self,
+        model: str,
+        types: Sequence[str],
+        *,
+        thread_id: str | None = None,
+        after: tuple[str, int] | None = None,
+        limit: int = 256,
+    ) -> list[StoredEvent]:
+        return await self._run(
+            lambda c: pgvectors.missing(c, model, types, thread_id, after, limit), write=False, txn=False
+        )
+
+    async def count_missing_vectors(self, model: str, types: Sequence[str]) -> int:
+        return await self._run(lambda c: pgvectors.count_missing(c, model, types), write=False, txn=False)
+
+    async def put_vectors(self, model: str, rows: Sequence[VectorRow]) -> int:
+        rows = list(rows)
+        return await self._run(lambda c: pgvectors.put(c, model, rows), write=True) if rows else 0
+
+    async def clean_vectors(self, model: str, types: Sequence[str]) -> int:
+        return await self._run(lambda c: pgvectors.clean(c, model, types), write=True)
+
+    async def count_vectors(self, model: str) -> int:
+        return await self._run(lambda c: pgvectors.count(c, model), write=False, txn=False)
+
+    async def search_vectors(
+        self,
+        model: str,
+        query: bytes,
+        *,
+        thread_ids: Sequence[str] | None = None,
+        agent_id: str | None = None,
+        limit: int = 20,
+        best_per_thread: bool = False,
+    ) -> list[SearchHit]:
+        return await self._run(
+            lambda c: self._vectors.search(
+                c,
+                model,
+                query,
+                thread_ids=thread_ids,
+                agent_id=agent_id,
+                limit=limit,
+                best_per_thread=best_per_thread,
+            ),
+            write=False,
+            txn=False,
+        )
 
     # ------------------------------------------------------------------- watch
 

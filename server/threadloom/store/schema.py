@@ -12,6 +12,8 @@ from ..errors import StoreUnavailableError
 from .fts import EXTERNAL_CONTENT_SQL
 from .fts import MIGRATION_SQL as SEARCH_INDEX_SQL
 from .pgappend import FUNCTION_SQL as APPEND_FUNCTION_SQL
+from .pgvectors import MIGRATION as PG_VECTORS_MIGRATION
+from .sqlvectors import MIGRATION_SQL as VECTORS_SQL
 
 SQLITE_MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -121,6 +123,7 @@ SQLITE_MIGRATIONS.append(
     )
 )
 """The countersigned record of each imported thread (provenance.py)."""
+SQLITE_MIGRATIONS.append(("0007_vectors", VECTORS_SQL))
 
 
 def apply_sqlite_migrations(conn: sqlite3.Connection, migrations: list[tuple[str, str]]) -> int:
@@ -261,3 +264,5 @@ POSTGRES_MIGRATIONS.append(
     )
 )
 """The countersigned record of each imported thread (provenance.py)."""
+
+POSTGRES_MIGRATIONS.append(("0007_vectors", PG_VECTORS_MIGRATION))

@@ -27,7 +27,7 @@ from ..models import Status, StoredEvent, Thread, Usage, parse_iso, render_line
 from ..private import ensure_file, make_dir
 from ..provenance import ImportRecord
 from ..textquery import Mode, TextQuery
-from . import fts
+from . import fts, sqlvectors
 from .apply import (
     accounts_doc,
     accounts_from_doc,
@@ -64,6 +64,7 @@ from .base import (
     ReindexStats,
     SearchHit,
     Store,
+    VectorRow,
 )
 from .pending import (
     BackgroundSweep,
@@ -79,6 +80,7 @@ from .pending import (
 )
 from .schema import SQLITE_MIGRATIONS, apply_sqlite_migrations
 from .textsearch import Finder
+from .vectors import VectorCache
 from .workers import Job, WorkerPool, resolve
 
 log = logging.getLogger("threadloom.store")
@@ -170,6 +172,7 @@ class SQLiteStore(Store):
         self._rconns: list[sqlite3.Connection] = []
         self._rlock = threading.Lock()
         self._search = fts.SearchEngine()
+        self._vectors = VectorCache()
 
     # ----------------------------------------------------------- connections
 
@@ -440,6 +443,7 @@ class SQLiteStore(Store):
                     forget_marks(conn, ids)
                     for tid in ids:
                         fts.delete_thread_docs(conn, tid)
+                        sqlvectors.delete_thread_vectors(conn, tid)
                         if conn.execute("DELETE FROM threads WHERE thread_id = ?", (tid,)).rowcount:
                             gone.append(tid)
                         conn.execute("DELETE FROM events WHERE thread_id = ?", (tid,))
@@ -974,6 +978,97 @@ class SQLiteStore(Store):
                     progress(i + len(part), len(ids))
         documents = await self._read(fts.count_documents)
         return ReindexStats(added=counts["added"], removed=counts["removed"], documents=documents)
+
+    # ---------------------------------------------------------------- vectors
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], *, derived: bool = False) -> T:
+        """Run ``fn`` in its own write transaction on the writer thread.
+
+        ``derived``: the rows can be rebuilt from the events (vectors), so the commit does not
+        wait for the disk (``synchronous=NORMAL`` in WAL: durable at the next checkpoint; a power
+        cut may lose it, never corrupt the file). It keeps the writer free for appends."""
+        if self._writer is None:
+            raise StoreUnavailableError("the store is not open")
+        level = DURABILITY[self.durability]
+
+        def run(conn: sqlite3.Connection) -> T:
+            if derived and level != "NORMAL":
+                conn.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    return unsynced(conn)
+                finally:
+                    conn.execute(f"PRAGMA synchronous={level}")
+            return unsynced(conn)
+
+        def unsynced(conn: sqlite3.Connection) -> T:
+            def txn() -> T:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    out = fn(conn)
+                    conn.execute("COMMIT")
+                    return out
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+
+            try:
+                return _retry_busy(txn)
+            except sqlite3.Error as exc:
+                raise StoreUnavailableError(f"write failed on {self.path}: {exc}") from exc
+
+        return await self._writer.submit(run)
+
+    async def missing_vectors(
+        self,
+        model: str,
+        types: Sequence[str],
+        *,
+        thread_id: str | None = None,
+        after: tuple[str, int] | None = None,
+        limit: int = 256,
+    ) -> list[StoredEvent]:
+        return await self._read(lambda c: sqlvectors.missing(c, model, types, thread_id, after, limit))
+
+    async def count_missing_vectors(self, model: str, types: Sequence[str]) -> int:
+        return await self._read(lambda c: sqlvectors.count_missing(c, model, types))
+
+    async def put_vectors(self, model: str, rows: Sequence[VectorRow]) -> int:
+        rows = list(rows)
+        return await self._write(lambda c: sqlvectors.put(c, model, rows), derived=True) if rows else 0
+
+    async def clean_vectors(self, model: str, types: Sequence[str]) -> int:
+        ids: list[int] = await self._read(lambda c: sqlvectors.stale_ids(c, model, types))
+        removed = 0
+        for i in range(0, len(ids), sqlvectors.BATCH):
+            part = ids[i : i + sqlvectors.BATCH]
+            removed += await self._write(lambda c: sqlvectors.remove(c, part))
+        return removed
+
+    async def count_vectors(self, model: str) -> int:
+        return await self._read(lambda c: sqlvectors.count(c, model))
+
+    async def search_vectors(
+        self,
+        model: str,
+        query: bytes,
+        *,
+        thread_ids: Sequence[str] | None = None,
+        agent_id: str | None = None,
+        limit: int = 20,
+        best_per_thread: bool = False,
+    ) -> list[SearchHit]:
+        return await self._read(
+            lambda c: sqlvectors.search(
+                c,
+                self._vectors,
+                model,
+                query,
+                thread_ids=thread_ids,
+                agent_id=agent_id,
+                limit=limit,
+                best_per_thread=best_per_thread,
+            )
+        )
 
     # ------------------------------------------------------------ maintenance
 
