@@ -714,6 +714,7 @@ async def semantic(args: argparse.Namespace) -> None:
                 writers=args.writers,
                 skip_append=args.skip_append,
                 label=kind,
+                append_only=args.append_only,
             )
         finally:
             bench.drop()
@@ -725,7 +726,9 @@ async def semantic(args: argparse.Namespace) -> None:
         }
         semantic_bench.print_result(result)
         RESULTS.mkdir(exist_ok=True)
-        out = RESULTS / ("semantic_postgres.json" if pg else "semantic.json")
+        out = RESULTS / (
+            ("semantic_postgres" if pg else "semantic") + ("_append" if args.append_only else "") + ".json"
+        )
         out.write_text(json.dumps(result, indent=2))
         print(f"wrote {out}")
 

@@ -149,7 +149,8 @@ async def latency(service: ThreadService, reps: int) -> dict[str, Any]:
     return out
 
 
-async def append_rate(root: Path, model: str | None, n: int, writers: int) -> float:
+async def append_rate(root: Path, model: str | None, n: int, writers: int) -> tuple[float, float]:
+    """(appends/s, process CPU ms per append, the indexer's work included)."""
     settings = Settings(root=root, semantic_model=model)
     async with ThreadService(SQLiteStore(root, durability="full"), settings) as service:
         threads = [(await service.create_thread()).thread_id for _ in range(writers)]
@@ -170,7 +171,7 @@ async def append_rate(root: Path, model: str | None, n: int, writers: int) -> fl
                         tid, [{"type": "message", "role": "user", "text": f"{texts[i % 4]} #{i}"}]
                     )
 
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             async with anyio.create_task_group() as inner:
                 for tid in threads:
                     inner.start_soon(writer, tid)
@@ -181,21 +182,25 @@ async def append_rate(root: Path, model: str | None, n: int, writers: int) -> fl
                         service.semantic.model_id, service.semantic.types
                     ):
                         await anyio.sleep(0.05)
+            cpu = time.process_time() - c0
             tg.cancel_scope.cancel()
-    return (n // writers) * writers / seconds
+    done = (n // writers) * writers
+    return done / seconds, 1000 * cpu / done
 
 
 async def appends(model: str, n: int, reps: int, writers: int) -> dict[str, Any]:
     rates: dict[str, list[float]] = {"without indexer": [], "with indexer": []}
+    cpu: dict[str, list[float]] = {"without indexer": [], "with indexer": []}
     with tempfile.TemporaryDirectory(prefix="tl-sem-append-") as tmp:
         for r in range(reps):
             for case in (
                 ["without indexer", "with indexer"] if r % 2 == 0 else ["with indexer", "without indexer"]
             ):
                 root = Path(tmp) / f"{case.replace(' ', '-')}-{r}"
-                rate = await append_rate(root, model if case == "with indexer" else None, n, writers)
+                rate, ms = await append_rate(root, model if case == "with indexer" else None, n, writers)
                 rates[case].append(rate)
-                print(f"  appends {case}: {rate:,.0f}/s", file=sys.stderr)
+                cpu[case].append(ms)
+                print(f"  appends {case}: {rate:,.0f}/s, {ms:.2f} CPU ms each", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in rates.items()}
     return {
         "events_per_call": 1,
@@ -205,6 +210,10 @@ async def appends(model: str, n: int, reps: int, writers: int) -> dict[str, Any]
         "rates": {k: [round(x) for x in v] for k, v in rates.items()},
         "median_per_s": {k: round(v) for k, v in med.items()},
         "ratio_with_over_without": round(med["with indexer"] / med["without indexer"], 3),
+        "cpu_ms_per_append": {k: round(statistics.median(v), 3) for k, v in cpu.items()},
+        "cpu_ratio_with_over_without": round(
+            statistics.median(cpu["with indexer"]) / statistics.median(cpu["without indexer"]), 3
+        ),
     }
 
 
@@ -221,8 +230,12 @@ async def run(
     writers: int,
     skip_append: bool,
     label: str,
+    append_only: bool = False,
 ) -> dict[str, Any]:
     result: dict[str, Any] = {"store": label, "model": model, "messages": messages, "threads": threads}
+    if append_only:
+        result["appends"] = await appends(model, append_events, reps, writers)
+        return result
     # quality on a small store: 30 labelled threads among 500 filler threads (3,000 messages)
     small = make_store("quality")
     await small.open()
@@ -260,6 +273,9 @@ async def run(
 
 def print_result(r: dict[str, Any]) -> None:
     print(f"\nsemantic search ({r['store']}, vector_index={r.get('vector_index')}, model {r['model']})")
+    if "quality" not in r:
+        print_appends(r["appends"])
+        return
     print("\nretrieval quality on benchmarks/data/paraphrases.json (30 queries, 530 threads)")
     print(f"  {'mode':10} {'recall@5':>9} {'MRR@10':>8}")
     for mode in MODES:
@@ -277,9 +293,17 @@ def print_result(r: dict[str, Any]) -> None:
     for name, s in r["latency"].items():
         print(f"  {name:50} p50 {s['p50_ms']:7.2f} ms   p99 {s['p99_ms']:7.2f} ms")
     if r.get("appends"):
-        a = r["appends"]
-        m = a["median_per_s"]
-        print(
-            f"\nappends/s ({a['writers']} writers, 1 message per call, median of {a['reps']}): without indexer "
-            f"{m['without indexer']:,}, with indexer {m['with indexer']:,} -> ratio {a['ratio_with_over_without']}"
-        )
+        print_appends(r["appends"])
+
+
+def print_appends(a: dict[str, Any]) -> None:
+    m = a["median_per_s"]
+    print(
+        f"\nappends/s ({a['writers']} writers, 1 message per call, median of {a['reps']}): without indexer "
+        f"{m['without indexer']:,}, with indexer {m['with indexer']:,} -> ratio {a['ratio_with_over_without']}"
+    )
+    c = a["cpu_ms_per_append"]
+    print(
+        f"process CPU per append (indexer included): without {c['without indexer']} ms, with "
+        f"{c['with indexer']} ms -> ratio {a['cpu_ratio_with_over_without']}"
+    )

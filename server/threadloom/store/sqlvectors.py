@@ -89,14 +89,12 @@ def count_missing(conn: sqlite3.Connection, model: str, types: Sequence[str]) ->
 
 def put(conn: sqlite3.Connection, model: str, rows: Sequence[VectorRow]) -> int:
     """Insert the rows whose event still exists (inside the caller's transaction)."""
-    added = 0
-    for r in rows:
-        added += conn.execute(
-            "INSERT OR IGNORE INTO vectors (event_id, thread_id, seq, model, vector)"
-            " SELECT id, thread_id, seq, ?, ? FROM events WHERE thread_id = ? AND seq = ?",
-            (model, r.vector, r.thread_id, r.seq),
-        ).rowcount
-    return added
+    cur = conn.executemany(
+        "INSERT OR IGNORE INTO vectors (event_id, thread_id, seq, model, vector)"
+        " SELECT id, thread_id, seq, ?, ? FROM events WHERE thread_id = ? AND seq = ?",
+        [(model, r.vector, r.thread_id, r.seq) for r in rows],
+    )
+    return cur.rowcount
 
 
 def stale_ids(conn: sqlite3.Connection, model: str, types: Sequence[str]) -> list[int]:
