@@ -147,10 +147,11 @@ class Embedder:
 
     def encode_bytes(self, texts: list[str]) -> list[bytes]:
         """:meth:`encode` as the bytes the stores keep (b"" for a text with no known token)."""
-        out = []
-        for row in self.encode(texts):
-            out.append(row.astype("<f4").tobytes() if row.any() else b"")
-        return out
+        vectors = self.encode(texts)
+        raw = vectors.astype("<f4", copy=False).tobytes()
+        step = 4 * self.dim
+        known = vectors.any(axis=1).tolist()
+        return [raw[i * step : (i + 1) * step] if known[i] else b"" for i in range(len(known))]
 
 
 _cache: dict[str, Embedder] = {}
@@ -180,6 +181,8 @@ def load_embedder(spec: str | None) -> Embedder:
         if spec in _cache:
             return _cache[spec]
         folder = resolve_model_dir(spec)
+        # the indexer embeds on one worker thread next to the appends: no tokenizer thread pool
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         from model2vec import StaticModel
 
         try:
