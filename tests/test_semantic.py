@@ -436,3 +436,17 @@ def test_the_vector_scan_returns_the_exact_nearest_rows(dim: int) -> None:
                     break
             assert [(h.thread_id, h.seq) for h in got] == want
             assert [h.score for h in got] == pytest.approx([float(exact[s - 1]) for _, s in want], abs=1e-5)
+
+
+async def test_a_scoped_caller_finds_only_its_agents_threads_by_meaning(sem: ThreadService) -> None:
+    from threadloom.scope import AgentScope, acting_as
+
+    mine = await thread_with(sem, ["the intermittent auth spec failure"], agent_id="alice")
+    theirs = await thread_with(sem, ["the sporadic auth spec failure"], agent_id="bob")
+    await sem.semantic.embed_pending()
+    with acting_as(AgentScope.of(["alice"], "alice")):
+        for mode in ("semantic", "hybrid"):
+            res = await sem.search_threads("flaky login test", mode=mode)
+            assert [r.thread_id for r in res.results] == [mine], mode
+    everyone = await sem.search_threads("flaky login test", mode="semantic")
+    assert {r.thread_id for r in everyone.results} == {mine, theirs}
