@@ -17,8 +17,6 @@ import pytest
 
 from threadloom.service import ThreadService
 from threadloom.store import SQLiteStore, fts
-from threadloom.store import sqlite as sqlite_store
-from threadloom.store.schema import SQLITE_MIGRATIONS
 
 pytestmark = pytest.mark.anyio
 
@@ -67,27 +65,31 @@ async def _answers(svc: ThreadService, ids: list[str]) -> list[Any]:
     return out
 
 
-EXTERNAL = next(
-    v for v, (name, _) in enumerate(SQLITE_MIGRATIONS, start=1) if name.endswith("search_external_content")
-)
-"""The version of the migration that drops the index's own copy of the text."""
+def _to_copying_layout(db: Path) -> None:
+    """Turn the index back into the one the previous build made: an FTS5 table with its own
+    copy of the text (migration 0003's layout), filled from the events."""
+    statements = [s for s in fts.MIGRATION_SQL.split(";") if s.strip() and "CREATE VIEW" not in s]
+    _sql(db, f"DROP TABLE {fts.TABLE}", *statements)
 
 
-async def test_results_are_unchanged_by_the_storage_change_and_by_reindex(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _migrate_to_external_content(db: Path) -> None:
+    """Run the statements of the migration that drops the copy, as opening an old store does."""
+    _sql(db, *[s for s in fts.EXTERNAL_CONTENT_SQL.split(";") if s.strip()])
+
+
+async def test_results_are_unchanged_by_the_storage_change_and_by_reindex(tmp_path: Path) -> None:
     root = tmp_path / "root"
     db = root / "threads.db"
-    # a store made by the previous build: the index keeps its own copy of the text
-    monkeypatch.setattr(sqlite_store, "SQLITE_MIGRATIONS", SQLITE_MIGRATIONS[: EXTERNAL - 1])
-    async with ThreadService(SQLiteStore(root, durability="normal")) as old:
-        ids = await _fill(old)
-        before = await _answers(old, ids)
+    async with ThreadService(SQLiteStore(root, durability="normal")) as svc:
+        ids = await _fill(svc)
+    _to_copying_layout(db)
     assert _sql(db, "SELECT count(*) FROM search_index_content")[0][0] == 6 * 12 * 4
-    monkeypatch.undo()
+    async with ThreadService(SQLiteStore(root, durability="normal")) as old:
+        before = await _answers(old, ids)  # the previous layout's answers
 
+    _migrate_to_external_content(db)
+    assert _sql(db, "SELECT name FROM sqlite_schema WHERE name = 'search_index_content'") == []
     async with ThreadService(SQLiteStore(root, durability="normal")) as migrated:
-        assert _sql(db, "SELECT name FROM sqlite_schema WHERE name = 'search_index_content'") == []
         assert await _answers(migrated, ids) == before
         stats = await migrated.reindex()
         assert (stats.added, stats.removed, stats.documents) == (0, 0, 6 * 12 * 4)
