@@ -294,6 +294,10 @@ async def test_a_database_at_schema_version_2_is_indexed_when_migrated(pg_dsn: s
         conn.execute("DROP FUNCTION threadloom_append")
         conn.execute("DROP TABLE vectors")
         conn.execute("DELETE FROM meta WHERE key = 'vectors_generation'")
+        conn.execute(  # and what later migrations added (forks, leases)
+            "ALTER TABLE threads DROP COLUMN fork_of, DROP COLUMN lease_owner, DROP COLUMN lease_expires,"
+            " DROP COLUMN lease_ttl"
+        )
         conn.execute("DELETE FROM schema_migrations WHERE version >= 3")
     async with ThreadService(PostgresStore(pg_dsn, pool_size=2, signer=signer), settings) as service:
         res = await service.search_threads("walrus", limit=10)

@@ -78,6 +78,7 @@ async def big_root(root: Path, n: int) -> list[str]:
                     chain_root_id=tid,
                     context_window=200_000,
                     agent_id="bulk",
+                    title="bulk",  # titled: no automatic title commit between the counted mirror writes
                     status=Status.RUNNING,
                     created_at=now,
                     updated_at=now,

@@ -1578,3 +1578,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return 0
+
+
+from . import cli_live  # noqa: E402,F401  (registers `threadloom fork` on app)

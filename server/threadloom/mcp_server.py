@@ -32,6 +32,7 @@ from .results import (
     DeleteOutcome,
     EventPage,
     HandoffInfo,
+    LeaseOutcome,
     ResumeOutcome,
     ThreadPage,
     WaitResult,
@@ -40,6 +41,7 @@ from .schema_flat import flatten_tool_schemas
 from .search import ChainSearchResults, ThreadSearchResults
 from .service import ThreadService
 from .tool_args import guard_resource_uris, guard_tool_arguments
+from .tool_surface import apply_tool_surface
 from .verify import VerifyReport
 
 P = ParamSpec("P")
@@ -62,8 +64,9 @@ resume_thread gives a finished chain a new instruction.
 READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
 WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
 
-ThreadId = Annotated[str, Field(description="thread id: 12 lowercase hex digits, e.g. '3f9a0c2b7d41'")]
+ThreadId = Annotated[str, Field(description="thread id (12 lowercase hex digits)")]
 StatusName = Literal["created", "running", "paused", "completed", "error", "cancelled", "continued"]
+Owner = Annotated[str | None, Field(description="your owner name, if you hold the thread's lease")]
 MessageFormat = Annotated[
     Literal["neutral", "anthropic", "openai"],
     Field(
@@ -126,30 +129,20 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
         stale_after: Annotated[
             float | None, Field(description="seconds without a heartbeat before a running thread times out")
         ] = None,
-        limits: Limits | None = None,
+        limits: Annotated[Limits | None, Field(description="caps on this thread's own usage")] = None,
         capabilities: Annotated[
             Capabilities | None,
-            Field(
-                description="the agent's tool definitions and capability tree; written once, signed, "
-                "as thread://{id}/capabilities.md"
-            ),
+            Field(description="the agent's tool definitions and capability tree (signed, read-only)"),
         ] = None,
         budget: Annotated[
             Budget | None,
-            Field(
-                description="spend budget; a child's max_spend is reserved from its parent's remaining budget"
-            ),
+            Field(description="spend budget for this thread and its descendants"),
         ] = None,
         metadata: Annotated[dict[str, Any] | None, Field(description="free-form JSON object")] = None,
     ) -> Thread:
-        """Create a new thread (status 'created') and return its manifest with its thread_id.
-
-        Call this once at the start of a task; then record everything with append_event
-        using the returned thread_id. Give parent_id to create a child thread of an
-        orchestrator; a child's budget.max_spend is reserved from its parent's remaining
-        budget (refused when the parent has not enough left). limits caps the thread's own
-        turns, tokens and spend.
-        """
+        """Create a thread (status 'created') at the start of a task; returns its manifest
+        with thread_id. With parent_id it is a child of an orchestrator thread, and its
+        budget.max_spend is reserved from the parent's remaining budget."""
         return await service.create_thread(
             agent_id=agent_id,
             directive=directive,
@@ -173,62 +166,52 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
             dict[str, Any] | None,
             Field(
                 description=(
-                    "one event. Types: message {role: user|assistant|system, text, metadata?}; "
-                    "tool_use {id, name, input}; tool_result {tool_use_id, output, is_error}; "
-                    "assistant_text {text}; result {cost, duration_ms, turns, input_tokens, "
-                    "output_tokens, cache_read_tokens}; or a custom type starting with 'x-'. "
-                    "Without 'type' it is a message."
+                    "one event: message {role: user|assistant|system, text}; tool_use {id, name, "
+                    "input}; tool_result {tool_use_id, output, is_error}; assistant_text {text}; result "
+                    "{cost, turns, input_tokens, output_tokens, duration_ms}; or type 'x-...'. "
+                    "No type: a message."
                 )
             ),
         ] = None,
         events: Annotated[
             list[dict[str, Any]] | None,
-            Field(description="several events appended atomically (all or nothing), in order"),
+            Field(description="several events, appended all or nothing"),
         ] = None,
         idempotency_key: Annotated[
             str | None,
-            Field(description="any unique string; retrying with the same key returns the original seq(s)"),
+            Field(description="unique string: a retry with it returns the first seq(s)"),
         ] = None,
+        owner: Owner = None,
     ) -> AppendOutcome:
-        """Append one event (`event`) or several (`events`) to a thread's log.
-
-        Returns `seq` (or `seqs` for a batch), the thread's status and its context usage
-        (`context.used/window/ratio`). The first append moves a created thread to
-        running. Pass an idempotency_key when you may retry, so nothing is written twice.
-        When the append brings context.ratio to the thread's threshold, the server hands
-        the work off to a new thread in the same step: the result then has
-        `handoff.thread_id`, and every later event goes to that thread (this one is
-        `continued` and refuses appends, naming the thread to use).
-
-        Append a `result` event at the end of each turn (cost, turns, tokens): it is
-        counted against the thread's budget and limits; when it goes over, it is still
-        recorded, the thread moves to error and `exceeded` says which budget or limit.
-        """
+        """Append one event or a batch to a thread's log. Returns seq (or seqs), status and
+        context {used, window, ratio}; the first append moves a created thread to running.
+        When context.ratio reaches the threshold the server hands off: the result has
+        handoff.thread_id, append there from then on. End each turn with a result event
+        (cost, turns, tokens): over a budget or limit, the thread moves to error (exceeded)."""
         if (event is None) == (events is None):
             raise ToolError(
                 "[event_or_events] give exactly one of 'event' (one object) or 'events' (a list); "
                 f"got {'both' if event is not None else 'neither'}"
             )
         if event is not None:
-            return await service.append(thread_id, [event], idempotency_key=idempotency_key, single=True)
+            return await service.append(
+                thread_id, [event], idempotency_key=idempotency_key, single=True, owner=owner
+            )
         assert events is not None
-        return await service.append(thread_id, events, idempotency_key=idempotency_key)
+        return await service.append(thread_id, events, idempotency_key=idempotency_key, owner=owner)
 
     @server.tool(annotations=READ_ONLY)
     @tool_errors
     async def get_thread(thread_id: ThreadId) -> Thread:
-        """Return a thread's manifest: status, title, directive, result, outputs, cost,
-        chain links, counters (event_count), timestamps, its children counted by status,
-        usage (turns, tokens, spend) and budget (max_spend, reserved, actual_spend, remaining)."""
+        """A thread's manifest: status, title, directive, result, outputs, cost, chain links,
+        forked_from, lease, event_count, timestamps, children by status, usage and budget."""
         return await service.get_thread(thread_id)
 
     @server.tool(annotations=READ_ONLY)
     @tool_errors
     async def verify_thread(thread_id: ThreadId) -> VerifyReport:
-        """Check that a thread's records are intact: thread.json and capabilities.md
-        signatures, every checkpoint of the transcript, the database hash chain, and that
-        transcript.jsonl equals the database. Returns ok and problems (each with the
-        transcript line and what is wrong); first_bad_line is the earliest bad line."""
+        """Check a thread's records are intact: signatures, checkpoints, the hash chain, and
+        transcript.jsonl against the database. Returns ok, problems and first_bad_line."""
         return await service.verify_thread(thread_id)
 
     @server.tool(annotations=READ_ONLY)
@@ -271,28 +254,25 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
         status: Annotated[
             Literal["running", "paused", "completed", "error", "cancelled"] | None,
             Field(
-                description="new status; allowed: created->running, running<->paused, "
-                "created|running|paused -> completed|error|cancelled"
+                description="new status (created->running<->paused; any open -> completed|error|cancelled)"
             ),
         ] = None,
         reason: Annotated[str | None, Field(description="why the status changed")] = None,
         result: Annotated[Any, Field(description="the thread's final result (any JSON)")] = None,
         outputs: Annotated[Any, Field(description="named outputs (any JSON)")] = None,
         cost: Annotated[float | None, Field(description="total cost in your currency unit")] = None,
-        title: str | None = None,
+        title: Annotated[str | None, Field(description="new title")] = None,
         metadata: Annotated[
             dict[str, Any] | None, Field(description="merged into metadata; a key set to null is removed")
         ] = None,
         cascade: Annotated[
             bool, Field(description="when ending the thread, also cancel its open child threads")
         ] = False,
+        owner: Owner = None,
     ) -> Thread:
         """Change a thread's status and/or set result, outputs, cost, title or metadata.
-
-        End a task with status='completed' (or 'error'/'cancelled') and its result.
-        Illegal status transitions are refused and name the allowed ones. Open children
-        keep running when a parent ends, unless cascade=true cancels them.
-        """
+        End a task with status='completed' (or error/cancelled) and its result. Illegal
+        transitions are refused, naming the allowed ones."""
         kwargs: dict[str, Any] = {}
         if result is not None:
             kwargs["result"] = result
@@ -306,6 +286,7 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
             title=title,
             metadata=metadata,
             cascade=cascade,
+            owner=owner,
             **kwargs,
         )
 
@@ -324,13 +305,9 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
             Field(description="seconds to wait at most (default 600); 0 checks without waiting"),
         ] = None,
     ) -> WaitResult:
-        """Wait until the given threads end (completed, error or cancelled), without polling.
-
-        Follows handoffs: waiting on a thread that continued into others reports the
-        outcome of the chain's last thread (resolved_thread_id). Returns each thread's
-        status, result, outputs and cost, plus which ids timed out. Sends progress
-        notifications (finished of total) while waiting.
-        """
+        """Wait, without polling, until the threads end (completed, error or cancelled),
+        following handoffs to each chain's end (resolved_thread_id). Returns each one's
+        status, result, outputs and cost, and which timed out; sends progress notifications."""
 
         async def progress(done: int, total: int, message: str) -> None:
             await ctx.report_progress(done, total, message)
@@ -346,25 +323,19 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
             Field(description="your account of the work so far and what comes next; it opens the new thread"),
         ] = None,
         reason: Annotated[str | None, Field(description="why, for the record (default 'explicit')")] = None,
+        owner: Owner = None,
     ) -> HandoffInfo:
-        """Continue a running thread in a fresh thread now, before its context fills up.
-
-        The new thread starts with a continuation message (directive, previous thread id,
-        your summary) and the most recent messages; this thread becomes 'continued'.
-        Append to the returned `thread_id` from now on. Without a call, the server does
-        the same by itself when context.ratio reaches the threshold (without a summary).
-        """
-        return await service.handoff(thread_id, summary=summary, reason=reason or "explicit")
+        """Continue a running thread in a fresh one now, before its context fills up: it
+        opens with a continuation message (directive, your summary) and the recent
+        messages; this one becomes 'continued'. Append to the returned thread_id."""
+        return await service.handoff(thread_id, summary=summary, reason=reason or "explicit", owner=owner)
 
     @server.tool(annotations=READ_ONLY)
     @tool_errors
     async def get_chain(thread_id: ThreadId) -> ChainView:
-        """Show the whole continuation chain of a thread (ask with any member's id).
-
-        Returns `threads` in order (status, created/updated, event_count, cost, context,
-        link_reason handoff|resume), `chain_root_id`, and `end_thread_id`: the thread
-        where the chain's work goes on or ended.
-        """
+        """The continuation chain of a thread (any member): threads in order (status,
+        event_count, cost, context, link_reason), end_thread_id (where the work goes on or
+        ended) and forks."""
         return await service.get_chain(thread_id)
 
     @server.tool(annotations=WRITE)
@@ -374,14 +345,46 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
         message: Annotated[str, Field(description="the new instruction, appended as a user message")],
         format: MessageFormat = "neutral",
     ) -> ResumeOutcome:
-        """Give a finished chain a new instruction: continue it in a new thread.
-
-        The chain of `thread_id` is followed to its end, which must be completed, error or
-        cancelled. A new thread gets that thread's conversation (only the recent part if
-        all of it would not fit below the threshold) plus your message, and is returned
-        with its `messages` in the chosen `format`, ready to send to a model.
-        """
+        """Give a finished chain (its end completed, error or cancelled) a new instruction:
+        a new thread gets the end's conversation (the recent part if all would not fit)
+        plus your message; returned with its messages in format, ready for a model."""
         return await service.resume(thread_id, message, format=format)
+
+    @server.tool(annotations=WRITE)
+    @tool_errors
+    async def fork_thread(
+        thread_id: ThreadId,
+        at_seq: Annotated[int | None, Field(description="copy events up to this seq (default: all)")] = None,
+        title: Annotated[str | None, Field(description="the fork's title (default: the source's)")] = None,
+        directive: Annotated[str | None, Field(description="the fork's task (default: the source's)")] = None,
+    ) -> Thread:
+        """Branch a thread to try another path: a new thread (status 'created') holding
+        copies of its messages and tool events up to at_seq, with forked_from {thread_id,
+        seq}. An at_seq between a tool_use and its tool_result is refused, naming the nearest
+        valid seqs. The fork has its own chain, checkpoints and a fresh budget."""
+        return await service.fork_thread(thread_id, at_seq=at_seq, title=title, directive=directive)
+
+    @server.tool(annotations=WRITE)
+    @tool_errors
+    async def acquire_thread(
+        thread_id: ThreadId,
+        owner: Annotated[str, Field(description="who runs the thread, e.g. 'worker-1' (1-200 characters)")],
+        ttl: Annotated[float, Field(description="seconds the lease lasts without a write by you (1-3600)")],
+    ) -> LeaseOutcome:
+        """Lease a thread for one runner. Until it expires or is released, append_event,
+        update_thread and handoff_thread calls that do not pass owner=<you> are refused
+        ([thread_leased], naming the holder and expiry); each of your writes renews it.
+        Acquiring again renews. Refused while someone else holds an unexpired lease."""
+        return await service.acquire_thread(thread_id, owner, ttl)
+
+    @server.tool(annotations=WRITE)
+    @tool_errors
+    async def release_thread(
+        thread_id: ThreadId,
+        owner: Annotated[str, Field(description="the owner that acquired the lease")],
+    ) -> LeaseOutcome:
+        """Release your lease of a thread (a free thread stays free); refused if another owner holds it."""
+        return await service.release_thread(thread_id, owner)
 
     if allow_delete:
 
@@ -395,19 +398,11 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
             thread_id: ThreadId,
             chain: Annotated[
                 bool,
-                Field(
-                    description="delete every thread of the thread's continuation chain (required "
-                    "when the chain has more than one thread)"
-                ),
+                Field(description="delete the thread's whole continuation chain"),
             ] = False,
         ) -> DeleteOutcome:
-            """Delete a thread for good: its manifest, events and transcript files.
-
-            Only finished threads (completed, error, cancelled, continued) can be deleted. A
-            thread that is part of a continuation chain goes only with its whole chain
-            (chain=true). Deleting a thread that no longer exists is not an error: it is
-            reported under `missing`.
-            """
+            """Delete a finished thread for good (manifest, events, files); one of a chain goes
+            only with its whole chain (chain=true). A missing thread is reported, not an error."""
             return await service.delete_threads([thread_id], chain=chain)
 
     @server.tool(annotations=READ_ONLY)
@@ -418,8 +413,7 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
             str,
             Field(
                 description=(
-                    'text: words (all preferred, any accepted), "exact phrase", prefix* (3+ letters), '
-                    "-excluded; regex: an RE2 pattern (no backreferences or lookaround; (?i) for any case)"
+                    'text: words, "a phrase", prefix*, -excluded; regex: an RE2 pattern ((?i) ignores case)'
                 )
             ),
         ],
@@ -436,15 +430,9 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
             bool, Field(description="also search tool call inputs and tool outputs")
         ] = False,
     ) -> ChainSearchResults:
-        """Search every thread of a continuation chain (give any thread of it) for earlier events.
-
-        Use it to find where something happened in a long run that was handed off across
-        threads, e.g. where an error first appeared. Text hits come best first (events
-        holding every word before those holding some); regex hits come in chain order,
-        oldest first. Each hit has thread_id, seq, role, ts, a snippet with matches between
-        ** markers, `matched` (text/semantic/regex) and the events before/after it; read more
-        with read_events.
-        """
+        """Search every thread of a continuation chain (any member) for earlier events,
+        e.g. where an error first appeared. Text hits come best first, regex hits in chain
+        order; each has thread_id, seq, role, a **marked** snippet, matched and the events around it."""
         return await service.chain_search(
             thread_id,
             query,
@@ -459,9 +447,7 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
     async def search_threads(
         query: Annotated[
             str,
-            Field(
-                description='words (all preferred, any accepted), "exact phrase", prefix* (3+ letters), -excluded'
-            ),
+            Field(description='words, "a phrase", prefix*, -excluded'),
         ],
         agent_id: Annotated[str | None, Field(description="only this agent's threads")] = None,
         limit: Annotated[int, Field(description="most threads to return, 1-50")] = 5,
@@ -474,13 +460,8 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
             ),
         ] = None,
     ) -> ThreadSearchResults:
-        """Search past threads' messages ("have I solved something like this before?").
-
-        Returns the best-matching threads, best first, one hit each (its best message) with
-        the thread's title, status, a snippet with matches between ** markers, `matched`
-        (text/semantic) and the events around the hit. Pass agent_id to search only that
-        agent's threads.
-        """
+        """Search past threads' messages ("have I solved this before?"): the best threads
+        first, one hit each with title, status, a **marked** snippet, matched and the events around it."""
         return await service.search_threads(query, agent_id=agent_id, limit=limit, context=context, mode=mode)
 
     # -------------------------------------------------------------- resources
@@ -545,12 +526,22 @@ def build_server(service: ThreadService, *, allow_delete: bool = False) -> MCPSe
 
         return await _resource(thread_id, lambda tid: thread_markdown(service, tid))
 
+    async def _children(thread_id: str) -> str:
+        return (await service.children(thread_id)).model_dump_json()
+
+    @server.resource("thread://{thread_id}/children", mime_type="application/json")
+    async def children(thread_id: str) -> str:
+        """The thread's children, one entry per child chain: status, end_thread_id (where its
+        work goes on), last_activity, result and cost (re-read it after a context compaction)."""
+        return await _resource(thread_id, _children)
+
     @server.resource("chain://{thread_id}", mime_type="application/json")
     async def chain_view(thread_id: str) -> str:
         """The continuation chain of a thread (any member): the same JSON as get_chain."""
         return await _resource(thread_id, _chain)
 
     flatten_tool_schemas(server)
+    apply_tool_surface(server)
     guard_tool_arguments(server)
     guard_resource_uris(server)
     install_scope_middleware(server)

@@ -69,7 +69,7 @@ FetchRow = Callable[[], tuple[Thread, int]]
 
 
 SNAPSHOT_EXCLUDE = frozenset(
-    {"event_count", "text_chars", "input_tokens", "updated_at", "heartbeat_at", "children", "usage"}
+    {"event_count", "text_chars", "input_tokens", "updated_at", "heartbeat_at", "children", "usage", "lease"}
 )
 """Fields left out of thread.json: they move on every append and live in the database;
 the snapshot changes (and is rewritten) only when the manifest itself changes."""

@@ -483,6 +483,32 @@ class ForkPoint(BaseModel):
     seq: int
 
 
+OWNER_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+def check_owner(value: object) -> str:
+    """Return ``value`` if it is a lease owner: 1-200 printable ASCII characters without spaces."""
+    if not isinstance(value, str) or not OWNER_RE.fullmatch(value):
+        raise InvalidInputError(
+            f"owner must be 1-200 printable ASCII characters without spaces (e.g. 'worker-1'); got {value!r:.200}",
+            rule="owner_format",
+        )
+    return value
+
+
+class Lease(BaseModel):
+    """Who runs a thread now (acquire_thread): ``owner`` holds it until ``expires_at``."""
+
+    model_config = ConfigDict(extra="forbid")
+    owner: str
+    expires_at: str = Field(description="UTC ISO 8601; every write by the owner moves it ttl seconds on")
+    ttl: float
+
+    @property
+    def expires_epoch(self) -> float:
+        return parse_iso(self.expires_at).timestamp()
+
+
 class Thread(BaseModel):
     """The manifest of one thread plus its counters, as every layer sees it."""
 
@@ -511,6 +537,7 @@ class Thread(BaseModel):
     chain_root_id: str
     link_reason: Literal["handoff", "resume"] | None = None
     forked_from: ForkPoint | None = None
+    lease: Lease | None = None
     created_at: str
     updated_at: str
     heartbeat_at: str
@@ -535,7 +562,7 @@ ACCOUNT_FIELDS = frozenset({"usage", "budget"})
 
 MANIFEST_FIELDS = (
     frozenset(Thread.model_fields)
-    - {"event_count", "text_chars", "input_tokens", "version", "children"}
+    - {"event_count", "text_chars", "input_tokens", "version", "children", "lease"}
     - ACCOUNT_FIELDS
 )
 """Fields of the stored manifest document; the rest are counters and accounts the store maintains."""

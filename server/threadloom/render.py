@@ -141,6 +141,10 @@ def manifest_table(t: Thread) -> Table:
         if t.limits is not None:
             parts += [f"{k} {v}" for k, v in t.limits.model_dump(exclude_none=True).items()]
         rows.append(("budget", ", ".join(parts) or "-"))
+    if t.forked_from is not None:
+        rows.append(("forked from", f"{t.forked_from.thread_id} at seq {t.forked_from.seq}"))
+    if t.lease is not None:
+        rows.append(("lease", f"{escape(t.lease.owner)} until {ts_short(t.lease.expires_at)}"))
     if t.result is not None:
         rows.append(("result", escape(clip(_compact(t.result), 300))))
     if t.outputs is not None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .models import ContextUsage, Exceeded, Status, Thread
+from .models import ContextUsage, Exceeded, ForkPoint, Lease, Status, Thread
 
 
 class ThreadPage(BaseModel):
@@ -125,6 +125,29 @@ class ChainLink(BaseModel):
         )
 
 
+class ForkLink(BaseModel):
+    """A fork made of one of a chain's threads, as get_chain lists it."""
+
+    thread_id: str
+    forked_from: ForkPoint
+    status: Status
+    title: str | None = None
+    created_at: str
+    event_count: int
+
+    @classmethod
+    def of(cls, t: Thread) -> ForkLink:
+        assert t.forked_from is not None
+        return cls(
+            thread_id=t.thread_id,
+            forked_from=t.forked_from,
+            status=t.status,
+            title=t.title,
+            created_at=t.created_at,
+            event_count=t.event_count,
+        )
+
+
 class ChainView(BaseModel):
     """A whole continuation chain, oldest first, with its resolved end."""
 
@@ -139,6 +162,10 @@ class ChainView(BaseModel):
     )
     problems: list[str] = Field(
         default_factory=list, description="broken links or cycles; empty when healthy"
+    )
+    forks: list[ForkLink] = Field(
+        default_factory=list,
+        description="threads forked from this chain's threads (fork_thread), oldest first",
     )
 
 
@@ -162,3 +189,33 @@ class DeleteOutcome(BaseModel):
 
     deleted: list[str] = Field(description="threads deleted now, with their events and mirrors")
     missing: list[str] = Field(default_factory=list, description="ids that did not exist (already deleted)")
+
+
+class LeaseOutcome(BaseModel):
+    """A thread's run lease after acquire_thread or release_thread."""
+
+    thread_id: str
+    lease: Lease | None = Field(description="owner and expires_at now; null when the thread is free")
+    message: str
+
+
+class ChildChain(BaseModel):
+    """One child of a thread with the chain it grew into (continuations and resumes of a
+    child are children too): where its work goes on or ended, and how it went."""
+
+    thread_id: str = Field(description="the child the parent spawned (its chain's first thread)")
+    title: str | None = None
+    status: Status = Field(description="status of the chain's current end")
+    end_thread_id: str = Field(description="the chain's current end: where the child's work goes on or ended")
+    threads: int = Field(description="threads in the child's chain")
+    last_activity: str = Field(description="newest updated_at among the chain's threads")
+    result: Any = None
+    cost: float | None = Field(default=None, description="sum of the chain's reported costs")
+
+
+class ChildrenView(BaseModel):
+    """What an orchestrator has in flight: its children, one entry per child chain, oldest first."""
+
+    thread_id: str
+    children: list[ChildChain]
+    open: int = Field(description="children whose chain end is created, running or paused")

@@ -14,11 +14,13 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace as dc_replace
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import anyio
 
-from . import budgets, chain, visibility
+from . import budgets, chain, fork, titles, visibility
 from . import capabilities as caps_md
 from .config import Settings
 from .errors import (
@@ -31,7 +33,7 @@ from .errors import (
     ThreadContinuedError,
     ThreadloomError,
 )
-from .lineage import order_chain
+from .lineage import chain_end, order_chain
 from .messages import check_format, format_messages, rebuild_messages, request_body
 from .mirror import manifest_bytes
 from .models import (
@@ -41,6 +43,7 @@ from .models import (
     Event,
     Exceeded,
     Limits,
+    MessageEvent,
     ResultEvent,
     Status,
     StatusEvent,
@@ -50,6 +53,7 @@ from .models import (
     canonical_json,
     check_agent_id,
     check_idempotency_key,
+    check_owner,
     check_thread_id,
     check_transition,
     event_payload,
@@ -73,9 +77,13 @@ from .results import (
     AppendOutcome,
     ChainLink,
     ChainView,
+    ChildChain,
+    ChildrenView,
     DeleteOutcome,
     EventPage,
+    ForkLink,
     HandoffInfo,
+    LeaseOutcome,
     ResumeOutcome,
     ThreadPage,
     WaitResult,
@@ -88,8 +96,10 @@ from .store.base import (
     CreateThread,
     IdempotentReplay,
     ImportThread,
+    LeaseCheck,
     NewEvent,
     Op,
+    PutLease,
     PutThread,
     ReindexProgress,
     ReindexStats,
@@ -121,7 +131,15 @@ RESOURCE_PAGE = 1000
 """Events read per page when a resource read is capped (max_resource_bytes)."""
 ANCHORED_INLINE_LINES = 2000
 """A quick verification with more lines after its anchor than this runs on a worker thread."""
+MIN_LEASE_TTL = 1.0
+MAX_LEASE_TTL = 3600.0
+"""Seconds a run lease lasts without a write by its holder (each write renews it)."""
 _UNSET: Any = object()
+
+
+def _lease_check(owner: str | None) -> LeaseCheck:
+    """The lease check of a client's write naming ``owner`` (checked) or no one."""
+    return LeaseCheck(None if owner is None else check_owner(owner))
 
 
 def _check_len(name: str, value: str | None, limit: int) -> None:
@@ -229,12 +247,15 @@ class ThreadService:
         return thread
 
     @staticmethod
-    def status_ops(thread: Thread, new: Status, reason: str | None, **changes: Any) -> list[Op]:
-        """Operations that move ``thread`` to ``new`` and log the ``status`` event."""
+    def status_ops(
+        thread: Thread, new: Status, reason: str | None, *, lease: LeaseCheck | None = None, **changes: Any
+    ) -> list[Op]:
+        """Operations that move ``thread`` to ``new`` and log the ``status`` event
+        (``lease``: the client write's lease check; None for the server's own moves)."""
         updated = thread.model_copy(update={"status": new, "status_reason": reason, **changes})
         ev = StatusEvent(**{"from": thread.status, "to": new, "reason": reason})
         return [
-            PutThread(updated, expect_version=thread.version),
+            PutThread(updated, expect_version=thread.version, lease=lease),
             AppendEvents(thread.thread_id, (NewEvent("status", event_payload(ev)),)),
         ]
 
@@ -359,14 +380,19 @@ class ThreadService:
         title: str | None = None,
         metadata: dict[str, Any] | None = None,
         cascade: bool = False,
+        owner: str | None = None,
     ) -> Thread:
         """Change status (DESIGN §3 transitions only), result, outputs, cost, title or metadata.
+
+        While the thread is leased (acquire_thread) only its holder, named by ``owner``, may
+        change it (ConflictError ``thread_leased`` otherwise); the holder's change renews it.
 
         ``metadata`` is merged into the existing metadata; a key set to null is removed.
         Ending a thread leaves its open children alone unless ``cascade``: then every open
         descendant (created, running, paused) is cancelled too.
         """
         await visibility.visible(self.store, thread_id)
+        lease = _lease_check(owner)
         new_status: Status | None = None
         if status is not None:
             try:
@@ -424,7 +450,7 @@ class ThreadService:
                 changes["metadata"] = merged
             if new_status is not None and new_status != thread.status:
                 check_transition(thread_id, thread.status, new_status)
-                ops = self.status_ops(thread, new_status, reason, **changes)
+                ops = self.status_ops(thread, new_status, reason, lease=lease, **changes)
                 if new_status in ENDED:
                     ops += await budgets.end_ops(self.store, thread)
             elif new_status is not None and reason is None and not changes:
@@ -432,7 +458,9 @@ class ThreadService:
             else:
                 if new_status is not None or reason is not None:
                     changes["status_reason"] = reason if reason is not None else thread.status_reason
-                ops = [PutThread(thread.model_copy(update=changes), expect_version=thread.version)]
+                ops = [
+                    PutThread(thread.model_copy(update=changes), expect_version=thread.version, lease=lease)
+                ]
             res = await self.store.commit(ops)
             return res.threads[thread_id]
 
@@ -463,6 +491,10 @@ class ThreadService:
                             cancelled.append(child.thread_id)
                         except InvalidStateError:
                             pass  # it ended on its own meanwhile
+                        except ConflictError as exc:
+                            if exc.rule != "thread_leased":
+                                raise
+                            log.info("not cancelling thread %s: %s", child.thread_id, exc.message)
                 cursor = page.next_cursor
                 if cursor is None:
                     break
@@ -557,12 +589,16 @@ class ThreadService:
         *,
         idempotency_key: str | None = None,
         single: bool = False,
+        owner: str | None = None,
     ) -> AppendOutcome:
         """Append events in one transaction; the first append moves a created thread to running.
 
         With ``idempotency_key``, a retry of the same append returns the original seqs.
+        While the thread is leased only its holder, named by ``owner``, may append
+        (ConflictError ``thread_leased`` otherwise); the holder's append renews the lease.
         """
         await visibility.visible(self.store, thread_id)
+        lease = _lease_check(owner)
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
         validated = self._validate_events(events)
@@ -573,7 +609,7 @@ class ThreadService:
             thread = await self.store.get_thread(thread_id)
             outcome = self._outcome(thread, seqs, single, replayed=True)
             if thread.status == Status.RUNNING:  # a handoff that failed after the first try runs now
-                return await self._after_append(thread, outcome)
+                return await self._after_append(thread, outcome, owner)
             return outcome.model_copy(update={"handoff": await self._past_handoff(thread)})
 
         if idempotency_key is not None:
@@ -606,7 +642,7 @@ class ThreadService:
                     check_usage_sums(thread, delta)
                 running = thread
                 if thread.status == Status.CREATED:
-                    ops += self.status_ops(thread, Status.RUNNING, "first append")
+                    ops += self.status_ops(thread, Status.RUNNING, "first append", lease=lease)
                     running = thread.model_copy(
                         update={
                             "status": Status.RUNNING,
@@ -623,6 +659,7 @@ class ThreadService:
                 allowed_statuses=frozenset({Status.RUNNING}),
                 usage=None if accounted else delta,
                 checkpoint=delta is not None,
+                lease=lease,
             )
             index = sum(isinstance(op, AppendEvents) for op in ops)
             ops.append(append_op)
@@ -638,7 +675,46 @@ class ThreadService:
             return self._outcome(res.threads[thread_id], res.appends[index].seqs, single, exceeded=exceeded)
 
         outcome = await self._retrying(plan, PLAN_RETRIES if delta is None else ACCOUNT_PLAN_RETRIES)
-        return await self._after_append(committed[-1], outcome) if committed else outcome
+        if not committed:
+            return outcome
+        if committed[-1].title is None and any(
+            isinstance(ev, MessageEvent) and ev.role == "user" for ev, _ in validated
+        ):
+            await self._auto_title(committed[-1])
+        return await self._after_append(committed[-1], outcome, owner)
+
+    async def _auto_title(self, thread: Thread) -> None:
+        """Title a thread without one from its first user messages once it has two (titles.py).
+
+        Set only while the title is unset (a title set meanwhile wins: the version guard makes
+        the plan look again). The append stands whatever happens here."""
+        if thread.continuation_of is not None:  # a continuation opens with the server's seed
+            return
+        texts: list[str] = []
+        after = 0
+        try:
+            while len(texts) < titles.USER_MESSAGES:
+                page = await self.store.read_events(thread.thread_id, after_seq=after, limit=500)
+                if not page:
+                    break
+                for ev in page:
+                    if ev.type == "message":
+                        data = ev.data()
+                        if data.get("role") == "user":
+                            texts.append(str(data.get("text", "")))
+                after = page[-1].seq
+            title = titles.title_from(texts) if len(texts) >= titles.USER_MESSAGES else None
+            if title is None:
+                return
+
+            async def plan() -> None:
+                t = await self.store.get_thread(thread.thread_id)
+                if t.title is None:
+                    await self.store.commit([PutThread(t.model_copy(update={"title": title}), t.version)])
+
+            await self._retrying(plan)
+        except ThreadloomError as exc:
+            log.warning("could not title thread %s: %s", thread.thread_id, exc)
 
     async def _spend_ops(self, thread: Thread, delta: UsageDelta) -> tuple[list[Op], Exceeded | None]:
         """Guarded account updates for ``thread`` reporting ``delta`` and, when that went over a
@@ -752,7 +828,9 @@ class ThreadService:
     def _threshold(self, thread: Thread) -> float:
         return chain.threshold_of(thread, self.settings.trigger_threshold)
 
-    async def _after_append(self, thread: Thread, outcome: AppendOutcome) -> AppendOutcome:
+    async def _after_append(
+        self, thread: Thread, outcome: AppendOutcome, owner: str | None = None
+    ) -> AppendOutcome:
         """Hand off right after an append that brought the thread to its threshold (DESIGN §7).
 
         The append stands whatever happens here (it is committed and acknowledged). A
@@ -765,7 +843,7 @@ class ThreadService:
             return outcome
         try:
             info = await self._handoff(
-                thread.thread_id, summary=None, reason="threshold", auto=True, first=thread
+                thread.thread_id, summary=None, reason="threshold", auto=True, first=thread, owner=owner
             )
         except LimitExceededError as exc:
             return outcome.model_copy(
@@ -787,7 +865,13 @@ class ThreadService:
         return outcome.model_copy(update={"handoff": info, "status": Status.CONTINUED})
 
     async def handoff(
-        self, thread_id: str, *, summary: str | None = None, reason: str = "explicit", force: bool = False
+        self,
+        thread_id: str,
+        *,
+        summary: str | None = None,
+        reason: str = "explicit",
+        force: bool = False,
+        owner: str | None = None,
     ) -> HandoffInfo:
         """Continue a running thread in a fresh sibling now, before the threshold (DESIGN §7).
 
@@ -803,6 +887,7 @@ class ThreadService:
                 message names the first bad line).
         """
         await visibility.visible(self.store, thread_id)
+        _lease_check(owner)
         if summary is not None:
             if not isinstance(summary, str):
                 raise InvalidInputError(
@@ -814,7 +899,7 @@ class ThreadService:
                 f"reason must be 1-{MAX_REASON} characters; got {reason!r:.80}", rule="reason_length"
             )
         info = await self._handoff(
-            thread_id, summary=summary or None, reason=reason.strip(), auto=False, force=force
+            thread_id, summary=summary or None, reason=reason.strip(), auto=False, force=force, owner=owner
         )
         assert info is not None
         return info
@@ -828,12 +913,14 @@ class ThreadService:
         auto: bool,
         first: Thread | None = None,
         force: bool = False,
+        owner: str | None = None,
     ) -> HandoffInfo | None:
         """Verify, plan and commit one handoff, re-planning when a guard reports a race.
 
         ``auto``: only if the thread is (still) at its threshold; a thread that another
         caller handed off already is reported, not handed off twice. A thread that fails
-        verification is refused (``integrity_failed``) unless ``force``.
+        verification is refused (``integrity_failed``) unless ``force``. A leased thread is
+        handed off only by its holder (``owner``), and the continuation starts leased to it.
         """
         tries = [0]
 
@@ -865,7 +952,23 @@ class ThreadService:
                 plan = await self._verified_then(thread_id, planning, force=force)
             else:
                 plan = await planning
-            res = await self.store.commit(plan.ops)
+            ops = [
+                dc_replace(op, lease=_lease_check(owner))
+                if isinstance(op, AppendEvents) and op.thread_id == thread_id
+                else op
+                for op in plan.ops
+            ]
+            if thread.lease is not None and thread.lease.owner == owner:  # the run goes on there
+                carried = thread.lease.model_copy(
+                    update={"expires_at": iso(datetime.fromtimestamp(time.time() + thread.lease.ttl, UTC))}
+                )
+                ops = [
+                    CreateThread(op.thread.model_copy(update={"lease": carried}))
+                    if isinstance(op, CreateThread)
+                    else op
+                    for op in ops
+                ]
+            res = await self.store.commit(ops)
             new = res.threads[plan.new.thread_id]
             ctx = new.context()
             log.info(
@@ -1046,6 +1149,163 @@ class ThreadService:
             total_events=sum(t.event_count for t in members),
             total_cost=round(sum(costs), 10) if costs else None,
             problems=walk.problems,
+            forks=[
+                ForkLink.of(t)
+                for t in visibility.keep(await self.store.list_forks([t.thread_id for t in walk.threads]))
+            ],
+        )
+
+    async def children(self, thread_id: str) -> ChildrenView:
+        """The children of ``thread_id``, one entry per child chain (a child and its
+        continuations and resumptions), each with its current end, status, last activity,
+        result and cost: what an orchestrator re-reads after its own context was compacted."""
+        await visibility.visible(self.store, thread_id)
+        await self.store.get_thread(thread_id)
+        kids: list[Thread] = []
+        before: tuple[str, str] | None = None
+        while True:
+            page = await self.store.list_threads(parent_id=thread_id, limit=MAX_LIST, before=before)
+            kids += visibility.keep(page)
+            if len(page) < MAX_LIST:
+                break
+            before = (page[-1].created_at, page[-1].thread_id)
+        groups: dict[str, list[Thread]] = {}
+        for t in kids:
+            groups.setdefault(t.chain_root_id, []).append(t)
+        out: list[ChildChain] = []
+        started: dict[str, str] = {}
+        for members in groups.values():
+            ordered = order_chain(members)
+            started[ordered[0].thread_id] = ordered[0].created_at
+            end = chain_end(ordered)
+            costs = [t.cost for t in ordered if t.cost is not None]
+            out.append(
+                ChildChain(
+                    thread_id=ordered[0].thread_id,
+                    title=end.title or ordered[0].title,
+                    status=end.status,
+                    end_thread_id=end.thread_id,
+                    threads=len(ordered),
+                    last_activity=max(t.updated_at for t in ordered),
+                    result=end.result,
+                    cost=round(sum(costs), 10) if costs else None,
+                )
+            )
+        out.sort(key=lambda c: (started[c.thread_id], c.thread_id))
+        return ChildrenView(
+            thread_id=thread_id,
+            children=out,
+            open=sum(c.status in (Status.CREATED, Status.RUNNING, Status.PAUSED) for c in out),
+        )
+
+    async def fork_thread(
+        self,
+        thread_id: str,
+        *,
+        at_seq: int | None = None,
+        title: str | None = None,
+        directive: str | None = None,
+    ) -> Thread:
+        """A new thread holding copies of the conversation of ``thread_id`` up to ``at_seq``
+        (default: all of it), in status ``created``, with ``forked_from`` set (fork.py).
+
+        It keeps the source's agent, parent, directive, title, model, window, limits,
+        capabilities and metadata (``title``/``directive`` override); it has its own chain,
+        hash chain and checkpoints, and fresh accounts: a source with a budget gives the fork
+        a budget of the same ``max_spend``, reserved anew like a new child's.
+
+        Raises:
+            InvalidInputError: ``at_seq_range``, or ``fork_splits_tool_call`` (names the
+                nearest valid seqs).
+            LimitExceededError: the parent has not enough budget left for the fork's.
+        """
+        check_thread_id(thread_id)
+        _check_len("title", title, MAX_TITLE)
+        _check_len("directive", directive, MAX_DIRECTIVE)
+        source = await self.store.get_thread(thread_id)
+        if not visibility.allows(source):
+            raise visibility.not_found(thread_id)
+        events = await self.store.read_events(thread_id)
+        count = events[-1].seq if events else 0
+        seq = count if at_seq is None else at_seq
+        fork.check_fork_seq(thread_id, seq, count, events)
+        new = fork.fork_thread_model(source, seq, title=title, directive=directive)
+        copies = tuple(fork.fork_events(events, seq))
+        seed: list[Op] = [AppendEvents(new.thread_id, copies, checkpoint=True)] if copies else []
+        if source.budget is None:
+            res = await self.store.commit([CreateThread(new), *seed])
+            return res.threads[new.thread_id]
+        max_spend = source.budget.max_spend
+
+        async def plan() -> Thread:
+            path = await budgets.ancestors(self.store, new.parent_id)
+            state, accounts, holder = budgets.plan_reservation(path, max_spend)
+            ops: list[Op] = [CreateThread(new.model_copy(update={"budget": state})), *seed]
+            ops += budgets.put_ops(accounts, [holder] if holder else [])
+            res = await self.store.commit(ops)
+            return res.threads[new.thread_id]
+
+        return await self._retrying(plan, ACCOUNT_PLAN_RETRIES)
+
+    # ------------------------------------------------------------------- leases
+
+    async def acquire_thread(self, thread_id: str, owner: str, ttl: float) -> LeaseOutcome:
+        """Lease ``thread_id`` to ``owner`` for ``ttl`` seconds (docs/live.md): from now on
+        appends and changes that do not name ``owner`` are refused (``thread_leased``) until
+        the lease expires or is released; each write by ``owner`` renews it. Acquiring a
+        lease one holds already renews it (with the new ttl).
+
+        Raises:
+            InvalidInputError: ``owner_format`` or ``ttl_range``.
+            ConflictError: ``thread_leased`` (someone else holds it; the message says until when).
+            InvalidStateError: the thread ended (ThreadContinuedError names the chain's end).
+        """
+        await visibility.visible(self.store, thread_id)
+        check_owner(owner)
+        if (
+            isinstance(ttl, bool)
+            or not isinstance(ttl, (int, float))
+            or not (MIN_LEASE_TTL <= ttl <= MAX_LEASE_TTL)
+        ):
+            raise InvalidInputError(
+                f"ttl must be between {MIN_LEASE_TTL:.0f} and {MAX_LEASE_TTL:.0f} seconds; got {ttl!r:.50}",
+                rule="ttl_range",
+            )
+        thread = await self.store.get_thread(thread_id)
+        if thread.status in ENDED:
+            if thread.status == Status.CONTINUED or thread.continuation_thread_id:
+                await self._refuse_if_ended(thread)
+            raise InvalidStateError(
+                f"thread {thread_id} is {thread.status.value}: nothing more runs in it, so it cannot be leased",
+                rule="lease_ended",
+            )
+        res = await self.store.commit([PutLease(thread_id, owner, float(ttl))])
+        lease = res.threads[thread_id].lease
+        assert lease is not None
+        return LeaseOutcome(
+            thread_id=thread_id,
+            lease=lease,
+            message=f"thread {thread_id} is leased to {owner!r} until {lease.expires_at}; "
+            f"pass owner={owner!r} to append_event and update_thread (each renews it), release_thread when done",
+        )
+
+    async def release_thread(self, thread_id: str, owner: str) -> LeaseOutcome:
+        """Give up ``owner``'s lease of ``thread_id``; idempotent (a free thread stays free).
+
+        Raises:
+            ConflictError: ``thread_leased`` when someone else holds it.
+        """
+        await visibility.visible(self.store, thread_id)
+        check_owner(owner)
+        before = await self.store.get_thread(thread_id)
+        res = await self.store.commit([PutLease(thread_id, owner, None)])
+        held = before.lease is not None and before.lease.owner == owner
+        return LeaseOutcome(
+            thread_id=thread_id,
+            lease=res.threads[thread_id].lease,
+            message=f"released {owner!r}'s lease of thread {thread_id}"
+            if held
+            else f"thread {thread_id} was not leased to {owner!r}: nothing to release",
         )
 
     # ---------------------------------------------------------------- integrity

@@ -10,6 +10,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import ConflictError, InvalidInputError, NotFoundError
@@ -18,6 +19,7 @@ from ..models import (
     ENDED,
     MANIFEST_FIELDS,
     BudgetState,
+    Lease,
     Status,
     StoredEvent,
     Thread,
@@ -33,6 +35,7 @@ from .base import (
     IdempotencyRecord,
     IdempotentReplay,
     ImportThread,
+    LeaseCheck,
     NewEvent,
     PutThread,
     PutUsage,
@@ -89,6 +92,73 @@ def check_version_guard(op: PutThread, version: int, heartbeat_epoch: float) -> 
         raise ConflictError(
             f"thread {op.thread.thread_id} had a heartbeat since the check", rule="version_guard"
         )
+
+
+LeaseColumns = tuple[str | None, float | None, float | None]
+"""A thread's stored lease: (owner, expires epoch, ttl); all None when it never had one."""
+
+
+def lease_of(cols: LeaseColumns, now: float | None = None) -> Lease | None:
+    """The lease the columns hold, or None when there is none or it expired by ``now``."""
+    owner, expires, ttl = cols
+    if owner is None or expires is None or ttl is None:
+        return None
+    if expires <= (time.time() if now is None else now):
+        return None
+    return Lease(owner=owner, expires_at=iso(datetime.fromtimestamp(expires, UTC)), ttl=ttl)
+
+
+def leased_error(thread_id: str, holder: str, expires: float, now: float, wants: str | None) -> ConflictError:
+    who = f"owner {wants!r:.200}" if wants is not None else "a write that names no owner"
+    until = iso(datetime.fromtimestamp(expires, UTC))
+    return ConflictError(
+        f"thread {thread_id} is leased to {holder!r} until {until} (in {max(0.0, expires - now):.1f} s): "
+        f"{who} may not write to it; pass owner={holder!r} if you are its runner, or wait until the "
+        "lease expires or is released (release_thread)",
+        rule="thread_leased",
+    )
+
+
+def check_lease(thread_id: str, check: LeaseCheck | None, cols: LeaseColumns, now: float) -> float | None:
+    """Enforce a write's lease check against the stored lease; return the new expiry when
+    the write renews it (the holder wrote), else None.
+
+    Raises:
+        ConflictError: ``thread_leased`` when someone else holds an unexpired lease.
+    """
+    owner, expires, ttl = cols
+    if check is None or owner is None or expires is None or expires <= now:
+        return None
+    if check.owner != owner:
+        raise leased_error(thread_id, owner, expires, now, check.owner)
+    return now + (ttl or 0.0)
+
+
+def lease_after(
+    thread_id: str, owner: str, ttl: float | None, cols: LeaseColumns, now: float
+) -> LeaseColumns:
+    """The stored lease after acquiring (``ttl``) or releasing (``ttl`` None) for ``owner``.
+
+    Raises:
+        ConflictError: ``thread_leased`` while someone else holds an unexpired lease.
+    """
+    holder, expires, _ = cols
+    live = holder is not None and expires is not None and expires > now
+    if live and holder != owner:
+        assert holder is not None and expires is not None
+        raise leased_error(thread_id, holder, expires, now, owner)
+    if ttl is not None:
+        return owner, now + ttl, ttl
+    if holder == owner:
+        return None, None, None
+    return cols  # free or someone else's expired lease: nothing to release
+
+
+def lease_columns(lease: Lease | None) -> LeaseColumns:
+    """The stored columns of a lease a new thread starts with (a continuation's)."""
+    if lease is None:
+        return None, None, None
+    return lease.owner, lease.expires_epoch, lease.ttl
 
 
 def check_idempotency(op: AppendEvents, record: IdempotencyRecord | None) -> None:
@@ -219,11 +289,17 @@ def check_import(op: ImportThread) -> None:
 
 def row_to_thread(row: Sequence[Any]) -> Thread:
     """A Thread from a stored row: (thread_id, doc, status, updated_at, heartbeat_at,
-    event_count, text_chars, input_tokens, version[, accounts]); columns win over the doc."""
+    event_count, text_chars, input_tokens, version[, accounts[, lease_owner, lease_expires,
+    lease_ttl]]); columns win over the doc. An expired lease is not shown."""
     _tid, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version = row[:9]
     data = json.loads(doc)
     data.pop("budget", None)  # a pre-accounts document kept the asked-for budget here
+    data.pop("lease", None)
     data.update(accounts_from_doc(row[9] if len(row) > 9 else None))
+    if len(row) > 12:
+        lease = lease_of((row[10], row[11], row[12]))
+        if lease is not None:
+            data["lease"] = lease
     data.update(
         status=status,
         updated_at=updated_at,

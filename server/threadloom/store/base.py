@@ -32,6 +32,8 @@ __all__ = [
     "AppendEvents",
     "PutThread",
     "PutUsage",
+    "PutLease",
+    "LeaseCheck",
     "ImportThread",
     "Op",
     "IntegritySnapshot",
@@ -57,6 +59,15 @@ class NewEvent:
     payload: dict[str, Any]
     text_chars: int = 0
     input_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseCheck:
+    """A write that must respect the thread's run lease (docs/live.md): refused with
+    ConflictError ``thread_leased`` while another ``owner`` (or, for ``owner`` None, anyone)
+    holds an unexpired lease; a write by the holder moves the lease's expiry ttl seconds on."""
+
+    owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +103,8 @@ class AppendEvents:
     expect_event_count: int | None = None
     usage: UsageDelta | None = None
     checkpoint: bool = False
+    lease: LeaseCheck | None = None
+    """Check the thread's lease (None: a server write that leases do not stop)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +119,9 @@ class PutThread:
     thread: Thread
     expect_version: int
     expect_heartbeat_before: float | None = None
+    lease: LeaseCheck | None = None
+    """Check the thread's lease (None: a server write that leases do not stop). The stored
+    lease is never replaced by a PutThread (``thread.lease`` is ignored)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +137,21 @@ class PutUsage:
     usage: Usage
     budget: BudgetState | None
     expect_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutLease:
+    """Acquire (``ttl`` seconds) or, with ``ttl`` None, release the run lease of a thread.
+
+    Acquiring succeeds when the lease is free, expired, or already ``owner``'s (its expiry
+    moves to now + ttl); releasing clears ``owner``'s lease (a free or expired one is left
+    as it is). Either is refused with ConflictError ``thread_leased`` while someone else
+    holds an unexpired lease. A change moves the manifest's ``version`` and ``updated_at``.
+    """
+
+    thread_id: str
+    owner: str
+    ttl: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +208,7 @@ class ImportThread:
     """The countersigned record of this import (provenance.py), stored beside the thread."""
 
 
-Op = CreateThread | AppendEvents | PutThread | PutUsage | ImportThread
+Op = CreateThread | AppendEvents | PutThread | PutUsage | PutLease | ImportThread
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +403,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_chain(self, chain_root_id: str) -> list[Thread]:
         """Every thread whose ``chain_root_id`` is the given id, oldest first."""
+
+    async def list_forks(self, thread_ids: Sequence[str]) -> list[Thread]:
+        """Threads forked from any of ``thread_ids`` (``forked_from.thread_id``), oldest first.
+
+        This default reads every thread; the SQL backends use an index."""
+        wanted = set(thread_ids)
+        rows = [t for t in await self._all_threads() if t.forked_from and t.forked_from.thread_id in wanted]
+        return sorted(rows, key=lambda t: (t.created_at, t.thread_id))
 
     @abc.abstractmethod
     async def delete_threads(self, thread_ids: Sequence[str]) -> int:

@@ -4,24 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace as dc_replace
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio.lowlevel
 
 from ..errors import ConflictError
 from ..integrity import Signer, TranscriptHashes, chain_hashes
-from ..models import Status, StoredEvent, Thread, parse_iso
+from ..models import Lease, Status, StoredEvent, Thread, iso, parse_iso
 from ..provenance import ImportRecord
 from .apply import (
     add_usage,
     check_count_guard,
     check_idempotency,
     check_import,
+    check_lease,
     check_status_guard,
     check_usage_guard,
     check_version_guard,
     checkpoint_event,
     counters_after,
+    lease_after,
+    lease_of,
     not_found,
     now_pair,
     rendered_events,
@@ -38,12 +42,31 @@ from .base import (
     IntegritySnapshot,
     NewEvent,
     Op,
+    PutLease,
     PutThread,
     PutUsage,
     SearchHit,
     Store,
     VectorRow,
 )
+
+
+def _cols(t: Thread) -> tuple[str | None, float | None, float | None]:
+    lease = t.lease
+    return (lease.owner, lease.expires_epoch, lease.ttl) if lease else (None, None, None)
+
+
+def _renewed(t: Thread, expires: float | None) -> Lease | None:
+    if expires is None or t.lease is None:
+        return t.lease
+    return t.lease.model_copy(update={"expires_at": iso(datetime.fromtimestamp(expires, UTC))})
+
+
+def _live(t: Thread) -> Thread:
+    """``t`` as a read shows it: an expired lease is not shown."""
+    if t.lease is not None and lease_of(_cols(t)) is None:
+        return t.model_copy(update={"lease": None})
+    return t
 
 
 class MemoryStore(Store):
@@ -120,6 +143,9 @@ class MemoryStore(Store):
                 view.start(tid)
             elif isinstance(op, AppendEvents):
                 t = current(op.thread_id)
+                renew = check_lease(op.thread_id, op.lease, _cols(t), now)
+                if renew is not None:
+                    t = t.model_copy(update={"lease": _renewed(t, renew)})
                 check_status_guard(op, t.status)
                 check_count_guard(op, t.event_count)
                 if op.idempotency_key is not None:
@@ -139,9 +165,24 @@ class MemoryStore(Store):
                 check_usage_guard(op, t.usage.version)
                 usage = op.usage.model_copy(update={"version": op.expect_version + 1})
                 threads[t.thread_id] = t.model_copy(update={"usage": usage, "budget": op.budget})
+            elif isinstance(op, PutLease):
+                t = current(op.thread_id)
+                cols = lease_after(op.thread_id, op.owner, op.ttl, _cols(t), now)
+                if cols != _cols(t):
+                    owner, expires, ttl = cols
+                    lease = None
+                    if owner is not None and expires is not None and ttl is not None:
+                        lease = Lease(
+                            owner=owner, expires_at=iso(datetime.fromtimestamp(expires, UTC)), ttl=ttl
+                        )
+                    t = t.model_copy(update={"lease": lease, "version": t.version + 1, "updated_at": ts})
+                threads[t.thread_id] = t
             elif isinstance(op, PutThread):
                 t = current(op.thread.thread_id)
                 check_version_guard(op, t.version, parse_iso(t.heartbeat_at).timestamp())
+                t = t.model_copy(
+                    update={"lease": _renewed(t, check_lease(t.thread_id, op.lease, _cols(t), now))}
+                )
                 threads[t.thread_id] = op.thread.model_copy(
                     update={
                         "event_count": t.event_count,
@@ -153,6 +194,7 @@ class MemoryStore(Store):
                         "created_at": t.created_at,
                         "usage": t.usage,
                         "budget": t.budget,
+                        "lease": t.lease,
                     }
                 )
             elif isinstance(op, ImportThread):
@@ -160,7 +202,9 @@ class MemoryStore(Store):
                 check_import(op)
                 if tid in self._threads or tid in threads:
                     raise ConflictError(f"thread {tid} exists already", rule="thread_exists")
-                threads[tid] = op.thread.model_copy(update={"version": max(1, op.thread.version)})
+                threads[tid] = op.thread.model_copy(
+                    update={"version": max(1, op.thread.version), "lease": None}
+                )
                 prevs, heads[tid] = chain_hashes(None, [e.line for e in op.events])  # this store's hash chain
                 self._hashes.forget(tid)  # a state left from a deleted thread of that id is stale
                 new_events[tid] = [dc_replace(e, prev_hash=p) for e, p in zip(op.events, prevs)]
@@ -197,10 +241,10 @@ class MemoryStore(Store):
         await anyio.lowlevel.checkpoint()  # a read takes time on a real backend: let plans race here too
         if thread is None:
             raise not_found(thread_id)
-        return thread
+        return _live(thread)
 
     async def get_threads(self, thread_ids: Sequence[str]) -> dict[str, Thread]:
-        return {t: self._threads[t] for t in thread_ids if t in self._threads}
+        return {t: _live(self._threads[t]) for t in thread_ids if t in self._threads}
 
     async def list_threads(
         self,
@@ -280,6 +324,11 @@ class MemoryStore(Store):
 
     async def list_chain(self, chain_root_id: str) -> list[Thread]:
         rows = [t for t in self._threads.values() if t.chain_root_id == chain_root_id]
+        return sorted(rows, key=lambda t: (t.created_at, t.thread_id))
+
+    async def list_forks(self, thread_ids: Sequence[str]) -> list[Thread]:
+        wanted = set(thread_ids)
+        rows = [t for t in self._threads.values() if t.forked_from and t.forked_from.thread_id in wanted]
         return sorted(rows, key=lambda t: (t.created_at, t.thread_id))
 
     async def delete_threads(self, thread_ids: Sequence[str]) -> int:

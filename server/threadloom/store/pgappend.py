@@ -40,11 +40,13 @@ CREATE OR REPLACE FUNCTION threadloom_append(
     p_statuses TEXT[], p_expect BIGINT, p_idem TEXT, p_request_hash TEXT, p_idem_seqs TEXT,
     p_types TEXT[], p_lines TEXT[], p_prevs TEXT[], p_new_head TEXT, p_nbytes BIGINT,
     p_text_delta BIGINT, p_input_tokens BIGINT,
-    p_doc_seqs BIGINT[], p_doc_bodies TEXT[], p_doc_tools TEXT[], p_doc_tsvs TEXT[]
+    p_doc_seqs BIGINT[], p_doc_bodies TEXT[], p_doc_tools TEXT[], p_doc_tsvs TEXT[],
+    p_lease_check BOOLEAN, p_owner TEXT
 ) RETURNS TABLE (
     r_outcome TEXT, r_thread_id TEXT, r_doc TEXT, r_status TEXT, r_updated_at TEXT,
     r_heartbeat_at TEXT, r_event_count BIGINT, r_text_chars BIGINT, r_input_tokens BIGINT,
-    r_version BIGINT, r_accounts TEXT, r_chain_head TEXT, r_idem_hash TEXT, r_idem_seqs TEXT
+    r_version BIGINT, r_accounts TEXT, r_chain_head TEXT, r_idem_hash TEXT, r_idem_seqs TEXT,
+    r_lease_owner TEXT, r_lease_expires DOUBLE PRECISION, r_lease_ttl DOUBLE PRECISION
 ) LANGUAGE plpgsql AS $fn$
 BEGIN
     IF p_idem IS NOT NULL THEN
@@ -62,21 +64,30 @@ BEGIN
     UPDATE threads SET event_count = event_count + cardinality(p_lines),
         text_chars = text_chars + p_text_delta, input_tokens = COALESCE(p_input_tokens, input_tokens),
         updated_at = p_ts, heartbeat_at = p_ts, heartbeat_epoch = p_epoch,
-        transcript_bytes = transcript_bytes + p_nbytes, chain_head = p_new_head
+        transcript_bytes = transcript_bytes + p_nbytes, chain_head = p_new_head,
+        -- the holder's write renews its lease (the run lease, docs/live.md)
+        lease_expires = CASE WHEN p_lease_check AND lease_owner = p_owner AND lease_expires > p_epoch
+                             THEN p_epoch + lease_ttl ELSE lease_expires END
         WHERE thread_id = p_thread AND event_count = p_base AND chain_head IS NOT DISTINCT FROM p_head
           AND (p_statuses IS NULL OR status = ANY (p_statuses))
           AND (p_expect IS NULL OR event_count = p_expect)
+          AND (NOT p_lease_check OR lease_owner IS NULL OR lease_expires <= p_epoch
+               OR lease_owner = p_owner)
         RETURNING thread_id, doc, status, updated_at, heartbeat_at, event_count, text_chars,
-                  input_tokens, version, accounts, chain_head
+                  input_tokens, version, accounts, chain_head, lease_owner, lease_expires, lease_ttl
         INTO r_thread_id, r_doc, r_status, r_updated_at, r_heartbeat_at, r_event_count,
-             r_text_chars, r_input_tokens, r_version, r_accounts, r_chain_head;
+             r_text_chars, r_input_tokens, r_version, r_accounts, r_chain_head,
+             r_lease_owner, r_lease_expires, r_lease_ttl;
     IF NOT FOUND THEN
         -- nothing written: say why (any later state is as good an answer as the one it met)
-        SELECT thread_id, status, event_count, chain_head
-            INTO r_thread_id, r_status, r_event_count, r_chain_head
+        SELECT thread_id, status, event_count, chain_head, lease_owner, lease_expires
+            INTO r_thread_id, r_status, r_event_count, r_chain_head, r_lease_owner, r_lease_expires
             FROM threads WHERE thread_id = p_thread;
         IF NOT FOUND THEN
             r_outcome := 'not_found';
+        ELSIF p_lease_check AND r_lease_owner IS NOT NULL AND r_lease_expires > p_epoch
+              AND r_lease_owner IS DISTINCT FROM p_owner THEN
+            r_outcome := 'leased';
         ELSIF p_statuses IS NOT NULL AND NOT (r_status = ANY (p_statuses)) THEN
             r_outcome := 'status_guard';
         ELSIF p_expect IS NOT NULL AND r_event_count <> p_expect THEN
@@ -106,9 +117,19 @@ BEGIN
 END
 $fn$
 """
-"""Migration statement: the append function (its arguments are rendered by :func:`render`)."""
+"""Migration statement: the append function (its arguments are rendered by :func:`render`).
 
-CALL = "SELECT * FROM threadloom_append(" + ",".join(["%b"] * 21) + ")"
+Migration 4 created it; migration 9 (leases) replaces it with this text, which also checks
+and renews the run lease. The lease columns need not exist when it is created (PL/pgSQL
+resolves them when it runs), so a new database runs this same text in both migrations."""
+
+OLD_SIGNATURE = (
+    "threadloom_append(TEXT, BIGINT, TEXT, TEXT, DOUBLE PRECISION, TEXT[], BIGINT, TEXT, TEXT, TEXT,"
+    " TEXT[], TEXT[], TEXT[], TEXT, BIGINT, BIGINT, BIGINT, BIGINT[], TEXT[], TEXT[], TEXT[])"
+)
+"""The function's arguments before leases (migration 4 of a database made before them)."""
+
+CALL = "SELECT * FROM threadloom_append(" + ",".join(["%b"] * 23) + ")"
 """Binary parameters: text arrays need no quoting (in text format psycopg escapes every element)."""
 
 MAX_GROUP = 64
@@ -170,6 +191,7 @@ def render(op: AppendEvents, base: int, head: str | None, ts: str, epoch: float)
         [e.type for e in stored], lines, prevs, new_head,
         sum(len(line.encode()) + 1 for line in lines), text_delta, last_tokens,
         [d.seq for d in docs], [d.body for d in docs], [d.tools for d in docs], [d.tsv for d in docs],
+        op.lease is not None, op.lease.owner if op.lease is not None else None,
     )  # fmt: skip
     return Rendered(stored, lines, new_head, args)
 

@@ -37,11 +37,15 @@ from .apply import (
     check_count_guard,
     check_idempotency,
     check_import,
+    check_lease,
     check_status_guard,
     check_usage_guard,
     check_version_guard,
     checkpoint_event,
     counters_after,
+    lease_after,
+    lease_columns,
+    leased_error,
     list_threads_query,
     manifest_doc,
     not_found,
@@ -60,6 +64,7 @@ from .base import (
     ImportThread,
     IntegritySnapshot,
     Op,
+    PutLease,
     PutThread,
     PutUsage,
     ReindexProgress,
@@ -84,7 +89,10 @@ APPEND_NOTICE_DELAY = 0.02
 CONNECT_TIMEOUT = 10
 """Seconds to reach the database at start-up before giving up with its error."""
 MIGRATION_LOCK = 0x7468726561646C6F  # "threadlo": one advisory lock for every server
-_THREAD_COLS = "thread_id, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version, accounts"
+_THREAD_COLS = (
+    "thread_id, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version, accounts,"
+    " lease_owner, lease_expires, lease_ttl"
+)
 _RETRYABLE = (
     pgerrors.SerializationFailure,
     pgerrors.DeadlockDetected,
@@ -305,6 +313,10 @@ class PostgresStore(Store):
                 raise not_found(op.thread_id)
             if outcome == "stale":
                 continue
+            if outcome == "leased":
+                raise leased_error(
+                    op.thread_id, row[14], row[15], now_pair()[1], op.lease.owner if op.lease else None
+                )
             if outcome == "status_guard":
                 check_status_guard(op, Status(row[3]))
             elif outcome == "count_guard":
@@ -321,7 +333,7 @@ class PostgresStore(Store):
             view.publish()
             result = CommitResult()
             result.appends.append(AppendResult(op.thread_id, [e.seq for e in r.stored], r.stored))
-            result.threads[op.thread_id] = _row_to_thread(row[1:11])
+            result.threads[op.thread_id] = _row_to_thread((*row[1:11], *row[14:17]))
             return result
         return None
 
@@ -438,8 +450,8 @@ class PostgresStore(Store):
             t = op.thread
             await conn.execute(
                 "INSERT INTO threads (thread_id, agent_id, parent_id, status, created_at, updated_at,"
-                " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, doc, accounts)"
-                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, doc, accounts, fork_of,"
+                " lease_owner, lease_expires, lease_ttl) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
                 (
                     t.thread_id,
                     t.agent_id,
@@ -453,6 +465,8 @@ class PostgresStore(Store):
                     t.chain_root_id,
                     manifest_doc(t),
                     accounts_doc(t.usage, t.budget),
+                    t.forked_from.thread_id if t.forked_from else None,
+                    *lease_columns(t.lease),
                 ),
             )
             reread.add(t.thread_id)
@@ -470,12 +484,15 @@ class PostgresStore(Store):
             row = await cur.fetchone()
             if row is None:
                 raise not_found(op.thread_id)
-            check_status_guard(op, Status(row[2]))  # raising rolls the update back
+            renew = check_lease(
+                op.thread_id, op.lease, (row[10], row[11], row[12]), epoch
+            )  # raising rolls back
+            check_status_guard(op, Status(row[2]))
             base = row[5] - len(op.events)
             check_count_guard(op, base)
             if op.idempotency_key is not None:  # checked under the row lock: concurrent retries serialize
                 check_idempotency(op, await _find_idem(conn, op.thread_id, op.idempotency_key))
-            lines, stored, head = rendered_events(op.thread_id, op.events, base, row[10], ts)
+            lines, stored, head = rendered_events(op.thread_id, op.events, base, row[13], ts)
             view.extend(op.thread_id, base, lines)
             nbytes = sum(len(line.encode()) + 1 for line in lines)
             seqs = [e.seq for e in stored]
@@ -487,9 +504,9 @@ class PostgresStore(Store):
                     [v for e in stored for v in (e.thread_id, e.seq, e.ts, e.type, e.line, e.prev_hash)],
                 )
                 await conn.execute(
-                    "UPDATE threads SET transcript_bytes = transcript_bytes + %s, chain_head = %s, accounts = %s"
-                    " WHERE thread_id = %s",
-                    (nbytes, head, accounts, op.thread_id),
+                    "UPDATE threads SET transcript_bytes = transcript_bytes + %s, chain_head = %s, accounts = %s,"
+                    " lease_expires = COALESCE(%s, lease_expires) WHERE thread_id = %s",
+                    (nbytes, head, accounts, renew, op.thread_id),
                 )
                 if op.idempotency_key is not None:
                     await conn.execute(
@@ -505,7 +522,7 @@ class PostgresStore(Store):
                 op.checkpoint or (prior is not None and prior.asked), Status(row[2]), row[5], head, res
             )
             if op.thread_id not in reread:
-                after = (*row[:9], accounts)
+                after = (*row[:9], accounts, row[10], renew if renew is not None else row[11], row[12])
                 result.threads[op.thread_id] = _row_to_thread(after)
         elif isinstance(op, PutUsage):
             cur = await conn.execute(
@@ -521,19 +538,38 @@ class PostgresStore(Store):
                 (accounts_doc(usage, op.budget), op.thread_id),
             )
             reread.add(op.thread_id)
+        elif isinstance(op, PutLease):
+            cur = await conn.execute(
+                "SELECT lease_owner, lease_expires, lease_ttl FROM threads WHERE thread_id = %s FOR UPDATE",
+                (op.thread_id,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise not_found(op.thread_id)
+            cols = lease_after(op.thread_id, op.owner, op.ttl, (row[0], row[1], row[2]), epoch)
+            if cols != tuple(row):
+                await conn.execute(
+                    "UPDATE threads SET lease_owner = %s, lease_expires = %s, lease_ttl = %s, updated_at = %s,"
+                    " version = version + 1 WHERE thread_id = %s",
+                    (*cols, ts, op.thread_id),
+                )
+            reread.add(op.thread_id)
         elif isinstance(op, PutThread):
             t = op.thread
             cur = await conn.execute(
-                "SELECT version, heartbeat_epoch FROM threads WHERE thread_id = %s FOR UPDATE", (t.thread_id,)
+                "SELECT version, heartbeat_epoch, lease_owner, lease_expires, lease_ttl FROM threads"
+                " WHERE thread_id = %s FOR UPDATE",
+                (t.thread_id,),
             )
             row = await cur.fetchone()
             if row is None:
                 raise not_found(t.thread_id)
             check_version_guard(op, row[0], row[1])
+            renew = check_lease(t.thread_id, op.lease, (row[2], row[3], row[4]), epoch)
             await conn.execute(
                 "UPDATE threads SET agent_id = %s, parent_id = %s, status = %s, updated_at = %s,"
                 " heartbeat_at = %s, heartbeat_epoch = %s, stale_after = %s, chain_root_id = %s, doc = %s,"
-                " version = version + 1 WHERE thread_id = %s",
+                " version = version + 1, lease_expires = COALESCE(%s, lease_expires) WHERE thread_id = %s",
                 (
                     t.agent_id,
                     t.parent_id,
@@ -544,6 +580,7 @@ class PostgresStore(Store):
                     t.stale_after,
                     t.chain_root_id,
                     manifest_doc(t),
+                    renew,
                     t.thread_id,
                 ),
             )
@@ -562,8 +599,8 @@ class PostgresStore(Store):
             await conn.execute(
                 "INSERT INTO threads (thread_id, agent_id, parent_id, status, created_at, updated_at,"
                 " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, event_count, text_chars,"
-                " input_tokens, transcript_bytes, version, doc, chain_head, accounts)"
-                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                " input_tokens, transcript_bytes, version, doc, chain_head, accounts, fork_of)"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
                 (
                     t.thread_id,
                     t.agent_id,
@@ -583,6 +620,7 @@ class PostgresStore(Store):
                     manifest_doc(t),
                     head,
                     accounts_doc(t.usage, t.budget),
+                    t.forked_from.thread_id if t.forked_from else None,
                 ),
             )
             if op.events:
@@ -651,7 +689,7 @@ class PostgresStore(Store):
             )
             events = [StoredEvent(thread_id, *r) for r in await cur.fetchall()]
             record = await _import_record(conn, thread_id)
-            return IntegritySnapshot(_row_to_thread(row[:10]), events, row[10], None, record)
+            return IntegritySnapshot(_row_to_thread(row[:13]), events, row[13], None, record)
 
         return await self._run(fn, write=False)
 
@@ -665,7 +703,7 @@ class PostgresStore(Store):
             row = await cur.fetchone()
             if row is None:
                 raise not_found(thread_id)
-            thread = _row_to_thread(row[:10])
+            thread = _row_to_thread(row[:13])
             if anchor is not None and anchor[0] > thread.event_count:
                 anchor = None
             m = anchor[0] if anchor is not None else 0
@@ -691,7 +729,7 @@ class PostgresStore(Store):
             )
             tail = [StoredEvent(thread_id, *r) for r in await cur.fetchall()]
             imported = await _import_record(conn, thread_id) is not None
-            return AnchoredSnapshot(thread, row[10], anchor, base, prefix, tail, None, imported)
+            return AnchoredSnapshot(thread, row[13], anchor, base, prefix, tail, None, imported)
 
         return await self._run(fn, write=False)
 
@@ -809,6 +847,10 @@ class PostgresStore(Store):
     async def list_chain(self, chain_root_id: str) -> list[Thread]:
         q = f"SELECT {_THREAD_COLS} FROM threads WHERE chain_root_id = %s ORDER BY created_at, thread_id"
         return [_row_to_thread(r) for r in await self._fetch(q, (chain_root_id,))]
+
+    async def list_forks(self, thread_ids: Sequence[str]) -> list[Thread]:
+        q = f"SELECT {_THREAD_COLS} FROM threads WHERE fork_of = ANY(%s) ORDER BY created_at, thread_id"
+        return [_row_to_thread(r) for r in await self._fetch(q, (list(dict.fromkeys(thread_ids)),))]
 
     # ------------------------------------------------------------------ search
     #

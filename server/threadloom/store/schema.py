@@ -12,6 +12,7 @@ from ..errors import StoreUnavailableError
 from .fts import EXTERNAL_CONTENT_SQL
 from .fts import MIGRATION_SQL as SEARCH_INDEX_SQL
 from .pgappend import FUNCTION_SQL as APPEND_FUNCTION_SQL
+from .pgappend import OLD_SIGNATURE as OLD_APPEND_SIGNATURE
 from .pgvectors import MIGRATION as PG_VECTORS_MIGRATION
 from .sqlvectors import MIGRATION_SQL as VECTORS_SQL
 
@@ -124,6 +125,25 @@ SQLITE_MIGRATIONS.append(
 )
 """The countersigned record of each imported thread (provenance.py)."""
 SQLITE_MIGRATIONS.append(("0007_vectors", VECTORS_SQL))
+SQLITE_MIGRATIONS.append(
+    (
+        "0008_forks",
+        """
+        ALTER TABLE threads ADD COLUMN fork_of TEXT;
+        CREATE INDEX threads_fork ON threads (fork_of) WHERE fork_of IS NOT NULL;
+        """,
+    )
+)
+SQLITE_MIGRATIONS.append(
+    (
+        "0009_leases",
+        """
+        ALTER TABLE threads ADD COLUMN lease_owner TEXT;
+        ALTER TABLE threads ADD COLUMN lease_expires REAL;
+        ALTER TABLE threads ADD COLUMN lease_ttl REAL;
+        """,
+    )
+)
 
 
 def apply_sqlite_migrations(conn: sqlite3.Connection, migrations: list[tuple[str, str]]) -> int:
@@ -266,3 +286,25 @@ POSTGRES_MIGRATIONS.append(
 """The countersigned record of each imported thread (provenance.py)."""
 
 POSTGRES_MIGRATIONS.append(("0007_vectors", PG_VECTORS_MIGRATION))
+POSTGRES_MIGRATIONS.append(
+    (
+        "0008_forks",
+        [
+            "ALTER TABLE threads ADD COLUMN fork_of TEXT",
+            "CREATE INDEX threads_fork ON threads (fork_of) WHERE fork_of IS NOT NULL",
+        ],
+    )
+)
+
+POSTGRES_MIGRATIONS.append(
+    (
+        "0009_leases",
+        [
+            "ALTER TABLE threads ADD COLUMN lease_owner TEXT",
+            "ALTER TABLE threads ADD COLUMN lease_expires DOUBLE PRECISION",
+            "ALTER TABLE threads ADD COLUMN lease_ttl DOUBLE PRECISION",
+            f"DROP FUNCTION IF EXISTS {OLD_APPEND_SIGNATURE}",
+            APPEND_FUNCTION_SQL,
+        ],
+    )
+)

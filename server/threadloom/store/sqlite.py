@@ -35,11 +35,14 @@ from .apply import (
     check_count_guard,
     check_idempotency,
     check_import,
+    check_lease,
     check_status_guard,
     check_usage_guard,
     check_version_guard,
     checkpoint_event,
     counters_after,
+    lease_after,
+    lease_columns,
     list_threads_query,
     manifest_doc,
     not_found,
@@ -58,6 +61,7 @@ from .base import (
     ImportThread,
     IntegritySnapshot,
     Op,
+    PutLease,
     PutThread,
     PutUsage,
     ReindexProgress,
@@ -100,7 +104,10 @@ JOINED_LINES = (
 """A thread's lines ``after < seq <= upto`` joined by newlines, as one UTF-8 value (SQLite keeps
 the subquery's order for group_concat; as a BLOB it skips a decode, 3-5x faster for 1 MB)."""
 
-_THREAD_COLS = "thread_id, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version, accounts"
+_THREAD_COLS = (
+    "thread_id, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version, accounts,"
+    " lease_owner, lease_expires, lease_ttl"
+)
 
 
 _row_to_thread = row_to_thread
@@ -429,6 +436,19 @@ class SQLiteStore(Store):
         q = f"SELECT {_THREAD_COLS} FROM threads WHERE chain_root_id = ? ORDER BY created_at, thread_id"
         return await self._read(lambda c: [_row_to_thread(r) for r in c.execute(q, (chain_root_id,))])
 
+    async def list_forks(self, thread_ids: Sequence[str]) -> list[Thread]:
+        ids = list(dict.fromkeys(thread_ids))
+
+        def fn(c: sqlite3.Connection) -> list[Thread]:
+            rows: list[Thread] = []
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                q = f"SELECT {_THREAD_COLS} FROM threads WHERE fork_of IN ({','.join('?' * len(part))})"
+                rows += [_row_to_thread(r) for r in c.execute(q, part)]
+            return sorted(rows, key=lambda t: (t.created_at, t.thread_id))
+
+        return await self._read(fn)
+
     async def delete_threads(self, thread_ids: Sequence[str]) -> int:
         if self._writer is None:
             raise StoreUnavailableError("the store is not open")
@@ -610,8 +630,8 @@ class SQLiteStore(Store):
                 t = op.thread
                 conn.execute(
                     "INSERT INTO threads (thread_id, agent_id, parent_id, status, created_at, updated_at,"
-                    " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, doc, accounts)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, doc, accounts, fork_of,"
+                    " lease_owner, lease_expires, lease_ttl) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         t.thread_id,
                         t.agent_id,
@@ -625,6 +645,8 @@ class SQLiteStore(Store):
                         t.chain_root_id,
                         manifest_doc(t),
                         accounts_doc(t.usage, t.budget),
+                        t.forked_from.thread_id if t.forked_from else None,
+                        *lease_columns(t.lease),
                     ),
                 )
                 result.threads[t.thread_id] = None  # type: ignore[assignment]  # read after commit
@@ -652,18 +674,36 @@ class SQLiteStore(Store):
                     (accounts_doc(usage, op.budget), op.thread_id),
                 )
                 result.threads[op.thread_id] = None  # type: ignore[assignment]
+            elif isinstance(op, PutLease):
+                row = conn.execute(
+                    "SELECT lease_owner, lease_expires, lease_ttl FROM threads WHERE thread_id = ?",
+                    (op.thread_id,),
+                ).fetchone()
+                if row is None:
+                    raise not_found(op.thread_id)
+                cols = lease_after(op.thread_id, op.owner, op.ttl, (row[0], row[1], row[2]), epoch)
+                if cols != tuple(row):
+                    conn.execute(
+                        "UPDATE threads SET lease_owner = ?, lease_expires = ?, lease_ttl = ?, updated_at = ?,"
+                        " version = version + 1 WHERE thread_id = ?",
+                        (*cols, ts, op.thread_id),
+                    )
+                result.threads[op.thread_id] = None  # type: ignore[assignment]
             elif isinstance(op, PutThread):
                 t = op.thread
                 row = conn.execute(
-                    "SELECT version, heartbeat_epoch FROM threads WHERE thread_id = ?", (t.thread_id,)
+                    "SELECT version, heartbeat_epoch, lease_owner, lease_expires, lease_ttl FROM threads"
+                    " WHERE thread_id = ?",
+                    (t.thread_id,),
                 ).fetchone()
                 if row is None:
                     raise not_found(t.thread_id)
                 check_version_guard(op, row[0], row[1])
+                renew = check_lease(t.thread_id, op.lease, (row[2], row[3], row[4]), epoch)
                 conn.execute(
                     "UPDATE threads SET agent_id = ?, parent_id = ?, status = ?, updated_at = ?,"
                     " heartbeat_at = ?, heartbeat_epoch = ?, stale_after = ?, chain_root_id = ?, doc = ?,"
-                    " version = version + 1 WHERE thread_id = ?",
+                    " version = version + 1, lease_expires = COALESCE(?, lease_expires) WHERE thread_id = ?",
                     (
                         t.agent_id,
                         t.parent_id,
@@ -674,6 +714,7 @@ class SQLiteStore(Store):
                         t.stale_after,
                         t.chain_root_id,
                         manifest_doc(t),
+                        renew,
                         t.thread_id,
                     ),
                 )
@@ -715,8 +756,13 @@ class SQLiteStore(Store):
                     [(e.thread_id, e.seq, e.ts, e.type, e.line, p) for e, p in zip(op.events, prevs)],
                 )
                 conn.execute(
-                    "UPDATE threads SET chain_head = ?, accounts = ? WHERE thread_id = ?",
-                    (head, accounts_doc(t.usage, t.budget), t.thread_id),
+                    "UPDATE threads SET chain_head = ?, accounts = ?, fork_of = ? WHERE thread_id = ?",
+                    (
+                        head,
+                        accounts_doc(t.usage, t.budget),
+                        t.forked_from.thread_id if t.forked_from else None,
+                        t.thread_id,
+                    ),
                 )
                 if op.record is not None:
                     conn.execute(
@@ -777,7 +823,9 @@ class SQLiteStore(Store):
         ).fetchone()
         if row is None:
             raise not_found(op.thread_id)
-        _tid, doc, status, _u, _h, count, text_chars, input_tokens, version, accounts, head = row
+        _tid, doc, status, _u, _h, count, text_chars, input_tokens, version, accounts = row[:10]
+        lease_owner, lease_expires, lease_ttl, head = row[10:]
+        renew = check_lease(op.thread_id, op.lease, (lease_owner, lease_expires, lease_ttl), epoch)
         check_status_guard(op, Status(status))
         check_count_guard(op, count)
         if op.idempotency_key is not None:
@@ -795,7 +843,7 @@ class SQLiteStore(Store):
         conn.execute(
             "UPDATE threads SET event_count = ?, text_chars = ?, input_tokens = ?, updated_at = ?,"
             " heartbeat_at = ?, heartbeat_epoch = ?, transcript_bytes = transcript_bytes + ?,"
-            " chain_head = ?, accounts = ? WHERE thread_id = ?",
+            " chain_head = ?, accounts = ?, lease_expires = COALESCE(?, lease_expires) WHERE thread_id = ?",
             (
                 count + len(stored),
                 text_chars,
@@ -806,6 +854,7 @@ class SQLiteStore(Store):
                 nbytes,
                 head,
                 accounts,
+                renew,
                 op.thread_id,
             ),
         )
@@ -826,6 +875,9 @@ class SQLiteStore(Store):
             input_tokens,
             version,
             accounts,
+            lease_owner,
+            renew if renew is not None else lease_expires,
+            lease_ttl,
         )
         result = AppendResult(op.thread_id, seqs, stored)
         return result, (Status(status), count + len(stored), head), after
