@@ -11,8 +11,9 @@ Layout (migration ``0002_search_index``):
   a chain or an agent inside the index. Since migration ``0005`` it is an
   *external-content* table over ``search_docs``: it keeps no copy of the text (the
   copy was a third of the database, issue 17), FTS5 reads a row's values from the view
-  when it needs them, and a regex scan or a candidate check reads the text from the
-  events through the view. Rows are removed while their events still exist (thread
+  when it needs them (the view turns escaped NULs into spaces first: ``json_extract``
+  cuts a string at a NUL), and a regex scan or a candidate check parses the events'
+  lines in Python. Rows are removed while their events still exist (thread
   deletion removes its rows first); a row whose values changed (a thread whose agent
   moved) is removed with FTS5's ``delete`` command and its old values. Rows left
   behind by edits made behind the store's back cannot be removed one by one without
