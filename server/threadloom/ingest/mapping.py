@@ -12,6 +12,7 @@ user prompt, so that it never falls between a tool call and the tool's result.
 
 from __future__ import annotations
 
+import abc
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -111,7 +112,7 @@ def fit_event(event: dict[str, Any], limit: int) -> tuple[dict[str, Any], bool]:
     }, True
 
 
-class Reader:
+class Reader(abc.ABC):
     """The common half of a session reader (subclasses implement :meth:`feed`)."""
 
     vendor = ""
@@ -190,5 +191,6 @@ class Reader:
         self.flush_usage()
         return self.take()
 
-    def feed(self, obj: Any, line: int) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def feed(self, obj: Any, line: int) -> None:
+        """Map one parsed line (``line``: its number in the file) into steps."""
