@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import anyio
 
-from .errors import InvalidInputError, NotFoundError
-from .models import TERMINAL, Status, Thread, check_thread_id
-from .numbers import quote
-from .results import WaitItem, WaitResult
-from .visibility import keep_map
-
-if TYPE_CHECKING:
-    from .service import ThreadService
+from ..errors import InvalidInputError, NotFoundError
+from ..models import TERMINAL, Status, Thread, check_thread_id
+from ..numbers import quote
+from ..results import WaitItem, WaitResult
+from ..visibility import keep_map
+from .base import ServiceBase
 
 MAX_WAIT_IDS = 1000
 MAX_WAIT_TIMEOUT = 86_400.0
@@ -46,7 +44,7 @@ def _item(requested: str, thread: Thread) -> WaitItem:
 
 
 async def wait_threads(
-    service: ThreadService,
+    service: ServiceBase,
     thread_ids: Sequence[str],
     *,
     mode: Literal["all", "any"] = "all",
@@ -137,7 +135,7 @@ async def wait_threads(
     )
 
 
-async def wait_for_events(service: ThreadService, thread_id: str, after_seq: int, timeout: float) -> bool:
+async def wait_for_events(service: ServiceBase, thread_id: str, after_seq: int, timeout: float) -> bool:
     """Wait until the thread holds an event past ``after_seq`` (True) or ``timeout`` passed (False).
 
     Woken by the wake hub (commits of this process and of others), never by polling.
@@ -155,3 +153,18 @@ async def wait_for_events(service: ThreadService, thread_id: str, after_seq: int
                 if fresh is not None and fresh.event_count > after_seq:
                     return True
     return False
+
+
+class Waiting(ServiceBase):
+    """wait_threads as a service method."""
+
+    async def wait_threads(
+        self,
+        thread_ids: Sequence[str],
+        *,
+        mode: str = "all",
+        timeout: float | None = None,
+        on_progress: Callable[[int, int, str], Awaitable[None]] | None = None,
+    ) -> WaitResult:
+        """Wait until all or any of the threads ended (following chains); see :func:`wait_threads`."""
+        return await wait_threads(self, thread_ids, mode=mode, timeout=timeout, on_progress=on_progress)
