@@ -361,6 +361,11 @@ class TranscriptHashes:
                 return None
             return state[0], state[1].copy()
 
+    def trusted_states(self) -> list[tuple[str, int, str]]:
+        """(thread id, seq, hex SHA-256 of lines 1..seq) of every trusted state (anchors.py)."""
+        with self._lock:
+            return [(tid, s[0], s[1].hexdigest()) for tid, s in self._states.items() if s[2] and s[0]]
+
     def trust(self, thread_id: str, seq: int, state: Any) -> None:
         """Verification proved lines 1..``seq`` hash to ``state``: keep it as an anchor, unless
         the cache already holds a newer state (a writer went on meanwhile)."""
@@ -419,6 +424,13 @@ class HashView:
                 h.update(b"\n")
         self._mine[thread_id] = (upto, h.copy(), trusted)
         return h.hexdigest()
+
+    def trusted(self, thread_id: str) -> tuple[int, str] | None:
+        """(seq, hex SHA-256 of lines 1..seq) as this transaction left the thread, when trusted."""
+        state = self._lookup(thread_id)
+        if state is None or not state[2]:
+            return None
+        return state[0], state[1].hexdigest()
 
     def publish(self) -> None:
         """Make this view's states the cache's (call once its transaction committed)."""

@@ -4,10 +4,11 @@ The full check (:mod:`threadloom.verify`) parses and re-hashes every line in Pyt
 for ``verify_thread``, too slow to sit in every handoff of a long thread. This one proves
 the same thing for an intact thread with per-line work only on the lines after an anchor:
 
-- the **anchor** is either the running hash this process keeps of a transcript it wrote
-  itself (or verified before: ``TranscriptHashes.anchor``), or the thread's last signed
-  checkpoint. Lines ``1..a`` before it are read as one joined value and hashed in one
-  pass; the hash must equal the anchor's (the checkpoint's signature is checked too). So
+- the **anchor** is the running hash this process keeps of a transcript it wrote
+  itself (or verified before: ``TranscriptHashes.anchor``), the thread's stored signed
+  anchor (store/anchors.py: what survives a restart), or its last signed checkpoint.
+  Lines ``1..a`` before it are read as one joined value and hashed in one pass; the hash
+  must equal the anchor's (a stored anchor's or checkpoint's signature is checked too). So
   an edit of any earlier row or line is still found, without a Python loop over them;
 - every line after the anchor is checked like the full verification does: gapless seqs,
   the line's own seq and type, the hash chain from the anchor on, the chain head, each
@@ -56,8 +57,13 @@ def verify_anchored(snap: AnchoredSnapshot, signer: Signer) -> Anchored | None:
             return None
         running.update(prefix)
         anchored = snap.anchor is not None and snap.anchor[0] == base
+        signed = snap.signed is not None and snap.signed.seq == base
         if anchored:
             if snap.anchor[1].hexdigest() != running.hexdigest():  # type: ignore[index]
+                return None
+        elif signed:  # a stored anchor: the hash it signs, and the root key's signature
+            assert snap.signed is not None
+            if snap.signed.sha256 != running.hexdigest() or not snap.signed.valid(signer):
                 return None
         elif not (tail and tail[0].type == "checkpoint"):  # the checkpoint below proves lines 1..base
             return None

@@ -24,6 +24,7 @@ from ..mirror import MirrorFiles
 from ..models import BudgetState, Status, StoredEvent, Thread, Usage, UsageDelta
 from ..provenance import ImportRecord
 from ..textquery import Mode, TextQuery
+from .anchors import SignedAnchor
 from .textsearch import Finder, PythonIndex, event_document, scan_documents
 
 __all__ = [
@@ -177,6 +178,8 @@ class AnchoredSnapshot:
     joined by newlines, UTF-8 (None when base is 0) and ``tail`` the events after it, with their
     ``prev_hash``. ``files`` as in :class:`IntegritySnapshot`. ``imported``: the thread came
     in through ``threadloom import`` (its signatures are another key's: checked in full).
+    ``signed``: the thread's stored signed anchor (anchors.py), when it is the base's anchor
+    (m is its seq): it stands in for ``anchor`` in a process that did not write the thread.
     """
 
     thread: Thread
@@ -187,6 +190,7 @@ class AnchoredSnapshot:
     tail: list[StoredEvent]
     files: MirrorFiles | None
     imported: bool = False
+    signed: SignedAnchor | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +231,8 @@ class CommitResult:
 
     appends: list[AppendResult] = field(default_factory=list)
     threads: dict[str, Thread] = field(default_factory=dict)
+    anchored: list[tuple[str, int]] = field(default_factory=list)
+    """(thread id, seq) of each signed anchor the commit stored (store/anchors.py)."""
 
 
 @dataclass(frozen=True, slots=True)

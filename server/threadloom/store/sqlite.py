@@ -27,7 +27,7 @@ from ..models import Status, StoredEvent, Thread, Usage, parse_iso, render_line
 from ..private import ensure_file, make_dir
 from ..provenance import ImportRecord
 from ..textquery import Mode, TextQuery
-from . import fts, sqlvectors
+from . import anchors, fts, sqlvectors
 from .apply import (
     accounts_doc,
     accounts_from_doc,
@@ -180,6 +180,9 @@ class SQLiteStore(Store):
         self._rlock = threading.Lock()
         self._search = fts.SearchEngine()
         self._vectors = VectorCache()
+        self._anchored: dict[str, int] = {}
+        """Seq of each thread's stored anchor, as far as this process knows (anchors.py)."""
+        self._anchor_tasks: set[asyncio.Task[None]] = set()
 
     # ----------------------------------------------------------- connections
 
@@ -211,6 +214,7 @@ class SQLiteStore(Store):
             conn.execute("PRAGMA journal_mode=WAL")
             _retry_busy(lambda: apply_sqlite_migrations(conn, SQLITE_MIGRATIONS))
             _retry_busy(lambda: ensure_table(conn))
+            _retry_busy(lambda: anchors.ensure_anchors(conn))
             has_threads = conn.execute("SELECT EXISTS (SELECT 1 FROM threads)").fetchone()[0]
             row = conn.execute("SELECT value FROM meta WHERE key = 'signing_key_id'").fetchone()
         except (sqlite3.Error, OSError) as exc:
@@ -256,6 +260,12 @@ class SQLiteStore(Store):
     async def close(self) -> None:
         if self._writer is None:
             return
+        if self._anchor_tasks:  # anchors on their way to the writer: before it stops
+            await asyncio.gather(*self._anchor_tasks, return_exceptions=True)
+        try:  # anchor what this process verified or wrote, so the next one checks little
+            await self._writer.submit(self._anchor_trusted)
+        except Exception:
+            log.warning("could not write the transcript anchors at close", exc_info=True)
         try:  # leave the index whole for the next opener (it would fold the tail anyway)
             await self._writer.submit(self._fold)
         except Exception:
@@ -395,7 +405,12 @@ class SQLiteStore(Store):
                 thread = _row_to_thread(row[:-1])
                 if anchor is not None and anchor[0] > thread.event_count:
                     anchor = None
-                m = anchor[0] if anchor is not None else 0
+                signed = anchors.read_anchor(c, thread_id)
+                if signed is not None:
+                    self._anchored[thread_id] = signed.seq
+                    if signed.seq > thread.event_count or (anchor is not None and anchor[0] >= signed.seq):
+                        signed = None  # not this thread's lines (yet), or the running hash is better
+                m = signed.seq if signed is not None else anchor[0] if anchor is not None else 0
                 cp = c.execute(
                     "SELECT seq FROM events WHERE thread_id = ? AND seq > ? AND type = 'checkpoint'"
                     " ORDER BY seq DESC LIMIT 1",
@@ -407,7 +422,9 @@ class SQLiteStore(Store):
                 imported = _import_record(c, thread_id) is not None
             finally:
                 c.execute("COMMIT")
-            return AnchoredSnapshot(thread, row[-1], anchor, base, prefix, tail, None, imported)
+            if signed is not None and base != signed.seq:
+                signed = None  # a checkpoint after it is the base
+            return AnchoredSnapshot(thread, row[-1], anchor, base, prefix, tail, None, imported, signed)
 
         def fn(c: sqlite3.Connection) -> AnchoredSnapshot:
             if self.mirror is None:
@@ -416,6 +433,42 @@ class SQLiteStore(Store):
             return dc_replace(snap, files=files)
 
         return await self._read(fn)
+
+    def trust_verified(self, thread_id: str, seq: int, state: Any) -> None:
+        """Keep the verified hash as this process's anchor and, past a long unanchored tail,
+        store it as a signed anchor (anchors.py) so that the next process checks little."""
+        super().trust_verified(thread_id, seq, state)
+        if self._writer is None or seq - self._anchored.get(thread_id, 0) < anchors.ANCHOR_MIN_TAIL:
+            return
+        signed = anchors.sign_anchor(self.signer, thread_id, seq, state.hexdigest())
+        self._anchored[thread_id] = seq
+        task = asyncio.get_running_loop().create_task(self._store_anchor(signed))
+        self._anchor_tasks.add(task)
+        task.add_done_callback(self._anchor_tasks.discard)
+
+    async def _store_anchor(self, signed: anchors.SignedAnchor) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            write_txn(conn, lambda: anchors.put_anchors(conn, [signed]), _retry_busy)
+
+        try:
+            if self._writer is not None:
+                await self._writer.submit(work)
+        except (sqlite3.Error, StoreUnavailableError) as exc:  # only a later check is slower
+            log.warning("could not store the anchor of thread %s: %s", signed.thread_id, exc)
+
+    def _anchor_trusted(self, conn: sqlite3.Connection) -> int:
+        """Store a signed anchor for each thread whose trusted running hash is past its stored
+        anchor by ANCHOR_MIN_TAIL lines (at close, on the writer thread); return how many."""
+        signed = [
+            anchors.sign_anchor(self.signer, tid, seq, sha)
+            for tid, seq, sha in self._hashes.trusted_states()
+            if seq - self._anchored.get(tid, 0) >= anchors.ANCHOR_MIN_TAIL
+        ]
+        if signed:
+            write_txn(conn, lambda: anchors.put_anchors(conn, signed), _retry_busy)
+            for a in signed:
+                self._anchored[a.thread_id] = a.seq
+        return len(signed)
 
     async def list_stale(self, now: float, *, limit: int = 100) -> list[Thread]:
         q = (
@@ -469,6 +522,7 @@ class SQLiteStore(Store):
                         conn.execute("DELETE FROM events WHERE thread_id = ?", (tid,))
                         conn.execute("DELETE FROM idempotency WHERE thread_id = ?", (tid,))
                         conn.execute("DELETE FROM thread_imports WHERE thread_id = ?", (tid,))
+                        anchors.delete_anchor(conn, tid)
                     conn.execute("COMMIT")
                     return gone
                 except BaseException:
@@ -478,6 +532,7 @@ class SQLiteStore(Store):
             gone = _retry_busy(txn)
             for tid in ids:
                 self._hashes.forget(tid)
+                self._anchored.pop(tid, None)
             if mirror is not None:
                 for tid in ids:
                     mirror.remove(tid)
@@ -550,6 +605,9 @@ class SQLiteStore(Store):
                     del self._mirrored[: len(flush)]
                     for view in self._txn_views:
                         view.publish()
+                    for _job, res, _err in outcomes:
+                        for tid, seq in res.anchored if res is not None else ():
+                            self._anchored[tid] = seq
                     self._unfolded += plan.appended
                 break
             except sqlite3.Error as exc:
@@ -655,7 +713,8 @@ class SQLiteStore(Store):
                 res, state, after = self._append(conn, op, ts, epoch, view)
                 result.appends.append(res)
                 asked = op.checkpoint or (op.thread_id in appended and appended[op.thread_id].asked)
-                appended[op.thread_id] = _Appended(asked, *state, res)
+                first = appended[op.thread_id].first if op.thread_id in appended else res.seqs[0]
+                appended[op.thread_id] = _Appended(asked, *state, res, first)
                 # known now unless another op of this job touched the thread (then read after commit)
                 once = op.thread_id not in result.threads and not asked
                 result.threads[op.thread_id] = _row_to_thread(after) if once else None  # type: ignore[assignment]
@@ -775,6 +834,14 @@ class SQLiteStore(Store):
                 if wants_checkpoint(state.asked, state.status):
                     self._checkpoint(conn, tid, state, ts, epoch, view)
                     result.threads[tid] = None  # type: ignore[assignment]  # read after commit
+            signed = []
+            for tid, state in appended.items():
+                known = view.trusted(tid)  # only lines this process wrote or verified are signed
+                if known is not None and anchors.crossed(state.first - 1, known[0]):
+                    signed.append(anchors.sign_anchor(self.signer, tid, *known))
+            if signed:
+                anchors.put_anchors(conn, signed)
+                result.anchored = [(a.thread_id, a.seq) for a in signed]
         self._txn_views.append(view)
         return result
 
@@ -1277,6 +1344,8 @@ class _Appended:
     count: int
     head: str
     last: AppendResult
+    first: int
+    """The first seq this commit appended to the thread."""
 
 
 def _get_thread(conn: sqlite3.Connection, thread_id: str) -> Thread:
