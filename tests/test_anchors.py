@@ -47,7 +47,9 @@ async def built(root: Path, events: int = EVENTS, batch: int = 50) -> str:
 
 def anchor_row(root: Path, tid: str) -> tuple[int, str, str] | None:
     with sqlite3.connect(root / "threads.db") as conn:
-        return conn.execute("SELECT seq, sha256, signature FROM anchors WHERE thread_id = ?", (tid,)).fetchone()
+        return conn.execute(
+            "SELECT seq, sha256, signature FROM anchors WHERE thread_id = ?", (tid,)
+        ).fetchone()
 
 
 async def test_a_new_process_checks_only_the_lines_after_the_stored_anchor(tmp_path: Path) -> None:
