@@ -40,3 +40,43 @@ async def test_a_single_append_runs_at_most_seven_statements(tmp_path: Path) -> 
         assert not any("search_index" in s for s in seen)  # no index segment per commit
         after = await svc.get_thread(t.thread_id)
         assert after.event_count == 3  # the result built from the transaction is the stored state
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_the_first_append_to_a_created_thread_commits_once(tmp_path: Path, kind: str) -> None:
+    """Issue 16: the one-commit append starts a created thread itself instead of failing its
+    status guard, rolling back and planning again (two commits, the first thrown away)."""
+    from threadloom.store import MemoryStore
+
+    store = MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "root", durability="normal")
+    async with ThreadService(store) as svc:
+        t = await svc.create_thread(title="first")
+        commits: list[int] = []
+        real = store.commit
+
+        async def counted(ops):  # type: ignore[no-untyped-def]
+            commits.append(len(ops))
+            return await real(ops)
+
+        store.commit = counted  # type: ignore[method-assign]
+        seen: list[str] = []
+        conn = store._wconn if isinstance(store, SQLiteStore) else None
+        if conn is not None:
+            conn.set_trace_callback(seen.append)
+        try:
+            out = await svc.append(
+                t.thread_id, [{"type": "message", "role": "user", "text": "go"}], single=True
+            )
+        finally:
+            if conn is not None:
+                conn.set_trace_callback(None)
+        assert commits == [1]
+        assert not any(s.startswith("ROLLBACK") for s in seen), seen
+        assert out.seq == 2 and out.status == "running"
+        after = await svc.get_thread(t.thread_id)
+        assert after.status == "running" and after.status_reason == "first append"
+        assert after.version == t.version + 1 and after.event_count == 2
+        events = (await svc.read_events(t.thread_id)).events
+        assert [e["type"] for e in events] == ["status", "message"]
+        assert events[0]["from"] == "created" and events[0]["to"] == "running"
+        assert events[0]["reason"] == "first append"

@@ -157,7 +157,7 @@ class EventRules(ServiceBase):
             exceeded = None
             thread: Thread | None = None
             running: Thread | None = None
-            if fast[0]:  # optimistic: one commit, the status guard checks "running" in the transaction
+            if fast[0]:  # optimistic: one commit; the store checks "running" (or starts a created thread)
                 fast[0] = False
             else:
                 thread = await self.store.get_thread(thread_id)
@@ -184,6 +184,7 @@ class EventRules(ServiceBase):
                 usage=None if accounted else delta,
                 checkpoint=delta is not None,
                 lease=lease,
+                start_reason="first append" if thread is None else None,  # unread: the store starts it
             )
             index = sum(isinstance(op, AppendEvents) for op in ops)
             ops.append(append_op)

@@ -21,11 +21,13 @@ from ..models import (
     BudgetState,
     Lease,
     Status,
+    StatusEvent,
     StoredEvent,
     Thread,
     Usage,
     UsageDelta,
     canonical_json,
+    event_payload,
     iso,
     render_line,
     utc_now,
@@ -70,6 +72,22 @@ def check_status_guard(op: AppendEvents, status: Status) -> None:
             f"thread {op.thread_id} changed to status {status.value} before the append committed",
             rule="status_guard",
         )
+
+
+def start_event(op: AppendEvents, status: Status) -> NewEvent | None:
+    """The ``status`` event that starts a created thread in this append (``op.start_reason``),
+    or None when the op does not ask for it or the thread is not ``created``."""
+    if op.start_reason is None or status != Status.CREATED:
+        return None
+    ev = StatusEvent(**{"from": Status.CREATED, "to": Status.RUNNING, "reason": op.start_reason})
+    return NewEvent("status", event_payload(ev))
+
+
+def started_doc(doc: str, reason: str) -> str:
+    """A stored manifest document after :func:`start_event`: status running, with its reason."""
+    data = json.loads(doc)
+    data.update(status=Status.RUNNING.value, status_reason=reason)
+    return canonical_json(data)
 
 
 def check_count_guard(op: AppendEvents, event_count: int) -> None:

@@ -106,6 +106,11 @@ class AppendEvents:
     checkpoint: bool = False
     lease: LeaseCheck | None = None
     """Check the thread's lease (None: a server write that leases do not stop)."""
+    start_reason: str | None = None
+    """When the thread is ``created`` at commit time, first move it to ``running`` with this
+    reason, in the same commit: its ``status`` event goes before the events (not in the
+    result's ``seqs``) and its version moves, as a status change does (apply.start_event).
+    A backend without it refuses with ``status_guard`` and the service plans the move."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from .apply import (
     not_found,
     now_pair,
     rendered_events,
+    start_event,
     wants_checkpoint,
 )
 from .base import (
@@ -146,13 +147,22 @@ class MemoryStore(Store):
                 renew = check_lease(op.thread_id, op.lease, _cols(t), now)
                 if renew is not None:
                     t = t.model_copy(update={"lease": _renewed(t, renew)})
+                started = start_event(op, t.status)
+                if started is not None:  # the first append starts the thread in the same commit
+                    t = t.model_copy(
+                        update={
+                            "status": Status.RUNNING,
+                            "status_reason": op.start_reason,
+                            "version": t.version + 1,
+                        }
+                    )
                 check_status_guard(op, t.status)
                 check_count_guard(op, t.event_count)
                 if op.idempotency_key is not None:
                     key = (op.thread_id, op.idempotency_key)
                     check_idempotency(op, new_idem.get(key) or self._idem.get(key))
-                stored = append(t, op.events, op.usage)
-                seqs = [e.seq for e in stored]
+                stored = append(t, op.events if started is None else (started, *op.events), op.usage)
+                seqs = [e.seq for e in stored[1 if started else 0 :]]
                 if op.idempotency_key is not None:
                     new_idem[(op.thread_id, op.idempotency_key)] = IdempotencyRecord(
                         op.thread_id, op.idempotency_key, op.request_hash or "", seqs

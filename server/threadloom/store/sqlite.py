@@ -49,6 +49,8 @@ from .apply import (
     now_pair,
     rendered_events,
     row_to_thread,
+    start_event,
+    started_doc,
     wants_checkpoint,
 )
 from .base import (
@@ -893,24 +895,35 @@ class SQLiteStore(Store):
         _tid, doc, status, _u, _h, count, text_chars, input_tokens, version, accounts = row[:10]
         lease_owner, lease_expires, lease_ttl, head = row[10:]
         renew = check_lease(op.thread_id, op.lease, (lease_owner, lease_expires, lease_ttl), epoch)
+        started = start_event(op, Status(status))
+        events = op.events
+        if started is not None:  # the first append starts the thread in the same commit
+            assert op.start_reason is not None
+            status, doc, version = Status.RUNNING.value, started_doc(doc, op.start_reason), version + 1
+            events = (started, *op.events)
         check_status_guard(op, Status(status))
         check_count_guard(op, count)
         if op.idempotency_key is not None:
             check_idempotency(op, _find_idem(conn, op.thread_id, op.idempotency_key))
-        lines, stored, head = rendered_events(op.thread_id, op.events, count, head, ts)
+        lines, stored, head = rendered_events(op.thread_id, events, count, head, ts)
         nbytes = sum(len(line.encode()) + 1 for line in lines)
         view.extend(op.thread_id, count, lines)
         conn.executemany(
             "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) VALUES (?,?,?,?,?,?)",
             [(e.thread_id, e.seq, e.ts, e.type, e.line, e.prev_hash) for e in stored],
         )
-        text_chars, input_tokens = counters_after(op.events, text_chars, input_tokens)
+        text_chars, input_tokens = counters_after(events, text_chars, input_tokens)
         if op.usage is not None:
             accounts = add_usage_doc(accounts, op.usage)
         conn.execute(
             "UPDATE threads SET event_count = ?, text_chars = ?, input_tokens = ?, updated_at = ?,"
             " heartbeat_at = ?, heartbeat_epoch = ?, transcript_bytes = transcript_bytes + ?,"
-            " chain_head = ?, accounts = ?, lease_expires = COALESCE(?, lease_expires) WHERE thread_id = ?",
+            " chain_head = ?, accounts = ?, lease_expires = COALESCE(?, lease_expires)"
+            + (
+                " WHERE thread_id = ?"
+                if started is None
+                else ", status = ?, doc = ?, version = ? WHERE thread_id = ?"
+            ),
             (
                 count + len(stored),
                 text_chars,
@@ -922,10 +935,11 @@ class SQLiteStore(Store):
                 head,
                 accounts,
                 renew,
+                *(() if started is None else (status, doc, version)),
                 op.thread_id,
             ),
         )
-        seqs = [e.seq for e in stored]
+        seqs = [e.seq for e in stored[1 if started else 0 :]]
         if op.idempotency_key is not None:
             conn.execute(
                 "INSERT INTO idempotency (thread_id, key, request_hash, seqs, created_at) VALUES (?,?,?,?,?)",
