@@ -46,6 +46,8 @@ SET_ASIDE = ".set-aside-"
 REVIEWED = ".reviewed"
 """Suffix ``doctor --recover`` adds to a set-aside file it has dealt with (kept, no longer reported)."""
 LOCK_TRIES = 8
+PATH_CACHE = 4096
+"""Transcript paths kept as strings (thread ids are checked once, not per append)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +157,7 @@ class Mirror:
         self._cache: dict[str, tuple[int, int]] = {}  # thread_id -> (file size, last seq)
         self._versions: dict[str, int] = {}  # thread_id -> manifest version this process wrote
         self._fds: dict[str, int] = {}  # open transcript descriptors, least recently used first
+        self._lock_paths: dict[str, str] = {}  # thread_id -> transcript path, checked and joined once
 
     def _open(self, thread_id: str) -> int:
         fd = self._fds.pop(thread_id, None)
@@ -173,7 +176,11 @@ class Mirror:
         A descriptor whose file was set aside, replaced or deleted since it was opened is
         reopened (checked after the lock is held, the usual lock-file protocol).
         """
-        path = self.transcript_path(thread_id)
+        path = self._lock_paths.get(thread_id)
+        if path is None:  # a Path join per append costs more than the lock itself
+            if len(self._lock_paths) >= PATH_CACHE:
+                self._lock_paths.clear()
+            path = self._lock_paths[thread_id] = os.fspath(self.transcript_path(thread_id))
         for _ in range(LOCK_TRIES):
             fd = self._open(thread_id)
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -456,7 +463,7 @@ def unreadable_reason(d: Path, exc: OSError) -> str:
     return f"{where} cannot be read: {exc.strerror or exc}"
 
 
-def _same_file(fd: int, path: Path) -> bool:
+def _same_file(fd: int, path: Path | str) -> bool:
     try:
         st = os.stat(path)
     except FileNotFoundError:

@@ -131,6 +131,27 @@ def lean_output_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+HOT_TOOLS = frozenset({"append_event"})
+"""Tools called on every step of an agent: their output schema names the fields in its
+description instead of listing ``properties``, which the client checks on every result
+(a 9-property object costs ~42 us of jsonschema per call; no properties ~2 us)."""
+
+
+def hot_output_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """``lean_output_schema`` without per-field checks: the fields and types in a description."""
+    props = schema.get("properties") or {}
+    fields = ", ".join(f"{name}: {'|'.join(_types(p))}" for name, p in props.items())
+    out: dict[str, Any] = {"type": "object", "description": f"fields: {fields}"}
+    if schema.get("required"):
+        out["required"] = schema["required"]
+    return out
+
+
+def _types(prop: dict[str, Any]) -> list[str]:
+    t = prop.get("type", "any")
+    return t if isinstance(t, list) else [t]
+
+
 def apply_tool_surface(server: Any) -> None:
     """Give every tool of an MCPServer its title and annotations and lean schemas."""
     for tool in server._tool_manager.list_tools():
@@ -140,3 +161,5 @@ def apply_tool_surface(server: Any) -> None:
         meta = tool.fn_metadata
         if meta.output_schema is not None:
             meta.output_schema = lean_output_schema(meta.output_schema)
+            if tool.name in HOT_TOOLS:
+                meta.output_schema = hot_output_schema(meta.output_schema)

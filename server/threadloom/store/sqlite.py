@@ -113,6 +113,8 @@ _THREAD_COLS = (
 
 
 _row_to_thread = row_to_thread
+AFTER_CACHE = 4096
+"""Threads whose last parsed manifest the writer keeps (``_thread_after``)."""
 
 
 def _op_thread(op: Op) -> str | None:
@@ -182,6 +184,7 @@ class SQLiteStore(Store):
         self._rlock = threading.Lock()
         self._search = fts.SearchEngine()
         self._vectors = VectorCache()
+        self._after_cache: dict[str, tuple[tuple[Any, ...], Thread]] = {}
         self._anchored: dict[str, int] = {}
         """Seq of each thread's stored anchor, as far as this process knows (anchors.py)."""
         self._anchor_tasks: set[asyncio.Task[None]] = set()
@@ -719,7 +722,7 @@ class SQLiteStore(Store):
                 appended[op.thread_id] = _Appended(asked, *state, res, first)
                 # known now unless another op of this job touched the thread (then read after commit)
                 once = op.thread_id not in result.threads and not asked
-                result.threads[op.thread_id] = _row_to_thread(after) if once else None  # type: ignore[assignment]
+                result.threads[op.thread_id] = self._thread_after(after) if once else None  # type: ignore[assignment]
             elif isinstance(op, PutUsage):
                 row = conn.execute(
                     "SELECT accounts FROM threads WHERE thread_id = ?", (op.thread_id,)
@@ -962,6 +965,32 @@ class SQLiteStore(Store):
         )
         result = AppendResult(op.thread_id, seqs, stored)
         return result, (Status(status), count + len(stored), head), after
+
+    def _thread_after(self, after: tuple[Any, ...]) -> Thread:
+        """The Thread of a row as an append left it (``_append``'s ``after``). Parsing the
+        document and validating the model is most of the cost, and an append changes only
+        counters and times: a thread whose document, status, version and accounts are the
+        ones parsed last time is that Thread with those fields replaced (writer thread only)."""
+        tid, doc, status, updated_at, heartbeat_at, count, text_chars, input_tokens, version = after[:9]
+        key = (doc, status, version, after[9])
+        if after[10] is None:  # a lease shows only until it expires: not cached
+            hit = self._after_cache.get(tid)
+            if hit is not None and hit[0] == key:
+                return hit[1].model_copy(
+                    update={
+                        "updated_at": updated_at,
+                        "heartbeat_at": heartbeat_at,
+                        "event_count": count,
+                        "text_chars": text_chars,
+                        "input_tokens": input_tokens,
+                    }
+                )
+        thread = _row_to_thread(after)
+        if after[10] is None:
+            if len(self._after_cache) >= AFTER_CACHE:
+                self._after_cache.clear()
+            self._after_cache[tid] = (key, thread)
+        return thread
 
     def _checkpoint(
         self, conn: sqlite3.Connection, tid: str, state: _Appended, ts: str, epoch: float, view: HashView
