@@ -153,7 +153,8 @@ def test_trim_keeps_a_user_first_run_without_split_tool_pairs(specs: list, kept:
 
 
 def test_conversation_chars_matches_the_context_estimate() -> None:
-    from threadloom.models import event_text_chars, parse_event
+    from threadloom.event_types import event_text_chars
+    from threadloom.models import parse_event
 
     for data in (
         msg("héllo"),

@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from . import __version__
 from .config import DEFAULT_CONTEXT_WINDOW, DEFAULT_STALE_AFTER
 from .errors import InvalidInputError, ThreadloomError
+from .event_types import event_text_chars
 from .lineage import group_chains, order_chain
 from .models import (
     MANIFEST_FIELDS,
@@ -48,7 +49,6 @@ from .models import (
     canonical_json,
     check_agent_id,
     event_payload,
-    event_text_chars,
     iso,
     new_thread_id,
     parse_event,

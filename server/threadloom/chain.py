@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import LimitExceededError, NotFoundError
+from .event_types import context_chars
 from .models import (
     ContextUsage,
     ContinuedFromEvent,
@@ -41,7 +42,6 @@ from .models import (
     StoredEvent,
     Thread,
     ThreadResumedEvent,
-    canonical_json,
     event_payload,
     iso,
     new_thread_id,
@@ -95,17 +95,8 @@ def max_tokens_below(window: int, threshold: float) -> int:
     return used
 
 
-def conversation_chars(data: dict[str, Any]) -> int:
-    """Characters an event adds to a model's context (models.event_text_chars, on a dict)."""
-    etype = data.get("type")
-    if etype in ("message", "assistant_text"):
-        return len(data.get("text", ""))
-    if etype == "tool_use":
-        return len(data.get("name", "")) + len(canonical_json(data.get("input", {})))
-    if etype == "tool_result":
-        out = data.get("output", "")
-        return len(out) if isinstance(out, str) else len(canonical_json(out))
-    return 0
+conversation_chars = context_chars
+"""Characters an event (a dict) adds to a model's context (event_types.context_chars)."""
 
 
 # ------------------------------------------------------------------------ carry

@@ -353,18 +353,6 @@ def event_payload(event: Event) -> dict[str, Any]:
     return event.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-def event_text_chars(event: Event) -> int:
-    """Characters the event adds to a model's context (DESIGN §7 estimate, before // 4)."""
-    if isinstance(event, (MessageEvent, AssistantTextEvent)):
-        return len(event.text)
-    if isinstance(event, ToolUseEvent):
-        return len(event.name) + len(canonical_json(event.input))
-    if isinstance(event, ToolResultEvent):
-        out = event.output
-        return len(out) if isinstance(out, str) else len(canonical_json(out))
-    return 0
-
-
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     """An event as committed: its number, time and canonical JSON line (the transcript bytes)."""

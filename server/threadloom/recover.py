@@ -30,9 +30,10 @@ from typing import Any
 from .config import Settings
 from .drift import compare
 from .errors import ThreadloomError
+from .event_types import event_text_chars
 from .integrity import KEYS_DIR, SIGNATURE_FIELD, Signer, manifest_signature_ok
 from .mirror import MANIFEST, REVIEWED, TRANSCRIPT, set_aside, set_aside_files
-from .models import THREAD_ID_RE, Thread, event_text_chars, parse_event
+from .models import THREAD_ID_RE, Thread, parse_event
 from .models import StoredEvent as Stored
 from .private import make_dir
 from .service import ThreadService

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from .event_types import kind_of, summary_pieces
 from .models import Status, Thread
 
 STATUS_STYLE = {
@@ -24,18 +25,6 @@ STATUS_STYLE = {
     Status.ERROR: "bold red",
     Status.CANCELLED: "magenta",
     Status.CONTINUED: "blue",
-}
-TYPE_STYLE = {
-    "message": "bold",
-    "tool_use": "cyan",
-    "tool_result": "green",
-    "assistant_text": "",
-    "result": "yellow",
-    "status": "magenta",
-    "handoff": "blue",
-    "continued_from": "blue",
-    "thread_resumed": "blue",
-    "checkpoint": "dim",
 }
 
 
@@ -207,50 +196,11 @@ def event_summary(data: dict[str, Any], width: int = 160) -> Text:
     def c(s: str) -> str:
         return s if width <= 0 else clip(s, width)
 
-    if etype == "message":
-        body = Text.assemble((f"{data.get('role')}: ", "bold"), c(str(data.get("text", ""))))
-    elif etype == "assistant_text":
-        body = Text(c(str(data.get("text", ""))))
-    elif etype == "tool_use":
-        body = Text.assemble(
-            (str(data.get("name")), "cyan"),
-            c(f"({_compact(data.get('input', {}))})"),
-            (f"  id {data.get('id')}", "dim"),
-        )
-    elif etype == "tool_result":
-        style = "red" if data.get("is_error") else ""
-        body = Text.assemble(
-            (f"{data.get('tool_use_id')} → ", "dim"), (c(_compact(data.get("output", ""))), style)
-        )
-    elif etype == "status":
-        reason = f" ({data['reason']})" if data.get("reason") else ""
-        body = Text(f"{data.get('from')} → {data.get('to')}{reason}")
-    elif etype == "handoff":
-        body = Text(
-            f"handed off to {data.get('to_thread_id')} ({data.get('reason')}, carried {data.get('trailing_count')})"
-        )
-    elif etype == "continued_from":
-        body = Text(
-            f"continues {data.get('from_thread_id')} ({data.get('reason')}, carried {data.get('carried_count', 0)})"
-        )
-    elif etype == "thread_resumed":
-        body = Text.assemble(f"resumed in {data.get('to_thread_id')}: ", c(str(data.get("message", ""))))
-    elif etype == "result":
-        parts = [
-            f"{k} {data[k]}"
-            for k in ("cost", "turns", "input_tokens", "output_tokens", "duration_ms")
-            if k in data
-        ]
-        body = Text(", ".join(parts) or "-")
-    elif etype == "checkpoint":
-        body = Text(f"sha256 {str(data.get('sha256', ''))[:16]}…", style="dim")
-    else:
-        rest = {k: v for k, v in data.items() if k not in ("seq", "ts", "type")}
-        body = Text(c(_compact(rest)))
+    body = Text.assemble(*summary_pieces(data, c))
     return Text.assemble(
         (f"{data.get('seq', ''):>5} ", "dim"),
         (ts_short(data.get("ts")) + " ", "dim"),
-        (f"{etype:<14}", TYPE_STYLE.get(etype, "yellow")),
+        (f"{etype:<14}", kind_of(etype).style),
         " ",
         body,
     )

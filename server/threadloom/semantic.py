@@ -21,9 +21,10 @@ from typing import Any
 
 import anyio
 
+from . import event_types
 from .config import Settings
 from .embedding import Embedder, SemanticUnavailableError, extra_missing, load_embedder
-from .models import StoredEvent, canonical_json, iso, parse_iso, utc_now
+from .models import StoredEvent, iso, parse_iso, utc_now
 from .store.base import Store, VectorRow
 from .textquery import parse_query
 
@@ -43,18 +44,8 @@ newest change seen (clocks and commit order may disagree a little)."""
 
 
 def embed_text(event: StoredEvent, tool_results: bool) -> str | None:
-    """The text of ``event`` that gets a vector, or None (nothing to embed)."""
-    data = event.data()
-    if event.type == "message":
-        text = data.get("text") if data.get("role") in ("user", "assistant") else None
-    elif event.type == "assistant_text":
-        text = data.get("text")
-    elif event.type == "tool_result" and tool_results and "output" in data:
-        out = data["output"]
-        text = out if isinstance(out, str) else canonical_json(out)
-    else:
-        text = None
-    return text if isinstance(text, str) and text.strip() else None
+    """The text of ``event`` that gets a vector, or None (nothing to embed; event_types.py)."""
+    return event_types.embed_text(event.type, event.data(), tool_results)
 
 
 def query_text(query: str) -> str:
@@ -97,8 +88,8 @@ class SemanticIndex:
 
     @property
     def types(self) -> tuple[str, ...]:
-        base = ("message", "assistant_text")
-        return (*base, "tool_result") if self.settings.semantic_tool_results else base
+        tools = self.settings.semantic_tool_results
+        return tuple(t for t in event_types.EMBEDDED_TYPES if tools or t != "tool_result")
 
     @property
     def enabled(self) -> bool:

@@ -15,13 +15,12 @@ from typing import Any, Self, TypeVar
 
 import anyio
 
-from .. import visibility
+from .. import chain, visibility
 from ..config import Settings
 from ..errors import (
     ConflictError,
     InvalidInputError,
     InvalidStateError,
-    NotFoundError,
     ThreadContinuedError,
 )
 from ..models import (
@@ -167,16 +166,10 @@ class ServiceBase:
         return self.hub.open(thread_ids, keys)
 
     async def chain_end(self, thread: Thread) -> Thread:
-        """Follow continuation links to the chain's newest thread (a cycle stops the walk)."""
-        seen = {thread.thread_id}
-        while thread.continuation_thread_id and thread.continuation_thread_id not in seen:
-            try:
-                nxt = await self.store.get_thread(thread.continuation_thread_id)
-            except NotFoundError:
-                break
-            seen.add(nxt.thread_id)
-            thread = nxt
-        return thread
+        """Follow continuation links to the chain's newest thread (chain.resolve_end: a cycle
+        or a missing link stops the walk there)."""
+        end, _problem = await chain.resolve_end(self.store, thread)
+        return end
 
     @staticmethod
     def status_ops(

@@ -12,6 +12,7 @@ from ..errors import (
     LimitExceededError,
     ThreadloomError,
 )
+from ..event_types import context_chars
 from ..messages import check_format, rebuild_messages, request_body
 from ..models import (
     Event,
@@ -25,7 +26,6 @@ from ..models import (
     canonical_json,
     check_idempotency_key,
     event_payload,
-    event_text_chars,
     parse_event,
 )
 from ..numbers import (
@@ -103,7 +103,7 @@ class EventRules(ServiceBase):
                     rule="request_size",
                 )
             tokens = ev.input_tokens if isinstance(ev, ResultEvent) else None
-            out.append((ev, NewEvent(payload["type"], payload, event_text_chars(ev), tokens)))
+            out.append((ev, NewEvent(payload["type"], payload, context_chars(payload), tokens)))
         return out
 
     async def append(

@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from ..models import StoredEvent, canonical_json
+from ..event_types import INDEXED_TYPES, search_fields
+from ..models import StoredEvent
 from ..textquery import Clause, Mode, TextQuery, clause_positions, tokenize
 
 __all__ = [
@@ -34,9 +34,6 @@ __all__ = [
     "PythonIndex",
 ]
 
-INDEXED_TYPES = ("message", "assistant_text", "tool_use", "tool_result")
-"""Event types with searchable text; every other type (status, checkpoints, x-*) is not indexed."""
-
 BODY_WEIGHT = 1.0
 TOOLS_WEIGHT = 0.5
 """BM25 column weights: a word in a message counts twice as much as one in tool input/output."""
@@ -47,19 +44,8 @@ SCOPE_TOKENS = 2
 """Each indexed row also holds its thread id and agent as one token each (they count in its length)."""
 
 
-def document_fields(etype: str, payload: dict[str, Any]) -> tuple[str | None, str | None] | None:
-    """``(body, tools)`` text of an event, or None if its type is not indexed."""
-    if etype in ("message", "assistant_text"):
-        text = payload.get("text")
-        return (text if isinstance(text, str) else None), None
-    if etype == "tool_use":
-        return None, f"{payload.get('name', '')} {canonical_json(payload.get('input', {}))}"
-    if etype == "tool_result":
-        if "output" not in payload:
-            return None, None
-        out = payload["output"]
-        return None, out if isinstance(out, str) else canonical_json(out)
-    return None
+document_fields = search_fields
+"""``(body, tools)`` text of an event, or None if its type is not indexed (event_types.py)."""
 
 
 def event_document(event: StoredEvent) -> tuple[str | None, str | None] | None:
