@@ -93,6 +93,8 @@ log = logging.getLogger("threadloom.store")
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 5000
+QUICK_IDS = 20
+"""get_threads of at most this many ids runs on the caller's thread (SQLiteStore._read_quick)."""
 MAX_BUSY_RETRIES = 12
 MAX_GROUP = 256
 READERS = 2
@@ -178,6 +180,8 @@ class SQLiteStore(Store):
             ) from None
         self._writer: WorkerPool | None = None
         self._readers: WorkerPool | None = None
+        self._quick_conn: sqlite3.Connection | None = None  # _read_quick's, on the callers' thread
+        self._quick_lock = threading.Lock()
         self._wconn: sqlite3.Connection | None = None
         self._local = threading.local()
         self._rconns: list[sqlite3.Connection] = []
@@ -240,6 +244,10 @@ class SQLiteStore(Store):
             on_idle=lambda: self._fold(conn),
         )
         self._readers = WorkerPool("threadloom-reader", READERS, self._handle_reads)
+        quick = self._connect()
+        quick.execute("PRAGMA busy_timeout=0")  # never wait on the event loop: busy goes to the pool
+        quick.execute("PRAGMA query_only=ON")
+        self._quick_conn = quick
         if self.reconcile_on_open:
             await self._repair_pending()
 
@@ -289,6 +297,10 @@ class SQLiteStore(Store):
             for c in self._rconns:
                 c.close()
             self._rconns.clear()
+        with self._quick_lock:
+            if self._quick_conn is not None:
+                self._quick_conn.close()
+                self._quick_conn = None
 
     # ----------------------------------------------------------------- reads
 
@@ -306,8 +318,26 @@ class SQLiteStore(Store):
             raise StoreUnavailableError("the store is not open")
         return await self._readers.submit(fn)
 
+    async def _read_quick(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A point read (a row by key, a bounded page) run on the caller's thread: waking a
+        reader thread and the event loop again costs ~0.1 ms in an idle server, several
+        times the read. Busy (a checkpoint, a recovery) or a second caller meanwhile: the pool."""
+        conn = self._quick_conn
+        if conn is None or not self._quick_lock.acquire(blocking=False):
+            return await self._read(fn)
+        try:
+            return fn(conn)
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise StoreUnavailableError(f"read failed on {self.path}: {exc}") from None
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"read failed on {self.path}: {exc}") from None
+        finally:
+            self._quick_lock.release()
+        return await self._read(fn)
+
     async def get_thread(self, thread_id: str) -> Thread:
-        return await self._read(lambda c: _get_thread(c, thread_id))
+        return await self._read_quick(lambda c: _get_thread(c, thread_id))
 
     async def get_threads(self, thread_ids: Sequence[str]) -> dict[str, Thread]:
         ids = list(dict.fromkeys(thread_ids))
@@ -321,7 +351,7 @@ class SQLiteStore(Store):
                     out[row[0]] = _row_to_thread(row)
             return out
 
-        return await self._read(fn)
+        return await (self._read_quick if len(ids) <= QUICK_IDS else self._read)(fn)
 
     async def list_threads(
         self,
@@ -358,7 +388,7 @@ class SQLiteStore(Store):
         return await self._read(fn)
 
     async def find_idempotency(self, thread_id: str, key: str) -> IdempotencyRecord | None:
-        return await self._read(lambda c: _find_idem(c, thread_id, key))
+        return await self._read_quick(lambda c: _find_idem(c, thread_id, key))
 
     async def read_integrity(self, thread_id: str) -> IntegritySnapshot:
         def db(c: sqlite3.Connection) -> IntegritySnapshot:
@@ -488,7 +518,7 @@ class SQLiteStore(Store):
 
     async def child_counts(self, parent_id: str) -> dict[str, int]:
         q = "SELECT status, COUNT(*) FROM threads WHERE parent_id = ? GROUP BY status"
-        return await self._read(lambda c: {status: n for status, n in c.execute(q, (parent_id,))})
+        return await self._read_quick(lambda c: {status: n for status, n in c.execute(q, (parent_id,))})
 
     async def list_chain(self, chain_root_id: str) -> list[Thread]:
         q = f"SELECT {_THREAD_COLS} FROM threads WHERE chain_root_id = ? ORDER BY created_at, thread_id"
