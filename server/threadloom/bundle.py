@@ -38,8 +38,9 @@ from . import __version__
 from .config import DEFAULT_CONTEXT_WINDOW, DEFAULT_STALE_AFTER
 from .errors import InvalidInputError, ThreadloomError
 from .event_types import event_text_chars
-from .lineage import group_chains, order_chain
+from .lineage import group_chains
 from .models import (
+    COUNTER_FIELDS,
     MANIFEST_FIELDS,
     THREAD_ID_RE,
     ResultEvent,
@@ -58,8 +59,7 @@ from .models import (
 )
 from .numbers import quote
 from .provenance import ImportRecord, SignedSpan, parse_spans
-from .service import ThreadService
-from .store.apply import COUNTER_FIELDS
+from .service import MAX_LIST, ThreadService
 
 BUNDLE_KIND = "threadloom-bundle"
 BUNDLE_FORMAT = 1
@@ -104,17 +104,17 @@ async def collect_chains(
         thread = todo.pop()
         if thread.chain_root_id in chains:
             continue
-        members = order_chain(await service.store.list_chain(thread.chain_root_id) or [thread])
+        members = await service.chain_members(thread.chain_root_id) or [thread]
         chains[thread.chain_root_id] = members
         if children:
             for m in members:
-                before = None
+                cursor = None
                 while True:
-                    kids = await service.store.list_threads(parent_id=m.thread_id, limit=500, before=before)
-                    todo.extend(k for k in kids if k.chain_root_id not in chains)
-                    if len(kids) < 500:
+                    page = await service.list_threads(parent_id=m.thread_id, limit=MAX_LIST, cursor=cursor)
+                    todo.extend(k for k in page.threads if k.chain_root_id not in chains)
+                    if page.next_cursor is None:
                         break
-                    before = (kids[-1].created_at, kids[-1].thread_id)
+                    cursor = page.next_cursor
     return chains
 
 
@@ -126,8 +126,8 @@ async def export_bundle(
     threads = [t for members in chains.values() for t in members]
     summary.threads = len(threads)
     total_events = sum(t.event_count for t in threads)
-    signer = service.store.signer
-    records = await service.store.import_records([t.thread_id for t in threads])
+    signer = service.signer
+    records = await service.import_records([t.thread_id for t in threads])
     keys = {signer.key_id: signer.public_pem.decode("ascii")}
     for record in records.values():
         keys.update(record.keys)
@@ -143,7 +143,7 @@ async def export_bundle(
     out.write(canonical_json(header) + "\n")
     for root in sorted(chains, key=lambda r: (chains[r][0].created_at, r)):
         # the chain as it is now (a handoff may have added a thread since it was listed)
-        members = order_chain(await service.store.list_chain(root)) or chains[root]
+        members = await service.chain_members(root) or chains[root]
         out.write(
             canonical_json(
                 {"kind": "chain", "chain_root_id": root, "thread_ids": [t.thread_id for t in members]}
@@ -152,7 +152,7 @@ async def export_bundle(
         )
         for listed in members:
             # the manifest first, then exactly the events it counts: one consistent moment
-            thread = (await service.store.get_threads([listed.thread_id])).get(listed.thread_id, listed)
+            thread = (await service.get_threads([listed.thread_id])).get(listed.thread_id, listed)
             events = await _all_events(service, thread.thread_id, upto=thread.event_count)
             rec = {"kind": "thread", "thread": thread.model_dump(mode="json", include=EXPORT_FIELDS)}
             rec["signed_by"] = _signed_by(records.get(thread.thread_id), signer.key_id, thread.event_count)
@@ -183,7 +183,7 @@ async def _all_events(
     events: list[StoredEvent] = []
     while upto is None or len(events) < upto:
         want = PAGE if upto is None else min(PAGE, upto - len(events))
-        page = await service.store.read_events(thread_id, after_seq=len(events), limit=want)
+        page = await service.stored_events(thread_id, after_seq=len(events), limit=want)
         events.extend(page)
         if len(page) < want:
             break
@@ -707,7 +707,7 @@ async def import_files(
                 )
             progress(len(ids))
             continue
-        existing = await service.store.get_threads(ids)
+        existing = await service.get_threads(ids)
         if not existing:
             plans.append(ids)
             continue

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import stat
 import time
 from collections.abc import Callable
@@ -44,8 +43,6 @@ from .models import THREAD_ID_RE
 from .private import loose_paths, tighten
 from .semantic import health as semantic_health
 from .service import ThreadService
-from .store.schema import SQLITE_MIGRATIONS
-from .store.sqlite import SQLiteStore
 
 MIN_SQLITE = (3, 24, 0)  # row values (3.15) for paging, UPSERT (3.24); tested with 3.40
 MIN_FREE_BYTES = 256 * 1024 * 1024
@@ -177,40 +174,42 @@ def check_modes(root: Path) -> Check:
 # -------------------------------------------------------------------- SQLite
 
 
-def check_sqlite() -> list[Check]:
+def check_sqlite(settings: Settings | None = None) -> list[Check]:
+    engine = ThreadService.engine_health(settings or Settings())
+    if engine is None:
+        return []
     out = []
-    version = sqlite3.sqlite_version_info
-    if version < MIN_SQLITE:
+    if engine.version_info < MIN_SQLITE:
         out.append(
             _problem(
                 "sqlite",
-                f"SQLite {sqlite3.sqlite_version} is older than {'.'.join(map(str, MIN_SQLITE))}",
+                f"SQLite {engine.version} is older than {'.'.join(map(str, MIN_SQLITE))}",
                 "use a Python built against a newer SQLite",
             )
         )
     else:
-        out.append(_ok("sqlite", f"SQLite {sqlite3.sqlite_version}"))
-    conn = sqlite3.connect(":memory:")
-    try:
-        conn.execute("CREATE VIRTUAL TABLE fts_probe USING fts5(body)")
+        out.append(_ok("sqlite", f"SQLite {engine.version}"))
+    if engine.fts5_error is None:
         out.append(_ok("fts5", "FTS5 full-text search is available"))
-    except sqlite3.Error as exc:
+    else:
         out.append(
             _problem(
                 "fts5",
-                f"FTS5 is not available in this SQLite ({exc})",
+                f"FTS5 is not available in this SQLite ({engine.fts5_error})",
                 "use a Python whose sqlite3 has FTS5 (python.org and most distributions do)",
             )
         )
-    finally:
-        conn.close()
     return out
 
 
-def check_database(root: Path) -> tuple[list[Check], bool]:
-    """Checks of threads.db through a read-only connection; (checks, usable by a store)."""
-    db = root / "threads.db"
-    if not db.exists():
+def check_database(root: Path, settings: Settings | None = None) -> tuple[list[Check], bool]:
+    """Checks of the database file through a read-only look (the service's
+    ``inspect_database``: nothing is migrated or changed); (checks, usable by a store)."""
+    found = ThreadService.inspect_database((settings or Settings()).model_copy(update={"root": root}))
+    if found is None:
+        return [], True
+    db = found.path
+    if not found.exists:
         return [
             _problem(
                 "database",
@@ -218,15 +217,15 @@ def check_database(root: Path) -> tuple[list[Check], bool]:
                 "start `threadloom serve` on this root once, or `threadloom import` a bundle into it",
             )
         ], False
-    out = []
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error as exc:
+    if found.open_error is not None:
         return [
-            _problem("database", f"cannot open {db}: {exc}", "check the file's owner and permissions")
+            _problem(
+                "database", f"cannot open {db}: {found.open_error}", "check the file's owner and permissions"
+            )
         ], False
-    try:
-        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    out = []
+    mode = found.journal_mode
+    if mode is not None:
         if mode.lower() == "wal":
             out.append(_ok("wal", "journal mode is WAL"))
         else:
@@ -237,11 +236,8 @@ def check_database(root: Path) -> tuple[list[Check], bool]:
                     "run `threadloom doctor --fix` (sets WAL)",
                 )
             )
-        try:
-            current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
-        except sqlite3.Error:
-            current = 0
-        known = len(SQLITE_MIGRATIONS)
+    current, known = found.schema_version, found.schema_known
+    if current is not None:
         if current > known:
             out.append(
                 _problem(
@@ -261,25 +257,27 @@ def check_database(root: Path) -> tuple[list[Check], bool]:
             )
         else:
             out.append(_ok("schema", f"schema version {current}"))
-        result = conn.execute("PRAGMA quick_check").fetchone()[0]
-        if result == "ok":
+    if found.quick_check is not None:
+        if found.quick_check == "ok":
             out.append(_ok("integrity", "SQLite quick_check passed"))
         else:
             out.append(
                 _problem(
                     "integrity",
-                    f"SQLite quick_check: {result}",
+                    f"SQLite quick_check: {found.quick_check}",
                     "stop every threadloom process, copy the root, then `sqlite3 threads.db .recover`",
                 )
             )
-    except sqlite3.Error as exc:
+    if found.read_error is not None:
         out.append(
-            _problem("database", f"{db} cannot be read: {exc}", "check the file; restore from a backup")
+            _problem(
+                "database",
+                f"{db} cannot be read: {found.read_error}",
+                "check the file; restore from a backup",
+            )
         )
         return out, False
-    finally:
-        conn.close()
-    return out, current >= 1
+    return out, (current or 0) >= 1
 
 
 # ---------------------------------------------------------------------- keys
@@ -487,7 +485,7 @@ async def check_data(
                 "run `threadloom doctor --fix` (sets them aside beside the others, nothing is deleted)",
             )
         )
-    stale = await service.store.list_stale(time.time())
+    stale = await service.stale_threads(time.time())
     if stale:
         names = ", ".join(t.thread_id for t in stale[:5])
         out.append(
@@ -691,14 +689,12 @@ async def run_doctor(
         return Report(str(root), checks, fixed)
     checks = check_root(root)
     if root.is_dir():
-        checks += check_sqlite()
-        db_checks, usable = check_database(root)
+        checks += check_sqlite(settings)
+        db_checks, usable = check_database(root, settings)
         checks += db_checks
         checks += check_keys(root)
         if usable:
-            service = ThreadService(
-                SQLiteStore(root, durability=settings.durability, reconcile=False), settings
-            )
+            service = ThreadService.for_settings(settings, repair=False)
             try:
                 async with service:
                     checks += await check_data(service, root, progress=progress, on_total=on_total)
@@ -799,8 +795,7 @@ async def _repair(settings: Settings, confirm: Confirm) -> tuple[list[str], list
     folder with transcript lines, are never moved: they are ``--recover``'s."""
     root = Path(settings.root)
     fixed: list[str] = []
-    store = SQLiteStore(root, durability=settings.durability, reconcile=False)
-    service = ThreadService(store, settings)
+    service = ThreadService.for_settings(settings, repair=False)
     async with service:  # opening sets WAL and runs pending migrations
         threads = await service.all_threads()
         known = {t.thread_id for t in threads}
@@ -828,7 +823,7 @@ async def _repair(settings: Settings, confirm: Confirm) -> tuple[list[str], list
                 if path.name == TRANSCRIPT:  # seen and confirmed by the operator: reviewed
                     aside = aside.rename(aside.with_name(aside.name + REVIEWED))
             fixed.append(f"set {path.relative_to(root)} aside as {aside.name} (kept)")
-        n = await store.reconcile_mirrors([t.thread_id for t in threads])
+        n = await service.reconcile_mirrors([t.thread_id for t in threads])
         if n:
             fixed.append(f"completed the mirrors of {n} thread(s) from the database")
         tightened = tighten([(p, m) for p, m in loose_paths(root) if p != root])

@@ -548,9 +548,8 @@ class Thread(BaseModel):
 ACCOUNT_FIELDS = frozenset({"usage", "budget"})
 """Live accounting (usage and budget position), stored beside the manifest and changed by PutUsage."""
 
-MANIFEST_FIELDS = (
-    frozenset(Thread.model_fields)
-    - {"event_count", "text_chars", "input_tokens", "version", "children", "lease"}
-    - ACCOUNT_FIELDS
-)
+COUNTER_FIELDS = ("event_count", "text_chars", "input_tokens", "version")
+"""The counters every store maintains beside the manifest (a bundle carries them as stored)."""
+
+MANIFEST_FIELDS = frozenset(Thread.model_fields) - {*COUNTER_FIELDS, "children", "lease"} - ACCOUNT_FIELDS
 """Fields of the stored manifest document; the rest are counters and accounts the store maintains."""

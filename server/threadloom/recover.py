@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sqlite3
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +36,6 @@ from .models import THREAD_ID_RE, Thread, parse_event
 from .models import StoredEvent as Stored
 from .private import make_dir
 from .service import ThreadService
-from .store.sqlite import SQLiteStore
 
 
 @dataclass
@@ -185,7 +183,7 @@ async def plan_recovery(service: ThreadService, root: Path, signer: Signer) -> l
         if not THREAD_ID_RE.fullmatch(tid):
             continue
         try:
-            db_thread: Thread | None = await service.store.get_thread(tid)
+            db_thread: Thread | None = await service.get_thread(tid, children=False)
             db_lines = [e.line.encode() for e in await service.all_events(tid)]
         except ThreadloomError:
             db_thread, db_lines = None, []
@@ -276,35 +274,29 @@ def _plan_thread(
 
 
 async def _apply(service: ThreadService, plans: list[_Plan]) -> None:
-    store = service.store
-    assert isinstance(store, SQLiteStore)
     for p in plans:
         if p.thread is None:
             continue
         if p.report.new_thread:
             await service.import_threads([(p.thread, p.events)], index=False)
         else:
-            await store.recover_tail(p.thread, p.events, p.expect_count)
+            await service.recover_tail(p.thread, p.events, p.expect_count)
     await service.reindex()
 
 
-async def _rehearse(settings: Settings, root: Path, plans: list[_Plan]) -> str | None:
+async def _rehearse(service: ThreadService, settings: Settings, root: Path, plans: list[_Plan]) -> str | None:
     """Apply the plan to a copy of the database and verify every thread it touches; the problem, or None."""
     with tempfile.TemporaryDirectory(prefix=".recover-", dir=root) as tmp:
         copy = Path(tmp)
         make_dir(copy)
-        src = sqlite3.connect(f"file:{root / 'threads.db'}?mode=ro", uri=True)
-        dst = sqlite3.connect(copy / "threads.db")
         try:
-            src.backup(dst)
-        finally:
-            src.close()
-            dst.close()
+            await service.copy_database(copy)
+        except ThreadloomError as exc:
+            return f"[{exc.rule}] {exc.message}"
         if (root / KEYS_DIR).is_dir():
             shutil.copytree(root / KEYS_DIR, copy / KEYS_DIR)
-        svc = ThreadService(
-            SQLiteStore(copy, durability="normal", mirrors=False, reconcile=False),
-            settings.model_copy(update={"root": copy}),
+        svc = ThreadService.for_settings(
+            settings.model_copy(update={"root": copy, "durability": "normal"}), repair=False, mirrors=False
         )
         async with svc:
             try:
@@ -336,14 +328,13 @@ async def run_recovery(settings: Settings) -> RecoveryReport:
     """Plan, rehearse on a copy, then apply; see the module docstring."""
     root = Path(settings.root)
     report = RecoveryReport()
-    store = SQLiteStore(root, durability=settings.durability, reconcile=False)
-    service = ThreadService(store, settings)
+    service = ThreadService.for_settings(settings, repair=False)
     async with service:
-        plans = await plan_recovery(service, root, store.signer)
+        plans = await plan_recovery(service, root, service.signer)
         report.threads = [p.report for p in plans]
         todo = [p for p in plans if p.thread is not None]
         if todo:
-            problem = await _rehearse(settings, root, todo)
+            problem = await _rehearse(service, settings, root, todo)
             if problem is not None:
                 report.error = (
                     f"nothing was changed: the rehearsal on a copy of the database failed: {problem}"

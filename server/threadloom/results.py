@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -219,3 +222,50 @@ class ChildrenView(BaseModel):
     thread_id: str
     children: list[ChildChain]
     open: int = Field(description="children whose chain end is created, running or paused")
+
+
+# ------------------------------------------------------------- operator jobs (CLI, doctor)
+
+
+@dataclass(frozen=True, slots=True)
+class ReindexStats:
+    """What a reindex did: events added to the search index, index rows removed (rows
+    whose event is gone or whose thread changed agent), and how many events the index
+    holds afterwards."""
+
+    added: int = 0
+    removed: int = 0
+    documents: int = 0
+
+
+ReindexProgress = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` while a reindex runs (possibly from a worker thread)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHealth:
+    """The database engine this process links (``threadloom doctor``): SQLite's version and
+    whether its full-text search (FTS5) works (``fts5_error`` says why not)."""
+
+    name: str
+    version: str
+    version_info: tuple[int, ...]
+    fts5_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseHealth:
+    """What a read-only look at a root's database file found, before anything opens it for
+    writing (which would migrate it and set WAL). A field is None when the look stopped
+    before it: ``open_error`` (the file cannot be opened) or ``read_error`` (it failed part
+    way; the fields before it stand)."""
+
+    path: Path
+    exists: bool
+    schema_known: int
+    """How many schema migrations this threadloom knows."""
+    open_error: str | None = None
+    journal_mode: str | None = None
+    schema_version: int | None = None
+    quick_check: str | None = None
+    read_error: str | None = None

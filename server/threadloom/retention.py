@@ -4,7 +4,8 @@ The unit is the chain, never a thread: a chain qualifies when its end's status i
 the chosen statuses, every member has ended (none created, running or paused) and every
 member was last updated before the cutoff. A chain whose threads have children that do
 not go in the same run is kept, so no child is left pointing at a deleted parent.
-Deleting goes through the store's ``delete_threads`` (rows, mirrors and index rows).
+Deleting goes through the service's ``delete_threads`` (rows, mirrors and index rows), chain
+by chain.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, InvalidStateError
 from .lineage import chain_end, group_chains
 from .models import ENDED, TERMINAL, Status, Thread, iso, utc_now
 from .numbers import quote
@@ -159,11 +160,16 @@ async def run_gc(
     """
     deleted, skipped = 0, []
     for chain in plan.doomed:
-        now = await service.store.list_chain(chain.chain_root_id)
+        now = await service.chain_members(chain.chain_root_id)
         before = {(t.thread_id, t.updated_at) for t in chain.threads}
         if {(t.thread_id, t.updated_at) for t in now} != before:
             skipped.append(chain.chain_root_id)
         else:
-            deleted += await service.store.delete_threads([t.thread_id for t in chain.threads])
+            try:
+                outcome = await service.delete_threads([t.thread_id for t in chain.threads], chain=True)
+            except InvalidStateError:  # a member started again since the look above
+                skipped.append(chain.chain_root_id)
+            else:
+                deleted += len(outcome.deleted)
         progress(len(chain.threads))
     return deleted, skipped

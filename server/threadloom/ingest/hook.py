@@ -96,7 +96,6 @@ async def run_hook(root: Path, data: dict[str, Any], lock_wait: float = LOCK_WAI
     """Ingest the transcript(s) named in ``data``; returns the report."""
     from ..config import load_settings
     from ..service import ThreadService
-    from ..store import SQLiteStore, make_store
     from .runner import Ingester, IngestReport
     from .vendors import vendor
 
@@ -114,12 +113,8 @@ async def run_hook(root: Path, data: dict[str, Any], lock_wait: float = LOCK_WAI
         if folder.is_dir():
             agents += sorted(p for p in folder.glob("agent-*.jsonl") if p not in agents)
     settings = load_settings({"root": root})
-    if settings.store == "sqlite":
-        store = SQLiteStore(settings.root, durability=settings.durability, reconcile=False)
-    else:
-        store = make_store(settings)
     report = IngestReport("claude-code")
-    async with ThreadService(store, settings) as svc:
+    async with ThreadService.for_settings(settings, repair=False) as svc:
         # a live session is never "idle": only SessionEnd (SubagentStop for a subagent) ends it
         ing = Ingester(svc, vendor("claude-code"), idle_after=float("inf"), lock_wait=lock_wait)
         for f, ends in [(session_file, event == "SessionEnd")] + [

@@ -11,6 +11,7 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import anyio
@@ -122,6 +123,28 @@ class ServiceBase:
         self.hub = WakeHub(store)
         self.semantic = SemanticIndex(store, self.settings)
 
+    @classmethod
+    def for_settings(cls, settings: Settings, *, repair: bool = True, mirrors: bool = True) -> Self:
+        """The service over the store ``settings`` name (``sqlite`` under the root, ``memory``
+        or a ``postgresql://`` URL), to open with ``async with``: the layers above the service
+        never build a store themselves.
+
+        ``repair=False`` skips the start-up mirror repair (commands that only look, and
+        ``doctor``, which must see drift before anything repairs it); ``mirrors=False`` keeps
+        no mirror files (a scratch copy, as ``doctor --recover`` rehearses on).
+        """
+        from ..store import make_store
+
+        return cls(make_store(settings, repair=repair, mirrors=mirrors), settings)
+
+    @staticmethod
+    def database_file(settings: Settings) -> Path | None:
+        """The file that holds the data of ``settings``' root (sqlite; None for other stores):
+        the CLI refuses a root without one instead of creating it."""
+        from ..store import database_file
+
+        return database_file(settings)
+
     async def open(self) -> None:
         await self.store.open()
 
@@ -150,13 +173,16 @@ class ServiceBase:
                     await anyio.sleep(0.001 * attempt)
         raise AssertionError("unreachable")
 
-    async def get_thread(self, thread_id: str) -> Thread:
-        """The thread's manifest and counters, with its children counted by status."""
+    async def get_thread(self, thread_id: str, *, children: bool = True) -> Thread:
+        """The thread's manifest and counters, with its children counted by status
+        (``children=False``: without them, one read less)."""
         thread = await self.store.get_thread(check_thread_id(thread_id))
         if not visibility.allows(thread):
             raise visibility.not_found(thread_id)
-        children = await visibility.child_counts(self.store, thread_id)
-        return thread.model_copy(update={"children": children})
+        if not children:
+            return thread
+        counts = await visibility.child_counts(self.store, thread_id)
+        return thread.model_copy(update={"children": counts})
 
     def watch(
         self, thread_ids: Sequence[str] | set[str] = (), keys: Sequence[str] | set[str] = ()

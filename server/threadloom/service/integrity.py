@@ -9,6 +9,7 @@ from .. import visibility
 from ..errors import (
     NotFoundError,
 )
+from ..integrity import Signer
 from ..mirror import manifest_bytes
 from ..models import (
     check_thread_id,
@@ -42,6 +43,12 @@ class IntegrityChecks(ServiceBase):
             await anyio.sleep(0.02 * (attempt + 1))
         trusted = self.trusted_keys() if snap.imported is not None else None
         return await anyio.to_thread.run_sync(verify_snapshot, snap, signer, trusted)
+
+    @property
+    def signer(self) -> Signer:
+        """The key this service signs with: the root's ``keys/`` (or, on PostgreSQL, the key the
+        database shares with every server); its public half is what verifiers trust."""
+        return self.store.signer
 
     def trusted_keys(self) -> dict[str, PublicKey]:
         """Other roots' public keys this root trusts (trust.py): ``keys/trusted/`` and the

@@ -1,13 +1,17 @@
-"""Operator jobs: every thread, delete, import, reindex, embeddings and the stale-thread sweeper."""
+"""Operator jobs: every thread, delete, import, reindex, embeddings, the stale-thread sweeper,
+and the maintenance and exact reads the CLI, export, retention and doctor need (they never
+touch the store themselves)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import anyio
 
 from .. import budgets, visibility
+from ..config import Settings
 from ..errors import (
     ConflictError,
     InvalidInputError,
@@ -23,17 +27,19 @@ from ..models import (
     iso,
     utc_now,
 )
-from ..provenance import SignedSpan, build_record, signer_key
+from ..provenance import ImportRecord, SignedSpan, build_record, signer_key
 from ..results import (
+    DatabaseHealth,
     DeleteOutcome,
+    EngineHealth,
+    ReindexProgress,
+    ReindexStats,
 )
 from ..semantic import EmbedProgress, EmbedStats
 from ..store.base import (
     ImportThread,
     Op,
     PutThread,
-    ReindexProgress,
-    ReindexStats,
 )
 from ..trust import parse_public_key
 from .base import (
@@ -43,7 +49,96 @@ from .base import (
 
 
 class OperatorJobs(ServiceBase):
-    """Operator jobs: every thread, delete, import, reindex, embeddings and the stale-thread sweeper."""
+    """Operator jobs: every thread, delete, import, reindex, embeddings, the stale-thread
+    sweeper, maintenance (vacuum, mirror repair, recovery) and exact reads."""
+
+    # ------------------------------------------------------------------ exact reads
+
+    async def get_threads(self, thread_ids: Sequence[str]) -> dict[str, Thread]:
+        """The manifests of those of ``thread_ids`` that exist, by id (no children counts;
+        the others are simply absent, no error).
+
+        Raises:
+            InvalidInputError: an id is malformed.
+        """
+        ids = [check_thread_id(t) for t in dict.fromkeys(thread_ids)]
+        return visibility.keep_map(await self.store.get_threads(ids))
+
+    async def stored_events(
+        self, thread_id: str, *, after_seq: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        """The thread's events after ``after_seq`` as stored (the transcript's exact lines), in
+        seq order, at most ``limit`` (all when None): for tail, export and doctor, which need
+        the bytes, not :meth:`read_events`' page of dicts.
+
+        Raises:
+            NotFoundError: no such thread.
+        """
+        await visibility.visible(self.store, thread_id)
+        return await self.store.read_events(thread_id, after_seq=after_seq, limit=limit)
+
+    async def chain_members(self, chain_root_id: str) -> list[Thread]:
+        """Every thread of the chain rooted at ``chain_root_id``, in link order (empty when
+        there is no such chain)."""
+        return visibility.keep(order_chain(await self.store.list_chain(check_thread_id(chain_root_id))))
+
+    async def import_records(self, thread_ids: Sequence[str]) -> dict[str, ImportRecord]:
+        """How each of ``thread_ids`` that was imported was verified when it came in
+        (provenance.py), by id; threads made on this root have none."""
+        return await self.store.import_records(list(thread_ids))
+
+    async def stale_threads(self, now: float | None = None) -> list[Thread]:
+        """Running threads whose heartbeat is older than their ``stale_after`` (what
+        :meth:`sweep_stale` would move to error)."""
+        return await self.store.list_stale(time.time() if now is None else now)
+
+    # ------------------------------------------------------------------ maintenance
+
+    async def vacuum(self) -> None:
+        """Give the space of deleted rows back to the file system (``gc --vacuum``)."""
+        await self.store.vacuum()
+
+    async def reconcile_mirrors(self, thread_ids: Sequence[str] | None = None) -> int:
+        """Complete the mirror files of ``thread_ids`` (default: every thread) from the
+        database, never rewriting away what it lacks; how many threads had a file written."""
+        return await self.store.reconcile_mirrors(None if thread_ids is None else list(thread_ids))
+
+    async def recover_tail(self, thread: Thread, events: Sequence[StoredEvent], expect_count: int) -> None:
+        """Append events recovered from a mirror file (``doctor --recover``) exactly as the file
+        holds them, if the thread still holds ``expect_count`` events; ``thread`` is its
+        manifest and counters after them.
+
+        Raises:
+            ConflictError: ``count_guard`` when the thread changed since the plan.
+            StoreUnavailableError: ``not_supported`` on a store without mirror files.
+        """
+        await self.store.recover_tail(thread, events, expect_count)
+
+    async def copy_database(self, folder: Path) -> None:
+        """Copy the database into ``folder`` (a scratch root), consistently while others write.
+
+        Raises:
+            StoreUnavailableError: ``not_supported`` on a store threadloom does not copy.
+        """
+        await self.store.backup(folder)
+
+    @staticmethod
+    def inspect_database(settings: Settings) -> DatabaseHealth | None:
+        """A read-only look at the root's database file before anything opens it (which would
+        migrate it): journal mode, schema version, quick check. None for stores without one."""
+        from ..store import inspect_database
+
+        return inspect_database(settings)
+
+    @staticmethod
+    def engine_health(settings: Settings) -> EngineHealth | None:
+        """The database engine this process links for ``settings``' store (SQLite's version
+        and FTS5); None for stores whose engine is a server."""
+        from ..store import engine_health
+
+        return engine_health(settings)
+
+    # ------------------------------------------------------------------ every thread, delete, import
 
     async def all_threads(self, *, page: int = 500) -> list[Thread]:
         """Every thread of the store, newest first (read a page at a time)."""

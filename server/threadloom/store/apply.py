@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import ConflictError, InvalidInputError, NotFoundError
 from ..integrity import Signer, chain_hashes, checkpoint_payload
+from ..models import COUNTER_FIELDS as COUNTER_FIELDS  # re-exported: defined here before models.py
 from ..models import (
     ENDED,
     MANIFEST_FIELDS,
@@ -42,8 +43,6 @@ from .base import (
     PutThread,
     PutUsage,
 )
-
-COUNTER_FIELDS = ("event_count", "text_chars", "input_tokens", "version")
 
 
 def now_pair() -> tuple[str, float]:

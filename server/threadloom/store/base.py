@@ -16,13 +16,16 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ..errors import NotFoundError, ThreadloomError
+from ..errors import NotFoundError, StoreUnavailableError, ThreadloomError
 from ..integrity import Signer
 from ..mirror import MirrorFiles
 from ..models import BudgetState, Status, StoredEvent, Thread, Usage, UsageDelta
 from ..provenance import ImportRecord
+from ..results import ReindexProgress as ReindexProgress  # shared with the layers above: results.py
+from ..results import ReindexStats as ReindexStats
 from ..textquery import Mode, TextQuery
 from .anchors import SignedAnchor
 from .textsearch import Finder, PythonIndex, event_document, scan_documents
@@ -281,17 +284,6 @@ class SearchHit:
 
 
 @dataclass(frozen=True, slots=True)
-class ReindexStats:
-    """What :meth:`Store.reindex` did: events added to the index, index rows removed
-    (rows whose event is gone or whose thread changed agent), and how many events the
-    index holds afterwards."""
-
-    added: int = 0
-    removed: int = 0
-    documents: int = 0
-
-
-@dataclass(frozen=True, slots=True)
 class VectorRow:
     """The vector of one event under one model: unit-length float32 little-endian bytes,
     or ``b""`` for an event with nothing to embed (so it is not offered again)."""
@@ -299,10 +291,6 @@ class VectorRow:
     thread_id: str
     seq: int
     vector: bytes
-
-
-ReindexProgress = Callable[[int, int], None]
-"""Called as ``progress(done, total)`` while a reindex runs (possibly from a worker thread)."""
 
 
 class Store(abc.ABC):
@@ -633,6 +621,21 @@ class Store(abc.ABC):
     async def vacuum(self) -> None:
         """Give the space of deleted rows back to the file system (no-op where nothing to do)."""
         return None
+
+    async def recover_tail(self, thread: Thread, events: Sequence[StoredEvent], expect_count: int) -> None:
+        """Append events recovered from a mirror with their seq, ts and bytes as found
+        (``doctor --recover``; SQLite only: the other stores keep no mirrors to recover from)."""
+        raise StoreUnavailableError(
+            f"the {self.name} store cannot take events back from mirror files", rule="not_supported"
+        )
+
+    async def backup(self, folder: Path) -> None:
+        """Copy the database into ``folder`` (a root of its own), consistently, while others
+        write (SQLite only: other stores are copied with the database's own tools)."""
+        raise StoreUnavailableError(
+            f"the {self.name} store is copied with the database's own tools, not by threadloom",
+            rule="not_supported",
+        )
 
     # ----------------------------------------------------------------- listeners
 

@@ -242,8 +242,11 @@ class SQLiteStore(Store):
             max_batch=MAX_GROUP,
             idle=lambda: fts.FOLD_IDLE if self._unfolded else None,
             on_idle=lambda: self._fold(conn),
+            translate=self._driver_error,
         )
-        self._readers = WorkerPool("threadloom-reader", READERS, self._handle_reads)
+        self._readers = WorkerPool(
+            "threadloom-reader", READERS, self._handle_reads, translate=self._driver_error
+        )
         quick = self._connect()
         quick.execute("PRAGMA busy_timeout=0")  # never wait on the event loop: busy goes to the pool
         quick.execute("PRAGMA query_only=ON")
@@ -302,15 +305,23 @@ class SQLiteStore(Store):
                 self._quick_conn.close()
                 self._quick_conn = None
 
+    def _driver_error(self, exc: BaseException) -> BaseException:
+        """What a caller gets for what a job raised: the one point where this backend's driver
+        errors become the error tree (both worker pools: reads, commits and maintenance; and
+        the point reads that run on the caller's thread, :meth:`_read_quick`)."""
+        if isinstance(exc, sqlite3.IntegrityError):
+            return _translate(exc)
+        if isinstance(exc, sqlite3.Error):
+            return StoreUnavailableError(f"SQLite failed on {self.path}: {exc}")
+        return exc
+
     # ----------------------------------------------------------------- reads
 
     def _handle_reads(self, batch: list[Job]) -> None:
         for job in batch:
             try:
                 resolve(job, _retry_busy(lambda: job.payload(self._reader_conn())))
-            except sqlite3.Error as exc:
-                resolve(job, error=StoreUnavailableError(f"read failed on {self.path}: {exc}"))
-            except BaseException as exc:
+            except BaseException as exc:  # a driver error is translated by the pool (_driver_error)
                 resolve(job, error=exc)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -329,9 +340,9 @@ class SQLiteStore(Store):
             return fn(conn)
         except sqlite3.OperationalError as exc:
             if not _is_busy(exc):
-                raise StoreUnavailableError(f"read failed on {self.path}: {exc}") from None
+                raise self._driver_error(exc) from None
         except sqlite3.Error as exc:
-            raise StoreUnavailableError(f"read failed on {self.path}: {exc}") from None
+            raise self._driver_error(exc) from None
         finally:
             self._quick_lock.release()
         return await self._read(fn)
@@ -1203,10 +1214,7 @@ class SQLiteStore(Store):
                     conn.execute("ROLLBACK")
                     raise
 
-            try:
-                return _retry_busy(txn)
-            except sqlite3.Error as exc:
-                raise StoreUnavailableError(f"write failed on {self.path}: {exc}") from exc
+            return _retry_busy(txn)
 
         return await self._writer.submit(run)
 
@@ -1393,6 +1401,20 @@ class SQLiteStore(Store):
 
         await self._writer.submit(work)
         self._notify(frozenset([tid]))
+
+    async def backup(self, folder: Path) -> None:
+        """Copy the database to ``folder``/threads.db with SQLite's backup API (a consistent
+        copy while other connections write; ``doctor --recover`` rehearses on one)."""
+        dest = Path(folder) / self.path.name
+
+        def work(conn: sqlite3.Connection) -> None:
+            dst = sqlite3.connect(dest)
+            try:
+                conn.backup(dst)
+            finally:
+                dst.close()
+
+        await self._read(work)
 
     async def vacuum(self) -> None:
         if self._writer is None:

@@ -47,7 +47,12 @@ def resolve(job: Job, result: Any = None, error: BaseException | None = None) ->
 
 
 class WorkerPool:
-    """``n`` threads consuming one queue; ``handle(batch)`` processes the jobs it drained."""
+    """``n`` threads consuming one queue; ``handle(batch)`` processes the jobs it drained.
+
+    ``translate`` turns what a job raised into the error its caller gets: the backend's one
+    point where driver errors (``sqlite3.Error``) become the project's error tree
+    (errors.py), for every job of the pool, maintenance included.
+    """
 
     def __init__(
         self,
@@ -58,6 +63,7 @@ class WorkerPool:
         max_batch: int = 1,
         idle: Callable[[], float | None] | None = None,
         on_idle: Callable[[], None] | None = None,
+        translate: Callable[[BaseException], BaseException] | None = None,
     ) -> None:
         """``idle()`` says how long a thread may wait for work before it calls ``on_idle()``
         (None: wait for ever); it is asked again after every batch."""
@@ -66,6 +72,7 @@ class WorkerPool:
         self._max_batch = max_batch
         self._idle = idle
         self._on_idle = on_idle
+        self._translate = translate
         self._threads = [
             threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(n)
         ]
@@ -76,7 +83,13 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._queue.put(Job(payload, fut, loop))
-        return await fut
+        try:
+            return await fut
+        except Exception as exc:
+            err = exc if self._translate is None else self._translate(exc)
+            if err is exc:
+                raise
+            raise err from exc
 
     def stop(self) -> None:
         for _ in self._threads:

@@ -12,10 +12,8 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from .cli import JsonOpt, Out, app, fail
-from .errors import ThreadloomError
+from .common import SETUP, JsonOpt, Out, command, fail
 
-SETUP = "Set up"
 CLIENT_NAMES = "claude-code, claude-desktop, codex, cursor, vscode or gemini-cli"
 ClientArg = Annotated[str | None, typer.Argument(help=f"the MCP client: {CLIENT_NAMES}", show_default=False)]
 ScopeOpt = Annotated[
@@ -37,7 +35,7 @@ def _scope(value: str) -> Any:
     return value
 
 
-@app.command(rich_help_panel=SETUP)
+@command(panel=SETUP, usage=("client", "scope", "hooks"))
 def install(
     client: ClientArg = None,
     root: Annotated[
@@ -62,7 +60,7 @@ def install(
 
     The server entry runs this threadloom by its absolute path, from any directory, on one
     per-user root that every client shares. Running it again changes nothing."""
-    from . import install as inst
+    from .. import install as inst
 
     out = Out(as_json)
     if list_:
@@ -72,23 +70,16 @@ def install(
         return
     if client is None:
         fail(f"name the client to install into: {CLIENT_NAMES} (or --list)", 2)
-    try:
-        plan = inst.plan_install(client, scope=_scope(scope), root=root, project=project, hooks=hooks)
-        present = plan.client.present()  # before our own file makes it look present
-        if not dry_run:
-            plan.apply()
-    except ThreadloomError as exc:
-        fail(exc.message, 2 if exc.rule in {"client", "scope", "hooks"} else 1)
-        raise
-    except OSError as exc:
-        fail(f"{exc.filename or ''}: {exc.strerror or exc}")
-        raise
+    plan = inst.plan_install(client, scope=_scope(scope), root=root, project=project, hooks=hooks)
+    present = plan.client.present()  # before our own file makes it look present
+    if not dry_run:
+        plan.apply()
     _report(out, plan, dry_run)
     if not present and not out.json:
         out.note(f"note: {plan.client.label} does not look installed here; the configuration waits for it")
 
 
-@app.command(rich_help_panel=SETUP)
+@command(panel=SETUP, usage=("client", "scope"))
 def uninstall(
     client: Annotated[str, typer.Argument(help=f"the MCP client: {CLIENT_NAMES}", show_default=False)],
     scope: ScopeOpt = "user",
@@ -98,19 +89,12 @@ def uninstall(
 ) -> None:
     """Remove threadloom from an MCP client's configuration (and, for claude-code, our hooks);
     everything else in the file stays. Keeps a backup; the data in the root is not touched."""
-    from . import install as inst
+    from .. import install as inst
 
     out = Out(as_json)
-    try:
-        plan = inst.plan_uninstall(client, scope=_scope(scope), project=project)
-        if not dry_run:
-            plan.apply()
-    except ThreadloomError as exc:
-        fail(exc.message, 2 if exc.rule in {"client", "scope"} else 1)
-        raise
-    except OSError as exc:
-        fail(f"{exc.filename or ''}: {exc.strerror or exc}")
-        raise
+    plan = inst.plan_uninstall(client, scope=_scope(scope), project=project)
+    if not dry_run:
+        plan.apply()
     _report(out, plan, dry_run)
 
 
