@@ -5,7 +5,8 @@
     python3 dev.py test [pytest options]              # the whole test suite
     python3 dev.py run COMMAND [ARGS]                  # anything inside the venv, e.g. threadloom
 
-`serve` installs threadloom alone; `test` and `run` also install the test tools (pytest, ruff).
+`serve` installs threadloom alone; `test` and `run` also install the test tools (pytest, ruff,
+import-linter).
 
 Only the standard library is used here; every dependency is installed into .venv.
 Install output goes to stderr, because a stdio MCP server owns stdout.
@@ -92,8 +93,13 @@ def main(argv: list[str]) -> int:
         if (BIN / rest[0]).exists():
             os.execv(str(BIN / rest[0]), [str(BIN / rest[0]), *rest[1:]])
         os.execvp(rest[0], rest)  # not in the venv: found on PATH
-    if not rest:  # the whole suite: lint and format checks first (they take a second)
-        for check in (["ruff", "check", "."], ["ruff", "format", "--check", "."]):
+    if not rest:  # the whole suite: lint, format and layer checks first (they take a few seconds)
+        checks = (
+            ["ruff", "check", "."],
+            ["ruff", "format", "--check", "."],
+            ["lint-imports", "--no-cache"],  # the layer contracts of pyproject's [tool.importlinter]
+        )
+        for check in checks:
             say("running " + " ".join(check))
             if subprocess.call([str(BIN / check[0]), *check[1:]], cwd=HERE) != 0:
                 say(f"{' '.join(check)} failed")

@@ -127,3 +127,37 @@ def test_the_real_cli_reports_a_trigger_that_refuses_a_delete(tmp_path: Path) ->
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
     assert lines[0].startswith("threadloom: [constraint]") and "threads are kept by policy" in lines[0]
+
+
+def test_a_postgres_trigger_that_refuses_a_delete_is_one_line(
+    tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same on PostgreSQL: its one point (the store's job runner) translates psycopg's error."""
+    import psycopg
+
+    from threadloom.config import Settings
+    from threadloom.service import ThreadService
+
+    root = tmp_path / "root"
+    settings = Settings(root=root, store=pg_dsn)
+
+    async def make() -> str:
+        async with ThreadService.for_settings(settings) as svc:
+            tid = (await svc.create_thread(title="kept")).thread_id
+            await svc.update_thread(tid, status="completed")
+            return tid
+
+    tid = anyio.run(make)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION keep_threads() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'threads are kept by policy'; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER keep_threads BEFORE DELETE ON threads FOR EACH ROW EXECUTE FUNCTION keep_threads()"
+        )
+    monkeypatch.setenv("THREADLOOM_STORE", pg_dsn)
+    line = assert_one_line(
+        cli(root, "delete", tid, "--yes"), "[store_unavailable]", "threads are kept by policy"
+    )
+    assert "PostgreSQL" in line

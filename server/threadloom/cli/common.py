@@ -68,9 +68,11 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def error_line(exc: ThreadloomError) -> str:
-    """``[rule] message``: the rule that failed, then the message (which names the value)."""
+    """``[rule] message``: the rule that failed, then the message (which names the value), on
+    one line (a driver's message may bring lines of context: they are joined with "; ")."""
     prefix = f"[{exc.rule}]"
-    return exc.message if exc.message.startswith(prefix) else f"{prefix} {exc.message}"
+    message = "; ".join(part.strip() for part in exc.message.splitlines() if part.strip())
+    return message if message.startswith(prefix) else f"{prefix} {message}"
 
 
 def fail_with(exc: BaseException, code: int = 1) -> NoReturn:
