@@ -148,3 +148,45 @@ async def test_deleting_a_thread_deletes_its_anchor(tmp_path: Path) -> None:
         await svc.update_thread(tid, status="cancelled")
         await svc.delete_threads([tid])
     assert anchor_row(root, tid) is None
+
+
+async def test_postgres_stores_anchors_too(tmp_path: Path, pg_dsn: str) -> None:
+    """The same on PostgreSQL: a new process's quick check starts at the stored anchor, and a
+    forged anchor row sends it to the full check."""
+    import psycopg
+
+    from threadloom.integrity import Signer
+    from threadloom.store.postgres import PostgresStore
+
+    root = tmp_path / "root"
+
+    def pg_service() -> ThreadService:
+        return ThreadService(
+            PostgresStore(pg_dsn, pool_size=4, signer=Signer.for_root(root)), settings_for(root)
+        )
+
+    async with pg_service() as svc:
+        t = await svc.create_thread(context_window=10_000_000)
+        for start in range(0, EVENTS, 50):
+            await svc.append(t.thread_id, msgs(start, 50))
+    tid = t.thread_id
+    async with pg_service() as svc:
+        snap = await svc.store.read_anchored(tid)
+        assert snap.signed is not None and snap.base == snap.signed.seq
+        assert len(snap.tail) < ANCHOR_EVERY
+        assert (await svc.ensure_verified(tid)).ok
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE anchors SET signature = %s WHERE thread_id = %s", ("AAAA", tid))
+    async with pg_service() as svc:
+        snap = await svc.store.read_anchored(tid)
+        assert snap.signed is not None  # read, but its signature does not verify
+        calls = []
+        full = svc.store.read_integrity
+
+        async def counted(thread_id: str):  # type: ignore[no-untyped-def]
+            calls.append(thread_id)
+            return await full(thread_id)
+
+        svc.store.read_integrity = counted  # type: ignore[method-assign]
+        assert (await svc.ensure_verified(tid)).ok
+        assert calls == [tid]

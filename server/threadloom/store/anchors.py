@@ -14,6 +14,10 @@ verification proved them), in the commit whose append crossed a multiple of
 close. A later quick check hashes lines 1..seq, compares, and checks the signature: an edit
 of any of those lines, or of the anchor row, makes it fall back to the full check.
 
+PostgreSQL keeps the same table (created beside the migrations, under their lock), written
+after the commit that crossed (the one-call append has no room for it) and read in the
+snapshot of ``read_anchored``.
+
 Kept out of the numbered migrations, like ``mirror_pending``: an anchor is derived data that
 any version may add beside the schema (and drop: without it verification is only slower).
 """
@@ -40,6 +44,20 @@ CREATE TABLE IF NOT EXISTS anchors (
     signature TEXT NOT NULL
 ) WITHOUT ROWID
 """
+PG_TABLE_SQL = """
+CREATE TABLE IF NOT EXISTS anchors (
+    thread_id TEXT PRIMARY KEY,
+    seq       BIGINT NOT NULL,
+    sha256    TEXT NOT NULL,
+    signature TEXT NOT NULL
+)
+"""
+PG_UPSERT_SQL = (
+    "INSERT INTO anchors (thread_id, seq, sha256, signature) VALUES (%s, %s, %s, %s)"
+    " ON CONFLICT (thread_id) DO UPDATE SET seq = EXCLUDED.seq, sha256 = EXCLUDED.sha256,"
+    " signature = EXCLUDED.signature WHERE anchors.seq < EXCLUDED.seq"
+)
+PG_READ_SQL = "SELECT seq, sha256, signature FROM anchors WHERE thread_id = %s"
 UPSERT_SQL = "INSERT OR REPLACE INTO anchors (thread_id, seq, sha256, signature) VALUES (?, ?, ?, ?)"
 READ_SQL = "SELECT seq, sha256, signature FROM anchors WHERE thread_id = ?"
 

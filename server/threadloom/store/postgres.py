@@ -29,7 +29,7 @@ from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes, chain_
 from ..models import Status, StoredEvent, Thread, Usage, parse_iso, render_line
 from ..provenance import ImportRecord
 from ..textquery import Mode, TextQuery
-from . import pgappend, pgsearch, pgvectors
+from . import anchors, pgappend, pgsearch, pgvectors
 from .apply import (
     accounts_doc,
     accounts_from_doc,
@@ -136,6 +136,9 @@ class PostgresStore(Store):
         self.signer = signer or Signer.ephemeral()
         self.checkpoints = checkpoints
         self._hashes = TranscriptHashes()
+        self._anchored: dict[str, int] = {}
+        """Seq of each thread's stored anchor, as far as this process knows (anchors.py)."""
+        self._anchor_tasks: set[asyncio.Task[None]] = set()
         self.durability = durability
         self._channel = CHANNEL
         self._pool_size = pool_size
@@ -232,6 +235,16 @@ class PostgresStore(Store):
 
     async def close(self) -> None:
         await self._group.drain()
+        if self._anchor_tasks:
+            await asyncio.gather(*self._anchor_tasks, return_exceptions=True)
+        if self._pool is not None:  # anchor what this process wrote or verified
+            signed = [
+                anchors.sign_anchor(self.signer, tid, seq, sha)
+                for tid, seq, sha in self._hashes.trusted_states()
+                if seq - self._anchored.get(tid, 0) >= anchors.ANCHOR_MIN_TAIL
+            ]
+            if signed:
+                await self._store_anchors(signed)
         if self._announcer is not None:
             # let the announcer send what is queued and stop between NOTIFYs: cancelling it
             # mid-statement would only cost a connection
@@ -301,7 +314,46 @@ class PostgresStore(Store):
                 result = await self._commit(ops)
         await self._announce(result.threads, soon=op is None)
         self._notify(frozenset(result.threads))
+        await self._anchor_crossings(result)
         return result
+
+    async def _anchor_crossings(self, result: CommitResult) -> None:
+        """Store a signed anchor for each thread whose append passed a multiple of
+        ANCHOR_EVERY lines, when this process trusts its running hash (anchors.py)."""
+        signed = []
+        for a in result.appends:
+            known = self._hashes.anchor(a.thread_id)
+            if a.events and known is not None and anchors.crossed(a.events[0].seq - 1, known[0]):
+                signed.append(anchors.sign_anchor(self.signer, a.thread_id, known[0], known[1].hexdigest()))
+        if signed:
+            await self._store_anchors(signed)
+
+    async def _store_anchors(self, signed: list[anchors.SignedAnchor]) -> None:
+        async def fn(conn: psycopg.AsyncConnection) -> None:
+            async with conn.cursor() as cur:
+                await cur.executemany(
+                    anchors.PG_UPSERT_SQL, [(a.thread_id, a.seq, a.sha256, a.signature) for a in signed]
+                )
+
+        try:
+            await self._run(fn, write=True)
+        except ThreadloomError as exc:  # only a later check is slower
+            log.warning("could not store %d transcript anchor(s): %s", len(signed), exc)
+            return
+        for a in signed:
+            self._anchored[a.thread_id] = max(a.seq, self._anchored.get(a.thread_id, 0))
+
+    def trust_verified(self, thread_id: str, seq: int, state: Any) -> None:
+        """Keep the verified hash as this process's anchor and, past a long unanchored tail,
+        store it as a signed anchor so that the next process checks little."""
+        super().trust_verified(thread_id, seq, state)
+        if self._pool is None or seq - self._anchored.get(thread_id, 0) < anchors.ANCHOR_MIN_TAIL:
+            return
+        self._anchored[thread_id] = seq
+        signed = anchors.sign_anchor(self.signer, thread_id, seq, state.hexdigest())
+        task = asyncio.get_running_loop().create_task(self._store_anchors([signed]))
+        self._anchor_tasks.add(task)
+        task.add_done_callback(self._anchor_tasks.discard)
 
     async def _append_one(self, op: AppendEvents) -> CommitResult | None:
         """A lone append through the group commit (one call of ``threadloom_append``); None
@@ -706,7 +758,16 @@ class PostgresStore(Store):
             thread = _row_to_thread(row[:13])
             if anchor is not None and anchor[0] > thread.event_count:
                 anchor = None
-            m = anchor[0] if anchor is not None else 0
+            cur = await conn.execute(anchors.PG_READ_SQL, (thread_id,))
+            found = await cur.fetchone()
+            signed = (
+                None if found is None else anchors.SignedAnchor(thread_id, int(found[0]), found[1], found[2])
+            )
+            if signed is not None:
+                self._anchored[thread_id] = signed.seq
+                if signed.seq > thread.event_count or (anchor is not None and anchor[0] >= signed.seq):
+                    signed = None  # not this thread's lines (yet), or the running hash is better
+            m = signed.seq if signed is not None else anchor[0] if anchor is not None else 0
             cur = await conn.execute(
                 "SELECT seq FROM events WHERE thread_id = %s AND seq > %s AND type = 'checkpoint'"
                 " ORDER BY seq DESC LIMIT 1",
@@ -729,7 +790,9 @@ class PostgresStore(Store):
             )
             tail = [StoredEvent(thread_id, *r) for r in await cur.fetchall()]
             imported = await _import_record(conn, thread_id) is not None
-            return AnchoredSnapshot(thread, row[13], anchor, base, prefix, tail, None, imported)
+            if signed is not None and base != signed.seq:
+                signed = None  # a checkpoint after it is the base
+            return AnchoredSnapshot(thread, row[13], anchor, base, prefix, tail, None, imported, signed)
 
         return await self._run(fn, write=False)
 
@@ -750,6 +813,7 @@ class PostgresStore(Store):
             await conn.execute("DELETE FROM events WHERE thread_id = ANY(%s)", (ids,))
             await conn.execute("DELETE FROM idempotency WHERE thread_id = ANY(%s)", (ids,))
             await conn.execute("DELETE FROM thread_imports WHERE thread_id = ANY(%s)", (ids,))
+            await conn.execute("DELETE FROM anchors WHERE thread_id = ANY(%s)", (ids,))
             await pgsearch.delete_docs(conn, ids)
             await pgvectors.delete_threads(conn, ids)
             return gone
@@ -758,6 +822,7 @@ class PostgresStore(Store):
         for tid in ids:
             self._tails.forget(tid)
             self._hashes.forget(tid)
+            self._anchored.pop(tid, None)
         if gone:
             await self._announce(gone)
             self._notify(frozenset(gone))
@@ -1035,6 +1100,7 @@ async def _migrate(conn: psycopg.AsyncConnection) -> int:
             )
         if current < POSTGRES_SEARCH_VERSION:  # events written before the index: searchable at once
             await pgsearch.backfill(conn)
+        await conn.execute(anchors.PG_TABLE_SQL)  # derived data beside the schema (anchors.py)
     return len(POSTGRES_MIGRATIONS)
 
 
