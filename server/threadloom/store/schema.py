@@ -11,9 +11,12 @@ import sqlite3
 from ..errors import StoreUnavailableError
 from .fts import EXTERNAL_CONTENT_SQL
 from .fts import MIGRATION_SQL as SEARCH_INDEX_SQL
+from .fts import VIEW as SEARCH_VIEW
+from .fts import VIEW_SQL as SEARCH_VIEW_SQL
 from .pgappend import FUNCTION_SQL as APPEND_FUNCTION_SQL
 from .pgappend import OLD_SIGNATURE as OLD_APPEND_SIGNATURE
 from .pgvectors import MIGRATION as PG_VECTORS_MIGRATION
+from .sqlrows import DEFAULT_ACCOUNTS, register_functions
 from .sqlvectors import MIGRATION_SQL as VECTORS_SQL
 
 SQLITE_MIGRATIONS: list[tuple[str, str]] = [
@@ -145,9 +148,42 @@ SQLITE_MIGRATIONS.append(
     )
 )
 
+SQLITE_MIGRATIONS.append(
+    (
+        "0010_lean_events",
+        f"""
+        DROP VIEW IF EXISTS {SEARCH_VIEW};
+        CREATE TABLE events_lean (
+            id        INTEGER PRIMARY KEY,
+            thread_id TEXT NOT NULL,
+            seq       INTEGER NOT NULL,
+            type      TEXT NOT NULL,
+            line      TEXT NOT NULL,
+            prev_hash BLOB,
+            ts        TEXT,
+            UNIQUE (thread_id, seq)
+        );
+        INSERT INTO events_lean (id, thread_id, seq, type, line, prev_hash, ts)
+            SELECT id, thread_id, seq, type, line, tl_hash_value(prev_hash), tl_stored_ts(ts, line)
+            FROM events ORDER BY id;
+        DROP TABLE events;
+        ALTER TABLE events_lean RENAME TO events;
+        {SEARCH_VIEW_SQL.strip()};
+        UPDATE threads SET doc = tl_lean_manifest(doc);
+        UPDATE threads SET accounts = NULL WHERE accounts = '{DEFAULT_ACCOUNTS}'
+        """,
+    )
+)
+"""Events and manifests hold nothing their row can rebuild (store/sqlrows.py, issue 17
+item 3): ``prev_hash`` as 32 bytes, ``ts`` only where the line does not carry it, the
+manifest without what columns hold or what is None, no accounts for a thread that has
+used nothing. The rows keep their ids, so the
+search index and the vectors still point at them; the view over the events is made again."""
+
 
 def apply_sqlite_migrations(conn: sqlite3.Connection, migrations: list[tuple[str, str]]) -> int:
     """Apply the pending migrations under the write lock; return the schema version."""
+    register_functions(conn)  # the row conversions of 0010 (store/sqlrows.py)
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute(
