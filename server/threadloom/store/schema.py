@@ -14,6 +14,7 @@ from .fts import MIGRATION_SQL as SEARCH_INDEX_SQL
 from .fts import VIEW as SEARCH_VIEW
 from .fts import VIEW_SQL as SEARCH_VIEW_SQL
 from .pgappend import FUNCTION_SQL as APPEND_FUNCTION_SQL
+from .pgappend import LEASE_SIGNATURE as LEASE_APPEND_SIGNATURE
 from .pgappend import OLD_SIGNATURE as OLD_APPEND_SIGNATURE
 from .pgvectors import MIGRATION as PG_VECTORS_MIGRATION
 from .sqlrows import DEFAULT_ACCOUNTS, register_functions
@@ -344,3 +345,16 @@ POSTGRES_MIGRATIONS.append(
         ],
     )
 )
+POSTGRES_MIGRATIONS.append(
+    (
+        "0010_search_docs_without_text",
+        [
+            f"DROP FUNCTION IF EXISTS {LEASE_APPEND_SIGNATURE}",
+            "ALTER TABLE search_docs DROP COLUMN IF EXISTS body, DROP COLUMN IF EXISTS tools",
+            APPEND_FUNCTION_SQL,
+        ],
+    )
+)
+"""``search_docs`` keeps the tsvector only; the text is read from the events it indexes
+(store/pgsearch.py). Dropping the columns is instant and frees their space as rows are
+rewritten; ``VACUUM FULL search_docs`` gives it back at once (docs/postgres.md)."""
