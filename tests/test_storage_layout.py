@@ -4,7 +4,7 @@ A store in the previous layout (made here in SQL from one the current code wrote
 in every row, ``prev_hash`` in hex, full manifest documents, default accounts spelled out,
 4 KiB pages) converts when it is opened, and then reads, verifies and searches exactly as
 before: the same events (ts, lines, hashes), manifests, hits, snippets and ranking; and
-the same again after ``reindex``.
+the same again after ``reindex``, which gives back the pages the conversion freed.
 """
 
 from __future__ import annotations
@@ -165,10 +165,14 @@ async def test_a_store_in_the_previous_layout_converts_and_answers_the_same(tmp_
         assert _sql(db, "SELECT max(version) FROM schema_migrations")[0][0] == len(SQLITE_MIGRATIONS)
         assert await _answers(migrated, ids) == before
         assert await _state(migrated, ids) == state
+        free = _sql(db, "PRAGMA freelist_count")[0][0]
+        assert free >= 0.25 * _sql(db, "PRAGMA page_count")[0][0]  # the old events table's pages
         stats = await migrated.reindex()
         assert (stats.added, stats.removed) == (0, 0)
+        assert stats.reclaimed >= free * 4096 and _sql(db, "PRAGMA freelist_count")[0][0] == 0
         assert await _answers(migrated, ids) == before
         assert await _state(migrated, ids) == state
+        assert (await migrated.reindex()).reclaimed == 0  # nothing left to give back
 
     # the rows are lean: hashes as bytes, ts only where the line does not give it back
     assert (

@@ -1142,7 +1142,8 @@ class SQLiteStore(Store):
         """Indexes missing events in batches of one transaction each (appends interleave
         with them). Rows the events no longer back (edits behind the store's back) cannot
         be removed one by one from an external-content index, so when there are any the
-        whole index is rebuilt in one transaction instead."""
+        whole index is rebuilt in one transaction instead. Last, a database that is a
+        quarter or more free pages (after a layout migration) is compacted."""
         if self._writer is None:
             raise StoreUnavailableError("the store is not open")
         writer = self._writer
@@ -1189,7 +1190,10 @@ class SQLiteStore(Store):
                 if progress is not None:
                     progress(i + len(part), len(ids))
         documents = await self._read(fts.count_documents)
-        return ReindexStats(added=counts["added"], removed=counts["removed"], documents=documents)
+        reclaimed = await writer.submit(_compact_if_sparse)
+        return ReindexStats(
+            added=counts["added"], removed=counts["removed"], documents=documents, reclaimed=reclaimed
+        )
 
     # ---------------------------------------------------------------- vectors
 
@@ -1479,6 +1483,23 @@ def _read_events(
         StoredEvent(thread_id, seq, event_ts(ts, line), typ, line, hash_hex(prev))
         for seq, ts, typ, line, prev in rows
     ]
+
+
+SPARSE_SHARE = 0.25
+"""``reindex`` compacts the database when at least this share of its pages is free."""
+
+
+def _compact_if_sparse(conn: sqlite3.Connection) -> int:
+    """VACUUM when :data:`SPARSE_SHARE` or more of the file is free pages (a layout migration
+    rebuilds the events table and leaves the old one's pages free); the bytes given back."""
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    if not pages or free < SPARSE_SHARE * pages:
+        return 0
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    _retry_busy(lambda: conn.execute("VACUUM"))
+    _retry_busy(lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
+    return (pages - conn.execute("PRAGMA page_count").fetchone()[0]) * size
 
 
 def _find_idem(conn: sqlite3.Connection, thread_id: str, key: str) -> IdempotencyRecord | None:
