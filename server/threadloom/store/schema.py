@@ -109,6 +109,25 @@ LIST_FILTER_INDEXES: list[tuple[str, ...]] = [
 
 _REPLACED_INDEXES = ["threads_agent", "threads_parent", "threads_status"]
 
+
+def _partial_parent_index_statements() -> list[str]:
+    """The filter indexes that name ``parent_id`` again, holding only threads that have a
+    parent: ``list_threads`` filters by a parent's id and never asks for ``parent_id IS
+    NULL``, so the top-level threads (most of a store) were dead weight in four of the seven
+    indexes (issue 17 item 3; the query plans are the same: tests/test_list_filters.py)."""
+    out = []
+    for cols in LIST_FILTER_INDEXES:
+        if "parent_id" not in cols:
+            continue
+        name = "threads_by_" + "_".join(c.removesuffix("_id") for c in cols)
+        out.append(f"DROP INDEX IF EXISTS {name}")
+        out.append(
+            f"CREATE INDEX {name} ON threads ({', '.join(cols)}, created_at, thread_id)"
+            " WHERE parent_id IS NOT NULL"
+        )
+    return out
+
+
 SQLITE_MIGRATIONS.append(
     (
         "0004_list_filter_indexes",
@@ -171,14 +190,15 @@ SQLITE_MIGRATIONS.append(
         ALTER TABLE events_lean RENAME TO events;
         {SEARCH_VIEW_SQL.strip()};
         UPDATE threads SET doc = tl_lean_manifest(doc);
-        UPDATE threads SET accounts = NULL WHERE accounts = '{DEFAULT_ACCOUNTS}'
+        UPDATE threads SET accounts = NULL WHERE accounts = '{DEFAULT_ACCOUNTS}';
+        {";".join(_partial_parent_index_statements())}
         """,
     )
 )
 """Events and manifests hold nothing their row can rebuild (store/sqlrows.py, issue 17
 item 3): ``prev_hash`` as 32 bytes, ``ts`` only where the line does not carry it, the
 manifest without what columns hold or what is None, no accounts for a thread that has
-used nothing. The rows keep their ids, so the
+used nothing, the filter indexes on ``parent_id`` without the threads that have none. The rows keep their ids, so the
 search index and the vectors still point at them; the view over the events is made again."""
 
 
@@ -352,9 +372,10 @@ POSTGRES_MIGRATIONS.append(
             f"DROP FUNCTION IF EXISTS {LEASE_APPEND_SIGNATURE}",
             "ALTER TABLE search_docs DROP COLUMN IF EXISTS body, DROP COLUMN IF EXISTS tools",
             APPEND_FUNCTION_SQL,
+            *_partial_parent_index_statements(),
         ],
     )
 )
 """``search_docs`` keeps the tsvector only; the text is read from the events it indexes
-(store/pgsearch.py). Dropping the columns is instant and frees their space as rows are
+(store/pgsearch.py); the filter indexes on ``parent_id`` leave out the threads without one. Dropping the columns is instant and frees their space as rows are
 rewritten; ``VACUUM FULL search_docs`` gives it back at once (docs/postgres.md)."""
