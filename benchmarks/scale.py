@@ -16,8 +16,12 @@ same run:
 - ``read_events`` (a page of 100 in a 10,000-event thread), ``get_chain``,
   ``search_threads``, ``chain_search`` (p50/p99);
 - ``handoff_thread`` of a 10,000-event thread (each of the three once);
-- bytes on disk per payload byte (payload: the events' JSON as appended), database alone
-  and with the mirrors.
+- bytes on disk per payload byte, database alone and with the mirrors; on SQLite also where
+  the database's bytes go, per table and index (SQLite's ``dbstat``).
+
+"Payload" is the events' JSON as a client appends them, in its compact encoding (no spaces
+after ``:`` and ``,``): what the clients sent, not what the server adds (``seq``, ``ts``,
+its own ``status`` and ``checkpoint`` events, hashes, manifests, indexes).
 
 Prints a table and writes benchmarks/results/scale.json (scale_postgres.json).
 """
@@ -61,8 +65,29 @@ VOCAB = (
 ).split()
 
 
+WORD_POOL = 1 << 20
+
+
+class Words:
+    """Text of VOCAB words drawn with a Pareto law, cut from one long drawn sequence (drawing
+    each word anew cost the build a second of the event loop's time per 2,000 threads, time
+    the store's writer thread then waited for)."""
+
+    def __init__(self, seed: int) -> None:
+        rnd = random.Random(seed)
+        top = len(VOCAB) - 1
+        self.words = [VOCAB[min(int(rnd.paretovariate(1.1)) - 1, top)] for _ in range(WORD_POOL)]
+
+    def take(self, rnd: random.Random, n: int) -> str:
+        start = rnd.randrange(WORD_POOL - n)
+        return " ".join(self.words[start : start + n])
+
+
+WORDS = Words(7)
+
+
 def text(rnd: random.Random, words: int) -> str:
-    return " ".join(VOCAB[min(int(rnd.paretovariate(1.1)) - 1, len(VOCAB) - 1)] for _ in range(words))
+    return WORDS.take(rnd, words)
 
 
 def turn(rnd: random.Random, i: int) -> list[dict[str, Any]]:
@@ -84,7 +109,8 @@ def turn(rnd: random.Random, i: int) -> list[dict[str, Any]]:
 
 
 def payload_bytes(events: list[dict[str, Any]]) -> int:
-    return sum(len(json.dumps(e, ensure_ascii=False).encode()) for e in events)
+    """The events' JSON as a client sends them, compact (no spaces after ':' and ',')."""
+    return sum(len(json.dumps(e, ensure_ascii=False, separators=(",", ":")).encode()) for e in events)
 
 
 async def build(svc: ThreadService, threads: int, events: int, seed: int = 7) -> dict[str, Any]:
@@ -221,6 +247,45 @@ def startup(root: Path, store: str) -> tuple[float, int]:
             proc.kill()
 
 
+def breakdown(db: Path) -> dict[str, Any]:
+    """Bytes per table and index of the SQLite database (``dbstat``), and per group."""
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        rows = conn.execute(
+            "SELECT name, sum(pgsize), sum(unused) FROM dbstat GROUP BY name ORDER BY 2 DESC"
+        ).fetchall()
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0] * page
+    finally:
+        conn.close()
+
+    def group(name: str) -> str:
+        if name == "events":
+            return "events"
+        if name == "sqlite_autoindex_events_1":
+            return "events (thread_id, seq) index"
+        if name.startswith("search_index"):
+            return "full-text index"
+        if name == "threads":
+            return "threads"
+        if name.startswith("threads_") or name == "sqlite_autoindex_threads_1":
+            return "threads' indexes"
+        return "other"
+
+    groups: dict[str, int] = {}
+    for name, size, _unused in rows:
+        groups[group(name)] = groups.get(group(name), 0) + size
+    groups["free pages"] = free
+    return {
+        "page_size": page,
+        "groups": groups,
+        "objects": {name: {"bytes": size, "unused": unused} for name, size, unused in rows},
+    }
+
+
 def disk(root: Path) -> tuple[int, int]:
     """Bytes of the database files, and of everything under the root."""
     db = sum(p.stat().st_size for p in root.glob("threads.db*"))
@@ -289,6 +354,7 @@ async def one_store(
             result["db_bytes"], result["root_bytes"] = db, everything
             result["db_per_payload_byte"] = db / built["payload_bytes"]
             result["root_per_payload_byte"] = everything / built["payload_bytes"]
+            result["breakdown"] = breakdown(root / "threads.db")
         else:
             import psycopg
 
@@ -312,11 +378,11 @@ async def one_store(
 
 
 def table(small: dict[str, Any], big: dict[str, Any], sizes: tuple[int, int]) -> str:
-    rows = [f"{'':34} {'100 threads':>14} {f'{sizes[0]:,} threads':>18} {'big / small':>12}"]
+    rows = [f"{'':42} {'100 threads':>14} {f'{sizes[0]:,} threads':>18} {'big / small':>12}"]
 
     def row(name: str, a: float, b: float, unit: str = "ms") -> None:
         rows.append(
-            f"{name:34} {a:>11.2f} {unit:2} {b:>15.2f} {unit:2} {b / a if a else float('nan'):>11.2f}x"
+            f"{name:42} {a:>11.2f} {unit:2} {b:>15.2f} {unit:2} {b / a if a else float('nan'):>11.2f}x"
         )
 
     row("start-up, spawn to first result", small["startup_ms"], big["startup_ms"])
@@ -329,6 +395,15 @@ def table(small: dict[str, Any], big: dict[str, Any], sizes: tuple[int, int]) ->
     row("database bytes / payload byte", small["db_per_payload_byte"], big["db_per_payload_byte"], "")
     if "root_per_payload_byte" in big:
         row("with mirrors", small["root_per_payload_byte"], big["root_per_payload_byte"], "")
+    if "breakdown" in big:
+        rows.append("")
+        rows.append(
+            f"where the database's bytes go, per payload byte (page size {big['breakdown']['page_size']}):"
+        )
+        pay = (small["build"]["payload_bytes"], big["build"]["payload_bytes"])
+        for name, size in big["breakdown"]["groups"].items():
+            a = small["breakdown"]["groups"].get(name, 0) / pay[0]
+            rows.append(f"  {name:40} {a:>11.3f}    {size / pay[1]:>15.3f}")
     rows.append("")
     rows.append("filtered list_threads / unfiltered, big store (goal <= 3x):")
     rows.append(

@@ -236,6 +236,9 @@ class ReindexStats:
     added: int = 0
     removed: int = 0
     documents: int = 0
+    reclaimed: int = 0
+    """Bytes the database file gave back: SQLite compacts it when a quarter or more of it
+    is free pages (as a layout migration leaves it, store/sqlrows.py)."""
 
 
 ReindexProgress = Callable[[int, int], None]

@@ -306,12 +306,18 @@ def reindex(
         return
     stats, seconds = run(_reindex, settings, as_json)
     if as_json:
-        out = {"added": stats.added, "removed": stats.removed, "documents": stats.documents}
+        out = {
+            "added": stats.added,
+            "removed": stats.removed,
+            "documents": stats.documents,
+            "reclaimed_bytes": stats.reclaimed,
+        }
         typer.echo(json.dumps({**out, "seconds": round(seconds, 3)}, indent=2))
         return
     typer.echo(
         f"search index: {stats.added} event(s) added, {stats.removed} row(s) removed; "
         f"{stats.documents} events indexed ({seconds:.1f} s)"
+        + (f"; the database gave back {stats.reclaimed:,} bytes" if stats.reclaimed else "")
     )
 
 

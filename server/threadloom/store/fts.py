@@ -124,9 +124,7 @@ _NUL_SAFE_LINE = "replace(e.line, '\\u0000', '\\u0020')"
 """The line with every escaped NUL turned into a space before json_extract, which would
 cut the text at the NUL (the tokenizer splits words at both alike)."""
 
-EXTERNAL_CONTENT_SQL = f"""
-DROP TABLE IF EXISTS {TABLE};
-DROP VIEW IF EXISTS {VIEW};
+VIEW_SQL = f"""
 CREATE VIEW {VIEW} AS
 SELECT e.id AS id, e.thread_id AS tid, e.seq AS seq, e.type AS type,
   CASE WHEN e.type IN ('message', 'assistant_text') THEN json_extract({_NUL_SAFE_LINE}, '$.text') END AS body,
@@ -141,7 +139,15 @@ SELECT e.id AS id, e.thread_id AS tid, e.seq AS seq, e.type AS type,
   END AS tools,
   hex(t.agent_id) AS agent
 FROM events AS e JOIN threads AS t ON t.thread_id = e.thread_id
-WHERE e.type IN ('message', 'assistant_text', 'tool_use', 'tool_result');
+WHERE e.type IN ('message', 'assistant_text', 'tool_use', 'tool_result')
+"""
+"""The view the index reads its values from (migration 0005; made again by 0010, which
+rebuilds the events table under it)."""
+
+EXTERNAL_CONTENT_SQL = f"""
+DROP TABLE IF EXISTS {TABLE};
+DROP VIEW IF EXISTS {VIEW};
+{VIEW_SQL.strip()};
 CREATE VIRTUAL TABLE {TABLE} USING fts5(
   body, tools, tid, agent,
   content='{VIEW}', content_rowid='id',

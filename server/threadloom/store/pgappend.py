@@ -40,7 +40,7 @@ CREATE OR REPLACE FUNCTION threadloom_append(
     p_statuses TEXT[], p_expect BIGINT, p_idem TEXT, p_request_hash TEXT, p_idem_seqs TEXT,
     p_types TEXT[], p_lines TEXT[], p_prevs TEXT[], p_new_head TEXT, p_nbytes BIGINT,
     p_text_delta BIGINT, p_input_tokens BIGINT,
-    p_doc_seqs BIGINT[], p_doc_bodies TEXT[], p_doc_tools TEXT[], p_doc_tsvs TEXT[],
+    p_doc_seqs BIGINT[], p_doc_tsvs TEXT[],
     p_lease_check BOOLEAN, p_owner TEXT
 ) RETURNS TABLE (
     r_outcome TEXT, r_thread_id TEXT, r_doc TEXT, r_status TEXT, r_updated_at TEXT,
@@ -102,11 +102,10 @@ BEGIN
         SELECT p_thread, p_base + u.i, p_ts, u.ty, u.li, u.pr
         FROM unnest(p_types, p_lines, p_prevs) WITH ORDINALITY AS u(ty, li, pr, i);
     IF cardinality(p_doc_seqs) > 0 THEN
-        INSERT INTO search_docs (thread_id, seq, body, tools, tsv)
-            SELECT p_thread, d.s, d.b, d.t, d.v::tsvector
-            FROM unnest(p_doc_seqs, p_doc_bodies, p_doc_tools, p_doc_tsvs) AS d(s, b, t, v)
-            ON CONFLICT (thread_id, seq) DO UPDATE
-            SET body = EXCLUDED.body, tools = EXCLUDED.tools, tsv = EXCLUDED.tsv;
+        INSERT INTO search_docs (thread_id, seq, tsv)
+            SELECT p_thread, d.s, d.v::tsvector
+            FROM unnest(p_doc_seqs, p_doc_tsvs) AS d(s, v)
+            ON CONFLICT (thread_id, seq) DO UPDATE SET tsv = EXCLUDED.tsv;
     END IF;
     IF p_idem IS NOT NULL THEN
         INSERT INTO idempotency (thread_id, key, request_hash, seqs, created_at)
@@ -119,9 +118,11 @@ $fn$
 """
 """Migration statement: the append function (its arguments are rendered by :func:`render`).
 
-Migration 4 created it; migration 9 (leases) replaces it with this text, which also checks
-and renews the run lease. The lease columns need not exist when it is created (PL/pgSQL
-resolves them when it runs), so a new database runs this same text in both migrations."""
+Migration 4 created it; migration 9 (leases) replaced it with one that also checks and
+renews the run lease; migration 10 with this text, which indexes the events without a copy
+of their text (search_docs keeps only the tsvector). The columns it names need not be as it
+expects when it is created (PL/pgSQL resolves them when it runs), so a new database runs
+this same text in all three migrations."""
 
 OLD_SIGNATURE = (
     "threadloom_append(TEXT, BIGINT, TEXT, TEXT, DOUBLE PRECISION, TEXT[], BIGINT, TEXT, TEXT, TEXT,"
@@ -129,7 +130,13 @@ OLD_SIGNATURE = (
 )
 """The function's arguments before leases (migration 4 of a database made before them)."""
 
-CALL = "SELECT * FROM threadloom_append(" + ",".join(["%b"] * 23) + ")"
+LEASE_SIGNATURE = (
+    "threadloom_append(TEXT, BIGINT, TEXT, TEXT, DOUBLE PRECISION, TEXT[], BIGINT, TEXT, TEXT, TEXT,"
+    " TEXT[], TEXT[], TEXT[], TEXT, BIGINT, BIGINT, BIGINT, BIGINT[], TEXT[], TEXT[], TEXT[], BOOLEAN, TEXT)"
+)
+"""The function's arguments from migration 9 on, before search_docs dropped its text (migration 10)."""
+
+CALL = "SELECT * FROM threadloom_append(" + ",".join(["%b"] * 21) + ")"
 """Binary parameters: text arrays need no quoting (in text format psycopg escapes every element)."""
 
 MAX_GROUP = 64
@@ -190,7 +197,7 @@ def render(op: AppendEvents, base: int, head: str | None, ts: str, epoch: float)
         json.dumps(seqs) if op.idempotency_key is not None else None,
         [e.type for e in stored], lines, prevs, new_head,
         sum(len(line.encode()) + 1 for line in lines), text_delta, last_tokens,
-        [d.seq for d in docs], [d.body for d in docs], [d.tools for d in docs], [d.tsv for d in docs],
+        [d.seq for d in docs], [d.tsv for d in docs],
         op.lease is not None, op.lease.owner if op.lease is not None else None,
     )  # fmt: skip
     return Rendered(stored, lines, new_head, args)

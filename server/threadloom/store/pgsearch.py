@@ -1,9 +1,12 @@
 """PostgreSQL full-text search: the ``search_docs`` table, its tsvectors, queries, regex scans, reindex.
 
-Layout (migration ``0003_search_index``, store/schema.py): ``search_docs(thread_id, seq,
-id, body, tools, tsv)``, one row per event of an indexed type (textsearch.INDEXED_TYPES),
-a GIN index on ``tsv`` and a btree on ``id`` (the insertion order: recency). Agent scope is
-a join to ``threads``, so moving a thread to another agent needs no reindex.
+Layout (migration ``0003_search_index``, store/schema.py; since ``0010`` without a copy of
+the text): ``search_docs(thread_id, seq, id, tsv)``, one row per event of an indexed type
+(textsearch.INDEXED_TYPES), a GIN index on ``tsv`` and a btree on ``id`` (the insertion
+order: recency). Agent scope is a join to ``threads``, so moving a thread to another agent
+needs no reindex. The text itself is read from the events it indexes (``events.line``):
+snippets are cut from the events anyway (search.py), and a regex scan reads the events'
+text (see :func:`scan`).
 
 The tsvector is built here from :func:`textquery.tokenize`, not by PostgreSQL's parser, so
 its lexemes are exactly the SQLite / memory tokens (folded, diacritics removed): body tokens
@@ -18,8 +21,6 @@ lexemes up to 2,047 bytes, 1 MB of lexemes and positions per tsvector) are met l
 - a text whose tsvector would pass the size budget keeps real positions for fewer words,
   then presence only; past ~1 MB of distinct words, its later distinct words are left out.
 
-Stored ``body``/``tools`` are the event's text with NUL (which PostgreSQL text cannot hold)
-written as U+FFFD; a row holding U+FFFD is read again from its event where exact text matters.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ REINDEX_BATCH = 2000
 INSERT_CHUNK = 1000
 _BODY, _TOOLS = 2, 1
 """Weight flags: a position of weight A (body) also satisfies ``:AB`` queries, B only ``:AB``."""
-_STORE_FIX = str.maketrans({0: 0xFFFD})
+_NUL_ESCAPE = "\\u0000"
+"""How a NUL is written in a line's JSON (PostgreSQL's ``->>`` cannot give it as text)."""
 
 
 # ------------------------------------------------------------------ tsvector
@@ -216,22 +218,16 @@ def tsvector_text(body: str | None, tools: str | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class DocRow:
-    """One ``search_docs`` row of a thread: the event's seq, stored text and tsvector text."""
+    """One ``search_docs`` row of a thread: the event's seq and its tsvector text (the text
+    itself stays in the event's line)."""
 
     seq: int
-    body: str | None
-    tools: str | None
     tsv: str
-
-
-def _stored(text: str | None) -> str | None:
-    """Text as PostgreSQL can hold it: NUL becomes U+FFFD (such rows are re-read when scanned)."""
-    return text.translate(_STORE_FIX) if text is not None and "\x00" in text else text
 
 
 def _row(seq: int, fields: tuple[str | None, str | None]) -> DocRow:
     body, tools = fields
-    return DocRow(seq, _stored(body), _stored(tools), tsvector_text(body, tools))
+    return DocRow(seq, tsvector_text(body, tools))
 
 
 def doc_rows(events: Sequence[NewEvent], seqs: Sequence[int]) -> list[DocRow]:
@@ -260,20 +256,16 @@ async def _insert(
     conn: psycopg.AsyncConnection, items: Sequence[tuple[str, DocRow]], *, replace: bool, count: bool
 ) -> int:
     """Insert rows (in order: ``id`` follows it); ``replace`` overwrites a row of the same event."""
-    conflict = (
-        " DO UPDATE SET body = EXCLUDED.body, tools = EXCLUDED.tools, tsv = EXCLUDED.tsv"
-        if replace
-        else " DO NOTHING"
-    )
+    conflict = " DO UPDATE SET tsv = EXCLUDED.tsv" if replace else " DO NOTHING"
     done = 0
     for i in range(0, len(items), INSERT_CHUNK):
         part = items[i : i + INSERT_CHUNK]
         cur = await conn.execute(
-            f"INSERT INTO {TABLE} (thread_id, seq, body, tools, tsv) VALUES "
-            + ",".join(["(%s,%s,%s,%s,%s::tsvector)"] * len(part))
+            f"INSERT INTO {TABLE} (thread_id, seq, tsv) VALUES "
+            + ",".join(["(%s,%s,%s::tsvector)"] * len(part))
             + " ON CONFLICT (thread_id, seq)"
             + conflict,
-            [v for tid, r in part for v in (tid, r.seq, r.body, r.tools, r.tsv)],
+            [v for tid, r in part for v in (tid, r.seq, r.tsv)],
         )
         if count:
             done += max(cur.rowcount, 0)
@@ -419,19 +411,42 @@ async def regex_in_database(conn: psycopg.AsyncConnection) -> bool:
     return row is not None and row[0] == "UTF8"
 
 
-async def _restore(
-    conn: psycopg.AsyncConnection, thread_id: str, rows: list[tuple[Any, ...]]
-) -> list[tuple[Any, ...]]:
-    """Rows whose stored text holds U+FFFD (maybe a NUL) get their event's exact text back."""
-    odd = [r[0] for r in rows if any(isinstance(v, str) and "\ufffd" in v for v in r[1:])]
-    if not odd:
-        return rows
-    cur = await conn.execute(
-        "SELECT seq, type, line FROM events WHERE thread_id = %s AND seq = ANY(%s)", (thread_id, odd)
+def _documents(rows: Sequence[tuple[int, str, str]]) -> list[tuple[int, str | None, str | None]]:
+    """``(seq, body, tools)`` of ``(seq, type, line)`` event rows (:func:`document_fields`; a
+    line that is not a JSON object has no text to match)."""
+    out: list[tuple[int, str | None, str | None]] = []
+    for seq, etype, line in rows:
+        try:
+            data = json.loads(line)
+        except ValueError:
+            data = None
+        fields = document_fields(etype, data) if isinstance(data, dict) else None
+        body, tools = fields if fields is not None else (None, None)
+        out.append((seq, body, tools))
+    return out
+
+
+def _candidate_sql(operator: str, include_tools: bool) -> tuple[str, int]:
+    """The condition a regex pre-filter puts on an event row, and how many times it takes
+    the pattern (after the NUL escape). It holds for every row RE2 could match (a
+    superset): the text of a message and of a string tool output is taken from the line
+    exactly (``->>``); a field an event lacks is the empty text, as in the scan
+    (textsearch.scan_documents), so a pattern that matches it makes every row a candidate;
+    a line holding an escaped NUL (which ``->>`` cannot give as text), a tool call's input
+    and a tool output that is not a string are always candidates."""
+
+    def test(key: str) -> str:
+        return f"COALESCE(line::json->>'{key}', '') COLLATE \"C\" {operator} %s"
+
+    head = f"CASE WHEN strpos(line, %s) > 0 OR '' COLLATE \"C\" {operator} %s THEN TRUE"
+    body = f"WHEN type IN ('message', 'assistant_text') THEN {test('text')}"
+    if not include_tools:
+        return f"{head} {body} ELSE FALSE END", 2
+    output = (
+        "WHEN type = 'tool_result' THEN CASE WHEN json_typeof(line::json->'output') = 'string'"
+        f" THEN {test('output')} ELSE TRUE END"
     )
-    found = await cur.fetchall()
-    exact = {seq: document_fields(etype, json.loads(line)) or (None, None) for seq, etype, line in found}
-    return [(r[0], *exact[r[0]]) if r[0] in exact else r for r in rows]
+    return f"{head} {body} {output} ELSE TRUE END", 3
 
 
 async def _scan_pages(
@@ -444,21 +459,25 @@ async def _scan_pages(
     regex: PgRegex | None,
     state: _ScanState,
 ) -> None:
-    """Scan from ``state`` on, in thread then seq order; with ``regex`` PostgreSQL returns only
-    candidate rows (a superset of the matches); ``find`` (RE2) decides every hit."""
-    cols = f"seq, body, {'tools' if include_tools else 'NULL'}"
-    args: list[Any] = []
+    """Scan from ``state`` on, in thread then seq order, over the events' own text; with
+    ``regex`` PostgreSQL returns only candidate rows (a superset of the matches:
+    :func:`_candidate_sql`); ``find`` (RE2) decides every hit."""
+    args: list[Any] = [list(INDEXED_TYPES)]
     cond = ""
     if regex is not None:
-        test = f"COALESCE({{}}, '') COLLATE \"C\" {regex.operator} %s"
-        cond = " AND (" + test.format("body") + (" OR " + test.format("tools") if include_tools else "") + ")"
-        args = [regex.pattern] * (2 if include_tools else 1)
+        test, n = _candidate_sql(regex.operator, include_tools)
+        cond = f" AND {test}"
+        args += [_NUL_ESCAPE, *[regex.pattern] * n]
     page = REGEX_PAGE if regex is not None else SCAN_BATCH
-    sql = f"SELECT {cols} FROM {TABLE} WHERE thread_id = %s AND seq > %s{cond} ORDER BY seq LIMIT %s"
+    sql = (
+        "SELECT seq, type, line FROM events WHERE thread_id = %s AND seq > %s AND type = ANY(%s)"
+        f"{cond} ORDER BY seq LIMIT %s"
+    )
     while state.thread < len(thread_ids):
         tid = thread_ids[state.thread]
         cur = await conn.execute(sql, [tid, state.after, *args, page])
-        rows = await _restore(conn, tid, await cur.fetchall())
+        found = await cur.fetchall()
+        rows = _documents(found)
         if rows:
             matched = await asyncio.to_thread(lambda: list(scan_documents(rows, find, include_tools)))
             for seq in matched:

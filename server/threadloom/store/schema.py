@@ -11,9 +11,13 @@ import sqlite3
 from ..errors import StoreUnavailableError
 from .fts import EXTERNAL_CONTENT_SQL
 from .fts import MIGRATION_SQL as SEARCH_INDEX_SQL
+from .fts import VIEW as SEARCH_VIEW
+from .fts import VIEW_SQL as SEARCH_VIEW_SQL
 from .pgappend import FUNCTION_SQL as APPEND_FUNCTION_SQL
+from .pgappend import LEASE_SIGNATURE as LEASE_APPEND_SIGNATURE
 from .pgappend import OLD_SIGNATURE as OLD_APPEND_SIGNATURE
 from .pgvectors import MIGRATION as PG_VECTORS_MIGRATION
+from .sqlrows import DEFAULT_ACCOUNTS, register_functions
 from .sqlvectors import MIGRATION_SQL as VECTORS_SQL
 
 SQLITE_MIGRATIONS: list[tuple[str, str]] = [
@@ -105,6 +109,25 @@ LIST_FILTER_INDEXES: list[tuple[str, ...]] = [
 
 _REPLACED_INDEXES = ["threads_agent", "threads_parent", "threads_status"]
 
+
+def _partial_parent_index_statements() -> list[str]:
+    """The filter indexes that name ``parent_id`` again, holding only threads that have a
+    parent: ``list_threads`` filters by a parent's id and never asks for ``parent_id IS
+    NULL``, so the top-level threads (most of a store) were dead weight in four of the seven
+    indexes (issue 17 item 3; the query plans are the same: tests/test_list_filters.py)."""
+    out = []
+    for cols in LIST_FILTER_INDEXES:
+        if "parent_id" not in cols:
+            continue
+        name = "threads_by_" + "_".join(c.removesuffix("_id") for c in cols)
+        out.append(f"DROP INDEX IF EXISTS {name}")
+        out.append(
+            f"CREATE INDEX {name} ON threads ({', '.join(cols)}, created_at, thread_id)"
+            " WHERE parent_id IS NOT NULL"
+        )
+    return out
+
+
 SQLITE_MIGRATIONS.append(
     (
         "0004_list_filter_indexes",
@@ -145,9 +168,43 @@ SQLITE_MIGRATIONS.append(
     )
 )
 
+SQLITE_MIGRATIONS.append(
+    (
+        "0010_lean_events",
+        f"""
+        DROP VIEW IF EXISTS {SEARCH_VIEW};
+        CREATE TABLE events_lean (
+            id        INTEGER PRIMARY KEY,
+            thread_id TEXT NOT NULL,
+            seq       INTEGER NOT NULL,
+            type      TEXT NOT NULL,
+            line      TEXT NOT NULL,
+            prev_hash BLOB,
+            ts        TEXT,
+            UNIQUE (thread_id, seq)
+        );
+        INSERT INTO events_lean (id, thread_id, seq, type, line, prev_hash, ts)
+            SELECT id, thread_id, seq, type, line, tl_hash_value(prev_hash), tl_stored_ts(ts, line)
+            FROM events ORDER BY id;
+        DROP TABLE events;
+        ALTER TABLE events_lean RENAME TO events;
+        {SEARCH_VIEW_SQL.strip()};
+        UPDATE threads SET doc = tl_lean_manifest(doc);
+        UPDATE threads SET accounts = NULL WHERE accounts = '{DEFAULT_ACCOUNTS}';
+        {";".join(_partial_parent_index_statements())}
+        """,
+    )
+)
+"""Events and manifests hold nothing their row can rebuild (store/sqlrows.py, issue 17
+item 3): ``prev_hash`` as 32 bytes, ``ts`` only where the line does not carry it, the
+manifest without what columns hold or what is None, no accounts for a thread that has
+used nothing, the filter indexes on ``parent_id`` without the threads that have none. The rows keep their ids, so the
+search index and the vectors still point at them; the view over the events is made again."""
+
 
 def apply_sqlite_migrations(conn: sqlite3.Connection, migrations: list[tuple[str, str]]) -> int:
     """Apply the pending migrations under the write lock; return the schema version."""
+    register_functions(conn)  # the row conversions of 0010 (store/sqlrows.py)
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute(
@@ -308,3 +365,17 @@ POSTGRES_MIGRATIONS.append(
         ],
     )
 )
+POSTGRES_MIGRATIONS.append(
+    (
+        "0010_search_docs_without_text",
+        [
+            f"DROP FUNCTION IF EXISTS {LEASE_APPEND_SIGNATURE}",
+            "ALTER TABLE search_docs DROP COLUMN IF EXISTS body, DROP COLUMN IF EXISTS tools",
+            APPEND_FUNCTION_SQL,
+            *_partial_parent_index_statements(),
+        ],
+    )
+)
+"""``search_docs`` keeps the tsvector only; the text is read from the events it indexes
+(store/pgsearch.py); the filter indexes on ``parent_id`` leave out the threads without one. Dropping the columns is instant and frees their space as rows are
+rewritten; ``VACUUM FULL search_docs`` gives it back at once (docs/postgres.md)."""

@@ -29,7 +29,6 @@ from ..provenance import ImportRecord
 from ..textquery import Mode, TextQuery
 from . import anchors, fts, sqlvectors
 from .apply import (
-    accounts_doc,
     accounts_from_doc,
     add_usage_doc,
     check_count_guard,
@@ -85,6 +84,7 @@ from .pending import (
     write_txn,
 )
 from .schema import SQLITE_MIGRATIONS, apply_sqlite_migrations
+from .sqlrows import event_row, event_ts, hash_hex, stored_accounts
 from .textsearch import Finder
 from .vectors import VectorCache
 from .workers import Job, WorkerPool, resolve
@@ -107,6 +107,15 @@ JOINED_LINES = (
 )
 """A thread's lines ``after < seq <= upto`` joined by newlines, as one UTF-8 value (SQLite keeps
 the subquery's order for group_concat; as a BLOB it skips a decode, 3-5x faster for 1 MB)."""
+
+INSERT_EVENT = "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) VALUES (?,?,?,?,?,?)"
+"""One event row, as :func:`~.sqlrows.event_row` gives its values (migration 0010's layout)."""
+
+PAGE_SIZE = 8192
+"""The page size of a new database (SQLite's default is 4096): an events row of a few hundred
+bytes wastes less of a larger page (on benchmarks/scale.py's data 0.15 bytes per payload
+byte less than at 4096; 16384 saved 0.02 more and cost ~10% more CPU per append,
+docs/performance.md). An existing database keeps its page size (WAL mode cannot change it)."""
 
 _THREAD_COLS = (
     "thread_id, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version, accounts,"
@@ -220,6 +229,7 @@ class SQLiteStore(Store):
         try:
             ensure_file(self.path)  # 0600 before SQLite creates it (its -wal and -shm take its mode)
             conn = self._connect()
+            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # a new database only
             conn.execute("PRAGMA journal_mode=WAL")
             _retry_busy(lambda: apply_sqlite_migrations(conn, SQLITE_MIGRATIONS))
             _retry_busy(lambda: ensure_table(conn))
@@ -748,7 +758,7 @@ class SQLiteStore(Store):
                         t.stale_after,
                         t.chain_root_id,
                         manifest_doc(t),
-                        accounts_doc(t.usage, t.budget),
+                        stored_accounts(t.usage, t.budget),
                         t.forked_from.thread_id if t.forked_from else None,
                         *lease_columns(t.lease),
                     ),
@@ -776,7 +786,7 @@ class SQLiteStore(Store):
                 usage = op.usage.model_copy(update={"version": op.expect_version + 1})
                 conn.execute(
                     "UPDATE threads SET accounts = ? WHERE thread_id = ?",
-                    (accounts_doc(usage, op.budget), op.thread_id),
+                    (stored_accounts(usage, op.budget), op.thread_id),
                 )
                 result.threads[op.thread_id] = None  # type: ignore[assignment]
             elif isinstance(op, PutLease):
@@ -857,14 +867,17 @@ class SQLiteStore(Store):
                 prevs, head = chain_hashes(None, [e.line for e in op.events])  # this store's hash chain
                 self._hashes.forget(t.thread_id)  # a state left from a deleted thread of that id is stale
                 conn.executemany(
-                    "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) VALUES (?,?,?,?,?,?)",
-                    [(e.thread_id, e.seq, e.ts, e.type, e.line, p) for e, p in zip(op.events, prevs)],
+                    INSERT_EVENT,
+                    [
+                        event_row(e.thread_id, e.seq, e.ts, e.type, e.line, p)
+                        for e, p in zip(op.events, prevs)
+                    ],
                 )
                 conn.execute(
                     "UPDATE threads SET chain_head = ?, accounts = ?, fork_of = ? WHERE thread_id = ?",
                     (
                         head,
-                        accounts_doc(t.usage, t.budget),
+                        stored_accounts(t.usage, t.budget),
                         t.forked_from.thread_id if t.forked_from else None,
                         t.thread_id,
                     ),
@@ -953,8 +966,7 @@ class SQLiteStore(Store):
         nbytes = sum(len(line.encode()) + 1 for line in lines)
         view.extend(op.thread_id, count, lines)
         conn.executemany(
-            "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) VALUES (?,?,?,?,?,?)",
-            [(e.thread_id, e.seq, e.ts, e.type, e.line, e.prev_hash) for e in stored],
+            INSERT_EVENT, [event_row(e.thread_id, e.seq, e.ts, e.type, e.line, e.prev_hash) for e in stored]
         )
         text_chars, input_tokens = counters_after(events, text_chars, input_tokens)
         if op.usage is not None:
@@ -1046,10 +1058,7 @@ class SQLiteStore(Store):
         event = checkpoint_event(self.signer, digest)
         seq = state.count + 1
         line = render_line(seq, ts, event.payload)
-        conn.execute(
-            "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) VALUES (?,?,?,?,?,?)",
-            (tid, seq, ts, event.type, line, state.head),
-        )
+        conn.execute(INSERT_EVENT, event_row(tid, seq, ts, event.type, line, state.head))
         conn.execute(
             "UPDATE threads SET event_count = ?, transcript_bytes = transcript_bytes + ?, chain_head = ?"
             " WHERE thread_id = ?",
@@ -1133,7 +1142,8 @@ class SQLiteStore(Store):
         """Indexes missing events in batches of one transaction each (appends interleave
         with them). Rows the events no longer back (edits behind the store's back) cannot
         be removed one by one from an external-content index, so when there are any the
-        whole index is rebuilt in one transaction instead."""
+        whole index is rebuilt in one transaction instead. Last, a database that is a
+        quarter or more free pages (after a layout migration) is compacted."""
         if self._writer is None:
             raise StoreUnavailableError("the store is not open")
         writer = self._writer
@@ -1180,7 +1190,10 @@ class SQLiteStore(Store):
                 if progress is not None:
                     progress(i + len(part), len(ids))
         documents = await self._read(fts.count_documents)
-        return ReindexStats(added=counts["added"], removed=counts["removed"], documents=documents)
+        reclaimed = await writer.submit(_compact_if_sparse)
+        return ReindexStats(
+            added=counts["added"], removed=counts["removed"], documents=documents, reclaimed=reclaimed
+        )
 
     # ---------------------------------------------------------------- vectors
 
@@ -1364,8 +1377,8 @@ class SQLiteStore(Store):
                         )
                     prevs, head = chain_hashes(row[1], lines)
                     conn.executemany(
-                        "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) VALUES (?,?,?,?,?,?)",
-                        [(tid, e.seq, e.ts, e.type, e.line, p) for e, p in zip(events, prevs)],
+                        INSERT_EVENT,
+                        [event_row(tid, e.seq, e.ts, e.type, e.line, p) for e, p in zip(events, prevs)],
                     )
                     conn.execute(
                         "UPDATE threads SET status = ?, updated_at = ?, heartbeat_at = ?, event_count = ?,"
@@ -1466,7 +1479,27 @@ def _read_events(
         "SELECT seq, ts, type, line, prev_hash FROM events WHERE thread_id = ? AND seq > ? ORDER BY seq LIMIT ?",
         (thread_id, after_seq, -1 if limit is None else limit),
     )
-    return [StoredEvent(thread_id, seq, ts, typ, line, prev) for seq, ts, typ, line, prev in rows]
+    return [
+        StoredEvent(thread_id, seq, event_ts(ts, line), typ, line, hash_hex(prev))
+        for seq, ts, typ, line, prev in rows
+    ]
+
+
+SPARSE_SHARE = 0.25
+"""``reindex`` compacts the database when at least this share of its pages is free."""
+
+
+def _compact_if_sparse(conn: sqlite3.Connection) -> int:
+    """VACUUM when :data:`SPARSE_SHARE` or more of the file is free pages (a layout migration
+    rebuilds the events table and leaves the old one's pages free); the bytes given back."""
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    if not pages or free < SPARSE_SHARE * pages:
+        return 0
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    _retry_busy(lambda: conn.execute("VACUUM"))
+    _retry_busy(lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
+    return (pages - conn.execute("PRAGMA page_count").fetchone()[0]) * size
 
 
 def _find_idem(conn: sqlite3.Connection, thread_id: str, key: str) -> IdempotencyRecord | None:

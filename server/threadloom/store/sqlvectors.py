@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from ..models import StoredEvent
 from .base import SearchHit, VectorRow
+from .sqlrows import event_ts, hash_hex
 from .vectors import GENERATION_KEY, Matrix, VectorCache, scope_filter
 
 __all__ = ["MIGRATION_SQL"]
@@ -76,7 +77,10 @@ def missing(
         " AND NOT EXISTS (SELECT 1 FROM vectors AS v WHERE v.event_id = e.id AND v.model = ?)"
         " ORDER BY e.thread_id, e.seq LIMIT ?"
     )
-    return [StoredEvent(*row) for row in conn.execute(q, [*args, model, limit])]
+    return [
+        StoredEvent(tid, seq, event_ts(ts, line), typ, line, hash_hex(prev))
+        for tid, seq, ts, typ, line, prev in conn.execute(q, [*args, model, limit])
+    ]
 
 
 def count_missing(conn: sqlite3.Connection, model: str, types: Sequence[str]) -> int:
