@@ -104,7 +104,7 @@ def started_doc(doc: str, reason: str) -> str:
     """A stored manifest document after :func:`start_event`: status running, with its reason."""
     data = json.loads(doc)
     data.update(status=Status.RUNNING.value, status_reason=reason)
-    return canonical_json(data)
+    return canonical_json(lean_manifest_fields(data))  # status is a column: not kept twice
 
 
 def check_count_guard(op: AppendEvents, event_count: int) -> None:
