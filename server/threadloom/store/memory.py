@@ -11,15 +11,14 @@ import anyio.lowlevel
 
 from ..errors import ConflictError
 from ..integrity import Signer, TranscriptHashes, chain_hashes
-from ..models import Lease, Status, StoredEvent, Thread, iso, parse_iso
+from ..models import Lease, Status, StoredEvent, Thread, Usage, iso, parse_iso
 from ..provenance import ImportRecord
 from .apply import (
+    accounts_doc,
+    accounts_from_doc,
     add_usage,
-    check_count_guard,
-    check_idempotency,
     check_import,
     check_lease,
-    check_status_guard,
     check_usage_guard,
     check_version_guard,
     checkpoint_event,
@@ -29,7 +28,6 @@ from .apply import (
     not_found,
     now_pair,
     rendered_events,
-    start_event,
     wants_checkpoint,
 )
 from .base import (
@@ -50,6 +48,7 @@ from .base import (
     Store,
     VectorRow,
 )
+from .core import Loaded, plan_append
 
 
 def _cols(t: Thread) -> tuple[str | None, float | None, float | None]:
@@ -144,32 +143,43 @@ class MemoryStore(Store):
                 view.start(tid)
             elif isinstance(op, AppendEvents):
                 t = current(op.thread_id)
-                renew = check_lease(op.thread_id, op.lease, _cols(t), now)
-                if renew is not None:
-                    t = t.model_copy(update={"lease": _renewed(t, renew)})
-                started = start_event(op, t.status)
-                if started is not None:  # the first append starts the thread in the same commit
-                    t = t.model_copy(
-                        update={
-                            "status": Status.RUNNING,
-                            "status_reason": op.start_reason,
-                            "version": t.version + 1,
-                        }
-                    )
-                check_status_guard(op, t.status)
-                check_count_guard(op, t.event_count)
-                if op.idempotency_key is not None:
-                    key = (op.thread_id, op.idempotency_key)
-                    check_idempotency(op, new_idem.get(key) or self._idem.get(key))
-                stored = append(t, op.events if started is None else (started, *op.events), op.usage)
-                seqs = [e.seq for e in stored[1 if started else 0 :]]
-                if op.idempotency_key is not None:
-                    new_idem[(op.thread_id, op.idempotency_key)] = IdempotencyRecord(
-                        op.thread_id, op.idempotency_key, op.request_hash or "", seqs
-                    )
-                last_append[op.thread_id] = AppendResult(op.thread_id, seqs, stored)
-                result.appends.append(last_append[op.thread_id])
-                checkpoint[op.thread_id] = checkpoint.get(op.thread_id, False) or op.checkpoint
+                tid = op.thread_id
+                key = (tid, op.idempotency_key) if op.idempotency_key is not None else None
+                loaded = Loaded(
+                    tid,
+                    t.status,
+                    t.event_count,
+                    t.text_chars,
+                    t.input_tokens,
+                    t.version,
+                    accounts_doc(t.usage, t.budget) if op.usage is not None else None,
+                    _cols(t),
+                    heads.get(tid) or self._heads.get(tid),
+                )
+                idem = (new_idem.get(key) or self._idem.get(key)) if key is not None else None
+                w = plan_append(op, loaded, idem, ts, now)
+                view.extend(tid, t.event_count, w.lines)
+                update: dict[str, Any] = {
+                    "event_count": w.event_count,
+                    "text_chars": w.text_chars,
+                    "input_tokens": w.input_tokens,
+                    "updated_at": ts,
+                    "heartbeat_at": ts,
+                }
+                if w.renew is not None:
+                    update["lease"] = _renewed(t, w.renew)
+                if w.started:
+                    update.update(status=w.status, status_reason=op.start_reason, version=w.version)
+                if op.usage is not None:
+                    update["usage"] = Usage.model_validate(accounts_from_doc(w.accounts)["usage"])
+                threads[tid] = t.model_copy(update=update)
+                heads[tid] = w.head
+                new_events.setdefault(tid, []).extend(w.stored)
+                if key is not None:
+                    new_idem[key] = IdempotencyRecord(tid, key[1], op.request_hash or "", w.seqs)
+                last_append[tid] = AppendResult(tid, w.seqs, w.stored)
+                result.appends.append(last_append[tid])
+                checkpoint[tid] = checkpoint.get(tid, False) or op.checkpoint
             elif isinstance(op, PutUsage):
                 t = current(op.thread_id)
                 check_usage_guard(op, t.usage.version)

@@ -33,7 +33,6 @@ from . import anchors, pgappend, pgsearch, pgvectors
 from .apply import (
     accounts_doc,
     accounts_from_doc,
-    add_usage_doc,
     check_count_guard,
     check_idempotency,
     check_import,
@@ -42,7 +41,6 @@ from .apply import (
     check_usage_guard,
     check_version_guard,
     checkpoint_event,
-    counters_after,
     lease_after,
     lease_columns,
     leased_error,
@@ -50,7 +48,6 @@ from .apply import (
     manifest_doc,
     not_found,
     now_pair,
-    rendered_events,
     row_to_thread,
     wants_checkpoint,
 )
@@ -73,6 +70,7 @@ from .base import (
     Store,
     VectorRow,
 )
+from .core import Loaded, plan_append
 from .schema import POSTGRES_MIGRATIONS, POSTGRES_SEARCH_VERSION, SchemaTooNew
 from .textsearch import Finder
 
@@ -370,6 +368,8 @@ class PostgresStore(Store):
                     op.thread_id, row[14], row[15], now_pair()[1], op.lease.owner if op.lease else None
                 )
             if outcome == "status_guard":
+                if op.start_reason is not None and row[3] == Status.CREATED.value:
+                    return None  # the general path starts the thread in the same commit (core.py)
                 check_status_guard(op, Status(row[3]))
             elif outcome == "count_guard":
                 check_count_guard(op, row[6])
@@ -525,56 +525,89 @@ class PostgresStore(Store):
             result.threads[t.thread_id] = t
             view.start(t.thread_id)
         elif isinstance(op, AppendEvents):
-            text_delta, last_tokens = counters_after(op.events, 0, None)
-            # one round trip: lock the row, move the counters, learn the base seq, status and head
-            cur = await conn.execute(
-                "UPDATE threads SET event_count = event_count + %s, text_chars = text_chars + %s,"
-                " input_tokens = COALESCE(%s, input_tokens), updated_at = %s, heartbeat_at = %s,"
-                f" heartbeat_epoch = %s WHERE thread_id = %s RETURNING {_THREAD_COLS}, chain_head",
-                (len(op.events), text_delta, last_tokens, ts, ts, epoch, op.thread_id),
+            cur = await conn.execute(  # the row lock: concurrent appends and idempotent retries serialize
+                f"SELECT {_THREAD_COLS}, chain_head FROM threads WHERE thread_id = %s FOR UPDATE",
+                (op.thread_id,),
             )
             row = await cur.fetchone()
             if row is None:
                 raise not_found(op.thread_id)
-            renew = check_lease(
-                op.thread_id, op.lease, (row[10], row[11], row[12]), epoch
-            )  # raising rolls back
-            check_status_guard(op, Status(row[2]))
-            base = row[5] - len(op.events)
-            check_count_guard(op, base)
-            if op.idempotency_key is not None:  # checked under the row lock: concurrent retries serialize
-                check_idempotency(op, await _find_idem(conn, op.thread_id, op.idempotency_key))
-            lines, stored, head = rendered_events(op.thread_id, op.events, base, row[13], ts)
-            view.extend(op.thread_id, base, lines)
-            nbytes = sum(len(line.encode()) + 1 for line in lines)
-            seqs = [e.seq for e in stored]
-            accounts = add_usage_doc(row[9], op.usage) if op.usage is not None else row[9]
+            loaded = Loaded(
+                op.thread_id,
+                Status(row[2]),
+                row[5],
+                row[6],
+                row[7],
+                row[8],
+                row[9],
+                (row[10], row[11], row[12]),
+                row[13],
+                row[1],
+            )
+            idem = (
+                await _find_idem(conn, op.thread_id, op.idempotency_key)
+                if op.idempotency_key is not None
+                else None
+            )
+            w = plan_append(op, loaded, idem, ts, epoch)  # raising rolls back
+            view.extend(op.thread_id, loaded.event_count, w.lines)
             async with conn.pipeline():
                 await conn.execute(
                     "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) VALUES "
-                    + ",".join(["(%s,%s,%s,%s,%s,%s)"] * len(stored)),
-                    [v for e in stored for v in (e.thread_id, e.seq, e.ts, e.type, e.line, e.prev_hash)],
+                    + ",".join(["(%s,%s,%s,%s,%s,%s)"] * len(w.stored)),
+                    [v for e in w.stored for v in (e.thread_id, e.seq, e.ts, e.type, e.line, e.prev_hash)],
                 )
                 await conn.execute(
-                    "UPDATE threads SET transcript_bytes = transcript_bytes + %s, chain_head = %s, accounts = %s,"
-                    " lease_expires = COALESCE(%s, lease_expires) WHERE thread_id = %s",
-                    (nbytes, head, accounts, renew, op.thread_id),
+                    "UPDATE threads SET event_count = %s, text_chars = %s, input_tokens = %s, updated_at = %s,"
+                    " heartbeat_at = %s, heartbeat_epoch = %s, transcript_bytes = transcript_bytes + %s,"
+                    " chain_head = %s, accounts = %s, lease_expires = COALESCE(%s, lease_expires),"
+                    " status = %s, doc = %s, version = %s WHERE thread_id = %s",
+                    (
+                        w.event_count,
+                        w.text_chars,
+                        w.input_tokens,
+                        ts,
+                        ts,
+                        epoch,
+                        w.nbytes,
+                        w.head,
+                        w.accounts,
+                        w.renew,
+                        w.status.value,
+                        w.doc,
+                        w.version,
+                        op.thread_id,
+                    ),
                 )
-                if op.idempotency_key is not None:
+                if w.idempotency is not None:
                     await conn.execute(
                         "INSERT INTO idempotency (thread_id, key, request_hash, seqs, created_at)"
                         " VALUES (%s,%s,%s,%s,%s)",
-                        (op.thread_id, op.idempotency_key, op.request_hash or "", json.dumps(seqs), ts),
+                        (op.thread_id, *w.idempotency, ts),
                     )
-                await pgsearch.insert_docs(conn, op.thread_id, pgsearch.doc_rows(op.events, seqs))
-            res = AppendResult(op.thread_id, seqs, stored)
+                await pgsearch.insert_docs(conn, op.thread_id, pgsearch.doc_rows(op.events, w.seqs))
+            res = AppendResult(op.thread_id, w.seqs, w.stored)
             result.appends.append(res)
             prior = appended.get(op.thread_id)
             appended[op.thread_id] = _Appended(
-                op.checkpoint or (prior is not None and prior.asked), Status(row[2]), row[5], head, res
+                op.checkpoint or (prior is not None and prior.asked), w.status, w.event_count, w.head, res
             )
             if op.thread_id not in reread:
-                after = (*row[:9], accounts, row[10], renew if renew is not None else row[11], row[12])
+                after = (
+                    op.thread_id,
+                    w.doc,
+                    w.status.value,
+                    ts,
+                    ts,
+                    w.event_count,
+                    w.text_chars,
+                    w.input_tokens,
+                    w.version,
+                    w.accounts,
+                    row[10],
+                    w.renew if w.renew is not None else row[11],
+                    row[12],
+                )
                 result.threads[op.thread_id] = _row_to_thread(after)
         elif isinstance(op, PutUsage):
             cur = await conn.execute(

@@ -30,26 +30,18 @@ from ..textquery import Mode, TextQuery
 from . import anchors, fts, sqlvectors
 from .apply import (
     accounts_from_doc,
-    add_usage_doc,
-    check_count_guard,
-    check_idempotency,
     check_import,
     check_lease,
-    check_status_guard,
     check_usage_guard,
     check_version_guard,
     checkpoint_event,
-    counters_after,
     lease_after,
     lease_columns,
     list_threads_query,
     manifest_doc,
     not_found,
     now_pair,
-    rendered_events,
     row_to_thread,
-    start_event,
-    started_doc,
     wants_checkpoint,
 )
 from .base import (
@@ -71,6 +63,7 @@ from .base import (
     Store,
     VectorRow,
 )
+from .core import Loaded, plan_append
 from .pending import (
     BackgroundSweep,
     Mark,
@@ -942,8 +935,9 @@ class SQLiteStore(Store):
     def _append(
         self, conn: sqlite3.Connection, op: AppendEvents, ts: str, epoch: float, view: HashView
     ) -> tuple[AppendResult, tuple[Status, int, str], tuple[Any, ...]]:
-        """Insert the op's events; return them, the thread's (status, event count, chain head)
-        and its row as the append left it (so the commit needs no read afterwards)."""
+        """Load the thread's row, plan the append (store/core.py) and write it; return the
+        result, the thread's (status, event count, chain head) and its row as the append left
+        it (so the commit needs no read afterwards)."""
         row = conn.execute(
             f"SELECT {_THREAD_COLS}, chain_head FROM threads WHERE thread_id = ?", (op.thread_id,)
         ).fetchone()
@@ -951,73 +945,69 @@ class SQLiteStore(Store):
             raise not_found(op.thread_id)
         _tid, doc, status, _u, _h, count, text_chars, input_tokens, version, accounts = row[:10]
         lease_owner, lease_expires, lease_ttl, head = row[10:]
-        renew = check_lease(op.thread_id, op.lease, (lease_owner, lease_expires, lease_ttl), epoch)
-        started = start_event(op, Status(status))
-        events = op.events
-        if started is not None:  # the first append starts the thread in the same commit
-            assert op.start_reason is not None
-            status, doc, version = Status.RUNNING.value, started_doc(doc, op.start_reason), version + 1
-            events = (started, *op.events)
-        check_status_guard(op, Status(status))
-        check_count_guard(op, count)
-        if op.idempotency_key is not None:
-            check_idempotency(op, _find_idem(conn, op.thread_id, op.idempotency_key))
-        lines, stored, head = rendered_events(op.thread_id, events, count, head, ts)
-        nbytes = sum(len(line.encode()) + 1 for line in lines)
-        view.extend(op.thread_id, count, lines)
-        conn.executemany(
-            INSERT_EVENT, [event_row(e.thread_id, e.seq, e.ts, e.type, e.line, e.prev_hash) for e in stored]
+        loaded = Loaded(
+            op.thread_id,
+            Status(status),
+            count,
+            text_chars,
+            input_tokens,
+            version,
+            accounts,
+            (lease_owner, lease_expires, lease_ttl),
+            head,
+            doc,
         )
-        text_chars, input_tokens = counters_after(events, text_chars, input_tokens)
-        if op.usage is not None:
-            accounts = add_usage_doc(accounts, op.usage)
+        idem = _find_idem(conn, op.thread_id, op.idempotency_key) if op.idempotency_key is not None else None
+        w = plan_append(op, loaded, idem, ts, epoch)
+        view.extend(op.thread_id, count, w.lines)
+        conn.executemany(
+            INSERT_EVENT, [event_row(e.thread_id, e.seq, e.ts, e.type, e.line, e.prev_hash) for e in w.stored]
+        )
         conn.execute(
             "UPDATE threads SET event_count = ?, text_chars = ?, input_tokens = ?, updated_at = ?,"
             " heartbeat_at = ?, heartbeat_epoch = ?, transcript_bytes = transcript_bytes + ?,"
             " chain_head = ?, accounts = ?, lease_expires = COALESCE(?, lease_expires)"
             + (
                 " WHERE thread_id = ?"
-                if started is None
+                if not w.started
                 else ", status = ?, doc = ?, version = ? WHERE thread_id = ?"
             ),
             (
-                count + len(stored),
-                text_chars,
-                input_tokens,
+                w.event_count,
+                w.text_chars,
+                w.input_tokens,
                 ts,
                 ts,
                 epoch,
-                nbytes,
-                head,
-                accounts,
-                renew,
-                *(() if started is None else (status, doc, version)),
+                w.nbytes,
+                w.head,
+                w.accounts,
+                w.renew,
+                *(() if not w.started else (w.status.value, w.doc, w.version)),
                 op.thread_id,
             ),
         )
-        seqs = [e.seq for e in stored[1 if started else 0 :]]
-        if op.idempotency_key is not None:
+        if w.idempotency is not None:
             conn.execute(
                 "INSERT INTO idempotency (thread_id, key, request_hash, seqs, created_at) VALUES (?,?,?,?,?)",
-                (op.thread_id, op.idempotency_key, op.request_hash or "", json.dumps(seqs), ts),
+                (op.thread_id, *w.idempotency, ts),
             )
         after = (
             op.thread_id,
-            doc,
-            status,
+            w.doc,
+            w.status.value,
             ts,
             ts,
-            count + len(stored),
-            text_chars,
-            input_tokens,
-            version,
-            accounts,
+            w.event_count,
+            w.text_chars,
+            w.input_tokens,
+            w.version,
+            w.accounts,
             lease_owner,
-            renew if renew is not None else lease_expires,
+            w.renew if w.renew is not None else lease_expires,
             lease_ttl,
         )
-        result = AppendResult(op.thread_id, seqs, stored)
-        return result, (Status(status), count + len(stored), head), after
+        return AppendResult(op.thread_id, w.seqs, w.stored), (w.status, w.event_count, w.head), after
 
     def _thread_after(self, after: tuple[Any, ...]) -> Thread:
         """The Thread of a row as an append left it (``_append``'s ``after``). Parsing the
