@@ -278,6 +278,9 @@ def test_since_takes_a_date_or_an_age(tmp_path: Path) -> None:
     assert parse_since("2025-06-01") == parse_since("2025-06-01T00:00:00Z")
     assert parse_since("7d", now=1_000_000.0) == 1_000_000.0 - 7 * 86400
     src = copy_fixtures("claude-code", tmp_path)
+    for f in src.rglob("*"):  # copytree keeps the checkout's times: a checkout an hour old is older than 1h
+        if f.is_file():
+            os.utime(f)
     res = cli(tmp_path / "root", "ingest", "claude-code", str(src), "--since", "1h", "--json")
     assert res.exit_code == 0 and json.loads(res.stdout)["files"] == 3  # copied just now
     future = cli(tmp_path / "root2", "ingest", "claude-code", str(src), "--since", "2999-01-01", "--json")

@@ -112,8 +112,9 @@ class AppendEvents:
     start_reason: str | None = None
     """When the thread is ``created`` at commit time, first move it to ``running`` with this
     reason, in the same commit: its ``status`` event goes before the events (not in the
-    result's ``seqs``) and its version moves, as a status change does (apply.start_event).
-    A backend without it refuses with ``status_guard`` and the service plans the move."""
+    result's ``seqs``) and its version moves, as a status change does (core.plan_append).
+    A backend that refused with ``status_guard`` instead would only cost the service a
+    second plan (it then moves the status itself)."""
 
 
 @dataclass(frozen=True, slots=True)
