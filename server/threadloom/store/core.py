@@ -5,7 +5,8 @@ PostgreSQL, a dict on the memory store) into :class:`Loaded`, calls :func:`plan_
 and writes the resulting :class:`AppendWrite` in its own SQL. The rules live here and in
 apply.py (the guards): the lease check and renewal, starting a created thread, the status
 and count guards, the idempotency check, seq assignment, the rendered lines and the hash
-chain, the counters, the accounts of an unguarded append and the idempotency record.
+chain, the counters, the accounts of an unguarded append and the idempotency record; and
+the signed checkpoint that may follow (:func:`plan_checkpoint`).
 PostgreSQL's one-call append (pgappend.py) is the one place that repeats them, in SQL, for
 speed; tests/test_pg_append.py holds it to the same results.
 """
@@ -15,7 +16,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..models import Status, StoredEvent
+from ..integrity import Signer, chain_next
+from ..models import Status, StoredEvent, render_line
 from .apply import (
     LeaseColumns,
     add_usage_doc,
@@ -23,6 +25,7 @@ from .apply import (
     check_idempotency,
     check_lease,
     check_status_guard,
+    checkpoint_event,
     counters_after,
     rendered_events,
     start_event,
@@ -118,4 +121,28 @@ def plan_append(
             if op.idempotency_key is not None
             else None
         ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointWrite:
+    """The signed checkpoint after a thread's last event, and the thread's columns after it."""
+
+    event: StoredEvent
+    head: str
+    nbytes: int
+
+
+def plan_checkpoint(
+    signer: Signer, thread_id: str, count: int, head: str, ts: str, digest: str
+) -> CheckpointWrite:
+    """The checkpoint that follows line ``count`` (``head`` its chain head) over a transcript
+    prefix of SHA-256 ``digest``: seq ``count + 1``, signed by ``signer``."""
+    event = checkpoint_event(signer, digest)
+    seq = count + 1
+    line = render_line(seq, ts, event.payload)
+    return CheckpointWrite(
+        StoredEvent(thread_id, seq, ts, event.type, line, head),
+        chain_next(head, line),
+        len(line.encode()) + 1,
     )

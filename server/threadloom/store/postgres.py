@@ -25,8 +25,8 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from ..errors import ConflictError, IntegrityError, StoreUnavailableError, ThreadloomError
-from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes, chain_next
-from ..models import Status, StoredEvent, Thread, Usage, parse_iso, render_line
+from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes
+from ..models import Status, StoredEvent, Thread, Usage, parse_iso
 from ..provenance import ImportRecord
 from ..textquery import Mode, TextQuery
 from . import anchors, pgappend, pgsearch, pgvectors
@@ -40,7 +40,6 @@ from .apply import (
     check_status_guard,
     check_usage_guard,
     check_version_guard,
-    checkpoint_event,
     lease_after,
     lease_columns,
     leased_error,
@@ -70,7 +69,7 @@ from .base import (
     Store,
     VectorRow,
 )
-from .core import Loaded, plan_append
+from .core import Loaded, plan_append, plan_checkpoint
 from .schema import POSTGRES_MIGRATIONS, POSTGRES_SEARCH_VERSION, SchemaTooNew
 from .textsearch import Finder
 
@@ -743,21 +742,20 @@ class PostgresStore(Store):
             text = (await cur.fetchone())[0]  # type: ignore[index]
             lines = [] if text is None else [bytes(text)]
         digest = view.digest(tid, state.count, lambda _a, _u: lines)
-        event = checkpoint_event(self.signer, digest)
-        seq = state.count + 1
-        line = render_line(seq, ts, event.payload)
+        cp = plan_checkpoint(self.signer, tid, state.count, state.head, ts, digest)
+        ev = cp.event
         await conn.execute(
             "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) VALUES (%s,%s,%s,%s,%s,%s)",
-            (tid, seq, ts, event.type, line, state.head),
+            (tid, ev.seq, ts, ev.type, ev.line, ev.prev_hash),
         )
         await conn.execute(
             "UPDATE threads SET event_count = %s, transcript_bytes = transcript_bytes + %s, chain_head = %s"
             " WHERE thread_id = %s",
-            (seq, len(line.encode()) + 1, chain_next(state.head, line), tid),
+            (ev.seq, cp.nbytes, cp.head, tid),
         )
-        view.extend(tid, state.count, [line])
-        state.last.events.append(StoredEvent(tid, seq, ts, event.type, line, state.head))
-        state.count, state.head = seq, chain_next(state.head, line)
+        view.extend(tid, state.count, [ev.line])
+        state.last.events.append(ev)
+        state.count, state.head = ev.seq, cp.head
 
     async def read_integrity(self, thread_id: str) -> IntegritySnapshot:
         async def fn(conn: psycopg.AsyncConnection) -> IntegritySnapshot:

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import ConflictError, IntegrityError, StoreUnavailableError, ThreadloomError
-from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes, chain_next
+from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes
 from ..mirror import Mirror
-from ..models import Status, StoredEvent, Thread, Usage, parse_iso, render_line
+from ..models import Status, StoredEvent, Thread, Usage, parse_iso
 from ..private import ensure_file, make_dir
 from ..provenance import ImportRecord
 from ..textquery import Mode, TextQuery
@@ -34,7 +34,6 @@ from .apply import (
     check_lease,
     check_usage_guard,
     check_version_guard,
-    checkpoint_event,
     lease_after,
     lease_columns,
     list_threads_query,
@@ -63,7 +62,7 @@ from .base import (
     Store,
     VectorRow,
 )
-from .core import Loaded, plan_append
+from .core import Loaded, plan_append, plan_checkpoint
 from .pending import (
     BackgroundSweep,
     Mark,
@@ -1044,18 +1043,18 @@ class SQLiteStore(Store):
             (text,) = conn.execute(JOINED_LINES, (tid, after, upto)).fetchone()
             return [] if text is None else [text]
 
-        digest = view.digest(tid, state.count, fetch)
-        event = checkpoint_event(self.signer, digest)
-        seq = state.count + 1
-        line = render_line(seq, ts, event.payload)
-        conn.execute(INSERT_EVENT, event_row(tid, seq, ts, event.type, line, state.head))
+        cp = plan_checkpoint(
+            self.signer, tid, state.count, state.head, ts, view.digest(tid, state.count, fetch)
+        )
+        ev = cp.event
+        conn.execute(INSERT_EVENT, event_row(tid, ev.seq, ts, ev.type, ev.line, ev.prev_hash))
         conn.execute(
             "UPDATE threads SET event_count = ?, transcript_bytes = transcript_bytes + ?, chain_head = ?"
             " WHERE thread_id = ?",
-            (seq, len(line.encode()) + 1, chain_next(state.head, line), tid),
+            (ev.seq, cp.nbytes, cp.head, tid),
         )
-        view.extend(tid, state.count, [line])
-        state.last.events.append(StoredEvent(tid, seq, ts, event.type, line, state.head))
+        view.extend(tid, state.count, [ev.line])
+        state.last.events.append(ev)
 
     # ----------------------------------------------------------------- search
 
