@@ -13,8 +13,11 @@ speed; tests/test_pg_append.py holds it to the same results.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..integrity import Signer, chain_next
 from ..models import Status, StoredEvent, render_line
@@ -51,6 +54,16 @@ class Loaded:
     """The stored manifest document, where the backend keeps one (it changes when the
     append starts a created thread)."""
 
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Loaded:
+        """From a SQL row of ``thread_id, doc, status, updated_at, heartbeat_at, event_count,
+        text_chars, input_tokens, version, accounts, lease_owner, lease_expires, lease_ttl,
+        chain_head`` (the SQLite and PostgreSQL stores' thread columns and the chain head)."""
+        tid, doc, status, _u, _h, count, chars, tokens, version, accounts, owner, expires, ttl, head = row
+        return cls(
+            tid, Status(status), count, chars, tokens, version, accounts, (owner, expires, ttl), head, doc
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class AppendWrite:
@@ -77,6 +90,61 @@ class AppendWrite:
     doc: str | None
     idempotency: tuple[str, str, str] | None
     """(key, request hash, seqs as JSON) to record, when the op has a key."""
+
+    def columns(self, ts: str, epoch: float, *, start: bool) -> tuple[Any, ...]:
+        """The values of the thread row's update, in the order of :data:`UPDATE_COLUMNS`
+        (and, with ``start``, of :data:`START_COLUMNS` after them)."""
+        values = (
+            self.event_count,
+            self.text_chars,
+            self.input_tokens,
+            ts,
+            ts,
+            epoch,
+            self.nbytes,
+            self.head,
+            self.accounts,
+            self.renew,
+        )
+        return (*values, self.status.value, self.doc, self.version) if start else values
+
+    def row_after(self, row: Loaded, ts: str) -> tuple[Any, ...]:
+        """The thread's row as the append leaves it, in ``apply.row_to_thread``'s column order
+        (thread_id, doc, status, updated_at, heartbeat_at, counters, version, accounts, lease):
+        the result needs no read after the commit."""
+        owner, expires, ttl = row.lease
+        return (
+            row.thread_id,
+            self.doc,
+            self.status.value,
+            ts,
+            ts,
+            self.event_count,
+            self.text_chars,
+            self.input_tokens,
+            self.version,
+            self.accounts,
+            owner,
+            self.renew if self.renew is not None else expires,
+            ttl,
+        )
+
+
+UPDATE_COLUMNS = (
+    "event_count = {p}, text_chars = {p}, input_tokens = {p}, updated_at = {p}, heartbeat_at = {p},"
+    " heartbeat_epoch = {p}, transcript_bytes = transcript_bytes + {p}, chain_head = {p}, accounts = {p},"
+    " lease_expires = COALESCE({p}, lease_expires)"
+)
+"""What an append sets on the thread's row (``{p}``: the driver's placeholder)."""
+START_COLUMNS = ", status = {p}, doc = {p}, version = {p}"
+"""And what it sets when it starts a created thread."""
+
+
+@functools.lru_cache(maxsize=8)
+def update_sql(placeholder: str, *, start: bool) -> str:
+    """The append's UPDATE of the thread's row, for a driver whose placeholder is ``placeholder``."""
+    sets = UPDATE_COLUMNS + (START_COLUMNS if start else "")
+    return f"UPDATE threads SET {sets.format(p=placeholder)} WHERE thread_id = {placeholder}"
 
 
 def plan_append(

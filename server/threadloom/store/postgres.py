@@ -69,7 +69,7 @@ from .base import (
     Store,
     VectorRow,
 )
-from .core import Loaded, plan_append, plan_checkpoint
+from .core import Loaded, plan_append, plan_checkpoint, update_sql
 from .schema import POSTGRES_MIGRATIONS, POSTGRES_SEARCH_VERSION, SchemaTooNew
 from .textsearch import Finder
 
@@ -531,18 +531,7 @@ class PostgresStore(Store):
             row = await cur.fetchone()
             if row is None:
                 raise not_found(op.thread_id)
-            loaded = Loaded(
-                op.thread_id,
-                Status(row[2]),
-                row[5],
-                row[6],
-                row[7],
-                row[8],
-                row[9],
-                (row[10], row[11], row[12]),
-                row[13],
-                row[1],
-            )
+            loaded = Loaded.from_row(row)
             idem = (
                 await _find_idem(conn, op.thread_id, op.idempotency_key)
                 if op.idempotency_key is not None
@@ -557,26 +546,7 @@ class PostgresStore(Store):
                     [v for e in w.stored for v in (e.thread_id, e.seq, e.ts, e.type, e.line, e.prev_hash)],
                 )
                 await conn.execute(
-                    "UPDATE threads SET event_count = %s, text_chars = %s, input_tokens = %s, updated_at = %s,"
-                    " heartbeat_at = %s, heartbeat_epoch = %s, transcript_bytes = transcript_bytes + %s,"
-                    " chain_head = %s, accounts = %s, lease_expires = COALESCE(%s, lease_expires),"
-                    " status = %s, doc = %s, version = %s WHERE thread_id = %s",
-                    (
-                        w.event_count,
-                        w.text_chars,
-                        w.input_tokens,
-                        ts,
-                        ts,
-                        epoch,
-                        w.nbytes,
-                        w.head,
-                        w.accounts,
-                        w.renew,
-                        w.status.value,
-                        w.doc,
-                        w.version,
-                        op.thread_id,
-                    ),
+                    update_sql("%s", start=True), (*w.columns(ts, epoch, start=True), op.thread_id)
                 )
                 if w.idempotency is not None:
                     await conn.execute(
@@ -592,21 +562,7 @@ class PostgresStore(Store):
                 op.checkpoint or (prior is not None and prior.asked), w.status, w.event_count, w.head, res
             )
             if op.thread_id not in reread:
-                after = (
-                    op.thread_id,
-                    w.doc,
-                    w.status.value,
-                    ts,
-                    ts,
-                    w.event_count,
-                    w.text_chars,
-                    w.input_tokens,
-                    w.version,
-                    w.accounts,
-                    row[10],
-                    w.renew if w.renew is not None else row[11],
-                    row[12],
-                )
+                after = w.row_after(loaded, ts)
                 result.threads[op.thread_id] = _row_to_thread(after)
         elif isinstance(op, PutUsage):
             cur = await conn.execute(

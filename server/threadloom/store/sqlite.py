@@ -62,7 +62,7 @@ from .base import (
     Store,
     VectorRow,
 )
-from .core import Loaded, plan_append, plan_checkpoint
+from .core import Loaded, plan_append, plan_checkpoint, update_sql
 from .pending import (
     BackgroundSweep,
     Mark,
@@ -942,70 +942,20 @@ class SQLiteStore(Store):
         ).fetchone()
         if row is None:
             raise not_found(op.thread_id)
-        _tid, doc, status, _u, _h, count, text_chars, input_tokens, version, accounts = row[:10]
-        lease_owner, lease_expires, lease_ttl, head = row[10:]
-        loaded = Loaded(
-            op.thread_id,
-            Status(status),
-            count,
-            text_chars,
-            input_tokens,
-            version,
-            accounts,
-            (lease_owner, lease_expires, lease_ttl),
-            head,
-            doc,
-        )
+        loaded = Loaded.from_row(row)
         idem = _find_idem(conn, op.thread_id, op.idempotency_key) if op.idempotency_key is not None else None
         w = plan_append(op, loaded, idem, ts, epoch)
-        view.extend(op.thread_id, count, w.lines)
+        view.extend(op.thread_id, loaded.event_count, w.lines)
         conn.executemany(
             INSERT_EVENT, [event_row(e.thread_id, e.seq, e.ts, e.type, e.line, e.prev_hash) for e in w.stored]
         )
-        conn.execute(
-            "UPDATE threads SET event_count = ?, text_chars = ?, input_tokens = ?, updated_at = ?,"
-            " heartbeat_at = ?, heartbeat_epoch = ?, transcript_bytes = transcript_bytes + ?,"
-            " chain_head = ?, accounts = ?, lease_expires = COALESCE(?, lease_expires)"
-            + (
-                " WHERE thread_id = ?"
-                if not w.started
-                else ", status = ?, doc = ?, version = ? WHERE thread_id = ?"
-            ),
-            (
-                w.event_count,
-                w.text_chars,
-                w.input_tokens,
-                ts,
-                ts,
-                epoch,
-                w.nbytes,
-                w.head,
-                w.accounts,
-                w.renew,
-                *(() if not w.started else (w.status.value, w.doc, w.version)),
-                op.thread_id,
-            ),
-        )
+        conn.execute(update_sql("?", start=w.started), (*w.columns(ts, epoch, start=w.started), op.thread_id))
         if w.idempotency is not None:
             conn.execute(
                 "INSERT INTO idempotency (thread_id, key, request_hash, seqs, created_at) VALUES (?,?,?,?,?)",
                 (op.thread_id, *w.idempotency, ts),
             )
-        after = (
-            op.thread_id,
-            w.doc,
-            w.status.value,
-            ts,
-            ts,
-            w.event_count,
-            w.text_chars,
-            w.input_tokens,
-            w.version,
-            w.accounts,
-            lease_owner,
-            w.renew if w.renew is not None else lease_expires,
-            lease_ttl,
-        )
+        after = w.row_after(loaded, ts)
         return AppendResult(op.thread_id, w.seqs, w.stored), (w.status, w.event_count, w.head), after
 
     def _thread_after(self, after: tuple[Any, ...]) -> Thread:
