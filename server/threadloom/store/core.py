@@ -8,7 +8,8 @@ and count guards, the idempotency check, seq assignment, the rendered lines and 
 chain, the counters, the accounts of an unguarded append and the idempotency record; and
 the signed checkpoint that may follow (:func:`plan_checkpoint`).
 PostgreSQL's one-call append (pgappend.py) is the one place that repeats them, in SQL, for
-speed; tests/test_pg_append.py holds it to the same results.
+speed; the conformance suite and tests/test_pg_append.py (guards, gapless seqs, the hash
+chain, the transcript bytes) check it against the same rules.
 """
 
 from __future__ import annotations
