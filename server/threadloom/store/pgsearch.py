@@ -260,12 +260,11 @@ async def _insert(
     done = 0
     for i in range(0, len(items), INSERT_CHUNK):
         part = items[i : i + INSERT_CHUNK]
-        cur = await conn.execute(
-            f"INSERT INTO {TABLE} (thread_id, seq, tsv) VALUES "
-            + ",".join(["(%s,%s,%s::tsvector)"] * len(part))
-            + " ON CONFLICT (thread_id, seq)"
-            + conflict,
-            [v for tid, r in part for v in (tid, r.seq, r.tsv)],
+        cur = await conn.execute(  # arrays, not a VALUES list: psycopg parses one short query
+            f"INSERT INTO {TABLE} (thread_id, seq, tsv) SELECT t, s, v::tsvector"
+            " FROM unnest(%s::text[], %s::bigint[], %s::text[]) WITH ORDINALITY AS u(t, s, v, n)"
+            " ORDER BY n ON CONFLICT (thread_id, seq)" + conflict,
+            ([tid for tid, _ in part], [r.seq for _, r in part], [r.tsv for _, r in part]),
         )
         if count:
             done += max(cur.rowcount, 0)

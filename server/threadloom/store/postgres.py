@@ -16,6 +16,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from dataclasses import replace as dc_replace
 from typing import Any, TypeVar
 
 import anyio
@@ -540,11 +541,7 @@ class PostgresStore(Store):
             w = plan_append(op, loaded, idem, ts, epoch)  # raising rolls back
             view.extend(op.thread_id, loaded.event_count, w.lines)
             async with conn.pipeline():
-                await conn.execute(
-                    "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) VALUES "
-                    + ",".join(["(%s,%s,%s,%s,%s,%s)"] * len(w.stored)),
-                    [v for e in w.stored for v in (e.thread_id, e.seq, e.ts, e.type, e.line, e.prev_hash)],
-                )
+                await conn.execute(INSERT_EVENTS, _event_arrays(w.stored))
                 await conn.execute(
                     update_sql("%s", start=True), (*w.columns(ts, epoch, start=True), op.thread_id)
                 )
@@ -664,15 +661,10 @@ class PostgresStore(Store):
                 ),
             )
             if op.events:
-                rows = [(e.thread_id, e.seq, e.ts, e.type, e.line, p) for e, p in zip(op.events, prevs)]
+                rows = [dc_replace(e, prev_hash=p) for e, p in zip(op.events, prevs)]
                 async with conn.pipeline():
-                    for i in range(0, len(rows), 500):
-                        part = rows[i : i + 500]
-                        await conn.execute(
-                            "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) VALUES "
-                            + ",".join(["(%s,%s,%s,%s,%s,%s)"] * len(part)),
-                            [v for r in part for v in r],
-                        )
+                    for i in range(0, len(rows), 5000):
+                        await conn.execute(INSERT_EVENTS, _event_arrays(rows[i : i + 5000]))
                     await pgsearch.insert_docs(conn, t.thread_id, pgsearch.stored_doc_rows(op.events))
             if op.record is not None:
                 await conn.execute(
@@ -1062,6 +1054,25 @@ async def _find_idem(conn: psycopg.AsyncConnection, thread_id: str, key: str) ->
     )
     row = await cur.fetchone()
     return None if row is None else IdempotencyRecord(thread_id, key, row[0], json.loads(row[1]))
+
+
+INSERT_EVENTS = (
+    "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) SELECT * FROM"
+    " unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[])"
+)
+"""Event rows as six arrays, not a VALUES list: psycopg parses one short query instead of
+one growing with the rows (a handoff's 800 carried events spent ~25 ms in that parse)."""
+
+
+def _event_arrays(events: Sequence[StoredEvent]) -> tuple[list[Any], ...]:
+    return (
+        [e.thread_id for e in events],
+        [e.seq for e in events],
+        [e.ts for e in events],
+        [e.type for e in events],
+        [e.line for e in events],
+        [e.prev_hash for e in events],
+    )
 
 
 async def _migrate(conn: psycopg.AsyncConnection) -> int:
