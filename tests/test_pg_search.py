@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -620,3 +621,50 @@ async def test_text_search_matches_the_same_events_as_sqlite(pg_dsn: str, tmp_pa
                         out.append(sorted(h.seq for h in hits))
             found[name] = out
     assert found["postgres"] == found["sqlite"]
+
+
+async def test_a_handoffs_carried_events_are_indexed_like_new_ones(
+    svc: ThreadService, pg_conn: psycopg.Connection
+) -> None:
+    """Carried events take their source's tsvector in SQL (pgsearch.index_appended): the rows
+    are the ones tokenizing their text would give, and search finds them in the new thread."""
+    t = await svc.create_thread(context_window=10_000_000)
+    tools = [
+        {"type": "tool_use", "id": "c1", "name": "grep", "input": {"pattern": "flaky login"}},
+        {"type": "tool_result", "tool_use_id": "c1", "output": "tests/login.py: flaky login retry"},
+    ]
+    await svc.append(
+        t.thread_id, [msg("the flaky login test"), msg("found the retry bug", "assistant"), *tools]
+    )
+    made: list[object] = []
+    real = pgsearch.tsvector_text
+
+    def counted(body, tools):  # type: ignore[no-untyped-def]
+        made.append(body)
+        return real(body, tools)
+
+    pgsearch.tsvector_text = counted  # type: ignore[assignment]
+    try:
+        info = await svc.handoff(t.thread_id, summary="carry on with the login bug")
+    finally:
+        pgsearch.tsvector_text = real  # type: ignore[assignment]
+    new = info.thread_id
+    assert len(made) <= 1  # the continuation message only: the carried four were copied
+    rows = pg_conn.execute(
+        "SELECT d.seq, d.tsv::text, e.type, e.line FROM search_docs d JOIN events e"
+        " ON e.thread_id = d.thread_id AND e.seq = d.seq WHERE d.thread_id = %s ORDER BY d.seq",
+        (new,),
+    ).fetchall()
+    carried = [r for r in rows if r[2] in ("message", "tool_use", "tool_result")]
+    assert len(carried) >= 4
+    for _seq, tsv, etype, line in carried:
+        fields = pgsearch.document_fields(etype, json.loads(line))
+        assert fields is not None
+        want = pg_conn.execute("SELECT %s::tsvector::text", (pgsearch.tsvector_text(*fields),)).fetchone()
+        assert tsv == want[0]  # type: ignore[index]
+    ids = [
+        r[0] for r in pg_conn.execute("SELECT seq FROM search_docs WHERE thread_id = %s ORDER BY id", (new,))
+    ]
+    assert ids == sorted(ids)  # rows in seq order, as appends index them
+    hits = await svc.chain_search(new, "retry")
+    assert {h.thread_id for h in hits.results} >= {new}

@@ -110,6 +110,8 @@ class Carried:
     type: str
     payload: dict[str, Any]
     chars: int
+    source: str | None = None
+    """The thread it was read from (its payload is that event's, unchanged)."""
 
     @classmethod
     def from_stored(cls, ev: StoredEvent) -> Carried | None:
@@ -120,10 +122,11 @@ class Carried:
         if etype not in CONVERSATION_TYPES:
             return None
         del data["seq"], data["ts"]
-        return cls(ev.seq, etype, data, conversation_chars(data))
+        return cls(ev.seq, etype, data, conversation_chars(data), ev.thread_id)
 
     def new_event(self) -> NewEvent:
-        return NewEvent(self.type, self.payload, self.chars)
+        copy_of = (self.source, self.seq) if self.source is not None else None
+        return NewEvent(self.type, self.payload, self.chars, copy_of=copy_of)
 
 
 def _is_user_message(ev: Carried) -> bool:

@@ -63,6 +63,10 @@ class NewEvent:
     payload: dict[str, Any]
     text_chars: int = 0
     input_tokens: int | None = None
+    copy_of: tuple[str, int] | None = None
+    """(thread id, seq) of the stored event this one copies with its payload unchanged (a
+    handoff's, resume's or fork's carried events): a backend may reuse what it derived from
+    that event, such as its search row."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -277,6 +277,43 @@ async def insert_docs(conn: psycopg.AsyncConnection, thread_id: str, rows: Seque
         await _insert(conn, [(thread_id, r) for r in rows], replace=True, count=False)
 
 
+async def index_appended(
+    conn: psycopg.AsyncConnection, thread_id: str, events: Sequence[NewEvent], seqs: Sequence[int]
+) -> None:
+    """Index appended ``events`` stored at ``seqs`` in order. An event that copies a stored
+    one unchanged (``copy_of``: a handoff's carried messages) takes that event's tsvector in
+    SQL instead of tokenizing its text again in Python; one whose source has no row gets its
+    own."""
+    runs: list[tuple[bool, list[tuple[NewEvent, int]]]] = []
+    for event, seq in zip(events, seqs):
+        if event.type not in INDEXED_TYPES:
+            continue
+        copied = event.copy_of is not None
+        if not runs or runs[-1][0] != copied:
+            runs.append((copied, []))
+        runs[-1][1].append((event, seq))
+    for copied, run in runs:
+        if not copied:
+            await insert_docs(conn, thread_id, doc_rows([e for e, _ in run], [s for _, s in run]))
+            continue
+        cur = await conn.execute(
+            f"INSERT INTO {TABLE} (thread_id, seq, tsv) SELECT %s, n.seq, d.tsv"
+            " FROM unnest(%s::bigint[], %s::text[], %s::bigint[]) WITH ORDINALITY AS n(seq, st, ss, k)"
+            f" JOIN {TABLE} AS d ON d.thread_id = n.st AND d.seq = n.ss ORDER BY n.k"
+            " ON CONFLICT (thread_id, seq) DO UPDATE SET tsv = EXCLUDED.tsv RETURNING seq",
+            (
+                thread_id,
+                [s for _, s in run],
+                [e.copy_of[0] for e, _ in run],  # type: ignore[index]
+                [e.copy_of[1] for e, _ in run],  # type: ignore[index]
+            ),
+        )
+        done = {r[0] for r in await cur.fetchall()}
+        rest = [(e, s) for e, s in run if s not in done]
+        if rest:
+            await insert_docs(conn, thread_id, doc_rows([e for e, _ in rest], [s for _, s in rest]))
+
+
 async def delete_docs(conn: psycopg.AsyncConnection, thread_ids: Sequence[str]) -> None:
     """Remove the threads' rows inside the caller's transaction."""
     await conn.execute(f"DELETE FROM {TABLE} WHERE thread_id = ANY(%s)", (list(thread_ids),))

@@ -551,7 +551,7 @@ class PostgresStore(Store):
                         " VALUES (%s,%s,%s,%s,%s)",
                         (op.thread_id, *w.idempotency, ts),
                     )
-                await pgsearch.insert_docs(conn, op.thread_id, pgsearch.doc_rows(op.events, w.seqs))
+                await pgsearch.index_appended(conn, op.thread_id, op.events, w.seqs)
             res = AppendResult(op.thread_id, w.seqs, w.stored)
             result.appends.append(res)
             prior = appended.get(op.thread_id)
