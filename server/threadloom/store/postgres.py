@@ -347,9 +347,13 @@ class PostgresStore(Store):
         super().trust_verified(thread_id, seq, state)
         if self._pool is None or seq - self._anchored.get(thread_id, 0) < anchors.ANCHOR_MIN_TAIL:
             return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # verified outside an event loop: the close anchors it instead
+            return
         self._anchored[thread_id] = seq
         signed = anchors.sign_anchor(self.signer, thread_id, seq, state.hexdigest())
-        task = asyncio.get_running_loop().create_task(self._store_anchors([signed]))
+        task = loop.create_task(self._store_anchors([signed]))
         self._anchor_tasks.add(task)
         task.add_done_callback(self._anchor_tasks.discard)
 

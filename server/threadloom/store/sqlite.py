@@ -488,9 +488,13 @@ class SQLiteStore(Store):
         super().trust_verified(thread_id, seq, state)
         if self._writer is None or seq - self._anchored.get(thread_id, 0) < anchors.ANCHOR_MIN_TAIL:
             return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # verified outside an event loop: the close anchors it instead
+            return
         signed = anchors.sign_anchor(self.signer, thread_id, seq, state.hexdigest())
         self._anchored[thread_id] = seq
-        task = asyncio.get_running_loop().create_task(self._store_anchor(signed))
+        task = loop.create_task(self._store_anchor(signed))
         self._anchor_tasks.add(task)
         task.add_done_callback(self._anchor_tasks.discard)
 
@@ -501,7 +505,7 @@ class SQLiteStore(Store):
         try:
             if self._writer is not None:
                 await self._writer.submit(work)
-        except (sqlite3.Error, StoreUnavailableError) as exc:  # only a later check is slower
+        except (sqlite3.Error, ThreadloomError) as exc:  # only a later check is slower
             log.warning("could not store the anchor of thread %s: %s", signed.thread_id, exc)
 
     def _anchor_trusted(self, conn: sqlite3.Connection) -> int:
