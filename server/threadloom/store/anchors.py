@@ -24,11 +24,13 @@ any version may add beside the schema (and drop: without it verification is only
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from ..integrity import Signer
+from ..integrity import Signer, TranscriptHashes
 
 ANCHOR_EVERY = 500
 """Lines between anchors written by appends: a new process's quick check reads at most this
@@ -107,3 +109,66 @@ def put_anchors(conn: sqlite3.Connection, anchors: Iterable[SignedAnchor]) -> No
 
 def delete_anchor(conn: sqlite3.Connection, thread_id: str) -> None:
     conn.execute("DELETE FROM anchors WHERE thread_id = ?", (thread_id,))
+
+
+class AnchorBook:
+    """One process's bookkeeping of stored anchors, shared by the SQLite and PostgreSQL
+    stores: which seq each thread's stored anchor has (as far as this process knows), which
+    anchors are due (after a verification, at close), which stored row a quick check may use,
+    and the writes still on their way. ``store(anchors)`` writes rows (the backend's I/O)."""
+
+    def __init__(
+        self, signer: Signer, hashes: TranscriptHashes, store: Callable[[list[SignedAnchor]], Awaitable[None]]
+    ) -> None:
+        self._signer = signer
+        self._hashes = hashes
+        self._store = store
+        self._seqs: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def note(self, thread_id: str, seq: int) -> None:
+        """A stored anchor of ``thread_id`` covers lines 1..``seq`` (written or read)."""
+        self._seqs[thread_id] = max(seq, self._seqs.get(thread_id, 0))
+
+    def forget(self, thread_id: str) -> None:
+        self._seqs.pop(thread_id, None)
+
+    def usable(
+        self, found: SignedAnchor | None, event_count: int, running: tuple[int, Any] | None
+    ) -> SignedAnchor | None:
+        """The stored anchor a quick check may start from: None when there is none, it covers
+        more lines than the thread holds, or this process's running hash goes as far."""
+        if found is None:
+            return None
+        self.note(found.thread_id, found.seq)
+        if found.seq > event_count or (running is not None and running[0] >= found.seq):
+            return None
+        return found
+
+    def verified(self, thread_id: str, seq: int, state: Any) -> None:
+        """Verification proved lines 1..``seq``: past a long unanchored tail, store that as a
+        signed anchor in the background (outside an event loop, the close stores it)."""
+        if seq - self._seqs.get(thread_id, 0) < ANCHOR_MIN_TAIL:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._seqs[thread_id] = seq
+        task = loop.create_task(self._store([sign_anchor(self._signer, thread_id, seq, state.hexdigest())]))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def due(self) -> list[SignedAnchor]:
+        """Anchors for every thread whose trusted running hash is ANCHOR_MIN_TAIL lines or more
+        past its stored anchor (what a close stores)."""
+        return [
+            sign_anchor(self._signer, tid, seq, sha)
+            for tid, seq, sha in self._hashes.trusted_states()
+            if seq - self._seqs.get(tid, 0) >= ANCHOR_MIN_TAIL
+        ]
+
+    async def drain(self) -> None:
+        """Wait for the anchors on their way (before the store stops writing)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

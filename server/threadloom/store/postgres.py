@@ -134,9 +134,7 @@ class PostgresStore(Store):
         self.signer = signer or Signer.ephemeral()
         self.checkpoints = checkpoints
         self._hashes = TranscriptHashes()
-        self._anchored: dict[str, int] = {}
-        """Seq of each thread's stored anchor, as far as this process knows (anchors.py)."""
-        self._anchor_tasks: set[asyncio.Task[None]] = set()
+        self._anchor_book = anchors.AnchorBook(self.signer, self._hashes, self._store_anchors)
         self.durability = durability
         self._channel = CHANNEL
         self._pool_size = pool_size
@@ -233,16 +231,9 @@ class PostgresStore(Store):
 
     async def close(self) -> None:
         await self._group.drain()
-        if self._anchor_tasks:
-            await asyncio.gather(*self._anchor_tasks, return_exceptions=True)
-        if self._pool is not None:  # anchor what this process wrote or verified
-            signed = [
-                anchors.sign_anchor(self.signer, tid, seq, sha)
-                for tid, seq, sha in self._hashes.trusted_states()
-                if seq - self._anchored.get(tid, 0) >= anchors.ANCHOR_MIN_TAIL
-            ]
-            if signed:
-                await self._store_anchors(signed)
+        await self._anchor_book.drain()
+        if self._pool is not None and (due := self._anchor_book.due()):  # what this process wrote or verified
+            await self._store_anchors(due)
         if self._announcer is not None:
             # let the announcer send what is queued and stop between NOTIFYs: cancelling it
             # mid-statement would only cost a connection
@@ -339,23 +330,14 @@ class PostgresStore(Store):
             log.warning("could not store %d transcript anchor(s): %s", len(signed), exc)
             return
         for a in signed:
-            self._anchored[a.thread_id] = max(a.seq, self._anchored.get(a.thread_id, 0))
+            self._anchor_book.note(a.thread_id, a.seq)
 
     def trust_verified(self, thread_id: str, seq: int, state: Any) -> None:
         """Keep the verified hash as this process's anchor and, past a long unanchored tail,
         store it as a signed anchor so that the next process checks little."""
         super().trust_verified(thread_id, seq, state)
-        if self._pool is None or seq - self._anchored.get(thread_id, 0) < anchors.ANCHOR_MIN_TAIL:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # verified outside an event loop: the close anchors it instead
-            return
-        self._anchored[thread_id] = seq
-        signed = anchors.sign_anchor(self.signer, thread_id, seq, state.hexdigest())
-        task = loop.create_task(self._store_anchors([signed]))
-        self._anchor_tasks.add(task)
-        task.add_done_callback(self._anchor_tasks.discard)
+        if self._pool is not None:
+            self._anchor_book.verified(thread_id, seq, state)
 
     async def _append_one(self, op: AppendEvents) -> CommitResult | None:
         """A lone append through the group commit (one call of ``threadloom_append``); None
@@ -743,13 +725,11 @@ class PostgresStore(Store):
                 anchor = None
             cur = await conn.execute(anchors.PG_READ_SQL, (thread_id,))
             found = await cur.fetchone()
-            signed = (
-                None if found is None else anchors.SignedAnchor(thread_id, int(found[0]), found[1], found[2])
+            signed = self._anchor_book.usable(
+                None if found is None else anchors.SignedAnchor(thread_id, int(found[0]), found[1], found[2]),
+                thread.event_count,
+                anchor,
             )
-            if signed is not None:
-                self._anchored[thread_id] = signed.seq
-                if signed.seq > thread.event_count or (anchor is not None and anchor[0] >= signed.seq):
-                    signed = None  # not this thread's lines (yet), or the running hash is better
             m = signed.seq if signed is not None else anchor[0] if anchor is not None else 0
             cur = await conn.execute(
                 "SELECT seq FROM events WHERE thread_id = %s AND seq > %s AND type = 'checkpoint'"
@@ -805,7 +785,7 @@ class PostgresStore(Store):
         for tid in ids:
             self._tails.forget(tid)
             self._hashes.forget(tid)
-            self._anchored.pop(tid, None)
+            self._anchor_book.forget(tid)
         if gone:
             await self._announce(gone)
             self._notify(frozenset(gone))

@@ -190,9 +190,7 @@ class SQLiteStore(Store):
         self._search = fts.SearchEngine()
         self._vectors = VectorCache()
         self._after_cache: dict[str, tuple[tuple[Any, ...], Thread]] = {}
-        self._anchored: dict[str, int] = {}
-        """Seq of each thread's stored anchor, as far as this process knows (anchors.py)."""
-        self._anchor_tasks: set[asyncio.Task[None]] = set()
+        self._anchor_book = anchors.AnchorBook(self.signer, self._hashes, self._store_anchors)
 
     # ----------------------------------------------------------- connections
 
@@ -278,12 +276,10 @@ class SQLiteStore(Store):
     async def close(self) -> None:
         if self._writer is None:
             return
-        if self._anchor_tasks:  # anchors on their way to the writer: before it stops
-            await asyncio.gather(*self._anchor_tasks, return_exceptions=True)
-        try:  # anchor what this process verified or wrote, so the next one checks little
-            await self._writer.submit(self._anchor_trusted)
-        except Exception:
-            log.warning("could not write the transcript anchors at close", exc_info=True)
+        await self._anchor_book.drain()  # anchors on their way to the writer: before it stops
+        due = self._anchor_book.due()  # what this process wrote or verified: the next one checks little
+        if due:
+            await self._store_anchors(due)
         try:  # leave the index whole for the next opener (it would fold the tail anyway)
             await self._writer.submit(self._fold)
         except Exception:
@@ -453,11 +449,9 @@ class SQLiteStore(Store):
                 thread = _row_to_thread(row[:-1])
                 if anchor is not None and anchor[0] > thread.event_count:
                     anchor = None
-                signed = anchors.read_anchor(c, thread_id)
-                if signed is not None:
-                    self._anchored[thread_id] = signed.seq
-                    if signed.seq > thread.event_count or (anchor is not None and anchor[0] >= signed.seq):
-                        signed = None  # not this thread's lines (yet), or the running hash is better
+                signed = self._anchor_book.usable(
+                    anchors.read_anchor(c, thread_id), thread.event_count, anchor
+                )
                 m = signed.seq if signed is not None else anchor[0] if anchor is not None else 0
                 cp = c.execute(
                     "SELECT seq FROM events WHERE thread_id = ? AND seq > ? AND type = 'checkpoint'"
@@ -486,41 +480,21 @@ class SQLiteStore(Store):
         """Keep the verified hash as this process's anchor and, past a long unanchored tail,
         store it as a signed anchor (anchors.py) so that the next process checks little."""
         super().trust_verified(thread_id, seq, state)
-        if self._writer is None or seq - self._anchored.get(thread_id, 0) < anchors.ANCHOR_MIN_TAIL:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # verified outside an event loop: the close anchors it instead
-            return
-        signed = anchors.sign_anchor(self.signer, thread_id, seq, state.hexdigest())
-        self._anchored[thread_id] = seq
-        task = loop.create_task(self._store_anchor(signed))
-        self._anchor_tasks.add(task)
-        task.add_done_callback(self._anchor_tasks.discard)
+        if self._writer is not None:
+            self._anchor_book.verified(thread_id, seq, state)
 
-    async def _store_anchor(self, signed: anchors.SignedAnchor) -> None:
+    async def _store_anchors(self, signed: list[anchors.SignedAnchor]) -> None:
         def work(conn: sqlite3.Connection) -> None:
-            write_txn(conn, lambda: anchors.put_anchors(conn, [signed]), _retry_busy)
+            write_txn(conn, lambda: anchors.put_anchors(conn, signed), _retry_busy)
 
         try:
             if self._writer is not None:
                 await self._writer.submit(work)
         except (sqlite3.Error, ThreadloomError) as exc:  # only a later check is slower
-            log.warning("could not store the anchor of thread %s: %s", signed.thread_id, exc)
-
-    def _anchor_trusted(self, conn: sqlite3.Connection) -> int:
-        """Store a signed anchor for each thread whose trusted running hash is past its stored
-        anchor by ANCHOR_MIN_TAIL lines (at close, on the writer thread); return how many."""
-        signed = [
-            anchors.sign_anchor(self.signer, tid, seq, sha)
-            for tid, seq, sha in self._hashes.trusted_states()
-            if seq - self._anchored.get(tid, 0) >= anchors.ANCHOR_MIN_TAIL
-        ]
-        if signed:
-            write_txn(conn, lambda: anchors.put_anchors(conn, signed), _retry_busy)
-            for a in signed:
-                self._anchored[a.thread_id] = a.seq
-        return len(signed)
+            log.warning("could not store %d transcript anchor(s): %s", len(signed), exc)
+            return
+        for a in signed:
+            self._anchor_book.note(a.thread_id, a.seq)
 
     async def list_stale(self, now: float, *, limit: int = 100) -> list[Thread]:
         q = (
@@ -584,7 +558,7 @@ class SQLiteStore(Store):
             gone = _retry_busy(txn)
             for tid in ids:
                 self._hashes.forget(tid)
-                self._anchored.pop(tid, None)
+                self._anchor_book.forget(tid)
             if mirror is not None:
                 for tid in ids:
                     mirror.remove(tid)
@@ -659,7 +633,7 @@ class SQLiteStore(Store):
                         view.publish()
                     for _job, res, _err in outcomes:
                         for tid, seq in res.anchored if res is not None else ():
-                            self._anchored[tid] = seq
+                            self._anchor_book.note(tid, seq)
                     self._unfolded += plan.appended
                 break
             except sqlite3.Error as exc:
