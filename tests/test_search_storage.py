@@ -15,13 +15,11 @@ from typing import Any
 import anyio
 import pytest
 
+from search_helpers import WORDS, search_answers
 from threadloom.service import ThreadService
 from threadloom.store import SQLiteStore, fts
 
 pytestmark = pytest.mark.anyio
-
-WORDS = "walrus kelp tide harbour lantern gravel orchid copper falcon meadow".split()
-QUERIES = ["walrus", "kelp tide", '"harbour lantern"', "orch*", "copper OR falcon", "meadow -gravel"]
 
 
 def _sql(path: Path, *statements: str) -> list[tuple]:
@@ -51,20 +49,6 @@ async def _fill(svc: ThreadService) -> list[str]:
     return ids
 
 
-async def _answers(svc: ThreadService, ids: list[str]) -> list[Any]:
-    out: list[Any] = []
-    for q in QUERIES:
-        out.append((await svc.search_threads(q, limit=10, context=1)).model_dump())
-        out.append((await svc.search_threads(q, agent_id="agent1", limit=10)).model_dump())
-        for search_type in ("text", "regex"):
-            pattern = q if search_type == "text" else "w[a-z]+s"
-            res = await svc.chain_search(
-                ids[1], pattern, search_type=search_type, include_tools=True, limit=50
-            )
-            out.append(res.model_dump())
-    return out
-
-
 def _to_copying_layout(db: Path) -> None:
     """Turn the index back into the one the previous build made: an FTS5 table with its own
     copy of the text (migration 0003's layout), filled from the events."""
@@ -85,15 +69,15 @@ async def test_results_are_unchanged_by_the_storage_change_and_by_reindex(tmp_pa
     _to_copying_layout(db)
     assert _sql(db, "SELECT count(*) FROM search_index_content")[0][0] == 6 * 12 * 4
     async with ThreadService(SQLiteStore(root, durability="normal")) as old:
-        before = await _answers(old, ids)  # the previous layout's answers
+        before = await search_answers(old, ids)  # the previous layout's answers
 
     _migrate_to_external_content(db)
     assert _sql(db, "SELECT name FROM sqlite_schema WHERE name = 'search_index_content'") == []
     async with ThreadService(SQLiteStore(root, durability="normal")) as migrated:
-        assert await _answers(migrated, ids) == before
+        assert await search_answers(migrated, ids) == before
         stats = await migrated.reindex()
         assert (stats.added, stats.removed, stats.documents) == (0, 0, 6 * 12 * 4)
-        assert await _answers(migrated, ids) == before
+        assert await search_answers(migrated, ids) == before
     _sql(db, f"INSERT INTO {fts.TABLE}({fts.TABLE}, rank) VALUES ('integrity-check', 1)")
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from search_helpers import QUERIES as BASE_QUERIES
+from search_helpers import WORDS, search_answers
 from threadloom.integrity import GENESIS
 from threadloom.models import MANIFEST_FIELDS, Thread, canonical_json
 from threadloom.service import ThreadService
@@ -24,8 +26,7 @@ from threadloom.store.sqlrows import DEFAULT_ACCOUNTS, event_ts, hash_hex, hash_
 
 pytestmark = pytest.mark.anyio
 
-WORDS = "walrus kelp tide harbour lantern gravel orchid copper falcon meadow".split()
-QUERIES = ["walrus", "kelp tide", '"harbour lantern"', "orch*", "copper OR falcon", "meadow -gravel", "nul"]
+QUERIES = [*BASE_QUERIES, "nul"]
 
 
 def _sql(path: Path, *statements: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -69,20 +70,6 @@ async def _fill(svc: ThreadService) -> list[str]:
             await svc.update_thread(thread.thread_id, status="completed", result="ok")
         ids.append(thread.thread_id)
     return ids
-
-
-async def _answers(svc: ThreadService, ids: list[str]) -> list[Any]:
-    out: list[Any] = []
-    for q in QUERIES:
-        out.append((await svc.search_threads(q, limit=10, context=1)).model_dump())
-        out.append((await svc.search_threads(q, agent_id="agent1", limit=10)).model_dump())
-        for search_type in ("text", "regex"):
-            pattern = q if search_type == "text" else "w[a-z]+s"
-            res = await svc.chain_search(
-                ids[1], pattern, search_type=search_type, include_tools=True, limit=50
-            )
-            out.append(res.model_dump())
-    return out
 
 
 async def _state(svc: ThreadService, ids: list[str]) -> list[Any]:
@@ -142,7 +129,7 @@ async def test_a_store_in_the_previous_layout_converts_and_answers_the_same(tmp_
     db = root / "threads.db"
     async with ThreadService(SQLiteStore(root, durability="normal")) as svc:
         ids = await _fill(svc)
-        before = await _answers(svc, ids)
+        before = await search_answers(svc, ids, QUERIES)
         state = await _state(svc, ids)
         threads = [await svc.get_thread(t) for t in ids]
     assert all(ok for ok, _ in state[2::3])
@@ -163,14 +150,14 @@ async def test_a_store_in_the_previous_layout_converts_and_answers_the_same(tmp_
 
     async with ThreadService(SQLiteStore(root, durability="normal")) as migrated:
         assert _sql(db, "SELECT max(version) FROM schema_migrations")[0][0] == len(SQLITE_MIGRATIONS)
-        assert await _answers(migrated, ids) == before
+        assert await search_answers(migrated, ids, QUERIES) == before
         assert await _state(migrated, ids) == state
         free = _sql(db, "PRAGMA freelist_count")[0][0]
         assert free >= 0.25 * _sql(db, "PRAGMA page_count")[0][0]  # the old events table's pages
         stats = await migrated.reindex()
         assert (stats.added, stats.removed) == (0, 0)
         assert stats.reclaimed >= free * 4096 and _sql(db, "PRAGMA freelist_count")[0][0] == 0
-        assert await _answers(migrated, ids) == before
+        assert await search_answers(migrated, ids, QUERIES) == before
         assert await _state(migrated, ids) == state
         assert (await migrated.reindex()).reclaimed == 0  # nothing left to give back
 

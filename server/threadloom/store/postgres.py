@@ -311,8 +311,12 @@ class PostgresStore(Store):
         ANCHOR_EVERY lines, when this process trusts its running hash (anchors.py)."""
         signed = []
         for a in result.appends:
+            # most appends cross nothing: skip them before copying the running hash (+1: a
+            # checkpoint the store may add after them)
+            if not a.events or not anchors.crossed(a.events[0].seq - 1, a.events[-1].seq + 1):
+                continue
             known = self._hashes.anchor(a.thread_id)
-            if a.events and known is not None and anchors.crossed(a.events[0].seq - 1, known[0]):
+            if known is not None and anchors.crossed(a.events[0].seq - 1, known[0]):
                 signed.append(anchors.sign_anchor(self.signer, a.thread_id, known[0], known[1].hexdigest()))
         if signed:
             await self._store_anchors(signed)
