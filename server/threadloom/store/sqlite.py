@@ -79,7 +79,7 @@ from .schema import SQLITE_MIGRATIONS, apply_sqlite_migrations
 from .sqlrows import event_row, event_ts, hash_hex, stored_accounts
 from .textsearch import Finder
 from .vectors import VectorCache
-from .workers import Job, WorkerPool, resolve
+from .workers import GiveWay, Job, WorkerPool, resolve
 
 log = logging.getLogger("threadloom.store")
 T = TypeVar("T")
@@ -124,6 +124,24 @@ def _op_thread(op: Op) -> str | None:
     """The thread an op writes (every op names one)."""
     tid = getattr(op, "thread_id", None)
     return tid if tid is not None else getattr(getattr(op, "thread", None), "thread_id", None)
+
+
+WAL_CHECKPOINT_PAGES = 1000  # SQLite's default auto-checkpoint
+CHECKPOINT_COMMITS = 250
+"""Inline commits (a few WAL frames each) after which the writer's idle work checkpoints."""
+INLINE_EVENTS = 16
+"""A commit appending at most this many events may run on the caller's thread (commit)."""
+
+
+def _small(ops: Sequence[Op]) -> bool:
+    """A commit short enough to run on the event loop: no import, a handful of events."""
+    n = 0
+    for op in ops:
+        if isinstance(op, ImportThread):
+            return False
+        if isinstance(op, AppendEvents):
+            n += len(op.events)
+    return n <= INLINE_EVENTS
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -184,6 +202,10 @@ class SQLiteStore(Store):
         self._quick_conn: sqlite3.Connection | None = None  # _read_quick's, on the callers' thread
         self._quick_lock = threading.Lock()
         self._wconn: sqlite3.Connection | None = None
+        self._wconn_waits = True  # busy timeout and auto-checkpoint on (off while commits run inline)
+        self._commits_waiting = 0  # commits submitted and not answered yet (this process)
+        self._inline_since_check = 0  # inline commits since the writer thread last looked at the WAL
+        self._inline_seen = 0  # ... as the writer thread's last idle moment saw it
         self._local = threading.local()
         self._rconns: list[sqlite3.Connection] = []
         self._rlock = threading.Lock()
@@ -240,9 +262,10 @@ class SQLiteStore(Store):
             1,
             self._handle_writes,
             max_batch=MAX_GROUP,
-            idle=lambda: fts.FOLD_IDLE if self._unfolded else None,
-            on_idle=lambda: self._fold(conn),
+            idle=lambda: fts.FOLD_IDLE if self._unfolded or self._inline_since_check else None,
+            on_idle=lambda: self._idle_work(conn),
             translate=self._driver_error,
+            inline=self._inline_writes,
         )
         self._readers = WorkerPool(
             "threadloom-reader", READERS, self._handle_reads, translate=self._driver_error
@@ -574,13 +597,49 @@ class SQLiteStore(Store):
     async def commit(self, ops: Sequence[Op]) -> CommitResult:
         if self._writer is None:
             raise StoreUnavailableError("the store is not open")
-        result: CommitResult = await self._writer.submit(list(ops))
+        inline = self.durability == "normal" and self._commits_waiting == 0 and _small(ops)
+        self._commits_waiting += 1
+        try:
+            result: CommitResult = await self._writer.submit(list(ops), inline=inline)
+        finally:
+            self._commits_waiting -= 1
         self._notify(frozenset(result.threads))
         return result
 
-    def _handle_writes(self, batch: list[Job]) -> None:
+    def _inline_writes(self, batch: list[Job]) -> None:
+        """A small commit (durability normal: no fsync) on the caller's thread while the writer
+        is idle and no other commit waits (docs/decisions.md). It never waits on the event
+        loop: a busy database gives the job back to the writer thread, and the WAL checkpoint
+        (an fsync) is left to the writer thread's idle work."""
         conn = self._wconn
         assert conn is not None
+        if self._wconn_waits:
+            conn.execute("PRAGMA busy_timeout=0")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._wconn_waits = False
+        self._inline_since_check += 1
+        self._handle_writes(batch, inline=True)
+
+    def _idle_work(self, conn: sqlite3.Connection) -> None:
+        """The writer thread's idle moment: fold the search tail; after inline commits (which
+        leave the WAL unchecked), checkpoint once about SQLite's auto-checkpoint worth of them
+        has gone by, or when they stopped (none since the last idle moment)."""
+        if self._unfolded:
+            self._fold(conn)
+        n = self._inline_since_check
+        if n and (n >= CHECKPOINT_COMMITS or n == self._inline_seen):
+            self._inline_since_check = self._inline_seen = 0
+            _retry_busy(lambda: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+        else:
+            self._inline_seen = n
+
+    def _handle_writes(self, batch: list[Job], inline: bool = False) -> None:
+        conn = self._wconn
+        assert conn is not None
+        if not inline and not self._wconn_waits:  # the writer thread waits and checkpoints again
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+            self._wconn_waits = True
         outcomes: list[tuple[Job, CommitResult | None, BaseException | None]] = []
         for job in [j for j in batch if callable(j.payload)]:  # maintenance that needs the writer
             try:
@@ -639,6 +698,8 @@ class SQLiteStore(Store):
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                if inline and _is_busy(exc):
+                    raise GiveWay from exc  # nothing written: the writer thread waits instead
                 if _is_busy(exc) and attempt < MAX_BUSY_RETRIES:
                     time.sleep(min(0.002 * 2**attempt, 0.5))
                     continue
@@ -662,7 +723,7 @@ class SQLiteStore(Store):
                     self._mirrored.append((tid, mark))
         for job, res, err in outcomes:
             resolve(job, res, err)
-        if self._unfolded >= fts.FOLD_ROWS:  # after the acknowledgements: nobody waits for it
+        if self._unfolded >= fts.FOLD_ROWS and not inline:  # after the acknowledgements
             try:
                 self._fold(conn)
             except sqlite3.Error as exc:  # the next search or idle moment folds instead
@@ -684,7 +745,11 @@ class SQLiteStore(Store):
                     "SELECT version FROM threads WHERE thread_id = ?", (tid,)
                 ).fetchone()[0],
             )
-        except (OSError, ThreadloomError) as exc:  # the commit stands; start-up reconcile repairs the files
+        except (
+            OSError,
+            ThreadloomError,
+            sqlite3.Error,
+        ) as exc:  # the commit stands; its mark repairs the files
             log.error("mirror write failed for thread %s: %s", tid, exc)
             return False
         return True

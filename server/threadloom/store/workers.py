@@ -18,6 +18,12 @@ from typing import Any
 log = logging.getLogger("threadloom.store")
 
 _STOP = object()
+_WAKE = object()  # no work: the thread asks ``idle()`` again (after work done on the caller's thread)
+
+
+class GiveWay(Exception):
+    """Raised by an ``inline`` handler that cannot finish without waiting (the database is
+    busy): nothing was written, and the job goes to the pool's threads instead."""
 
 
 @dataclass(slots=True)
@@ -64,11 +70,16 @@ class WorkerPool:
         idle: Callable[[], float | None] | None = None,
         on_idle: Callable[[], None] | None = None,
         translate: Callable[[BaseException], BaseException] | None = None,
+        inline: Callable[[list[Job]], None] | None = None,
     ) -> None:
         """``idle()`` says how long a thread may wait for work before it calls ``on_idle()``
-        (None: wait for ever); it is asked again after every batch."""
+        (None: wait for ever); it is asked again after every batch. ``inline`` handles a job
+        on the caller's thread when the pool is idle (``submit(..., inline=True)``)."""
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._handle = handle
+        self._inline = inline
+        self._busy = threading.Lock()  # held while a thread or an inline caller does work
+        self._untimed = False  # the thread waits for work with no idle timer
         self._max_batch = max_batch
         self._idle = idle
         self._on_idle = on_idle
@@ -79,10 +90,16 @@ class WorkerPool:
         for t in self._threads:
             t.start()
 
-    async def submit(self, payload: Any) -> Any:
+    async def submit(self, payload: Any, *, inline: bool = False) -> Any:
+        """Run ``payload`` on a pool thread and wait for its outcome. With ``inline`` and no
+        thread at work, the ``inline`` handler runs it on the caller's thread instead: the
+        two thread wake-ups of a hop cost more than a small job. (A job queued meanwhile
+        comes from another caller, so either order is one the callers could have seen.)"""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.put(Job(payload, fut, loop))
+        job = Job(payload, fut, loop)
+        if not (inline and self._run_inline(job)):
+            self._queue.put(job)
         try:
             return await fut
         except Exception as exc:
@@ -90,6 +107,23 @@ class WorkerPool:
             if err is exc:
                 raise
             raise err from exc
+
+    def _run_inline(self, job: Job) -> bool:
+        """Handle ``job`` here if the pool is idle; False when it must be queued."""
+        if self._inline is None or not self._busy.acquire(blocking=False):
+            return False
+        try:
+            self._inline([job])
+        except GiveWay:
+            return False
+        except BaseException as exc:
+            log.exception("inline work failed")
+            resolve(job, error=exc)
+        finally:
+            self._busy.release()
+        if self._untimed and self._idle is not None and self._idle() is not None:
+            self._queue.put(_WAKE)  # the work left something for the idle timer (a fold)
+        return True
 
     def stop(self) -> None:
         for _ in self._threads:
@@ -100,17 +134,22 @@ class WorkerPool:
     def _run(self) -> None:
         while True:
             timeout = self._idle() if self._idle is not None else None
+            self._untimed = timeout is None
             try:
                 item = self._queue.get(timeout=timeout)
             except queue.Empty:
                 try:
                     if self._on_idle is not None:
-                        self._on_idle()
+                        with self._busy:
+                            self._on_idle()
                 except BaseException:  # idle work must never kill the worker
                     log.exception("idle work failed")
                 continue
+            self._untimed = False
             if item is _STOP:
                 return
+            if item is _WAKE:
+                continue
             batch = [item]
             stop = False
             while len(batch) < self._max_batch:
@@ -121,9 +160,11 @@ class WorkerPool:
                 if nxt is _STOP:
                     stop = True
                     break
-                batch.append(nxt)
+                if nxt is not _WAKE:
+                    batch.append(nxt)
             try:
-                self._handle(batch)
+                with self._busy:
+                    self._handle(batch)
             except BaseException as exc:  # never let a worker die silently
                 log.exception("worker failed")
                 for job in batch:
