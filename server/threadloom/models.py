@@ -74,7 +74,8 @@ def utc_now() -> datetime:
 
 def iso(dt: datetime) -> str:
     """UTC ISO 8601 with microseconds and a ``Z`` suffix (sorts as text)."""
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = dt if dt.tzinfo is UTC else dt.astimezone(UTC)
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_iso(value: str) -> datetime:

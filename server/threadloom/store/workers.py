@@ -33,6 +33,8 @@ class Job:
     payload: Any
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    here: bool = False
+    """Handled on the loop's own thread (inline): resolving it needs no wake-up of the loop."""
 
 
 def resolve(job: Job, result: Any = None, error: BaseException | None = None) -> None:
@@ -47,7 +49,10 @@ def resolve(job: Job, result: Any = None, error: BaseException | None = None) ->
             job.future.set_result(result)
 
     try:
-        job.loop.call_soon_threadsafe(_set)
+        if job.here:
+            job.loop.call_soon(_set)  # still a turn of the loop: the caller yields once
+        else:
+            job.loop.call_soon_threadsafe(_set)
     except RuntimeError:  # the loop is closed: nobody is waiting any more
         pass
 
@@ -112,9 +117,11 @@ class WorkerPool:
         """Handle ``job`` here if the pool is idle; False when it must be queued."""
         if self._inline is None or not self._busy.acquire(blocking=False):
             return False
+        job.here = True
         try:
             self._inline([job])
         except GiveWay:
+            job.here = False
             return False
         except BaseException as exc:
             log.exception("inline work failed")
