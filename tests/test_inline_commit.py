@@ -109,3 +109,46 @@ async def test_inline_commits_leave_the_wal_checkpointed_by_the_writer_thread(tm
         assert seen.count(threading.current_thread().name) > 1000  # most ran inline
         # unchecked, 1,500 commits of a few frames each would leave several thousand frames
         assert wal.stat().st_size < 4500 * (page + 24), wal.stat().st_size
+
+
+async def test_a_mirror_another_process_holds_is_written_by_the_writer_thread(tmp_path: Path) -> None:
+    """The loop never waits for a mirror's lock either: the commit stands, the writer thread
+    waits for the lock and writes the line, and only then does the append answer."""
+    import fcntl
+
+    store = SQLiteStore(tmp_path / "root", durability="normal")
+    async with ThreadService(store) as svc:
+        t = await svc.create_thread(title="held")
+        await svc.append(t.thread_id, [MSG])
+        transcript = tmp_path / "root" / "threads" / t.thread_id / "transcript.jsonl"
+        assert transcript.exists()
+        held = open(transcript, "rb")  # noqa: SIM115  # another open file: flock conflicts
+        fcntl.flock(held, fcntl.LOCK_EX)
+        ticks = 0
+        answered = anyio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not answered.is_set():
+                ticks += 1
+                await anyio.sleep(0.01)
+
+        early: list[bool] = []
+
+        def release() -> None:  # a thread: were the loop stuck in flock, the test still ends
+            early.append(answered.is_set())  # an answer before its line is in the file?
+            fcntl.flock(held, fcntl.LOCK_UN)
+            held.close()
+
+        timer = threading.Timer(0.3, release)
+        timer.start()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            out = await svc.append(t.thread_id, [MSG])
+            answered.set()
+        timer.join()
+        assert early == [False]
+        assert out.seqs == [3]
+        assert ticks >= 10  # the loop ran on while the lock was held
+        lines = transcript.read_bytes().splitlines()
+        assert len(lines) == 3 and b'"seq":3' in lines[-1]

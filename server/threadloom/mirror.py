@@ -36,6 +36,12 @@ from .private import DIR_MODE, make_dir, write_new
 from .private import FILE_MODE as FILE_MODE
 
 log = logging.getLogger("threadloom.mirror")
+
+
+class MirrorBusy(OSError):
+    """Another process holds a thread's mirror lock and the caller chose not to wait."""
+
+
 T = TypeVar("T")
 
 TRANSCRIPT = "transcript.jsonl"
@@ -170,11 +176,12 @@ class Mirror:
         self._fds[thread_id] = fd
         return fd
 
-    def _lock(self, thread_id: str) -> int:
+    def _lock(self, thread_id: str, *, wait: bool = True) -> int:
         """The thread's transcript descriptor, exclusively locked, and still the file at its path.
 
         A descriptor whose file was set aside, replaced or deleted since it was opened is
-        reopened (checked after the lock is held, the usual lock-file protocol).
+        reopened (checked after the lock is held, the usual lock-file protocol). With
+        ``wait=False`` a lock another process holds raises :class:`MirrorBusy` instead.
         """
         path = self._lock_paths.get(thread_id)
         if path is None:  # a Path join per append costs more than the lock itself
@@ -183,7 +190,10 @@ class Mirror:
             path = self._lock_paths[thread_id] = os.fspath(self.transcript_path(thread_id))
         for _ in range(LOCK_TRIES):
             fd = self._open(thread_id)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise MirrorBusy(f"{path} is locked by another process") from None
             if _same_file(fd, path):
                 return fd
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -223,6 +233,7 @@ class Mirror:
         appended: list[StoredEvent] | None = None,
         known: Thread | None = None,
         fetch_version: Callable[[], int] | None = None,
+        wait: bool = True,
     ) -> None:
         """Bring both files of one thread up to the database's state.
 
@@ -230,8 +241,10 @@ class Mirror:
         read) spare queries when the file and the database have not moved since; the
         database is consulted inside the lock otherwise. ``rewrite`` writes the transcript
         from scratch when it is not the database's already (setting the old one aside).
+        ``wait=False``: raise :class:`MirrorBusy`, having written nothing, rather than wait
+        for another process's lock (a caller on the event loop).
         """
-        fd = self._lock(thread_id)
+        fd = self._lock(thread_id, wait=wait)
         try:
             thread = known
             if thread is not None and fetch_version is not None and fetch_version() != thread.version:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from ..errors import ConflictError, IntegrityError, StoreUnavailableError, ThreadloomError
 from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes
-from ..mirror import Mirror
+from ..mirror import Mirror, MirrorBusy
 from ..models import Status, StoredEvent, Thread, Usage, parse_iso
 from ..private import ensure_file, make_dir
 from ..provenance import ImportRecord
@@ -718,9 +718,14 @@ class SQLiteStore(Store):
                 for a in res.appends:
                     appended.setdefault(a.thread_id, []).extend(a.events)
         if self.mirror is not None:
-            for tid in sorted(fresh):
-                if self._sync_mirror(conn, tid, fresh[tid], appended.get(tid)):
-                    self._mirrored.append((tid, mark))
+            tids = sorted(fresh)
+            for i, tid in enumerate(tids):
+                try:
+                    if self._sync_mirror(conn, tid, fresh[tid], appended.get(tid), wait=not inline):
+                        self._mirrored.append((tid, mark))
+                except MirrorBusy:  # inline, and another process writes this mirror: no waiting here
+                    self._finish_on_writer(tids[i:], fresh, appended, mark, outcomes)
+                    return
         for job, res, err in outcomes:
             resolve(job, res, err)
         if self._unfolded >= fts.FOLD_ROWS and not inline:  # after the acknowledgements
@@ -729,10 +734,41 @@ class SQLiteStore(Store):
             except sqlite3.Error as exc:  # the next search or idle moment folds instead
                 log.warning("search index fold failed: %s", exc)
 
+    def _finish_on_writer(
+        self,
+        tids: list[str],
+        fresh: dict[str, Thread],
+        appended: dict[str, list[StoredEvent]],
+        mark: int,
+        outcomes: list[tuple[Job, CommitResult | None, BaseException | None]],
+    ) -> None:
+        """An inline commit whose mirror another process holds: the writer thread waits for the
+        lock, writes the mirrors left and only then answers, as a queued commit would."""
+
+        def finish(conn: sqlite3.Connection) -> None:
+            try:
+                for tid in tids:
+                    if self._sync_mirror(conn, tid, fresh[tid], appended.get(tid)):
+                        self._mirrored.append((tid, mark))
+            finally:  # the commit stands whatever the files did: its callers get its outcome
+                for job, res, err in outcomes:
+                    resolve(job, res, err)
+
+        assert self._writer is not None
+        loop = outcomes[0][0].loop
+        self._writer.put(Job(finish, loop.create_future(), loop))
+
     def _sync_mirror(
-        self, conn: sqlite3.Connection, tid: str, known: Thread, appended: list[StoredEvent] | None
+        self,
+        conn: sqlite3.Connection,
+        tid: str,
+        known: Thread,
+        appended: list[StoredEvent] | None,
+        *,
+        wait: bool = True,
     ) -> bool:
-        """Write the thread's files after its commit; False when that failed (its mark stays)."""
+        """Write the thread's files after its commit; False when that failed (its mark stays).
+        ``wait=False`` raises MirrorBusy, having written nothing, if another process holds them."""
         assert self.mirror is not None
         try:
             self.mirror.sync(
@@ -744,7 +780,10 @@ class SQLiteStore(Store):
                 fetch_version=lambda: conn.execute(
                     "SELECT version FROM threads WHERE thread_id = ?", (tid,)
                 ).fetchone()[0],
+                wait=wait,
             )
+        except MirrorBusy:
+            raise
         except (
             OSError,
             ThreadloomError,

@@ -113,6 +113,10 @@ class WorkerPool:
                 raise
             raise err from exc
 
+    def put(self, job: Job) -> None:
+        """Queue a job whose future nobody awaits (work handed on from an inline job)."""
+        self._queue.put(job)
+
     def _run_inline(self, job: Job) -> bool:
         """Handle ``job`` here if the pool is idle; False when it must be queued."""
         if self._inline is None or not self._busy.acquire(blocking=False):
