@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import anyio
@@ -114,8 +115,11 @@ async def test_inline_commits_leave_the_wal_checkpointed_by_the_writer_thread(tm
 async def test_a_mirror_another_process_holds_is_written_by_the_writer_thread(tmp_path: Path) -> None:
     """The loop never waits for a mirror's lock either: the commit stands, the writer thread
     waits for the lock and writes the line, and only then does the append answer."""
+    import asyncio
     import fcntl
 
+    # debug mode: answering a job from another thread without waking the loop raises
+    asyncio.get_running_loop().set_debug(True)
     store = SQLiteStore(tmp_path / "root", durability="normal")
     async with ThreadService(store) as svc:
         t = await svc.create_thread(title="held")
@@ -127,27 +131,32 @@ async def test_a_mirror_another_process_holds_is_written_by_the_writer_thread(tm
         ticks = 0
         answered = anyio.Event()
 
-        async def ticker() -> None:
+        async def ticker() -> None:  # for 0.2 s: then the loop has nothing to do but wait
             nonlocal ticks
-            while not answered.is_set():
+            for _ in range(20):
                 ticks += 1
                 await anyio.sleep(0.01)
 
         early: list[bool] = []
+        released: list[float] = []
 
         def release() -> None:  # a thread: were the loop stuck in flock, the test still ends
             early.append(answered.is_set())  # an answer before its line is in the file?
+            released.append(time.monotonic())
             fcntl.flock(held, fcntl.LOCK_UN)
             held.close()
 
-        timer = threading.Timer(0.3, release)
+        timer = threading.Timer(0.4, release)
         timer.start()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(ticker)
-            out = await svc.append(t.thread_id, [MSG])
-            answered.set()
+        with anyio.fail_after(3):  # the loop's only timer: an answer that never wakes it waits for this
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ticker)
+                out = await svc.append(t.thread_id, [MSG])
+                answered.set()
+        answered_at = time.monotonic()
         timer.join()
         assert early == [False]
+        assert answered_at - released[0] < 1.5  # the writer thread's answer woke the loop
         assert out.seqs == [3]
         assert ticks >= 10  # the loop ran on while the lock was held
         lines = transcript.read_bytes().splitlines()

@@ -752,6 +752,7 @@ class SQLiteStore(Store):
                         self._mirrored.append((tid, mark))
             finally:  # the commit stands whatever the files did: its callers get its outcome
                 for job, res, err in outcomes:
+                    job.here = False  # answered from this thread now: wake the loop
                     resolve(job, res, err)
 
         assert self._writer is not None
@@ -784,11 +785,8 @@ class SQLiteStore(Store):
             )
         except MirrorBusy:
             raise
-        except (
-            OSError,
-            ThreadloomError,
-            sqlite3.Error,
-        ) as exc:  # the commit stands; its mark repairs the files
+        except (OSError, ThreadloomError, sqlite3.Error) as exc:
+            # the commit stands; its mark (store/pending.py) has the files repaired
             log.error("mirror write failed for thread %s: %s", tid, exc)
             return False
         return True
