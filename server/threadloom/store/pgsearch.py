@@ -260,9 +260,9 @@ async def _insert(
     done = 0
     for i in range(0, len(items), INSERT_CHUNK):
         part = items[i : i + INSERT_CHUNK]
-        cur = await conn.execute(  # arrays, not a VALUES list: psycopg parses one short query
+        cur = await conn.execute(  # binary arrays, not a VALUES list: one short query, no escaping
             f"INSERT INTO {TABLE} (thread_id, seq, tsv) SELECT t, s, v::tsvector"
-            " FROM unnest(%s::text[], %s::bigint[], %s::text[]) WITH ORDINALITY AS u(t, s, v, n)"
+            " FROM unnest(%b::text[], %b::bigint[], %b::text[]) WITH ORDINALITY AS u(t, s, v, n)"
             " ORDER BY n ON CONFLICT (thread_id, seq)" + conflict,
             ([tid for tid, _ in part], [r.seq for _, r in part], [r.tsv for _, r in part]),
         )
@@ -298,7 +298,7 @@ async def index_appended(
             continue
         cur = await conn.execute(
             f"INSERT INTO {TABLE} (thread_id, seq, tsv) SELECT %s, n.seq, d.tsv"
-            " FROM unnest(%s::bigint[], %s::text[], %s::bigint[]) WITH ORDINALITY AS n(seq, st, ss, k)"
+            " FROM unnest(%b::bigint[], %b::text[], %b::bigint[]) WITH ORDINALITY AS n(seq, st, ss, k)"
             f" JOIN {TABLE} AS d ON d.thread_id = n.st AND d.seq = n.ss ORDER BY n.k"
             " ON CONFLICT (thread_id, seq) DO UPDATE SET tsv = EXCLUDED.tsv RETURNING seq",
             (
