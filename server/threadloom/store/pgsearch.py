@@ -277,6 +277,22 @@ async def insert_docs(conn: psycopg.AsyncConnection, thread_id: str, rows: Seque
         await _insert(conn, [(thread_id, r) for r in rows], replace=True, count=False)
 
 
+COPY_SOURCES = (
+    f"INSERT INTO {TABLE} (thread_id, seq, tsv) SELECT %s, n.seq, d.tsv"
+    " FROM unnest(%b::bigint[], %b::text[], %b::bigint[]) WITH ORDINALITY AS n(seq, st, ss, k)"
+    f" JOIN {TABLE} AS d ON d.thread_id = n.st AND d.seq = n.ss ORDER BY n.k"
+    " ON CONFLICT (thread_id, seq) DO UPDATE SET tsv = EXCLUDED.tsv RETURNING seq"
+)
+"""Copied events' rows take their sources' tsvectors: (new seq, source thread, source seq)."""
+COPY_ONE_SOURCE = (
+    f"INSERT INTO {TABLE} (thread_id, seq, tsv) SELECT %s, n.seq, d.tsv"
+    " FROM unnest(string_to_array(%s, ',')::bigint[], string_to_array(%s, ',')::bigint[])"
+    f" WITH ORDINALITY AS n(seq, ss, k) JOIN {TABLE} AS d ON d.thread_id = %s AND d.seq = n.ss ORDER BY n.k"
+    " ON CONFLICT (thread_id, seq) DO UPDATE SET tsv = EXCLUDED.tsv RETURNING seq"
+)
+"""The same from one source thread, the seqs as comma-joined text (no per-element dump)."""
+
+
 async def index_appended(
     conn: psycopg.AsyncConnection, thread_id: str, events: Sequence[NewEvent], seqs: Sequence[int]
 ) -> None:
@@ -296,18 +312,21 @@ async def index_appended(
         if not copied:
             await insert_docs(conn, thread_id, doc_rows([e for e, _ in run], [s for _, s in run]))
             continue
-        cur = await conn.execute(
-            f"INSERT INTO {TABLE} (thread_id, seq, tsv) SELECT %s, n.seq, d.tsv"
-            " FROM unnest(%b::bigint[], %b::text[], %b::bigint[]) WITH ORDINALITY AS n(seq, st, ss, k)"
-            f" JOIN {TABLE} AS d ON d.thread_id = n.st AND d.seq = n.ss ORDER BY n.k"
-            " ON CONFLICT (thread_id, seq) DO UPDATE SET tsv = EXCLUDED.tsv RETURNING seq",
-            (
-                thread_id,
-                [s for _, s in run],
-                [e.copy_of[0] for e, _ in run],  # type: ignore[index]
-                [e.copy_of[1] for e, _ in run],  # type: ignore[index]
-            ),
-        )
+        sources = {e.copy_of[0] for e, _ in run}  # type: ignore[index]
+        if len(sources) == 1:  # a handoff's: one source thread, the seqs as two joined values
+            seqs = ",".join(str(s) for _, s in run)
+            from_seqs = ",".join(str(e.copy_of[1]) for e, _ in run)  # type: ignore[index]
+            cur = await conn.execute(COPY_ONE_SOURCE, (thread_id, seqs, from_seqs, *sources))
+        else:
+            cur = await conn.execute(
+                COPY_SOURCES,
+                (
+                    thread_id,
+                    [s for _, s in run],
+                    [e.copy_of[0] for e, _ in run],  # type: ignore[index]
+                    [e.copy_of[1] for e, _ in run],  # type: ignore[index]
+                ),
+            )
         done = {r[0] for r in await cur.fetchall()}
         rest = [(e, s) for e, s in run if s not in done]
         if rest:
