@@ -151,11 +151,15 @@ class AnchorBook:
         if seq - self._seqs.get(thread_id, 0) < ANCHOR_MIN_TAIL:
             return
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()  # outside an event loop the close stores it
         except RuntimeError:
             return
         self._seqs[thread_id] = seq
-        task = loop.create_task(self._store([sign_anchor(self._signer, thread_id, seq, state.hexdigest())]))
+        self.later([sign_anchor(self._signer, thread_id, seq, state.hexdigest())])
+
+    def later(self, signed: list[SignedAnchor]) -> None:
+        """Store ``signed`` in the background (in an event loop); :meth:`drain` waits for it."""
+        task = asyncio.get_running_loop().create_task(self._store(signed))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

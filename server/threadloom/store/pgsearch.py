@@ -284,17 +284,27 @@ COPY_SOURCES = (
     " ON CONFLICT (thread_id, seq) DO UPDATE SET tsv = EXCLUDED.tsv RETURNING seq"
 )
 """Copied events' rows take their sources' tsvectors: (new seq, source thread, source seq)."""
+_REPLACE = " ON CONFLICT (thread_id, seq) DO UPDATE SET tsv = EXCLUDED.tsv"
 COPY_ONE_SOURCE = (
     f"INSERT INTO {TABLE} (thread_id, seq, tsv) SELECT %s, n.seq, d.tsv"
     " FROM unnest(string_to_array(%s, ',')::bigint[], string_to_array(%s, ',')::bigint[])"
     f" WITH ORDINALITY AS n(seq, ss, k) JOIN {TABLE} AS d ON d.thread_id = %s AND d.seq = n.ss ORDER BY n.k"
-    " ON CONFLICT (thread_id, seq) DO UPDATE SET tsv = EXCLUDED.tsv RETURNING seq"
+    f"{_REPLACE} RETURNING seq"
 )
-"""The same from one source thread, the seqs as comma-joined text (no per-element dump)."""
+"""The same from one source thread, the seqs as comma-joined text (no per-element dump).
+Into a thread created in the same transaction (``new_thread``) without ON CONFLICT: no row
+of it can exist yet (its id is new, and deleting a thread deletes its rows in the same
+transaction), and the arbiter check costs ~3 ms for a handoff's 900 rows; should one exist
+all the same, the unique index refuses the commit (nothing is overwritten silently)."""
 
 
 async def index_appended(
-    conn: psycopg.AsyncConnection, thread_id: str, events: Sequence[NewEvent], seqs: Sequence[int]
+    conn: psycopg.AsyncConnection,
+    thread_id: str,
+    events: Sequence[NewEvent],
+    seqs: Sequence[int],
+    *,
+    new_thread: bool = False,
 ) -> None:
     """Index appended ``events`` stored at ``seqs`` in order. An event that copies a stored
     one unchanged (``copy_of``: a handoff's carried messages) takes that event's tsvector in
@@ -316,7 +326,8 @@ async def index_appended(
         if len(sources) == 1:  # a handoff's: one source thread, the seqs as two joined values
             seqs = ",".join(str(s) for _, s in run)
             from_seqs = ",".join(str(e.copy_of[1]) for e, _ in run)  # type: ignore[index]
-            cur = await conn.execute(COPY_ONE_SOURCE, (thread_id, seqs, from_seqs, *sources))
+            q = COPY_ONE_SOURCE.replace(_REPLACE, "") if new_thread else COPY_ONE_SOURCE
+            cur = await conn.execute(q, (thread_id, seqs, from_seqs, *sources))
         else:
             cur = await conn.execute(
                 COPY_SOURCES,

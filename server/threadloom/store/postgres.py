@@ -371,12 +371,14 @@ class PostgresStore(Store):
                 result = await self._commit(ops, gate)
         await self._announce(result.threads, soon=op is None)
         self._notify(frozenset(result.threads))
-        await self._anchor_crossings(result)
+        self._anchor_crossings(result)
         return result
 
-    async def _anchor_crossings(self, result: CommitResult) -> None:
+    def _anchor_crossings(self, result: CommitResult) -> None:
         """Store a signed anchor for each thread whose append passed a multiple of
-        ANCHOR_EVERY lines, when this process trusts its running hash (anchors.py)."""
+        ANCHOR_EVERY lines, when this process trusts its running hash (anchors.py): signed
+        now, from the hash as this commit left it, and written in the background (derived
+        data: the commit's caller need not wait; ``close`` waits for it)."""
         signed = []
         for a in result.appends:
             # most appends cross nothing: skip them before copying the running hash (+1: a
@@ -387,7 +389,7 @@ class PostgresStore(Store):
             if known is not None and anchors.crossed(a.events[0].seq - 1, known[0]):
                 signed.append(anchors.sign_anchor(self.signer, a.thread_id, known[0], known[1].hexdigest()))
         if signed:
-            await self._store_anchors(signed)
+            self._anchor_book.later(signed)
 
     async def _store_anchors(self, signed: list[anchors.SignedAnchor]) -> None:
         async def fn(conn: psycopg.AsyncConnection) -> None:
@@ -484,7 +486,7 @@ class PostgresStore(Store):
                 if waiting is not None and not _on_created(op, created):
                     await waiting()
                     waiting = None
-                await self._apply(conn, op, ts, epoch, result, reread, view, appended)
+                await self._apply(conn, op, ts, epoch, result, reread, view, appended, created)
                 if isinstance(op, (CreateThread, ImportThread)):
                     tails[op.thread.thread_id] = (0, None) if isinstance(op, CreateThread) else (-1, None)
                     created.add(op.thread.thread_id)
@@ -499,8 +501,16 @@ class PostgresStore(Store):
                     if wants_checkpoint(state.asked, status):
                         await self._checkpoint(conn, tid, state, ts, view)
                         reread.add(tid)
-            for tid in reread:
-                result.threads[tid] = await _get_thread(conn, tid)
+            if reread:  # one round trip for all of them
+                ids = list(reread)
+                cur = await conn.execute(
+                    f"SELECT {_THREAD_COLS} FROM threads WHERE thread_id = ANY(%s)", (ids,)
+                )
+                rows = {r[0]: r for r in await cur.fetchall()}
+                for tid in ids:
+                    if tid not in rows:
+                        raise not_found(tid)
+                    result.threads[tid] = _row_to_thread(rows[tid])
             for tid, state in appended.items():
                 tails[tid] = (state.count, state.head)
             return result
@@ -567,7 +577,9 @@ class PostgresStore(Store):
         reread: set[str],
         view: HashView,
         appended: dict[str, _Appended],
+        created: frozenset[str] | set[str] = frozenset(),
     ) -> None:
+        """``created``: the threads an earlier op of this commit created."""
         if isinstance(op, CreateThread):
             t = op.thread
             await conn.execute(
@@ -621,7 +633,9 @@ class PostgresStore(Store):
                         " VALUES (%s,%s,%s,%s,%s)",
                         (op.thread_id, *w.idempotency, ts),
                     )
-                await pgsearch.index_appended(conn, op.thread_id, op.events, w.seqs)
+                await pgsearch.index_appended(
+                    conn, op.thread_id, op.events, w.seqs, new_thread=op.thread_id in created
+                )
             res = AppendResult(op.thread_id, w.seqs, w.stored)
             result.appends.append(res)
             prior = appended.get(op.thread_id)
