@@ -15,8 +15,8 @@ close. A later quick check hashes lines 1..seq, compares, and checks the signatu
 of any of those lines, or of the anchor row, makes it fall back to the full check.
 
 PostgreSQL keeps the same table (created beside the migrations, under their lock), written
-after the commit that crossed (the one-call append has no room for it) and read in the
-snapshot of ``read_anchored``.
+in the background after the commit that crossed (the one-call append has no room for it)
+and read in the one statement of ``read_anchored``.
 
 Kept out of the numbered migrations, like ``mirror_pending``: an anchor is derived data that
 any version may add beside the schema (and drop: without it verification is only slower).
