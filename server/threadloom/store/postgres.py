@@ -108,7 +108,10 @@ WARM_SQL = (
 )
 """Statements a new connection runs before the pool hands it out: each is cheap, but the
 first statement on a table in a new PostgreSQL backend loads that table's catalog entries
-(a few ms each, 15 ms for the first); the writes only as EXPLAIN (planned, not run)."""
+(a few ms each, 15 ms for the first); the writes only as EXPLAIN (planned, not run). One
+at a time (each its own transaction, so none waits for a lock while holding one), and only
+once ``open`` has migrated: run in one pipeline (one implicit transaction) beside the
+migrations, they deadlocked with an ``ALTER TABLE``."""
 _RETRYABLE = (
     pgerrors.SerializationFailure,
     pgerrors.DeadlockDetected,
@@ -168,17 +171,21 @@ class PostgresStore(Store):
         self._regex_ok: bool | None = None
         self._vectors = pgvectors.PgVectors()
         self._gate_slots = asyncio.Semaphore(max(1, pool_size - 1))
+        self._may_warm = asyncio.Event()
+        self._may_warm.set()
 
     # ------------------------------------------------------------- life cycle
 
     async def _configure(self, conn: psycopg.AsyncConnection) -> None:
         if self.durability == "normal":  # survives a crash of this process, not of the DB server
             await conn.execute("SET synchronous_commit = off")
-        try:  # one round trip; only slower calls if it fails
-            async with conn.pipeline():
-                for q in WARM_SQL:
-                    await conn.execute(q)
-        except psycopg.Error as exc:
+        await (
+            self._may_warm.wait()
+        )  # not beside the migrations: their locks, and the tables may not exist yet
+        try:  # one statement at a time, each its own transaction: waiting for a lock, it holds none
+            for q in WARM_SQL:
+                await conn.execute(q)
+        except psycopg.Error as exc:  # only slower first calls
             log.debug("warming a new connection failed: %s", exc)
         await conn.commit()
 
@@ -194,17 +201,21 @@ class PostgresStore(Store):
             timeout=30,
             kwargs={"autocommit": True},
         )
+        self._may_warm = asyncio.Event()
         try:
             # one direct connection first: a wrong address, database or password fails now,
             # with the server's own words, instead of as a pool timeout 30 s later
             async with await psycopg.AsyncConnection.connect(
                 self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
             ) as conn:
-                await pool.open(wait=False)  # its connections come up (and warm) while this one migrates
-                await _migrate(conn)
-                await self._load_key(conn)
-                cur = await conn.execute("SELECT current_schema()")
-                schema = (await cur.fetchone())[0]  # type: ignore[index]
+                await pool.open(wait=False)  # its connections come up while this one migrates
+                try:
+                    await _migrate(conn)
+                    await self._load_key(conn)
+                    cur = await conn.execute("SELECT current_schema()")
+                    schema = (await cur.fetchone())[0]  # type: ignore[index]
+                finally:
+                    self._may_warm.set()  # and warm once it is done
                 # one channel per schema: stores in other schemas of the database are not ours
                 self._channel = CHANNEL if schema in (None, "public") else f"{CHANNEL}.{schema}"
             await pool.wait(timeout=30)
