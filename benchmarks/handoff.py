@@ -1,6 +1,7 @@
 """Cost of the append that triggers a handoff, next to an ordinary append, on long threads.
 
     python3 dev.py run python benchmarks/handoff.py [--events 10000] [--repeats 5] [--full]
+    python3 dev.py run python benchmarks/handoff.py --store postgres   # $THREADLOOM_BENCH_PG, a fresh schema
 
 For each thread size (1,000 and 10,000 events by default; ``--full`` adds 100,000) it
 builds threads on the SQLite store (durability full and normal; events of two sizes) whose next append
@@ -19,6 +20,13 @@ thread (a new server: its anchor is the stored signed anchor or the last signed 
 with a line-by-line tail after it), and ``restart`` an explicit handoff as the first call of
 yet another new server (the threads hold no checkpoint: their turns have no result event).
 Prints a table and writes benchmarks/results/handoff.json.
+
+``--store postgres`` times the same cases on PostgreSQL ($THREADLOOM_BENCH_PG, default
+postgresql://postgres@127.0.0.1:5432/test) in a fresh schema per row, dropped afterwards
+(durability ``normal`` there is ``synchronous_commit = off``). Its ``restart`` column is
+the handoff as the first call of a new *process* (one spawned per twin, timed from its
+store being open to the handoff's answer), not only of a new store object; ``open`` is
+that process's store opening, for scale. Writes benchmarks/results/handoff_postgres.json.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import os
 import platform
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,10 +50,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 
 from threadloom.config import Settings  # noqa: E402
 from threadloom.service import ThreadService  # noqa: E402
-from threadloom.store import SQLiteStore  # noqa: E402
+from threadloom.store import SQLiteStore, make_store  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL_MS = 50.0
+PG_URL = os.environ.get("THREADLOOM_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 SENTENCE = "The agent read the log, found the failing test and noted the stack trace. "
 SIZES = {"small": 2, "typical": 8}
 """Sentences per tool result: ``small`` turns average ~70 characters per event (a handoff
@@ -76,12 +86,80 @@ async def build(svc: ThreadService, events: int, window: int, sentences: int = S
     return t.thread_id
 
 
-async def measure(events: int, repeats: int, durability: str, size: str) -> dict[str, Any]:
+def pg_schema(drop: str | None = None) -> str:
+    """A new schema in the benchmark database (its name); or, with ``drop``, drop that one."""
+    import uuid
+
+    import psycopg
+
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        if drop is not None:
+            conn.execute(f"DROP SCHEMA IF EXISTS {drop} CASCADE")
+            return drop
+        name = f"bench_handoff_{uuid.uuid4().hex[:10]}"
+        conn.execute(f"CREATE SCHEMA {name}")
+    return name
+
+
+def pg_settings(root: Path, schema: str, durability: str) -> Settings:
+    return Settings(root=root, durability=durability, store=f"{PG_URL}?options=-csearch_path%3D{schema}")
+
+
+def restart_child(root: str, schema: str, durability: str, thread_id: str) -> None:
+    """``--restart-child``: open the store in this new process, hand ``thread_id`` off as its
+    first call, print the two times (ms) as JSON."""
+
+    async def run() -> None:
+        settings = pg_settings(Path(root), schema, durability)
+        t0 = time.perf_counter()
+        async with ThreadService(make_store(settings), settings) as svc:
+            t1 = time.perf_counter()
+            await svc.handoff(thread_id, summary="carry on after the restart")
+            t2 = time.perf_counter()
+        print(json.dumps({"open_ms": (t1 - t0) * 1000, "handoff_ms": (t2 - t1) * 1000}))
+
+    anyio.run(run)
+
+
+def restart_in_new_process(root: Path, schema: str, durability: str, thread_id: str) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--restart-child", str(root), schema, durability, thread_id],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+async def measure(
+    events: int, repeats: int, durability: str, size: str, kind: str = "sqlite"
+) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="threadloom-bench-handoff-"))
-    settings = Settings(root=root, durability=durability)
+    schema = pg_schema() if kind == "postgres" else ""
+    try:
+        return await measure_in(root, schema, events, repeats, durability, size, kind)
+    finally:
+        if schema:
+            pg_schema(drop=schema)
+
+
+async def measure_in(
+    root: Path, schema: str, events: int, repeats: int, durability: str, size: str, kind: str
+) -> dict[str, Any]:
+    if kind == "postgres":
+        settings = pg_settings(root, schema, durability)
+
+        def new_store() -> Any:
+            return make_store(settings)
+    else:
+        settings = Settings(root=root, durability=durability)
+
+        def new_store() -> Any:
+            return SQLiteStore(root, durability=durability)
+
     trigger_ms, trigger_cpu_ms, plain_ms, carried, new_events = [], [], [], [], []
     verify_ms, full_ms, cold_ms, twins = [], [], [], []
-    async with ThreadService(SQLiteStore(root, durability=durability), settings) as svc:
+    async with ThreadService(new_store(), settings) as svc:
         sentences = SIZES[size]
         probe = await build(svc, events, 10_000_000, sentences)
         used = (await svc.get_thread(probe)).context().used
@@ -115,17 +193,23 @@ async def measure(events: int, repeats: int, durability: str, size: str) -> dict
             assert (await svc.verify_thread(twin)).ok
             full_ms.append((time.perf_counter() - t0) * 1000)
             twins.append(twin)
-    async with ThreadService(SQLiteStore(root, durability=durability), settings) as svc:  # a new process
+    async with ThreadService(new_store(), settings) as svc:  # a new process
         for twin in twins:
             t0 = time.perf_counter()
             assert (await svc.ensure_verified(twin)).ok
             cold_ms.append((time.perf_counter() - t0) * 1000)
-    restart_ms = []
-    async with ThreadService(SQLiteStore(root, durability=durability), settings) as svc:  # another one
-        for twin in twins:  # an explicit handoff, verification included, as a new server's first call
-            t0 = time.perf_counter()
-            await svc.handoff(twin, summary="carry on after the restart")
-            restart_ms.append((time.perf_counter() - t0) * 1000)
+    restart_ms, open_ms = [], []
+    if kind == "postgres":  # each handoff the first call of its own new process
+        for twin in twins:
+            got = restart_in_new_process(root, schema, durability, twin)
+            restart_ms.append(got["handoff_ms"])
+            open_ms.append(got["open_ms"])
+    else:
+        async with ThreadService(new_store(), settings) as svc:  # another one
+            for twin in twins:  # an explicit handoff, verification included, as a new server's first call
+                t0 = time.perf_counter()
+                await svc.handoff(twin, summary="carry on after the restart")
+                restart_ms.append((time.perf_counter() - t0) * 1000)
     med_t, med_p = statistics.median(trigger_ms), statistics.median(plain_ms)
     return {
         "events": events,
@@ -141,6 +225,11 @@ async def measure(events: int, repeats: int, durability: str, size: str) -> dict
         "verify_full_ms_median": statistics.median(full_ms),
         "verify_cold_ms_median": statistics.median(cold_ms),
         "handoff_after_restart_ms_median": statistics.median(restart_ms),
+        **(
+            {"handoff_after_restart_ms_all": restart_ms, "open_ms_median": statistics.median(open_ms)}
+            if open_ms
+            else {}
+        ),
         "carried_messages": statistics.median(carried),
         "new_thread_events": statistics.median(new_events),
         "goal_ms": GOAL_MS,
@@ -153,16 +242,26 @@ async def main() -> None:
     ap.add_argument("--events", type=int, default=10_000, help="largest thread size (events)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--full", action="store_true", help="also 100,000-event threads (slow to build)")
+    ap.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
+    ap.add_argument(
+        "--durability", choices=("full", "normal"), action="append", help="only these (repeatable)"
+    )
+    ap.add_argument(
+        "--size", choices=tuple(SIZES), action="append", help="only these event sizes (repeatable)"
+    )
     args = ap.parse_args()
     sizes = sorted({1000, args.events} | ({100_000} if args.full else set()))
+    pg = args.store == "postgres"
     rows = []
-    for durability in ("full", "normal"):
-        for size in SIZES:
+    for durability in args.durability or ("full", "normal"):
+        for size in args.size or SIZES:
             for n in sizes:
-                rows.append(await measure(n, args.repeats, durability, size))
+                rows.append(await measure(n, args.repeats, durability, size, args.store))
     print(
         f"{'durability':<10} {'events':>8} {'size':<8} {'handoff append':>15} {'max':>8} {'cpu':>8} {'plain append':>13} "
-        f"{'ratio':>7} {'carried':>8} {'verify':>8} {'full':>8} {'cold':>8} {'restart':>8}  goal <{GOAL_MS:.0f} ms"
+        f"{'ratio':>7} {'carried':>8} {'verify':>8} {'full':>8} {'cold':>8} {'restart':>8}"
+        + (f" {'open':>8}" if pg else "")
+        + f"  goal <{GOAL_MS:.0f} ms"
     )
     for r in rows:
         print(
@@ -170,8 +269,9 @@ async def main() -> None:
             f"{r['handoff_append_ms_max']:>5.1f} ms {r['handoff_append_cpu_ms_median']:>5.1f} ms"
             f" {r['plain_append_ms_median']:>10.2f} ms {r['ratio']:>6.1f}x {r['carried_messages']:>8.0f}"
             f" {r['verify_ms_median']:>5.1f} ms {r['verify_full_ms_median']:>5.0f} ms {r['verify_cold_ms_median']:>5.0f} ms"
-            f" {r['handoff_after_restart_ms_median']:>5.0f} ms  "
-            f"{'yes' if r['meets_goal'] else 'NO'}"
+            f" {r['handoff_after_restart_ms_median']:>5.0f} ms"
+            + (f" {r['open_ms_median']:>5.0f} ms" if pg else "")
+            + f"  {'yes' if r['meets_goal'] else 'NO'}"
         )
     RESULTS.mkdir(exist_ok=True)
     out = {
@@ -183,9 +283,13 @@ async def main() -> None:
         },
         "rows": rows,
     }
-    (RESULTS / "handoff.json").write_text(json.dumps(out, indent=2))
-    print(f"wrote {RESULTS / 'handoff.json'}")
+    name = "handoff_postgres.json" if pg else "handoff.json"
+    (RESULTS / name).write_text(json.dumps(out, indent=2))
+    print(f"wrote {RESULTS / name}")
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    if sys.argv[1:2] == ["--restart-child"]:
+        restart_child(*sys.argv[2:6])
+    else:
+        anyio.run(main)

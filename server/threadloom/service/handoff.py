@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace as dc_replace
 from datetime import UTC, datetime
 
 import anyio
 
 from .. import chain, visibility
+from ..chain import ContinuationPlan
 from ..errors import (
     IntegrityError,
     InvalidInputError,
@@ -32,13 +33,14 @@ from ..results import (
 )
 from ..store.base import (
     AppendEvents,
+    CommitResult,
     CreateThread,
+    Op,
 )
 from .base import (
     MAX_REASON,
     MAX_SUMMARY,
     ServiceBase,
-    T,
     _check_len,
     _lease_check,
     log,
@@ -171,27 +173,33 @@ class HandoffPolicy(ServiceBase):
                 ceiling_tokens=self.settings.resume_ceiling_tokens,
                 threshold=threshold,
             )
+
+            def ops_of(plan: ContinuationPlan) -> list[Op]:
+                ops = [
+                    dc_replace(op, lease=_lease_check(owner))
+                    if isinstance(op, AppendEvents) and op.thread_id == thread_id
+                    else op
+                    for op in plan.ops
+                ]
+                if thread.lease is not None and thread.lease.owner == owner:  # the run goes on there
+                    carried = thread.lease.model_copy(
+                        update={
+                            "expires_at": iso(datetime.fromtimestamp(time.time() + thread.lease.ttl, UTC))
+                        }
+                    )
+                    ops = [
+                        CreateThread(op.thread.model_copy(update={"lease": carried}))
+                        if isinstance(op, CreateThread)
+                        else op
+                        for op in ops
+                    ]
+                return ops
+
             if attempt == 0:  # an edited transcript must not become the new thread's context
-                plan = await self._verified_then(thread_id, planning, force=force)
+                plan, res = await self._verified_commit(thread_id, planning, ops_of, force=force)
             else:
                 plan = await planning
-            ops = [
-                dc_replace(op, lease=_lease_check(owner))
-                if isinstance(op, AppendEvents) and op.thread_id == thread_id
-                else op
-                for op in plan.ops
-            ]
-            if thread.lease is not None and thread.lease.owner == owner:  # the run goes on there
-                carried = thread.lease.model_copy(
-                    update={"expires_at": iso(datetime.fromtimestamp(time.time() + thread.lease.ttl, UTC))}
-                )
-                ops = [
-                    CreateThread(op.thread.model_copy(update={"lease": carried}))
-                    if isinstance(op, CreateThread)
-                    else op
-                    for op in ops
-                ]
-            res = await self.store.commit(ops)
+                res = await self.store.commit(ops_of(plan))
             new = res.threads[plan.new.thread_id]
             ctx = new.context()
             log.info(
@@ -218,28 +226,55 @@ class HandoffPolicy(ServiceBase):
 
         return await self._retrying(attempt_handoff)
 
-    async def _verified_then(self, thread_id: str, planning: Awaitable[T], *, force: bool) -> T:
-        """``planning``'s result once the thread verified (ensure_verified): both read at once
-        (the check mostly waits on the database and hashes outside the GIL), and a failed
-        verification wins over anything the plan raised, since nothing is committed yet."""
-        errors: dict[str, BaseException] = {}
-        planned: list[T] = []
+    async def _verified_commit(
+        self,
+        thread_id: str,
+        planning: Awaitable[ContinuationPlan],
+        ops_of: Callable[[ContinuationPlan], list[Op]],
+        *,
+        force: bool,
+    ) -> tuple[ContinuationPlan, CommitResult]:
+        """Plan and commit once the thread verified (ensure_verified), the check running
+        beside both: the plan's reads, and the commit's work up to what the store holds back
+        until ``gate`` passes (``Store.commit_after``: PostgreSQL writes the new thread
+        meanwhile and touches the old one, and commits, only after it). A failed or
+        unfinished verification wins over anything the plan or the commit raised, and
+        nothing is committed then."""
+        done = anyio.Event()
+        outcome: dict[str, BaseException | bool] = {}
 
         async def verify() -> None:
             try:
                 await self.ensure_verified(thread_id, force=force)
+                outcome["ok"] = True
             except ThreadloomError as exc:
-                errors["verify"] = exc
+                outcome["error"] = exc
+            finally:
+                done.set()
 
+        async def gate() -> None:
+            await done.wait()
+            if outcome.get("ok") is not True:
+                error = outcome.get("error")
+                if isinstance(error, BaseException):
+                    raise error
+                raise IntegrityError(
+                    f"thread {thread_id}: the verification before the handoff did not finish",
+                    rule="integrity_failed",
+                )
+
+        failed: list[ThreadloomError] = []
         async with anyio.create_task_group() as tg:
             tg.start_soon(verify)
             try:
-                planned.append(await planning)
+                plan = await planning
+                res = await self.store.commit_after(ops_of(plan), gate)
             except ThreadloomError as exc:
-                errors["plan"] = exc
-        if errors:
-            raise errors.get("verify") or errors["plan"]
-        return planned[0]
+                failed.append(exc)
+        if failed:  # raised outside the task group, which would wrap it
+            error = outcome.get("error")
+            raise error if isinstance(error, ThreadloomError) else failed[0]
+        return plan, res
 
     async def _past_handoff(self, thread: Thread) -> HandoffInfo | None:
         """The handoff a continued thread already made, pointing at its chain's current end."""

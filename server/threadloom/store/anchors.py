@@ -15,8 +15,8 @@ close. A later quick check hashes lines 1..seq, compares, and checks the signatu
 of any of those lines, or of the anchor row, makes it fall back to the full check.
 
 PostgreSQL keeps the same table (created beside the migrations, under their lock), written
-after the commit that crossed (the one-call append has no room for it) and read in the
-snapshot of ``read_anchored``.
+in the background after the commit that crossed (the one-call append has no room for it)
+and read in the one statement of ``read_anchored``.
 
 Kept out of the numbered migrations, like ``mirror_pending``: an anchor is derived data that
 any version may add beside the schema (and drop: without it verification is only slower).
@@ -151,11 +151,15 @@ class AnchorBook:
         if seq - self._seqs.get(thread_id, 0) < ANCHOR_MIN_TAIL:
             return
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()  # outside an event loop the close stores it
         except RuntimeError:
             return
         self._seqs[thread_id] = seq
-        task = loop.create_task(self._store([sign_anchor(self._signer, thread_id, seq, state.hexdigest())]))
+        self.later([sign_anchor(self._signer, thread_id, seq, state.hexdigest())])
+
+    def later(self, signed: list[SignedAnchor]) -> None:
+        """Store ``signed`` in the background (in an event loop); :meth:`drain` waits for it."""
+        task = asyncio.get_running_loop().create_task(self._store(signed))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -14,7 +14,7 @@ Backends: ``memory`` (tests), ``sqlite`` (default, one file per root), and later
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -352,6 +352,15 @@ class Store(abc.ABC):
             IdempotentReplay: an append's key was already applied with the same content.
             StoreUnavailableError: the backend kept failing after bounded retries.
         """
+
+    async def commit_after(self, ops: Sequence[Op], gate: Callable[[], Awaitable[None]]) -> CommitResult:
+        """:meth:`commit` of ``ops`` once ``gate()`` returned; when it raises, nothing is
+        committed and its error propagates. This one waits for the gate first; a store may
+        instead do the commit's work meanwhile, as long as nothing an existing thread holds
+        is touched and nothing commits before the gate passes (PostgreSQL: the threads the
+        commit creates are written while a handoff's verification still runs)."""
+        await gate()
+        return await self.commit(ops)
 
     # --------------------------------------------------------------------- reads
 

@@ -260,9 +260,9 @@ async def _insert(
     done = 0
     for i in range(0, len(items), INSERT_CHUNK):
         part = items[i : i + INSERT_CHUNK]
-        cur = await conn.execute(  # arrays, not a VALUES list: psycopg parses one short query
+        cur = await conn.execute(  # binary arrays, not a VALUES list: one short query, no escaping
             f"INSERT INTO {TABLE} (thread_id, seq, tsv) SELECT t, s, v::tsvector"
-            " FROM unnest(%s::text[], %s::bigint[], %s::text[]) WITH ORDINALITY AS u(t, s, v, n)"
+            " FROM unnest(%b::text[], %b::bigint[], %b::text[]) WITH ORDINALITY AS u(t, s, v, n)"
             " ORDER BY n ON CONFLICT (thread_id, seq)" + conflict,
             ([tid for tid, _ in part], [r.seq for _, r in part], [r.tsv for _, r in part]),
         )
@@ -277,8 +277,34 @@ async def insert_docs(conn: psycopg.AsyncConnection, thread_id: str, rows: Seque
         await _insert(conn, [(thread_id, r) for r in rows], replace=True, count=False)
 
 
+COPY_SOURCES = (
+    f"INSERT INTO {TABLE} (thread_id, seq, tsv) SELECT %s, n.seq, d.tsv"
+    " FROM unnest(%b::bigint[], %b::text[], %b::bigint[]) WITH ORDINALITY AS n(seq, st, ss, k)"
+    f" JOIN {TABLE} AS d ON d.thread_id = n.st AND d.seq = n.ss ORDER BY n.k"
+    " ON CONFLICT (thread_id, seq) DO UPDATE SET tsv = EXCLUDED.tsv RETURNING seq"
+)
+"""Copied events' rows take their sources' tsvectors: (new seq, source thread, source seq)."""
+_REPLACE = " ON CONFLICT (thread_id, seq) DO UPDATE SET tsv = EXCLUDED.tsv"
+COPY_ONE_SOURCE = (
+    f"INSERT INTO {TABLE} (thread_id, seq, tsv) SELECT %s, n.seq, d.tsv"
+    " FROM unnest(string_to_array(%s, ',')::bigint[], string_to_array(%s, ',')::bigint[])"
+    f" WITH ORDINALITY AS n(seq, ss, k) JOIN {TABLE} AS d ON d.thread_id = %s AND d.seq = n.ss ORDER BY n.k"
+    f"{_REPLACE} RETURNING seq"
+)
+"""The same from one source thread, the seqs as comma-joined text (no per-element dump).
+Into a thread created in the same transaction (``new_thread``) without ON CONFLICT: no row
+of it can exist yet (its id is new, and deleting a thread deletes its rows in the same
+transaction), and the arbiter check costs ~3 ms for a handoff's 900 rows; should one exist
+all the same, the unique index refuses the commit (nothing is overwritten silently)."""
+
+
 async def index_appended(
-    conn: psycopg.AsyncConnection, thread_id: str, events: Sequence[NewEvent], seqs: Sequence[int]
+    conn: psycopg.AsyncConnection,
+    thread_id: str,
+    events: Sequence[NewEvent],
+    seqs: Sequence[int],
+    *,
+    new_thread: bool = False,
 ) -> None:
     """Index appended ``events`` stored at ``seqs`` in order. An event that copies a stored
     one unchanged (``copy_of``: a handoff's carried messages) takes that event's tsvector in
@@ -296,18 +322,22 @@ async def index_appended(
         if not copied:
             await insert_docs(conn, thread_id, doc_rows([e for e, _ in run], [s for _, s in run]))
             continue
-        cur = await conn.execute(
-            f"INSERT INTO {TABLE} (thread_id, seq, tsv) SELECT %s, n.seq, d.tsv"
-            " FROM unnest(%s::bigint[], %s::text[], %s::bigint[]) WITH ORDINALITY AS n(seq, st, ss, k)"
-            f" JOIN {TABLE} AS d ON d.thread_id = n.st AND d.seq = n.ss ORDER BY n.k"
-            " ON CONFLICT (thread_id, seq) DO UPDATE SET tsv = EXCLUDED.tsv RETURNING seq",
-            (
-                thread_id,
-                [s for _, s in run],
-                [e.copy_of[0] for e, _ in run],  # type: ignore[index]
-                [e.copy_of[1] for e, _ in run],  # type: ignore[index]
-            ),
-        )
+        sources = {e.copy_of[0] for e, _ in run}  # type: ignore[index]
+        if len(sources) == 1:  # a handoff's: one source thread, the seqs as two joined values
+            seqs = ",".join(str(s) for _, s in run)
+            from_seqs = ",".join(str(e.copy_of[1]) for e, _ in run)  # type: ignore[index]
+            q = COPY_ONE_SOURCE.replace(_REPLACE, "") if new_thread else COPY_ONE_SOURCE
+            cur = await conn.execute(q, (thread_id, seqs, from_seqs, *sources))
+        else:
+            cur = await conn.execute(
+                COPY_SOURCES,
+                (
+                    thread_id,
+                    [s for _, s in run],
+                    [e.copy_of[0] for e, _ in run],  # type: ignore[index]
+                    [e.copy_of[1] for e, _ in run],  # type: ignore[index]
+                ),
+            )
         done = {r[0] for r in await cur.fetchall()}
         rest = [(e, s) for e, s in run if s not in done]
         if rest:

@@ -11,6 +11,7 @@ bounded number of times; a write whose connection failed is not (it may have com
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import uuid
@@ -86,11 +87,31 @@ APPEND_NOTICE_DELAY = 0.02
 """Seconds a plain append's NOTIFY may wait to be sent with later ones (see ``_announce``)."""
 CONNECT_TIMEOUT = 10
 """Seconds to reach the database at start-up before giving up with its error."""
-MIGRATION_LOCK = 0x7468726561646C6F  # "threadlo": one advisory lock for every server
 _THREAD_COLS = (
     "thread_id, doc, status, updated_at, heartbeat_at, event_count, text_chars, input_tokens, version, accounts,"
     " lease_owner, lease_expires, lease_ttl"
 )
+MIGRATION_LOCK = 0x7468726561646C6F  # "threadlo": one advisory lock for every server
+WARM_CONNECTIONS = 3
+"""Connections the pool keeps open (at most its size), opened and warmed (:data:`WARM_SQL`)
+while ``open`` checks the migrations on its own connection, so that a new server's first
+calls (a handoff reads on two at once, then commits) need not connect first."""
+WARM_SQL = (
+    f"SELECT {_THREAD_COLS}, chain_head FROM threads WHERE thread_id = ''",
+    "SELECT seq, ts, type, line, prev_hash FROM events WHERE thread_id = '' AND seq > 0 ORDER BY seq LIMIT 1",
+    "SELECT seq, sha256, signature FROM anchors WHERE thread_id = ''",
+    "SELECT record FROM thread_imports WHERE thread_id = ''",
+    "SELECT request_hash, seqs FROM idempotency WHERE thread_id = '' AND key = ''",
+    "EXPLAIN INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) VALUES ('', 0, '', '', '', NULL)",
+    "EXPLAIN INSERT INTO search_docs (thread_id, seq, tsv) VALUES ('', 0, ''::tsvector)",
+    "EXPLAIN UPDATE threads SET version = version + 1 WHERE thread_id = ''",
+)
+"""Statements a new connection runs before the pool hands it out: each is cheap, but the
+first statement on a table in a new PostgreSQL backend loads that table's catalog entries
+(a few ms each, 15 ms for the first); the writes only as EXPLAIN (planned, not run). One
+at a time (each its own transaction, so none waits for a lock while holding one), and only
+once ``open`` has migrated: run in one pipeline (one implicit transaction) beside the
+migrations, they deadlocked with an ``ALTER TABLE``."""
 _RETRYABLE = (
     pgerrors.SerializationFailure,
     pgerrors.DeadlockDetected,
@@ -149,12 +170,23 @@ class PostgresStore(Store):
         self._group = pgappend.GroupCommit(self._tails, self._call_group)
         self._regex_ok: bool | None = None
         self._vectors = pgvectors.PgVectors()
+        self._gate_slots = asyncio.Semaphore(max(1, pool_size - 1))
+        self._may_warm = asyncio.Event()
+        self._may_warm.set()
 
     # ------------------------------------------------------------- life cycle
 
     async def _configure(self, conn: psycopg.AsyncConnection) -> None:
         if self.durability == "normal":  # survives a crash of this process, not of the DB server
             await conn.execute("SET synchronous_commit = off")
+        await (
+            self._may_warm.wait()
+        )  # not beside the migrations: their locks, and the tables may not exist yet
+        try:  # one statement at a time, each its own transaction: waiting for a lock, it holds none
+            for q in WARM_SQL:
+                await conn.execute(q)
+        except psycopg.Error as exc:  # only slower first calls
+            log.debug("warming a new connection failed: %s", exc)
         await conn.commit()
 
     async def open(self) -> None:
@@ -162,26 +194,31 @@ class PostgresStore(Store):
             return
         pool = AsyncConnectionPool(
             self.dsn,
-            min_size=1,
+            min_size=min(WARM_CONNECTIONS, self._pool_size),
             max_size=self._pool_size,
             open=False,
             configure=self._configure,
             timeout=30,
             kwargs={"autocommit": True},
         )
+        self._may_warm = asyncio.Event()
         try:
             # one direct connection first: a wrong address, database or password fails now,
             # with the server's own words, instead of as a pool timeout 30 s later
             async with await psycopg.AsyncConnection.connect(
                 self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
             ) as conn:
-                await _migrate(conn)
-                await self._load_key(conn)
-                cur = await conn.execute("SELECT current_schema()")
-                schema = (await cur.fetchone())[0]  # type: ignore[index]
+                await pool.open(wait=False)  # its connections come up while this one migrates
+                try:
+                    await _migrate(conn)
+                    await self._load_key(conn)
+                    cur = await conn.execute("SELECT current_schema()")
+                    schema = (await cur.fetchone())[0]  # type: ignore[index]
+                finally:
+                    self._may_warm.set()  # and warm once it is done
                 # one channel per schema: stores in other schemas of the database are not ours
                 self._channel = CHANNEL if schema in (None, "public") else f"{CHANNEL}.{schema}"
-            await pool.open(wait=True, timeout=30)
+            await pool.wait(timeout=30)
         except SchemaTooNew as exc:
             await pool.close()
             raise StoreUnavailableError(str(exc), rule="schema_too_new") from None
@@ -292,23 +329,67 @@ class PostgresStore(Store):
     # ------------------------------------------------------------------ writes
 
     async def commit(self, ops: Sequence[Op]) -> CommitResult:
+        gate = _GATE.get()
+        if gate is not None:  # commit_after's, for this one commit
+            _GATE.set(None)
+        return await self._commit_ops(ops, gate)
+
+    async def commit_after(self, ops: Sequence[Op], gate: Callable[[], Awaitable[None]]) -> CommitResult:
+        """The transaction writes the threads it creates while ``gate`` runs (a handoff's new
+        thread, ~900 carried events and their search rows, while the old one is verified)
+        and waits for it before its first op on an existing thread: no row lock is held
+        while it waits, so nothing can queue behind it. It holds a connection meanwhile, so
+        at most ``pool_size - 1`` commits wait at once (the gate's own reads need one);
+        past that, or with a pool of one, it waits for the gate first like any store."""
+        if self._pool_size < 2 or self._gate_slots.locked():
+            await gate()
+            return await self.commit(ops)
+        await self._gate_slots.acquire()
+        held = [True]
+
+        def release() -> None:
+            if held[0]:
+                held[0] = False
+                self._gate_slots.release()
+
+        async def gated() -> None:
+            try:
+                await gate()
+            finally:
+                release()
+
+        token = _GATE.set(gated)
+        try:  # through commit(), so that whatever wraps it still sees this commit
+            result = await self.commit(ops)
+            if _GATE.get() is gated:  # it never reached this store's commit: still say no if the gate does
+                await gated()
+            return result
+        finally:
+            _GATE.reset(token)
+            release()
+
+    async def _commit_ops(
+        self, ops: Sequence[Op], gate: Callable[[], Awaitable[None]] | None
+    ) -> CommitResult:
         # a commit that reached the database finishes even if its caller is cancelled, so
         # what committed is also announced (and the tail cache stays true)
         with anyio.CancelScope(shield=True):
             result = None
-            op = pgappend.fits(ops, self.checkpoints)
+            op = pgappend.fits(ops, self.checkpoints) if gate is None else None
             if op is not None:
                 result = await self._append_one(op)
             if result is None:
-                result = await self._commit(ops)
+                result = await self._commit(ops, gate)
         await self._announce(result.threads, soon=op is None)
         self._notify(frozenset(result.threads))
-        await self._anchor_crossings(result)
+        self._anchor_crossings(result)
         return result
 
-    async def _anchor_crossings(self, result: CommitResult) -> None:
+    def _anchor_crossings(self, result: CommitResult) -> None:
         """Store a signed anchor for each thread whose append passed a multiple of
-        ANCHOR_EVERY lines, when this process trusts its running hash (anchors.py)."""
+        ANCHOR_EVERY lines, when this process trusts its running hash (anchors.py): signed
+        now, from the hash as this commit left it, and written in the background (derived
+        data: the commit's caller need not wait; ``close`` waits for it)."""
         signed = []
         for a in result.appends:
             # most appends cross nothing: skip them before copying the running hash (+1: a
@@ -319,7 +400,7 @@ class PostgresStore(Store):
             if known is not None and anchors.crossed(a.events[0].seq - 1, known[0]):
                 signed.append(anchors.sign_anchor(self.signer, a.thread_id, known[0], known[1].hexdigest()))
         if signed:
-            await self._store_anchors(signed)
+            self._anchor_book.later(signed)
 
     async def _store_anchors(self, signed: list[anchors.SignedAnchor]) -> None:
         async def fn(conn: psycopg.AsyncConnection) -> None:
@@ -393,8 +474,12 @@ class PostgresStore(Store):
 
         return await self._run(run, write=True, txn=False)
 
-    async def _commit(self, ops: Sequence[Op]) -> CommitResult:
-        """Any commit, as one transaction of statements."""
+    async def _commit(
+        self, ops: Sequence[Op], gate: Callable[[], Awaitable[None]] | None = None
+    ) -> CommitResult:
+        """Any commit, as one transaction of statements. ``gate`` (commit_after): awaited
+        before the first op on a thread this commit did not create, and before the
+        checkpoints (which read the running hash a verification leaves)."""
         views: list[HashView] = []
         tails: dict[str, tuple[int, str | None]] = {}
 
@@ -406,10 +491,18 @@ class PostgresStore(Store):
             views[:] = [view]
             tails.clear()
             appended: dict[str, _Appended] = {}
+            created: set[str] = set()
+            waiting = gate
             for op in ops:
-                await self._apply(conn, op, ts, epoch, result, reread, view, appended)
+                if waiting is not None and not _on_created(op, created):
+                    await waiting()
+                    waiting = None
+                await self._apply(conn, op, ts, epoch, result, reread, view, appended, created)
                 if isinstance(op, (CreateThread, ImportThread)):
                     tails[op.thread.thread_id] = (0, None) if isinstance(op, CreateThread) else (-1, None)
+                    created.add(op.thread.thread_id)
+            if waiting is not None:
+                await waiting()
             if self.checkpoints:
                 for tid, state in appended.items():
                     status = state.status
@@ -419,8 +512,16 @@ class PostgresStore(Store):
                     if wants_checkpoint(state.asked, status):
                         await self._checkpoint(conn, tid, state, ts, view)
                         reread.add(tid)
-            for tid in reread:
-                result.threads[tid] = await _get_thread(conn, tid)
+            if reread:  # one round trip for all of them
+                ids = list(reread)
+                cur = await conn.execute(
+                    f"SELECT {_THREAD_COLS} FROM threads WHERE thread_id = ANY(%s)", (ids,)
+                )
+                rows = {r[0]: r for r in await cur.fetchall()}
+                for tid in ids:
+                    if tid not in rows:
+                        raise not_found(tid)
+                    result.threads[tid] = _row_to_thread(rows[tid])
             for tid, state in appended.items():
                 tails[tid] = (state.count, state.head)
             return result
@@ -487,7 +588,9 @@ class PostgresStore(Store):
         reread: set[str],
         view: HashView,
         appended: dict[str, _Appended],
+        created: frozenset[str] | set[str] = frozenset(),
     ) -> None:
+        """``created``: the threads an earlier op of this commit created."""
         if isinstance(op, CreateThread):
             t = op.thread
             await conn.execute(
@@ -531,7 +634,7 @@ class PostgresStore(Store):
             w = plan_append(op, loaded, idem, ts, epoch)  # raising rolls back
             view.extend(op.thread_id, loaded.event_count, w.lines)
             async with conn.pipeline():
-                await conn.execute(INSERT_EVENTS, _event_arrays(w.stored))
+                await conn.execute(*_insert_events(w.stored))
                 await conn.execute(
                     update_sql("%s", start=True), (*w.columns(ts, epoch, start=True), op.thread_id)
                 )
@@ -541,7 +644,9 @@ class PostgresStore(Store):
                         " VALUES (%s,%s,%s,%s,%s)",
                         (op.thread_id, *w.idempotency, ts),
                     )
-                await pgsearch.index_appended(conn, op.thread_id, op.events, w.seqs)
+                await pgsearch.index_appended(
+                    conn, op.thread_id, op.events, w.seqs, new_thread=op.thread_id in created
+                )
             res = AppendResult(op.thread_id, w.seqs, w.stored)
             result.appends.append(res)
             prior = appended.get(op.thread_id)
@@ -654,7 +759,7 @@ class PostgresStore(Store):
                 rows = [dc_replace(e, prev_hash=p) for e, p in zip(op.events, prevs)]
                 async with conn.pipeline():
                     for i in range(0, len(rows), 5000):
-                        await conn.execute(INSERT_EVENTS, _event_arrays(rows[i : i + 5000]))
+                        await conn.execute(*_insert_events(rows[i : i + 5000]))
                     await pgsearch.insert_docs(conn, t.thread_id, pgsearch.stored_doc_rows(op.events))
             if op.record is not None:
                 await conn.execute(
@@ -715,6 +820,50 @@ class PostgresStore(Store):
         return await self._run(fn, write=False)
 
     async def read_anchored(self, thread_id: str) -> AnchoredSnapshot:
+        """One statement (one snapshot, one round trip): the base is worked out in SQL as
+        below, the prefix comes back as one binary value and the tail as arrays. Python
+        works the base out again from what came back; should the two ever differ, the
+        step-by-step reads below decide."""
+        anchor = self._hashes.anchor(thread_id)  # before the snapshot: what it covers is committed
+
+        async def fn(conn: psycopg.AsyncConnection) -> AnchoredSnapshot | None:
+            cur = await conn.execute(
+                ANCHORED_SQL, {"tid": thread_id, "run": anchor[0] if anchor is not None else 0}, binary=True
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise not_found(thread_id)
+            thread = _row_to_thread(row[:13])
+            mine = anchor if anchor is not None and anchor[0] <= thread.event_count else None
+            found = row[14]
+            signed = self._anchor_book.usable(
+                None if found is None else anchors.SignedAnchor(thread_id, int(found), row[15], row[16]),
+                thread.event_count,
+                mine,
+            )
+            m = signed.seq if signed is not None else mine[0] if mine is not None else 0
+            base = row[18]
+            if m != row[17] or base < m:
+                return None
+            prefix = None if row[19] is None else bytes(row[19])
+            tail = (  # arrays: NULL for no rows
+                [StoredEvent(thread_id, *r) for r in zip(row[20], row[21], row[22], row[23], row[24])]
+                if row[20] is not None
+                else []
+            )
+            if signed is not None and base != signed.seq:
+                signed = None  # a checkpoint after it is the base
+            return AnchoredSnapshot(thread, row[13], mine, base, prefix, tail, None, bool(row[25]), signed)
+
+        snap = await self._run(fn, write=False, txn=False)
+        if snap is None:
+            log.warning(
+                "thread %s: the one-statement anchored read disagreed; reading step by step", thread_id
+            )
+            return await self._read_anchored_stepwise(thread_id)
+        return snap
+
+    async def _read_anchored_stepwise(self, thread_id: str) -> AnchoredSnapshot:
         async def fn(conn: psycopg.AsyncConnection) -> AnchoredSnapshot:
             anchor = self._hashes.anchor(thread_id)  # before the snapshot: what it covers is committed
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -1028,6 +1177,21 @@ class PostgresStore(Store):
         return task.cancel
 
 
+_GATE: contextvars.ContextVar[Callable[[], Awaitable[None]] | None] = contextvars.ContextVar(
+    "threadloom_commit_gate", default=None
+)
+"""The gate commit_after hands to the commit() it calls (per task: no other task's commit
+can take it)."""
+
+
+def _on_created(op: Op, created: set[str]) -> bool:
+    """Does ``op`` only create a thread or write to one its commit created (so that no
+    other transaction can be waiting for what it locks)?"""
+    if isinstance(op, CreateThread):
+        return True
+    return isinstance(op, AppendEvents) and op.thread_id in created
+
+
 async def _get_thread(conn: psycopg.AsyncConnection, thread_id: str) -> Thread:
     cur = await conn.execute(f"SELECT {_THREAD_COLS} FROM threads WHERE thread_id = %s", (thread_id,))
     row = await cur.fetchone()
@@ -1046,10 +1210,22 @@ async def _find_idem(conn: psycopg.AsyncConnection, thread_id: str, key: str) ->
 
 INSERT_EVENTS = (
     "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) SELECT * FROM"
-    " unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[])"
+    " unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[])"
 )
 """Event rows as six arrays, not a VALUES list: psycopg parses one short query instead of
-one growing with the rows (a handoff's 800 carried events spent ~25 ms in that parse)."""
+one growing with the rows (a handoff's 800 carried events spent ~25 ms in that parse). The
+arrays go in binary: in text format psycopg escapes every element with a regex (the quotes
+of a JSON line), ~20 ms for a handoff's 900 lines against ~1 ms."""
+
+
+INSERT_EVENTS_JOINED = (
+    "INSERT INTO events (thread_id, seq, ts, type, line, prev_hash) SELECT %s, %s::bigint + u.n, u.ts, u.type,"
+    " u.line, u.prev FROM unnest(string_to_array(%s, E'\\n'), string_to_array(%s, E'\\n'),"
+    " string_to_array(%s, E'\\n'), string_to_array(%s, E'\\n')) WITH ORDINALITY AS u(ts, type, line, prev, n)"
+)
+"""Rows of one thread with consecutive seqs, each text column as one newline-joined value
+that PostgreSQL splits: psycopg then dumps four strings, not a Python loop over every
+element of six arrays (~5 ms for a handoff's 900 events)."""
 
 
 def _event_arrays(events: Sequence[StoredEvent]) -> tuple[list[Any], ...]:
@@ -1061,6 +1237,63 @@ def _event_arrays(events: Sequence[StoredEvent]) -> tuple[list[Any], ...]:
         [e.line for e in events],
         [e.prev_hash for e in events],
     )
+
+
+def _insert_events(events: Sequence[StoredEvent]) -> tuple[str, tuple[Any, ...]]:
+    """The statement and parameters inserting ``events``: joined (INSERT_EVENTS_JOINED)
+    when every value splits back exactly (no newline inside, none empty or NULL, one thread,
+    consecutive seqs), else as arrays."""
+    first = events[0] if events else None
+    if first is not None and all(e.seq == first.seq + i for i, e in enumerate(events)):
+        tid = first.thread_id
+        cols = (
+            [e.ts for e in events],
+            [e.type for e in events],
+            [e.line for e in events],
+            [e.prev_hash for e in events],
+        )
+        if all(e.thread_id == tid for e in events) and all(None not in c and "" not in c for c in cols):
+            joined = ["\n".join(c) for c in cols]  # type: ignore[arg-type]
+            if all(j.count("\n") == len(events) - 1 for j in joined):
+                return INSERT_EVENTS_JOINED, (tid, first.seq - 1, *joined)
+    return INSERT_EVENTS, _event_arrays(events)
+
+
+ANCHORED_SQL = f"""
+WITH t AS (SELECT {_THREAD_COLS}, chain_head FROM threads WHERE thread_id = %(tid)s),
+a AS (SELECT seq, sha256, signature FROM anchors WHERE thread_id = %(tid)s),
+m AS (
+    SELECT GREATEST(
+        CASE WHEN %(run)s::bigint <= t.event_count THEN %(run)s::bigint ELSE 0 END,
+        COALESCE((SELECT a.seq FROM a WHERE a.seq <= t.event_count), 0)
+    ) AS m FROM t
+),
+b AS (
+    SELECT m.m, GREATEST(m.m, COALESCE((
+        SELECT e.seq - 1 FROM events e WHERE e.thread_id = %(tid)s AND e.seq > m.m AND e.type = 'checkpoint'
+        ORDER BY e.seq DESC LIMIT 1
+    ), 0)) AS base FROM m
+)
+SELECT t.*, a.seq, a.sha256, a.signature, b.m, b.base,
+    CASE WHEN b.base > 0 THEN (
+        SELECT convert_to(string_agg(line, E'\\n' ORDER BY seq), 'UTF8') FROM events
+        WHERE thread_id = %(tid)s AND seq <= b.base
+    ) END,
+    x.seqs, x.ts, x.types, x.lines, x.prevs,
+    EXISTS (SELECT 1 FROM thread_imports WHERE thread_id = %(tid)s)
+FROM t CROSS JOIN b LEFT JOIN a ON true
+LEFT JOIN LATERAL (
+    SELECT array_agg(seq ORDER BY seq) AS seqs, array_agg(ts ORDER BY seq) AS ts,
+        array_agg(type ORDER BY seq) AS types, array_agg(line ORDER BY seq) AS lines,
+        array_agg(prev_hash ORDER BY seq) AS prevs
+    FROM events WHERE thread_id = %(tid)s AND seq > b.base
+) AS x ON true
+"""
+"""``read_anchored`` in one statement: the thread row (13 columns and ``chain_head``), its
+stored anchor (seq, sha256, signature), m (the larger of the caller's running-hash seq, when
+the thread holds that many lines, and the stored anchor's seq, when it does), the base (m,
+or the seq before the last checkpoint after m), lines 1..base joined as one UTF-8 value, the
+tail after the base as arrays, and whether the thread was imported."""
 
 
 async def _migrate(conn: psycopg.AsyncConnection) -> int:
