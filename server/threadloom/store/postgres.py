@@ -179,9 +179,8 @@ class PostgresStore(Store):
     async def _configure(self, conn: psycopg.AsyncConnection) -> None:
         if self.durability == "normal":  # survives a crash of this process, not of the DB server
             await conn.execute("SET synchronous_commit = off")
-        await (
-            self._may_warm.wait()
-        )  # not beside the migrations: their locks, and the tables may not exist yet
+        # not beside the migrations: their locks, and the tables may not exist yet
+        await self._may_warm.wait()
         try:  # one statement at a time, each its own transaction: waiting for a lock, it holds none
             for q in WARM_SQL:
                 await conn.execute(q)
