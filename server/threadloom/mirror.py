@@ -38,8 +38,9 @@ from .private import FILE_MODE as FILE_MODE
 log = logging.getLogger("threadloom.mirror")
 
 
-class MirrorBusy(OSError):
-    """Another process holds a thread's mirror lock and the caller chose not to wait."""
+class MirrorBusy(Exception):
+    """Another process holds a thread's mirror lock and the caller chose not to wait
+    (not an OSError: nothing failed, and a caller's handler of write errors must not take it)."""
 
 
 T = TypeVar("T")

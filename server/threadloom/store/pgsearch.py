@@ -277,22 +277,22 @@ async def insert_docs(conn: psycopg.AsyncConnection, thread_id: str, rows: Seque
         await _insert(conn, [(thread_id, r) for r in rows], replace=True, count=False)
 
 
+_REPLACE = " ON CONFLICT (thread_id, seq) DO UPDATE SET tsv = EXCLUDED.tsv"
 COPY_SOURCES = (
     f"INSERT INTO {TABLE} (thread_id, seq, tsv) SELECT %s, n.seq, d.tsv"
     " FROM unnest(%b::bigint[], %b::text[], %b::bigint[]) WITH ORDINALITY AS n(seq, st, ss, k)"
-    f" JOIN {TABLE} AS d ON d.thread_id = n.st AND d.seq = n.ss ORDER BY n.k"
-    " ON CONFLICT (thread_id, seq) DO UPDATE SET tsv = EXCLUDED.tsv RETURNING seq"
+    f" JOIN {TABLE} AS d ON d.thread_id = n.st AND d.seq = n.ss ORDER BY n.k{_REPLACE} RETURNING seq"
 )
 """Copied events' rows take their sources' tsvectors: (new seq, source thread, source seq)."""
-_REPLACE = " ON CONFLICT (thread_id, seq) DO UPDATE SET tsv = EXCLUDED.tsv"
-COPY_ONE_SOURCE = (
+_COPY_ONE = (
     f"INSERT INTO {TABLE} (thread_id, seq, tsv) SELECT %s, n.seq, d.tsv"
     " FROM unnest(string_to_array(%s, ',')::bigint[], string_to_array(%s, ',')::bigint[])"
     f" WITH ORDINALITY AS n(seq, ss, k) JOIN {TABLE} AS d ON d.thread_id = %s AND d.seq = n.ss ORDER BY n.k"
-    f"{_REPLACE} RETURNING seq"
 )
-"""The same from one source thread, the seqs as comma-joined text (no per-element dump).
-Into a thread created in the same transaction (``new_thread``) without ON CONFLICT: no row
+"""The same from one source thread, the seqs as comma-joined text (no per-element dump)."""
+COPY_ONE_SOURCE = f"{_COPY_ONE}{_REPLACE} RETURNING seq"
+COPY_INTO_NEW = f"{_COPY_ONE} RETURNING seq"
+"""Into a thread created in the same transaction (``new_thread``) without ON CONFLICT: no row
 of it can exist yet (its id is new, and deleting a thread deletes its rows in the same
 transaction), and the arbiter check costs ~3 ms for a handoff's 900 rows; should one exist
 all the same, the unique index refuses the commit (nothing is overwritten silently)."""
@@ -324,10 +324,10 @@ async def index_appended(
             continue
         sources = {e.copy_of[0] for e, _ in run}  # type: ignore[index]
         if len(sources) == 1:  # a handoff's: one source thread, the seqs as two joined values
-            seqs = ",".join(str(s) for _, s in run)
+            to_seqs = ",".join(str(s) for _, s in run)
             from_seqs = ",".join(str(e.copy_of[1]) for e, _ in run)  # type: ignore[index]
-            q = COPY_ONE_SOURCE.replace(_REPLACE, "") if new_thread else COPY_ONE_SOURCE
-            cur = await conn.execute(q, (thread_id, seqs, from_seqs, *sources))
+            q = COPY_INTO_NEW if new_thread else COPY_ONE_SOURCE
+            cur = await conn.execute(q, (thread_id, to_seqs, from_seqs, *sources))
         else:
             cur = await conn.execute(
                 COPY_SOURCES,

@@ -783,8 +783,6 @@ class SQLiteStore(Store):
                 ).fetchone()[0],
                 wait=wait,
             )
-        except MirrorBusy:
-            raise
         except (OSError, ThreadloomError, sqlite3.Error) as exc:
             # the commit stands; its mark (store/pending.py) has the files repaired
             log.error("mirror write failed for thread %s: %s", tid, exc)
