@@ -1,4 +1,5 @@
-"""Restart, SIGKILL crash recovery and several processes on one root (SQLite)."""
+"""Restart, SIGKILL crash recovery and several processes on one root (SQLite), at both
+durabilities: with normal, small commits run on the event loop (store/sqlite.py)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,27 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 WRITER = str(Path(__file__).with_name("proc_writer.py"))
 
 
-def open_service(root: Path) -> ThreadService:
-    return ThreadService(SQLiteStore(root, durability="full"), Settings(root=root))
+@pytest.fixture(params=["full", "normal"])
+def durability(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def open_service(root: Path, durability: str = "full") -> ThreadService:
+    settings = Settings(root=root, durability=durability)  # type: ignore[arg-type]
+    return ThreadService(SQLiteStore(root, durability=settings.durability), settings)
+
+
+def writer(root: Path, tid: str, count: int, tag: str, durability: str, *more: str) -> list[str]:
+    return [
+        PYTHON,
+        WRITER,
+        str(root),
+        tid,
+        str(count),
+        tag,
+        *more,
+        *(["--normal"] if durability == "normal" else []),
+    ]
 
 
 async def check_mirror_equals_db(svc: ThreadService, root: Path, tid: str) -> None:
@@ -30,15 +50,17 @@ async def check_mirror_equals_db(svc: ThreadService, root: Path, tid: str) -> No
     assert manifest == manifest_bytes(await svc.store.get_thread(tid), svc.store.signer)
 
 
-async def test_data_written_by_one_process_is_read_by_the_next(tmp_path: Path, cli_env: dict) -> None:
+async def test_data_written_by_one_process_is_read_by_the_next(
+    tmp_path: Path, cli_env: dict, durability: str
+) -> None:
     root = tmp_path / "root"
-    async with open_service(root) as svc:
+    async with open_service(root, durability) as svc:
         tid = (await svc.create_thread(title="persist")).thread_id
     proc = subprocess.run(
-        [PYTHON, WRITER, str(root), tid, "20", "p1"], env=cli_env, capture_output=True, text=True, timeout=120
+        writer(root, tid, 20, "p1", durability), env=cli_env, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
-    async with open_service(root) as svc:
+    async with open_service(root, durability) as svc:
         thread = await svc.get_thread(tid)
         assert thread.title == "persist" and thread.event_count == 21
         texts = [e.get("text") for e in (await svc.read_events(tid)).events[1:]]
@@ -46,12 +68,12 @@ async def test_data_written_by_one_process_is_read_by_the_next(tmp_path: Path, c
         await check_mirror_equals_db(svc, root, tid)
 
 
-async def test_sigkill_loses_no_acknowledged_append(tmp_path: Path, cli_env: dict) -> None:
+async def test_sigkill_loses_no_acknowledged_append(tmp_path: Path, cli_env: dict, durability: str) -> None:
     root = tmp_path / "root"
-    async with open_service(root) as svc:
+    async with open_service(root, durability) as svc:
         tid = (await svc.create_thread()).thread_id
     proc = subprocess.Popen(
-        [PYTHON, WRITER, str(root), tid, "0", "crash", "--forever"],
+        writer(root, tid, 0, "crash", durability, "--forever"),
         env=cli_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -73,7 +95,7 @@ async def test_sigkill_loses_no_acknowledged_append(tmp_path: Path, cli_env: dic
     data = transcript.read_bytes()
     last_start = data.rstrip(b"\n").rfind(b"\n") + 1
     transcript.write_bytes(data[: last_start + (len(data) - last_start) // 2])
-    async with open_service(root) as svc:  # opening reconciles the mirrors
+    async with open_service(root, durability) as svc:  # opening reconciles the mirrors
         events = (await svc.read_events(tid, limit=1000)).events
         seqs = [e["seq"] for e in events]
         assert seqs == list(range(1, len(seqs) + 1))  # gapless
@@ -81,9 +103,11 @@ async def test_sigkill_loses_no_acknowledged_append(tmp_path: Path, cli_env: dic
         await check_mirror_equals_db(svc, root, tid)
 
 
-async def test_four_processes_append_to_one_root_without_errors(tmp_path: Path, cli_env: dict) -> None:
+async def test_four_processes_append_to_one_root_without_errors(
+    tmp_path: Path, cli_env: dict, durability: str
+) -> None:
     root = tmp_path / "root"
-    async with open_service(root) as svc:
+    async with open_service(root, durability) as svc:
         shared = (await svc.create_thread(title="shared")).thread_id
         own = [(await svc.create_thread()).thread_id for _ in range(4)]
     n = 40
@@ -92,7 +116,7 @@ async def test_four_processes_append_to_one_root_without_errors(tmp_path: Path, 
         for tid in (shared, own[i]):
             procs.append(
                 subprocess.Popen(
-                    [PYTHON, WRITER, str(root), tid, str(n), f"w{i}"],
+                    writer(root, tid, n, f"w{i}", durability),
                     env=cli_env,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
@@ -103,7 +127,7 @@ async def test_four_processes_append_to_one_root_without_errors(tmp_path: Path, 
     for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err
         assert "locked" not in err
-    async with open_service(root) as svc:
+    async with open_service(root, durability) as svc:
         events = (await svc.read_events(shared, limit=1000)).events
         assert [e["seq"] for e in events] == list(range(1, 4 * n + 2))
         texts = [e["text"] for e in events[1:]]
