@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace as dc_replace
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio.lowlevel
 
 from ..errors import ConflictError
-from ..integrity import Signer, TranscriptHashes, chain_hashes
+from ..integrity import Signer, TranscriptHashes
 from ..models import Lease, Status, StoredEvent, Thread, Usage, iso, parse_iso
 from ..provenance import ImportRecord
 from .apply import (
     accounts_doc,
     accounts_from_doc,
     add_usage,
-    check_import,
-    check_lease,
-    check_usage_guard,
-    check_version_guard,
     checkpoint_event,
     counters_after,
-    lease_after,
     lease_of,
     not_found,
     now_pair,
@@ -48,7 +42,7 @@ from .base import (
     Store,
     VectorRow,
 )
-from .core import Loaded, plan_append
+from .core import Loaded, plan_append, plan_import, plan_put_lease, plan_put_usage, put_thread_check
 
 
 def _cols(t: Thread) -> tuple[str | None, float | None, float | None]:
@@ -182,13 +176,12 @@ class MemoryStore(Store):
                 checkpoint[tid] = checkpoint.get(tid, False) or op.checkpoint
             elif isinstance(op, PutUsage):
                 t = current(op.thread_id)
-                check_usage_guard(op, t.usage.version)
-                usage = op.usage.model_copy(update={"version": op.expect_version + 1})
+                usage = plan_put_usage(op, accounts_doc(t.usage, None))
                 threads[t.thread_id] = t.model_copy(update={"usage": usage, "budget": op.budget})
             elif isinstance(op, PutLease):
                 t = current(op.thread_id)
-                cols = lease_after(op.thread_id, op.owner, op.ttl, _cols(t), now)
-                if cols != _cols(t):
+                cols = plan_put_lease(op, _cols(t), now)
+                if cols is not None:
                     owner, expires, ttl = cols
                     lease = None
                     if owner is not None and expires is not None and ttl is not None:
@@ -199,10 +192,8 @@ class MemoryStore(Store):
                 threads[t.thread_id] = t
             elif isinstance(op, PutThread):
                 t = current(op.thread.thread_id)
-                check_version_guard(op, t.version, parse_iso(t.heartbeat_at).timestamp())
-                t = t.model_copy(
-                    update={"lease": _renewed(t, check_lease(t.thread_id, op.lease, _cols(t), now))}
-                )
+                renew = put_thread_check(op, t.version, parse_iso(t.heartbeat_at).timestamp(), _cols(t), now)
+                t = t.model_copy(update={"lease": _renewed(t, renew)})
                 threads[t.thread_id] = op.thread.model_copy(
                     update={
                         "event_count": t.event_count,
@@ -219,15 +210,13 @@ class MemoryStore(Store):
                 )
             elif isinstance(op, ImportThread):
                 tid = op.thread.thread_id
-                check_import(op)
-                if tid in self._threads or tid in threads:
-                    raise ConflictError(f"thread {tid} exists already", rule="thread_exists")
+                w = plan_import(op, tid in self._threads or tid in threads, None)
                 threads[tid] = op.thread.model_copy(
                     update={"version": max(1, op.thread.version), "lease": None}
                 )
-                prevs, heads[tid] = chain_hashes(None, [e.line for e in op.events])  # this store's hash chain
+                heads[tid] = w.head
                 self._hashes.forget(tid)  # a state left from a deleted thread of that id is stale
-                new_events[tid] = [dc_replace(e, prev_hash=p) for e, p in zip(op.events, prevs)]
+                new_events[tid] = w.events
                 if op.record is not None:
                     records[tid] = op.record
         if self.checkpoints:

@@ -17,7 +17,6 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from dataclasses import replace as dc_replace
 from typing import Any, TypeVar
 
 import anyio
@@ -27,26 +26,18 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from ..errors import ConflictError, IntegrityError, StoreUnavailableError, ThreadloomError
-from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes
-from ..models import Status, StoredEvent, Thread, Usage, parse_iso
+from ..integrity import HashView, Signer, TranscriptHashes
+from ..models import Status, StoredEvent, Thread
 from ..provenance import ImportRecord
 from ..textquery import Mode, TextQuery
 from . import anchors, pgappend, pgsearch, pgvectors
 from .apply import (
     accounts_doc,
-    accounts_from_doc,
     check_count_guard,
     check_idempotency,
-    check_import,
-    check_lease,
     check_status_guard,
-    check_usage_guard,
-    check_version_guard,
-    lease_after,
-    lease_columns,
     leased_error,
     list_threads_query,
-    manifest_doc,
     not_found,
     now_pair,
     row_to_thread,
@@ -71,7 +62,21 @@ from .base import (
     Store,
     VectorRow,
 )
-from .core import Loaded, plan_append, plan_checkpoint, update_sql
+from .core import (
+    Loaded,
+    create_sql,
+    created_row,
+    import_sql,
+    plan_append,
+    plan_checkpoint,
+    plan_import,
+    plan_put_lease,
+    plan_put_thread,
+    plan_put_usage,
+    put_lease_sql,
+    put_thread_sql,
+    update_sql,
+)
 from .schema import POSTGRES_MIGRATIONS, POSTGRES_SEARCH_VERSION, SchemaTooNew
 from .textsearch import Finder
 
@@ -592,27 +597,7 @@ class PostgresStore(Store):
         """``created``: the threads an earlier op of this commit created."""
         if isinstance(op, CreateThread):
             t = op.thread
-            await conn.execute(
-                "INSERT INTO threads (thread_id, agent_id, parent_id, status, created_at, updated_at,"
-                " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, doc, accounts, fork_of,"
-                " lease_owner, lease_expires, lease_ttl) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                (
-                    t.thread_id,
-                    t.agent_id,
-                    t.parent_id,
-                    t.status.value,
-                    t.created_at,
-                    t.updated_at,
-                    t.heartbeat_at,
-                    epoch,
-                    t.stale_after,
-                    t.chain_root_id,
-                    manifest_doc(t),
-                    accounts_doc(t.usage, t.budget),
-                    t.forked_from.thread_id if t.forked_from else None,
-                    *lease_columns(t.lease),
-                ),
-            )
+            await conn.execute(create_sql("%s"), created_row(t, epoch, accounts_doc(t.usage, t.budget)))
             reread.add(t.thread_id)
             result.threads[t.thread_id] = t
             view.start(t.thread_id)
@@ -662,8 +647,7 @@ class PostgresStore(Store):
             row = await cur.fetchone()
             if row is None:
                 raise not_found(op.thread_id)
-            check_usage_guard(op, Usage.model_validate(accounts_from_doc(row[0]).get("usage") or {}).version)
-            usage = op.usage.model_copy(update={"version": op.expect_version + 1})
+            usage = plan_put_usage(op, row[0])
             await conn.execute(
                 "UPDATE threads SET accounts = %s WHERE thread_id = %s",
                 (accounts_doc(usage, op.budget), op.thread_id),
@@ -677,13 +661,9 @@ class PostgresStore(Store):
             row = await cur.fetchone()
             if row is None:
                 raise not_found(op.thread_id)
-            cols = lease_after(op.thread_id, op.owner, op.ttl, (row[0], row[1], row[2]), epoch)
-            if cols != tuple(row):
-                await conn.execute(
-                    "UPDATE threads SET lease_owner = %s, lease_expires = %s, lease_ttl = %s, updated_at = %s,"
-                    " version = version + 1 WHERE thread_id = %s",
-                    (*cols, ts, op.thread_id),
-                )
+            cols = plan_put_lease(op, (row[0], row[1], row[2]), epoch)
+            if cols is not None:
+                await conn.execute(put_lease_sql("%s"), (*cols, ts, op.thread_id))
             reread.add(op.thread_id)
         elif isinstance(op, PutThread):
             t = op.thread
@@ -695,70 +675,22 @@ class PostgresStore(Store):
             row = await cur.fetchone()
             if row is None:
                 raise not_found(t.thread_id)
-            check_version_guard(op, row[0], row[1])
-            renew = check_lease(t.thread_id, op.lease, (row[2], row[3], row[4]), epoch)
-            await conn.execute(
-                "UPDATE threads SET agent_id = %s, parent_id = %s, status = %s, updated_at = %s,"
-                " heartbeat_at = %s, heartbeat_epoch = %s, stale_after = %s, chain_root_id = %s, doc = %s,"
-                " version = version + 1, lease_expires = COALESCE(%s, lease_expires) WHERE thread_id = %s",
-                (
-                    t.agent_id,
-                    t.parent_id,
-                    t.status.value,
-                    ts,
-                    ts,
-                    epoch,
-                    t.stale_after,
-                    t.chain_root_id,
-                    manifest_doc(t),
-                    renew,
-                    t.thread_id,
-                ),
-            )
+            values = plan_put_thread(op, row[0], row[1], (row[2], row[3], row[4]), ts, epoch)
+            await conn.execute(put_thread_sql("%s"), values)
             reread.add(t.thread_id)
             result.threads[t.thread_id] = t
             if t.thread_id in appended:
                 appended[t.thread_id].status = t.status
         elif isinstance(op, ImportThread):
             t = op.thread
-            check_import(op)
             cur = await conn.execute("SELECT 1 FROM threads WHERE thread_id = %s", (t.thread_id,))
-            if await cur.fetchone() is not None:
-                raise ConflictError(f"thread {t.thread_id} exists already", rule="thread_exists")
-            prevs, head = chain_hashes(None, [e.line for e in op.events])  # this store's hash chain
+            w = plan_import(op, await cur.fetchone() is not None, accounts_doc(t.usage, t.budget))
             self._hashes.forget(t.thread_id)  # a state left from a deleted thread of that id is stale
-            await conn.execute(
-                "INSERT INTO threads (thread_id, agent_id, parent_id, status, created_at, updated_at,"
-                " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, event_count, text_chars,"
-                " input_tokens, transcript_bytes, version, doc, chain_head, accounts, fork_of)"
-                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                (
-                    t.thread_id,
-                    t.agent_id,
-                    t.parent_id,
-                    t.status.value,
-                    t.created_at,
-                    t.updated_at,
-                    t.heartbeat_at,
-                    parse_iso(t.heartbeat_at).timestamp(),
-                    t.stale_after,
-                    t.chain_root_id,
-                    t.event_count,
-                    t.text_chars,
-                    t.input_tokens,
-                    sum(len(e.line.encode()) + 1 for e in op.events),
-                    max(1, t.version),
-                    manifest_doc(t),
-                    head,
-                    accounts_doc(t.usage, t.budget),
-                    t.forked_from.thread_id if t.forked_from else None,
-                ),
-            )
-            if op.events:
-                rows = [dc_replace(e, prev_hash=p) for e, p in zip(op.events, prevs)]
+            await conn.execute(import_sql("%s"), w.row)
+            if w.events:
                 async with conn.pipeline():
-                    for i in range(0, len(rows), 5000):
-                        await conn.execute(*_insert_events(rows[i : i + 5000]))
+                    for i in range(0, len(w.events), 5000):
+                        await conn.execute(*_insert_events(w.events[i : i + 5000]))
                     await pgsearch.insert_docs(conn, t.thread_id, pgsearch.stored_doc_rows(op.events))
             if op.record is not None:
                 await conn.execute(

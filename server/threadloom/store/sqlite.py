@@ -23,19 +23,12 @@ from typing import Any, TypeVar
 from ..errors import ConflictError, IntegrityError, StoreUnavailableError, ThreadloomError
 from ..integrity import HashView, Signer, TranscriptHashes, chain_hashes
 from ..mirror import Mirror, MirrorBusy
-from ..models import Status, StoredEvent, Thread, Usage, parse_iso
+from ..models import Status, StoredEvent, Thread
 from ..private import ensure_file, make_dir
 from ..provenance import ImportRecord
 from ..textquery import Mode, TextQuery
 from . import anchors, fts, sqlvectors
 from .apply import (
-    accounts_from_doc,
-    check_import,
-    check_lease,
-    check_usage_guard,
-    check_version_guard,
-    lease_after,
-    lease_columns,
     list_threads_query,
     manifest_doc,
     not_found,
@@ -62,7 +55,21 @@ from .base import (
     Store,
     VectorRow,
 )
-from .core import Loaded, plan_append, plan_checkpoint, update_sql
+from .core import (
+    Loaded,
+    create_sql,
+    created_row,
+    import_sql,
+    plan_append,
+    plan_checkpoint,
+    plan_import,
+    plan_put_lease,
+    plan_put_thread,
+    plan_put_usage,
+    put_lease_sql,
+    put_thread_sql,
+    update_sql,
+)
 from .pending import (
     BackgroundSweep,
     Mark,
@@ -812,27 +819,7 @@ class SQLiteStore(Store):
         for op in ops:
             if isinstance(op, CreateThread):
                 t = op.thread
-                conn.execute(
-                    "INSERT INTO threads (thread_id, agent_id, parent_id, status, created_at, updated_at,"
-                    " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, doc, accounts, fork_of,"
-                    " lease_owner, lease_expires, lease_ttl) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        t.thread_id,
-                        t.agent_id,
-                        t.parent_id,
-                        t.status.value,
-                        t.created_at,
-                        t.updated_at,
-                        t.heartbeat_at,
-                        epoch,
-                        t.stale_after,
-                        t.chain_root_id,
-                        manifest_doc(t),
-                        stored_accounts(t.usage, t.budget),
-                        t.forked_from.thread_id if t.forked_from else None,
-                        *lease_columns(t.lease),
-                    ),
-                )
+                conn.execute(create_sql("?"), created_row(t, epoch, stored_accounts(t.usage, t.budget)))
                 result.threads[t.thread_id] = None  # type: ignore[assignment]  # read after commit
                 view.start(t.thread_id)
             elif isinstance(op, AppendEvents):
@@ -850,10 +837,7 @@ class SQLiteStore(Store):
                 ).fetchone()
                 if row is None:
                     raise not_found(op.thread_id)
-                check_usage_guard(
-                    op, Usage.model_validate(accounts_from_doc(row[0]).get("usage") or {}).version
-                )
-                usage = op.usage.model_copy(update={"version": op.expect_version + 1})
+                usage = plan_put_usage(op, row[0])
                 conn.execute(
                     "UPDATE threads SET accounts = ? WHERE thread_id = ?",
                     (stored_accounts(usage, op.budget), op.thread_id),
@@ -866,13 +850,9 @@ class SQLiteStore(Store):
                 ).fetchone()
                 if row is None:
                     raise not_found(op.thread_id)
-                cols = lease_after(op.thread_id, op.owner, op.ttl, (row[0], row[1], row[2]), epoch)
-                if cols != tuple(row):
-                    conn.execute(
-                        "UPDATE threads SET lease_owner = ?, lease_expires = ?, lease_ttl = ?, updated_at = ?,"
-                        " version = version + 1 WHERE thread_id = ?",
-                        (*cols, ts, op.thread_id),
-                    )
+                cols = plan_put_lease(op, (row[0], row[1], row[2]), epoch)
+                if cols is not None:
+                    conn.execute(put_lease_sql("?"), (*cols, ts, op.thread_id))
                 result.threads[op.thread_id] = None  # type: ignore[assignment]
             elif isinstance(op, PutThread):
                 t = op.thread
@@ -883,74 +863,22 @@ class SQLiteStore(Store):
                 ).fetchone()
                 if row is None:
                     raise not_found(t.thread_id)
-                check_version_guard(op, row[0], row[1])
-                renew = check_lease(t.thread_id, op.lease, (row[2], row[3], row[4]), epoch)
                 conn.execute(
-                    "UPDATE threads SET agent_id = ?, parent_id = ?, status = ?, updated_at = ?,"
-                    " heartbeat_at = ?, heartbeat_epoch = ?, stale_after = ?, chain_root_id = ?, doc = ?,"
-                    " version = version + 1, lease_expires = COALESCE(?, lease_expires) WHERE thread_id = ?",
-                    (
-                        t.agent_id,
-                        t.parent_id,
-                        t.status.value,
-                        ts,
-                        ts,
-                        epoch,
-                        t.stale_after,
-                        t.chain_root_id,
-                        manifest_doc(t),
-                        renew,
-                        t.thread_id,
-                    ),
+                    put_thread_sql("?"),
+                    plan_put_thread(op, row[0], row[1], (row[2], row[3], row[4]), ts, epoch),
                 )
                 result.threads[t.thread_id] = None  # type: ignore[assignment]
                 if t.thread_id in appended:
                     appended[t.thread_id].status = t.status
             elif isinstance(op, ImportThread):
                 t = op.thread
-                check_import(op)
-                if conn.execute("SELECT 1 FROM threads WHERE thread_id = ?", (t.thread_id,)).fetchone():
-                    raise ConflictError(f"thread {t.thread_id} exists already", rule="thread_exists")
-                conn.execute(
-                    "INSERT INTO threads (thread_id, agent_id, parent_id, status, created_at, updated_at,"
-                    " heartbeat_at, heartbeat_epoch, stale_after, chain_root_id, event_count, text_chars,"
-                    " input_tokens, transcript_bytes, version, doc) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        t.thread_id,
-                        t.agent_id,
-                        t.parent_id,
-                        t.status.value,
-                        t.created_at,
-                        t.updated_at,
-                        t.heartbeat_at,
-                        parse_iso(t.heartbeat_at).timestamp(),
-                        t.stale_after,
-                        t.chain_root_id,
-                        t.event_count,
-                        t.text_chars,
-                        t.input_tokens,
-                        sum(len(e.line.encode()) + 1 for e in op.events),
-                        max(1, t.version),
-                        manifest_doc(t),
-                    ),
-                )
-                prevs, head = chain_hashes(None, [e.line for e in op.events])  # this store's hash chain
+                exists = conn.execute("SELECT 1 FROM threads WHERE thread_id = ?", (t.thread_id,)).fetchone()
+                w = plan_import(op, exists is not None, stored_accounts(t.usage, t.budget))
+                conn.execute(import_sql("?"), w.row)
                 self._hashes.forget(t.thread_id)  # a state left from a deleted thread of that id is stale
                 conn.executemany(
                     INSERT_EVENT,
-                    [
-                        event_row(e.thread_id, e.seq, e.ts, e.type, e.line, p)
-                        for e, p in zip(op.events, prevs)
-                    ],
-                )
-                conn.execute(
-                    "UPDATE threads SET chain_head = ?, accounts = ?, fork_of = ? WHERE thread_id = ?",
-                    (
-                        head,
-                        stored_accounts(t.usage, t.budget),
-                        t.forked_from.thread_id if t.forked_from else None,
-                        t.thread_id,
-                    ),
+                    [event_row(e.thread_id, e.seq, e.ts, e.type, e.line, e.prev_hash) for e in w.events],
                 )
                 if op.record is not None:
                     conn.execute(
