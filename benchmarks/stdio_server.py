@@ -1,5 +1,7 @@
 """threadloom over stdio plus a no-op tool, so benchmarks can compare against the SDK's floor.
 
+The transport is the one ``threadloom serve`` runs (threadloom/stdio.py), not the SDK's.
+
 python benchmarks/stdio_server.py ROOT [full|normal] [postgresql://DSN]
 
 With a DSN the store is PostgreSQL (keys under ROOT); otherwise SQLite under ROOT.
@@ -17,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 from threadloom.config import Settings  # noqa: E402
 from threadloom.mcp_server import build_server  # noqa: E402
 from threadloom.service import ThreadService  # noqa: E402
+from threadloom.stdio import run_stdio  # noqa: E402
 from threadloom.store import SQLiteStore  # noqa: E402
 from threadloom.store.base import Store  # noqa: E402
 
@@ -40,7 +43,7 @@ async def main(root: str, durability: str, dsn: str) -> None:
             """Does nothing: the SDK's own per-call floor."""
             return "ok"
 
-        await server.run_stdio_async()
+        await run_stdio(server, settings.max_request_bytes)
 
 
 if __name__ == "__main__":
